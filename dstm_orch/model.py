@@ -1,0 +1,208 @@
+"""The DSTM domain model: pools, TEPs, nodes and leases.
+
+Frozen dataclasses with ``ipaddress``/netaddr types, enum states and timezone-aware
+UTC datetimes. Validation happens once, at the YAML boundary (``dstm_orch.inventory``);
+objects built here are trusted.
+
+Terms follow draft-ietf-ngtrans-dstm-08 (section 2.1) and its descendants: a *node*
+(RFC 7596 B4) borrows an IPv4 address from a *pool* for a *lifetime* in seconds, and
+tunnels its IPv4 traffic to a *TEP* (RFC 7596 lwAFTR), whose *mapping table* (RFC 8676
+binding table) maps the lease's IPv4 address back to the node's IPv6 address.
+"""
+
+from __future__ import annotations
+
+import enum
+import ipaddress
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+
+import netaddr
+
+IPv4 = ipaddress.IPv4Address
+IPv6 = ipaddress.IPv6Address
+
+
+class Driver(enum.StrEnum):
+    """Linux 4over6 data path (DESIGN.md, "Data path on Linux")."""
+
+    IP6TNL = "ip6tnl"
+    SEG6 = "seg6"
+
+
+class LeaseState(enum.StrEnum):
+    """Lease life cycle (draft-ietf-ngtrans-dstm-08 section 5; Kea's reclamation)."""
+
+    ACTIVE = "active"
+    REVOKED = "revoked"
+    EXPIRED = "expired"
+
+
+def utcnow() -> datetime:
+    """Return the current time as a timezone-aware UTC datetime."""
+    return datetime.now(UTC)
+
+
+@dataclass(frozen=True)
+class LeasePolicy:
+    """Lifetimes of a pool's leases, all in seconds.
+
+    ``default_lifetime`` is granted when a request names none; a request above
+    ``max_lifetime`` is refused; ``hold_time`` keeps an ended lease's address out of
+    the free set so that a returning node finds it again (DESIGN.md invariant 4).
+    """
+
+    default_lifetime: int = 3600
+    max_lifetime: int = 86400
+    hold_time: int = 300
+
+
+@dataclass(frozen=True)
+class Pool:
+    """A set of IPv4 addresses that one TEP routes (draft section 5, "Routing in the
+    IPv4 realm MUST ensure that the pool ... is routed to one or more TEPs").
+
+    ``addresses`` is the allocatable set: the declared ranges and prefixes less the
+    exclusions. ``prefixes`` are the CIDR blocks the TEP announces and discards when
+    unallocated (the declared ranges, before exclusions).
+    """
+
+    name: str
+    tep: str
+    addresses: netaddr.IPSet
+    prefixes: tuple[ipaddress.IPv4Network, ...]
+    policy: LeasePolicy = field(default_factory=LeasePolicy)
+
+    def __contains__(self, address: object) -> bool:
+        return netaddr.IPAddress(str(address)) in self.addresses
+
+    @property
+    def size(self) -> int:
+        """Number of allocatable addresses."""
+        return self.addresses.size
+
+
+@dataclass(frozen=True)
+class Tep:
+    """A Tunnel End Point (draft section 2.1; RFC 7596 lwAFTR).
+
+    ``ipv6`` is the tunnel end point address handed to nodes in every lease (draft
+    section 4.4); ``management_ipv6`` is where the orchestrator reaches the device
+    (invariant 6: all orchestrator traffic is IPv6). ``kind`` is ``linux`` (Ansible)
+    or ``netconf`` (router, RFC 8676 binding table).
+    """
+
+    name: str
+    ipv6: IPv6
+    management_ipv6: IPv6
+    driver: Driver = Driver.SEG6
+    kind: str = "linux"
+
+
+@dataclass(frozen=True)
+class Node:
+    """A DSTM node (draft section 4): a dual-stack host in the IPv6-only domain.
+
+    ``ipv6`` is the address of its uplink, the source of its encapsulated packets
+    (draft section 4.4) and the key of its TEP mapping entry. ``static_ipv4`` set
+    means a phase 1 static reservation (draft section 6): a lease without end.
+    ``decap_ipv6`` is the address where the ``seg6`` driver delivers return traffic.
+    """
+
+    name: str
+    ipv6: IPv6
+    pool: str
+    static_ipv4: IPv4 | None = None
+    decap_ipv6: IPv6 | None = None
+
+    @property
+    def is_static(self) -> bool:
+        return self.static_ipv4 is not None
+
+
+@dataclass(frozen=True)
+class Domain:
+    """A DSTM domain: its pools, TEPs and nodes, by name."""
+
+    name: str
+    pools: dict[str, Pool]
+    teps: dict[str, Tep]
+    nodes: dict[str, Node]
+
+    def pool_of(self, node: Node) -> Pool:
+        return self.pools[node.pool]
+
+    def tep_of(self, node: Node) -> Tep:
+        return self.teps[self.pools[node.pool].tep]
+
+    def reserved_ipv4(self) -> set[IPv4]:
+        """Addresses held by static reservations, never handed out dynamically."""
+        return {n.static_ipv4 for n in self.nodes.values() if n.static_ipv4 is not None}
+
+
+@dataclass(frozen=True)
+class Lease:
+    """One IPv4 address lent to one node (draft section 5).
+
+    ``start`` is when the binding began; ``end`` is when it runs out (UTC) and
+    ``lifetime`` the seconds granted by the last allocate or renew; both are ``None``
+    for a static reservation (draft section 6, phase 1). ``ended`` is when the lease
+    actually stopped (revoke or reclamation), ``None`` while it is active. The
+    history of who held which address when is the set of leases with their
+    ``start`` and ``ended or end`` (DESIGN.md invariant 3). ``port_set`` is ``None``
+    until the ports option.
+    """
+
+    id: int
+    node: str
+    node_ipv6: IPv6
+    ipv4: IPv4
+    pool: str
+    tep: str
+    tep_ipv6: IPv6
+    start: datetime
+    end: datetime | None
+    lifetime: int | None
+    state: LeaseState
+    ended: datetime | None = None
+    port_set: None = None
+
+    @property
+    def is_static(self) -> bool:
+        return self.end is None
+
+    def remaining(self, now: datetime) -> int | None:
+        """Seconds left at ``now`` (never negative), ``None`` for a static lease."""
+        if self.end is None:
+            return None
+        return max(0, int((self.end - now).total_seconds()))
+
+    def is_current(self, now: datetime) -> bool:
+        """True while the lease is active and has not reached its end."""
+        return self.state is LeaseState.ACTIVE and (self.end is None or self.end > now)
+
+    def as_dict(self) -> dict:
+        """Return the JSON shape of a lease (issue 2, "A lease in JSON")."""
+        return {
+            "id": self.id,
+            "node": self.node,
+            "node_ipv6": str(self.node_ipv6),
+            "ipv4": str(self.ipv4),
+            "port_set": self.port_set,
+            "pool": self.pool,
+            "tep": self.tep,
+            "tep_ipv6": str(self.tep_ipv6),
+            "start": _iso(self.start),
+            "end": _iso(self.end) if self.end else None,
+            "lifetime": self.lifetime,
+            "state": self.state.value,
+            "ended": _iso(self.ended) if self.ended else None,
+        }
+
+
+def _iso(moment: datetime) -> str:
+    return moment.astimezone(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+def seconds(value: int) -> timedelta:
+    return timedelta(seconds=value)
