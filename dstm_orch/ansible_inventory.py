@@ -147,7 +147,7 @@ class _Reader:
         for child, cbody in children.items():
             self._walk_group(str(child), cbody, f"{key}.children.{child}", name, hosts_file,
                              parents, group_vars, host_vars, host_groups)
-            for host, groups in host_groups.items():
+            for groups in host_groups.values():
                 if str(child) in groups and name not in groups:
                     groups.append(name)
 
@@ -200,7 +200,7 @@ class _Reader:
 
 
 def _var_files(base: Path, name: str) -> list[Path]:
-    files = [base / f"{name}{ext}" for ext in (".yml", ".yaml") if (base / f"{name}{ext}").is_file()]
+    files = [p for p in (base / f"{name}.yml", base / f"{name}.yaml") if p.is_file()]
     folder = base / name
     if folder.is_dir():
         files += sorted(p for p in folder.iterdir() if p.suffix in (".yml", ".yaml"))
