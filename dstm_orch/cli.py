@@ -1,0 +1,292 @@
+"""The ``dstm-orch`` command line: a thin shell over the allocator, renderers and pushers.
+
+Exit codes: 0 success, 1 a known error (one line saying why), 2 a usage error, 3 an
+unexpected error (see the log), 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import os
+import sys
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from dstm_orch import __version__
+from dstm_orch.allocator import Allocator
+from dstm_orch.errors import DstmError
+from dstm_orch.inventory import DstmInventory, load_inventory
+from dstm_orch.model import Lease, utcnow
+from dstm_orch.store import LeaseStore
+
+log = logging.getLogger("dstm_orch")
+LOG_FILE = Path(tempfile.gettempdir()) / "dstm-orch.log"
+
+
+def default_state(domain: str) -> Path:
+    """Return the default lease store path for ``domain``.
+
+    ``/var/lib/dstm-orch/<domain>.sqlite`` for root, else under ``$XDG_STATE_HOME``
+    (default ``~/.local/state``).
+    """
+    if os.geteuid() == 0:
+        return Path("/var/lib/dstm-orch") / f"{domain}.sqlite"
+    base = Path(os.environ.get("XDG_STATE_HOME", Path.home() / ".local" / "state"))
+    return base / "dstm-orch" / f"{domain}.sqlite"
+
+
+class Context:
+    """What every command needs: the inventory and, lazily, the lease store."""
+
+    def __init__(self, inventory: str, state: str | None, as_json: bool):
+        self.inventory_path = inventory
+        self.state_path = state
+        self.as_json = as_json
+        self._inventory: DstmInventory | None = None
+        self._store: LeaseStore | None = None
+
+    @property
+    def inventory(self) -> DstmInventory:
+        if self._inventory is None:
+            self._inventory = load_inventory(self.inventory_path)
+        return self._inventory
+
+    @property
+    def store(self) -> LeaseStore:
+        if self._store is None:
+            path = Path(self.state_path or default_state(self.inventory.domain.name))
+            self._store = LeaseStore(path)
+        return self._store
+
+    @property
+    def allocator(self) -> Allocator:
+        return Allocator(self.inventory.domain, self.store)
+
+    def close(self) -> None:
+        if self._store is not None:
+            self._store.close()
+
+
+def common(func: Callable) -> Callable:
+    """Add ``-i/--inventory``, ``--state`` and ``--json`` to a command."""
+
+    @click.option("-i", "--inventory", envvar="DSTM_ORCH_INVENTORY", required=True,
+                  type=click.Path(file_okay=False), help="Inventory directory "
+                  "(env DSTM_ORCH_INVENTORY).")
+    @click.option("--state", envvar="DSTM_ORCH_STATE", type=click.Path(dir_okay=False),
+                  help="Lease store file (env DSTM_ORCH_STATE; default "
+                  "/var/lib/dstm-orch/<domain>.sqlite).")
+    @click.option("--json", "as_json", is_flag=True, help="Print data as JSON.")
+    @functools.wraps(func)
+    def wrapper(inventory: str, state: str | None, as_json: bool, **kwargs):
+        ctx = Context(inventory, state, as_json)
+        try:
+            return func(ctx, **kwargs)
+        finally:
+            ctx.close()
+
+    return wrapper
+
+
+LIFETIME = click.option("--lifetime", type=click.IntRange(min=1), metavar="SECONDS",
+                        help="Lease lifetime in seconds (default: the pool's).")
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="dstm-orch")
+def cli() -> None:
+    """DSTM server as a configuration orchestrator (draft-ietf-ngtrans-dstm-08)."""
+
+
+@cli.command()
+@click.argument("node")
+@LIFETIME
+@common
+def allocate(ctx: Context, node: str, lifetime: int | None) -> None:
+    """Lease an IPv4 address to NODE (draft section 5); a static node gets its reservation."""
+    _print_leases(ctx, [ctx.allocator.allocate(node, lifetime)], single=True)
+
+
+@cli.command()
+@click.argument("node")
+@LIFETIME
+@common
+def renew(ctx: Context, node: str, lifetime: int | None) -> None:
+    """Extend NODE's lease by a new lifetime from now (draft section 5)."""
+    _print_leases(ctx, [ctx.allocator.renew(node, lifetime)], single=True)
+
+
+@cli.command()
+@click.argument("node")
+@common
+def revoke(ctx: Context, node: str) -> None:
+    """End NODE's lease now; run ``apply`` to remove it from the devices."""
+    _print_leases(ctx, [ctx.allocator.revoke(node)], single=True)
+
+
+@cli.command()
+@click.option("--all", "show_all", is_flag=True, help="Include ended leases (the history).")
+@common
+def leases(ctx: Context, show_all: bool) -> None:
+    """List the current leases (with --all, every lease ever granted)."""
+    allocator = ctx.allocator
+    found = allocator.leases(include_history=True) if show_all else allocator.active_leases()
+    _print_leases(ctx, found)
+
+
+@cli.command()
+@click.option("--max-leases", type=click.IntRange(min=1), help="Reclaim at most this many.")
+@common
+def expire(ctx: Context, max_leases: int | None) -> None:
+    """Reclaim leases whose lifetime has run out; run ``apply`` to clear the devices."""
+    _print_leases(ctx, ctx.allocator.expire(max_leases=max_leases))
+
+
+@cli.command()
+@click.option("--check", is_flag=True, help="Dry run: show what would change, change nothing.")
+@click.option("--limit", metavar="PATTERN", help="Ansible host pattern to restrict the run.")
+@common
+def apply(ctx: Context, check: bool, limit: str | None) -> None:
+    """Push the current leases to every node and TEP (Ansible over IPv6 SSH)."""
+    from dstm_orch.pushers.ansible import run_apply
+    from dstm_orch.render import render_intent
+
+    now = utcnow()
+    inv = ctx.inventory
+    intent = render_intent(inv.domain, ctx.allocator.active_leases(now), now)
+    result = run_apply(inv.path, intent.as_extravars(), check=check, limit=limit)
+    if ctx.as_json:
+        click.echo(json.dumps({
+            "check": check, "ok": result.ok, "changed": result.changed,
+            "hosts": [h.as_dict() for h in result.hosts.values()],
+            "orphans": [lease.as_dict() for lease in intent.orphans],
+        }, indent=2))
+    else:
+        console = Console()
+        for host in result.hosts.values():
+            state = ("FAILED" if host.failed else "UNREACHABLE" if host.unreachable
+                     else f"changed={host.changed}")
+            console.print(f"{host.host:<16} {state}", highlight=False)
+            for line in host.messages:
+                console.print(f"  {line}", highlight=False, markup=False)
+            if check:
+                for diff in host.diffs:
+                    console.print(diff, highlight=False, markup=False)
+        for lease in intent.orphans:
+            console.print(f"warning: lease of {lease.node} ({lease.ipv4}) names a node or TEP "
+                          "that is no longer in the inventory", highlight=False)
+    if not result.ok:
+        failed = sorted(h.host for h in result.hosts.values() if h.failed or h.unreachable)
+        raise DstmError(f"apply failed on {', '.join(failed) or 'the run'} "
+                        f"(ansible status {result.status}, rc {result.rc})")
+
+
+@cli.group()
+def lab() -> None:
+    """Build the inventory's domain in network namespaces (needs root)."""
+
+
+def _lab_inventory(path: str):
+    from dstm_orch.ansible_inventory import AnsibleInventory
+
+    return AnsibleInventory.load(path)
+
+
+LAB_INVENTORY = click.option("-i", "--inventory", envvar="DSTM_ORCH_INVENTORY", required=True,
+                             type=click.Path(file_okay=False), help="Inventory directory.")
+
+
+@lab.command("up")
+@LAB_INVENTORY
+def lab_up_cmd(inventory: str) -> None:
+    """Create namespaces, links, routes and one sshd per node and TEP."""
+    from dstm_orch import lab as labmod
+
+    status = labmod.lab_up(_lab_inventory(inventory))
+    click.echo(status.render() if hasattr(status, "render") else str(status))
+
+
+@lab.command("down")
+@LAB_INVENTORY
+def lab_down_cmd(inventory: str) -> None:
+    """Remove everything the lab created."""
+    from dstm_orch import lab as labmod
+
+    labmod.lab_down(_lab_inventory(inventory))
+
+
+@lab.command("status")
+@LAB_INVENTORY
+def lab_status_cmd(inventory: str) -> None:
+    """Show each lab host's namespace, sshd and addresses."""
+    from dstm_orch import lab as labmod
+
+    status = labmod.lab_status(_lab_inventory(inventory))
+    click.echo(status.render() if hasattr(status, "render") else str(status))
+
+
+@lab.command("exec", context_settings={"ignore_unknown_options": True})
+@LAB_INVENTORY
+@click.argument("host")
+@click.argument("argv", nargs=-1, required=True, type=click.UNPROCESSED)
+def lab_exec_cmd(inventory: str, host: str, argv: tuple[str, ...]) -> None:
+    """Run a command inside lab HOST's namespace: lab exec HOST -- CMD..."""
+    from dstm_orch import lab as labmod
+
+    proc = labmod.lab_exec(_lab_inventory(inventory), host, list(argv))
+    raise SystemExit(proc.returncode)
+
+
+def _print_leases(ctx: Context, found: list[Lease], single: bool = False) -> None:
+    if ctx.as_json:
+        data = [lease.as_dict() for lease in found]
+        click.echo(json.dumps(data[0] if single else data, indent=2))
+        return
+    table = Table(box=None, pad_edge=False)
+    for col in ("node", "node_ipv6", "ipv4", "tep_ipv6", "start", "end", "lifetime", "state"):
+        table.add_column(col)
+    for lease in found:
+        d = lease.as_dict()
+        table.add_row(d["node"], d["node_ipv6"], d["ipv4"], d["tep_ipv6"], d["start"],
+                      d["end"] or "never", "static" if d["lifetime"] is None else
+                      f"{d['lifetime']} s", d["state"])
+    Console(width=200).print(table)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the CLI with ``argv`` and return the exit code (testable entry point)."""
+    logging.basicConfig(filename=LOG_FILE, level=logging.INFO,
+                        format="%(asctime)s %(process)d %(name)s %(levelname)s %(message)s")
+    try:
+        cli.main(args=argv, prog_name="dstm-orch", standalone_mode=False)
+    except DstmError as exc:
+        click.echo(f"dstm-orch: error: {exc}", err=True)
+        return exc.exit_code
+    except click.exceptions.Abort:
+        click.echo("dstm-orch: interrupted", err=True)
+        return 130
+    except click.ClickException as exc:
+        exc.show()
+        return 2
+    except KeyboardInterrupt:
+        click.echo("dstm-orch: interrupted", err=True)
+        return 130
+    except SystemExit as exc:
+        return exc.code if isinstance(exc.code, int) else 0
+    except Exception:
+        log.exception("unexpected error")
+        click.echo(f"dstm-orch: unexpected error; details in {LOG_FILE}", err=True)
+        return 3
+    return 0
+
+
+def run() -> None:
+    """Console-script entry point."""
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Pushers: apply device intent with Ansible (Linux hosts) or NETCONF (router TEPs)."""
