@@ -7,9 +7,11 @@ format), ``group_vars/<group>.yml`` or ``group_vars/<group>/*.yml`` and
 ``host_vars/<host>.yml`` or ``host_vars/<host>/*.yml``. Variables are returned raw (not
 templated) together with the file that set them, so that an error can name it.
 
-Precedence, lowest first, as Ansible's: ``all`` group vars from files, vars in
-``hosts.yml`` for ``all``, other groups (files, then ``hosts.yml``), host vars in
-``hosts.yml``, then ``host_vars`` files. Nested groups apply parent before child.
+Precedence, lowest first, as Ansible's (its default ``VARIABLE_PRECEDENCE``): group
+vars written in ``hosts.yml`` (``all``, then the other groups), ``group_vars/all``
+files, ``group_vars/<group>`` files, host vars in ``hosts.yml``, then ``host_vars``
+files. So a ``group_vars/all`` file beats any group's ``vars:`` in ``hosts.yml``.
+Within one layer nested groups apply parent before child (then by name).
 """
 
 from __future__ import annotations
@@ -93,25 +95,29 @@ class _Reader:
         if self.problems:
             raise InventoryError(self.problems)
 
-        all_vars, all_origin = self._group_layer("all", group_vars, hosts_file)
+        # Each layer is (values, origin); group files are read once, not once per host.
+        inline = {g: (v, dict.fromkeys(v, self._rel(hosts_file))) for g, v in group_vars.items()}
+        used = dict.fromkeys(["all", *(g for gs in host_groups.values() for g in gs)])
+        files = {g: self._files_layer(self.path / "group_vars", g) for g in used}
+        all_vars: dict[str, Any] = {}
+        all_origin: dict[str, str] = {}
+        for values, origin in (inline.get("all", ({}, {})), files["all"]):
+            all_vars.update(values)
+            all_origin.update(origin)
         hosts: dict[str, HostEntry] = {}
         for name, groups in host_groups.items():
             entry = HostEntry(name=name, groups=tuple(g for g in groups if g != "all"))
-            entry.vars.update(all_vars)
-            entry.origin.update(all_origin)
-            for group in _ordered_groups(groups, parents):
-                if group == "all":
-                    continue
-                values, origin = self._group_layer(group, group_vars, hosts_file)
+            ordered = ["all", *(g for g in _ordered_groups(groups, parents) if g != "all")]
+            host_inline = host_vars.get(name, {})
+            layers = [
+                *(inline.get(g, ({}, {})) for g in ordered),
+                *(files[g] for g in ordered),
+                (host_inline, dict.fromkeys(host_inline, self._rel(hosts_file))),
+                self._files_layer(self.path / "host_vars", name),
+            ]
+            for values, origin in layers:
                 entry.vars.update(values)
                 entry.origin.update(origin)
-            inline = host_vars.get(name, {})
-            entry.vars.update(inline)
-            entry.origin.update({k: self._rel(hosts_file) for k in inline})
-            for file in _var_files(self.path / "host_vars", name):
-                values = self._vars_file(file)
-                entry.vars.update(values)
-                entry.origin.update({k: self._rel(file) for k in values})
             hosts[name] = entry
         if self.problems:
             raise InventoryError(self.problems)
@@ -151,16 +157,13 @@ class _Reader:
                 if str(child) in groups and name not in groups:
                     groups.append(name)
 
-    def _group_layer(self, group, group_vars, hosts_file):
+    def _files_layer(self, base: Path, name: str) -> tuple[dict[str, Any], dict[str, str]]:
         values: dict[str, Any] = {}
         origin: dict[str, str] = {}
-        for file in _var_files(self.path / "group_vars", group):
+        for file in _var_files(base, name):
             data = self._vars_file(file)
             values.update(data)
-            origin.update({k: self._rel(file) for k in data})
-        inline = group_vars.get(group, {})
-        values.update(inline)
-        origin.update({k: self._rel(hosts_file) for k in inline})
+            origin.update(dict.fromkeys(data, self._rel(file)))
         return values, origin
 
     def _vars_file(self, file: Path) -> dict:
