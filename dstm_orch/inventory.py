@@ -21,7 +21,7 @@ from typing import Any
 import jsonschema
 import netaddr
 
-from dstm_orch.ansible_inventory import AnsibleInventory, HostEntry
+from dstm_orch.ansible_inventory import INVENTORY_FILES, AnsibleInventory, HostEntry
 from dstm_orch.errors import InventoryError, Problem
 from dstm_orch.model import Domain, Driver, LeasePolicy, Node, Pool, Tep
 
@@ -75,6 +75,9 @@ class _Builder:
     def __init__(self, inv: AnsibleInventory):
         self.inv = inv
         self.problems: list[Problem] = []
+        self.ipv6_owner: dict[ipaddress.IPv6Address, str] = {}
+        self.hosts_file = next((str(inv.path / n) for n in INVENTORY_FILES
+                                if (inv.path / n).is_file()), str(inv.path / INVENTORY_FILES[0]))
 
     def problem(self, file: str, key: str, reason: str) -> None:
         self.problems.append(Problem(file, key, reason))
@@ -90,6 +93,19 @@ class _Builder:
         if self.problems:
             raise InventoryError(self.problems)
         return Domain(raw["dstm_domain"]["name"], pools, teps, nodes)
+
+    def _file(self, host: HostEntry) -> str:
+        """Name the file to blame for a host: where its ``ansible_host`` is set, else
+        ``hosts.yml``, which declares every host (not a group file it happens to read)."""
+        return host.origin.get("ansible_host") or self.hosts_file
+
+    def _claim(self, host: HostEntry, var: str, address: ipaddress.IPv6Address) -> bool:
+        """Record ``address`` as ``host``'s; report it if another host already uses it."""
+        owner = self.ipv6_owner.setdefault(address, host.name)
+        if owner != host.name:
+            self.problem(host.origin.get(var, self._file(host)), f"{host.name}.{var}",
+                         f"IPv6 address {address} is already used by {owner!r}")
+        return owner == host.name
 
     def _schema(self, data: Any, sch: dict, file: str, prefix: str,
                 origin: dict[str, str] | None = None) -> bool:
@@ -109,7 +125,8 @@ class _Builder:
         tep_schema = {**schema("host-vars.schema.json"), "$ref": "#/$defs/tep"}
         for name in self.inv.group_hosts(TEPS_GROUP):
             host = self.inv.hosts[name]
-            if not self._schema(_dstm_vars(host), tep_schema, _file(host), f"{name}.", host.origin):
+            if not self._schema(_dstm_vars(host), tep_schema, self._file(host), f"{name}.",
+                                host.origin):
                 continue
             v = host.vars
             mgmt = self._ipv6(host, "ansible_host")
@@ -117,16 +134,24 @@ class _Builder:
             driver = Driver(v.get("dstm_tep_driver", Driver.IP6TNL.value))
             kind = v.get("dstm_tep_kind", "linux")
             if kind == "linux" and driver is Driver.SEG6 and "dstm_tep_ipv4_nexthop" not in v:
-                self.problem(_file(host), f"{name}.dstm_tep_ipv4_nexthop",
+                self.problem(self._file(host), f"{name}.dstm_tep_ipv4_nexthop",
                              "required with dstm_tep_driver seg6 (the End.DX4 IPv4 next hop)")
             if mgmt is None or tep_ipv6 is None:
                 continue
+            self._claim(host, "ansible_host", mgmt)
+            if "dstm_tep_ipv6" in v:
+                self._claim(host, "dstm_tep_ipv6", tep_ipv6)
             teps[name] = Tep(name, tep_ipv6, mgmt, driver, kind)
         return teps
 
     # Pools ---------------------------------------------------------------
     def _pools(self, raw: dict, file: str, teps: dict[str, Tep]) -> dict[str, Pool]:
         defaults = raw.get("lease_policy", {})
+        domain_policy = LeasePolicy(**defaults)
+        if domain_policy.default_lifetime > domain_policy.max_lifetime:
+            self.problem(file, "dstm_domain.lease_policy.default_lifetime",
+                         f"default lifetime {domain_policy.default_lifetime} s exceeds the "
+                         f"maximum lifetime {domain_policy.max_lifetime} s")
         pools: dict[str, Pool] = {}
         for i, p in enumerate(raw["pools"]):
             key = f"dstm_domain.pools[{i}]"
@@ -137,14 +162,13 @@ class _Builder:
                 self.problem(file, f"{key}.tep",
                              f"TEP {p['tep']!r} is not a host of the group {TEPS_GROUP}")
             declared = netaddr.IPSet()
-            for j, text in enumerate(p.get("prefixes", [])):
-                net = self._ipv4_block(text, file, f"{key}.prefixes[{j}]")
-                if net is not None:
-                    declared.add(net)
-            for j, text in enumerate(p.get("ranges", [])):
-                rng = self._ipv4_block(text, file, f"{key}.ranges[{j}]")
-                if rng is not None:
-                    declared.add(rng)
+            blocks = []  # (key path, block) of every valid prefix and range
+            for field_name in ("prefixes", "ranges"):
+                for j, text in enumerate(p.get(field_name, [])):
+                    block = self._ipv4_block(text, file, f"{key}.{field_name}[{j}]")
+                    if block is not None:
+                        declared.add(block)
+                        blocks.append((f"{key}.{field_name}[{j}]", block))
             addresses = netaddr.IPSet(declared)
             for j, text in enumerate(p.get("exclude", [])):
                 block = self._ipv4_block(text, file, f"{key}.exclude[{j}]")
@@ -155,22 +179,26 @@ class _Builder:
                                  f"{text} is outside the pool's prefixes and ranges")
                 addresses.remove(block)
             policy = LeasePolicy(
-                default_lifetime=p.get("default_lifetime", defaults.get("default_lifetime", 3600)),
-                max_lifetime=p.get("max_lifetime", defaults.get("max_lifetime", 86400)),
-                hold_time=p.get("hold_time", defaults.get("hold_time", 300)),
+                default_lifetime=p.get("default_lifetime", domain_policy.default_lifetime),
+                max_lifetime=p.get("max_lifetime", domain_policy.max_lifetime),
+                hold_time=p.get("hold_time", domain_policy.hold_time),
             )
-            if policy.default_lifetime > policy.max_lifetime:
+            # A pool that sets neither lifetime has the domain's, checked above.
+            own = "default_lifetime" in p or "max_lifetime" in p
+            if policy.default_lifetime > policy.max_lifetime and own:
                 self.problem(file, f"{key}.default_lifetime",
                              f"default lifetime {policy.default_lifetime} s exceeds the maximum "
                              f"lifetime {policy.max_lifetime} s")
             if addresses.size == 0 and declared.size:
                 self.problem(file, key, "no allocatable address left after exclusions")
             for other in pools.values():
-                overlap = netaddr.IPSet(other.prefixes) & declared
-                if overlap.size:
-                    first = next(iter(overlap.iter_cidrs()))
-                    self.problem(file, f"{key}.prefixes",
-                                 f"overlaps pool {other.name!r} (for example {first})")
+                theirs = netaddr.IPSet(str(n) for n in other.prefixes)
+                for where, block in blocks:
+                    overlap = netaddr.IPSet(_cidrs(block)) & theirs
+                    if overlap.size:
+                        first = next(iter(overlap.iter_cidrs()))
+                        self.problem(file, where,
+                                     f"overlaps pool {other.name!r} (for example {first})")
             prefixes = tuple(ipaddress.IPv4Network(str(c)) for c in declared.iter_cidrs())
             pools[p["name"]] = Pool(p["name"], p["tep"], addresses, prefixes, policy)
         return pools
@@ -195,29 +223,29 @@ class _Builder:
     def _nodes(self, pools: dict[str, Pool], teps: dict[str, Tep]) -> dict[str, Node]:
         nodes: dict[str, Node] = {}
         node_schema = {**schema("host-vars.schema.json"), "$ref": "#/$defs/node"}
-        seen_ipv6 = {t.management_ipv6: t.name for t in teps.values()}
         seen_static: dict[ipaddress.IPv4Address, str] = {}
         for name in self.inv.group_hosts(NODES_GROUP):
             host = self.inv.hosts[name]
             if name in teps:
-                self.problem(_file(host), name, f"host is in both {NODES_GROUP} and {TEPS_GROUP}")
+                self.problem(self._file(host), name,
+                             f"host is in both {NODES_GROUP} and {TEPS_GROUP}")
                 continue
-            if not self._schema(_dstm_vars(host), node_schema, _file(host), f"{name}.",
+            if not self._schema(_dstm_vars(host), node_schema, self._file(host), f"{name}.",
                                 host.origin):
                 continue
             v = host.vars
-            key_ipv6 = "dstm_node_ipv6" if "dstm_node_ipv6" in v else "ansible_host"
-            ipv6 = self._ipv6(host, key_ipv6)
+            mgmt = self._ipv6(host, "ansible_host")
+            ipv6 = self._ipv6(host, "dstm_node_ipv6") if "dstm_node_ipv6" in v else mgmt
             pool_name = v.get("dstm_node_pool")
             if pool_name is None:
                 if len(pools) != 1:
-                    self.problem(_file(host), f"{name}.dstm_node_pool",
+                    self.problem(self._file(host), f"{name}.dstm_node_pool",
                                  f"required: the domain has {len(pools)} pools "
                                  f"({', '.join(sorted(pools))})")
                     continue
                 pool_name = next(iter(pools))
             if pool_name not in pools:
-                self.problem(host.origin.get("dstm_node_pool", _file(host)),
+                self.problem(host.origin.get("dstm_node_pool", self._file(host)),
                              f"{name}.dstm_node_pool", f"no pool named {pool_name!r}")
                 continue
             pool = pools[pool_name]
@@ -226,15 +254,15 @@ class _Builder:
             decap = self._ipv6(host, "dstm_node_decap_ipv6") if has_decap else None
             tep = teps.get(pool.tep)
             if tep and tep.kind == "linux" and tep.driver is Driver.SEG6 and not has_decap:
-                self.problem(_file(host), f"{name}.dstm_node_decap_ipv6",
+                self.problem(self._file(host), f"{name}.dstm_node_decap_ipv6",
                              f"required: TEP {tep.name!r} uses the seg6 driver")
-            if ipv6 is None:
+            if mgmt is None or ipv6 is None:
                 continue
-            if ipv6 in seen_ipv6:
-                self.problem(host.origin.get(key_ipv6, _file(host)), f"{name}.{key_ipv6}",
-                             f"IPv6 address {ipv6} is already used by {seen_ipv6[ipv6]!r}")
+            claims = [("ansible_host", mgmt), ("dstm_node_decap_ipv6", decap)]
+            if "dstm_node_ipv6" in v:
+                claims.insert(1, ("dstm_node_ipv6", ipv6))
+            if not all([self._claim(host, var, a) for var, a in claims if a is not None]):
                 continue
-            seen_ipv6[ipv6] = name
             nodes[name] = Node(name, ipv6, pool_name, static, decap)
         return nodes
 
@@ -243,7 +271,7 @@ class _Builder:
         text = host.vars.get("dstm_node_static_ipv4")
         if text is None:
             return None
-        file = host.origin.get("dstm_node_static_ipv4", _file(host))
+        file = host.origin.get("dstm_node_static_ipv4", self._file(host))
         key = f"{host.name}.dstm_node_static_ipv4"
         try:
             address = ipaddress.IPv4Address(text)
@@ -264,7 +292,7 @@ class _Builder:
         return address
 
     def _ipv6(self, host: HostEntry, var: str) -> ipaddress.IPv6Address | None:
-        file = host.origin.get(var, _file(host))
+        file = host.origin.get(var, self._file(host))
         key = f"{host.name}.{var}"
         text = host.vars.get(var)
         try:
@@ -279,7 +307,6 @@ class _Builder:
                                         "(RFC 4291 section 2.4)")
                 return None
         return address
-
 
 
 def _dstm_vars(host: HostEntry) -> dict[str, Any]:
