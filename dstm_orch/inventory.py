@@ -112,6 +112,10 @@ class _Builder:
         validator = jsonschema.Draft202012Validator(sch)
         errors = sorted(validator.iter_errors(data), key=lambda e: list(e.absolute_path))
         for err in errors:
+            if "propertyNames" in err.schema_path:
+                self.problem((origin or {}).get(err.instance, file), f"{prefix}{err.instance}",
+                             f"unknown variable (known: {', '.join(err.validator_value)})")
+                continue
             path = _key_path(err.absolute_path)
             top = str(err.absolute_path[0]) if err.absolute_path else None
             where = (origin or {}).get(top, file) if top else file
@@ -332,7 +336,8 @@ def _reason(err: jsonschema.ValidationError) -> str:
     if err.validator == "additionalProperties":
         return err.message.replace("Additional properties are not allowed", "unknown key(s)")
     if err.validator == "pattern":
-        return f"{err.instance!r} is not in the expected form ({err.schema.get('pattern')})"
+        what = err.schema.get("title") or f"in the form {err.schema.get('pattern')}"
+        return f"{err.instance!r} is not {what}"
     if err.validator == "anyOf" and "prefixes" in json.dumps(err.schema):
         return "a pool needs 'prefixes' or 'ranges'"
     return err.message

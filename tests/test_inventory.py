@@ -437,7 +437,7 @@ def test_address_that_is_not_ipv6(tmp_path, host, var, value):
 def test_ansible_host_that_is_a_name(tmp_path):
     write_inventory(tmp_path, hosts_with(n1={"ansible_host": "n1.example.net"}))
     check(the_problem(tmp_path), tmp_path / "hosts.yml", "n1.ansible_host",
-          "'n1.example.net' is not in the expected form")
+          "'n1.example.net' is not an IPv6 address literal")
 
 
 def test_ansible_host_is_checked_when_dstm_node_ipv6_is_set(tmp_path):
@@ -621,7 +621,7 @@ def test_errors_of_a_host_vars_file_name_that_file(tmp_path):
 def test_schema_errors_of_a_host_vars_file_name_that_file(tmp_path):
     write_inventory(tmp_path, files={"host_vars/n1.yml": {"dstm_node_uplink": "a/b"}})
     check(the_problem(tmp_path), tmp_path / "host_vars/n1.yml", "n1.dstm_node_uplink",
-          "not in the expected form")
+          "is not an interface name")
 
 
 def test_errors_of_a_group_vars_file_name_that_file(tmp_path):
@@ -680,3 +680,9 @@ def test_domain_schema_error_and_tep_error_are_reported_together(tmp_path):
         (str(tmp_path / "group_vars/all/dstm.yml"), "dstm_domain.pools[0]"),
         (str(tmp_path / "hosts.yml"), "tep1.ansible_host"),
     ]
+
+
+@pytest.mark.parametrize(("host", "var"), [("n1", "dstm_node_uplnk"), ("tep1", "dstm_tep_drvier")])
+def test_misspelt_dstm_variable_is_reported(tmp_path, host, var):
+    write_inventory(tmp_path, hosts_with(**{host: {var: "x"}}))
+    check(the_problem(tmp_path), tmp_path / "hosts.yml", f"{host}.{var}", "unknown variable")
