@@ -1,0 +1,160 @@
+"""Pool arithmetic in integer space, without enumerating pools.
+
+A pool's allocatable set (``model.Pool.addresses``, a ``netaddr.IPSet``) is reduced
+once to its merged intervals of IPv4 integers. Free addresses are then proposed
+lazily by walking those intervals against a sorted stream of used addresses, the
+way NetBox walks free ranges: asking for one address of a /8 costs the number of
+used addresses before the first gap, never the size of the pool.
+
+The allocation strategy only *proposes* candidates here; the lease store accepts
+or refuses them atomically (draft-ietf-ngtrans-dstm-08 section 5: "The DSTM server
+has just to guarantee the uniqueness of the IPv4 address for a period of time").
+"""
+
+from __future__ import annotations
+
+import bisect
+import ipaddress
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+
+import netaddr
+
+from dstm_orch import model
+
+
+@dataclass(frozen=True)
+class AddressSpace:
+    """The allocatable IPv4 addresses of a pool as sorted, merged, disjoint intervals.
+
+    ``intervals`` holds inclusive ``(first, last)`` pairs of IPv4 integers, sorted
+    and separated by at least one address (adjacent blocks are merged).
+    """
+
+    intervals: tuple[tuple[int, int], ...]
+
+    @classmethod
+    def from_ipset(cls, addresses: netaddr.IPSet) -> AddressSpace:
+        """Build the space of an IPSet's IPv4 part from its merged ranges.
+
+        Args:
+            addresses: the allocatable set; IPv6 members are ignored.
+
+        Returns:
+            The space; the cost is the number of CIDR blocks, not of addresses.
+        """
+        return cls(
+            tuple(
+                (block.first, block.last)
+                for block in addresses.iter_ipranges()
+                if block.version == 4
+            )
+        )
+
+    @classmethod
+    def of_pool(cls, pool: model.Pool) -> AddressSpace:
+        """Build the space of a pool's allocatable addresses."""
+        return cls.from_ipset(pool.addresses)
+
+    @property
+    def size(self) -> int:
+        """Number of addresses in the space."""
+        return sum(last - first + 1 for first, last in self.intervals)
+
+    def __contains__(self, address: object) -> bool:
+        return contains(self, address)
+
+    def free(self, used: Iterable[int]) -> Iterator[int]:
+        """Yield the addresses of the space that are not in ``used``, ascending, lazily.
+
+        Args:
+            used: IPv4 integers sorted ascending; duplicates and addresses outside
+                the space are allowed and skipped.
+
+        Returns:
+            An iterator over free IPv4 integers; it consumes ``used`` only as far as
+            the caller iterates.
+        """
+        return free_addresses(self.intervals, used)
+
+
+def to_int(address: object) -> int:
+    """Return the integer value of an IPv4 address given as int, str or address object.
+
+    Raises:
+        ValueError: ``address`` is not an IPv4 address.
+    """
+    if isinstance(address, bool):
+        raise ValueError(f"{address!r} is not an IPv4 address")
+    if isinstance(address, int):
+        if not 0 <= address <= 0xFFFFFFFF:
+            raise ValueError(f"{address} is outside the IPv4 address space")
+        return address
+    if isinstance(address, netaddr.IPAddress):
+        if address.version != 4:
+            raise ValueError(f"{address} is not an IPv4 address")
+        return int(address)
+    return int(ipaddress.IPv4Address(str(address)))
+
+
+def contains(space: AddressSpace | model.Pool, address: object) -> bool:
+    """Tell whether an IPv4 address belongs to a pool's allocatable set.
+
+    Args:
+        space: an ``AddressSpace`` or a ``model.Pool``.
+        address: an IPv4 integer, string or address object.
+
+    Returns:
+        True when the address lies in one of the intervals (binary search, no
+        enumeration); False for anything that is not an IPv4 address.
+    """
+    if isinstance(space, model.Pool):
+        space = AddressSpace.of_pool(space)
+    try:
+        value = to_int(address)
+    except ValueError:
+        return False
+    index = bisect.bisect_right(space.intervals, (value, 0xFFFFFFFF)) - 1
+    return index >= 0 and space.intervals[index][0] <= value <= space.intervals[index][1]
+
+
+def free_addresses(intervals: Iterable[tuple[int, int]], used: Iterable[int]) -> Iterator[int]:
+    """Yield the integers of ``intervals`` absent from ``used``, ascending and lazily.
+
+    A merge walk of two sorted sequences: each free run between two used addresses
+    is produced as a ``range``, so the work per address proposed is constant and the
+    work to reach the first free address is the number of used addresses before it.
+
+    Args:
+        intervals: sorted, disjoint inclusive ``(first, last)`` integer pairs.
+        used: integers sorted ascending (duplicates and outsiders allowed).
+
+    Returns:
+        An iterator over the free integers.
+    """
+    taken = iter(used)
+    following = next(taken, None)
+    for first, last in intervals:
+        current = first
+        while current <= last:
+            while following is not None and following < current:
+                following = next(taken, None)
+            if following is None or following > last:
+                yield from range(current, last + 1)
+                break
+            yield from range(current, following)
+            current = following + 1
+
+
+def free_candidates(pool: model.Pool, used: Iterable[int]) -> Iterator[int]:
+    """Propose a pool's free IPv4 integers in ascending order, lazily.
+
+    Args:
+        pool: the pool whose ``addresses`` IPSet is walked by merged intervals.
+        used: IPv4 integers sorted ascending that are not free (active leases,
+            addresses in their hold time, static reservations).
+
+    Returns:
+        An iterator over candidate IPv4 integers; the lease store decides.
+    """
+    return AddressSpace.of_pool(pool).free(used)
