@@ -1,0 +1,34 @@
+"""Shared fixtures: hermetic state paths and lab inventories copied per test."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+LAB_INVENTORY = ROOT / "inventories" / "lab"
+
+
+@pytest.fixture(autouse=True)
+def _hermetic_state(monkeypatch, tmp_path):
+    """Point the default lease store at the test's own directory, never the real one."""
+    monkeypatch.setenv("DSTM_ORCH_STATE", str(tmp_path / "default-state.sqlite"))
+    monkeypatch.delenv("DSTM_ORCH_INVENTORY", raising=False)
+
+
+def needs_root():
+    return pytest.mark.skipif(os.geteuid() != 0, reason="needs root (network namespaces)")
+
+
+def copy_lab_inventory(dest: Path, name: str, state_dir: Path) -> Path:
+    """Copy inventories/lab to ``dest`` with its own lab name and state directory."""
+    shutil.copytree(LAB_INVENTORY, dest)
+    lab_file = dest / "group_vars" / "all" / "lab.yml"
+    data = yaml.safe_load(lab_file.read_text())
+    data["dstm_lab"].update(name=name, state_dir=str(state_dir))
+    lab_file.write_text(yaml.safe_dump(data))
+    return dest
