@@ -1,0 +1,271 @@
+"""Binding table logic without a device: port sets, invariants, diff, XML, YANG checks.
+
+Expected values are worked by hand from RFC 7597 section 5.1 (port = A | PSID | j) and
+RFC 8676 section 5.1 (the ietf-softwire-br binding table).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from pathlib import Path
+
+import jinja2
+import netaddr
+import pytest
+from lxml import etree
+
+from dstm_orch.netconf_render import (
+    BR_NS,
+    Binding,
+    BindingTableError,
+    BindInstance,
+    DeviceTable,
+    TableDiff,
+    binding_from_dict,
+    check_invariants,
+    compute_diff,
+    parse_table,
+    port_mask,
+    render_edit,
+    render_filter,
+)
+from dstm_orch.pushers.netconf import Capabilities
+from dstm_orch.yangcheck import YangChecker, YangValidationError, default_yang_dir
+
+BR = ipaddress.IPv6Address("2001:db8:c00:200::a")
+POOLS = [ipaddress.IPv4Network("198.51.100.0/24")]
+NC = "urn:ietf:params:xml:ns:netconf:base:1.0"
+
+
+def b(node: str, ipv4: str, offset: int = 0, k: int = 0, psid: int = 0) -> Binding:
+    return Binding(ipaddress.IPv6Address(node), ipaddress.IPv4Address(ipv4), BR, offset, k, psid)
+
+
+def ports(mask: int) -> list[int]:
+    return [p for p in range(65536) if mask >> p & 1]
+
+
+# -- RFC 7597 section 5.1 port sets ------------------------------------------------------
+
+
+def test_port_mask_lw4o6_contiguous_range():
+    # a = 0, k = 8, PSID 1: m = 8, ports 1*256 .. 1*256 + 255
+    assert ports(port_mask(0, 8, 1)) == list(range(256, 512))
+
+
+def test_port_mask_whole_range_when_k_is_zero():
+    assert port_mask(0, 0, 0) == (1 << 65536) - 1
+
+
+def test_port_mask_with_offset_excludes_a_zero():
+    # a = 6, k = 8, PSID 0x34: m = 2; port = A * 1024 + 0x34 * 4 + j, A = 1 .. 63
+    got = ports(port_mask(6, 8, 0x34))
+    assert got[:8] == [1232, 1233, 1234, 1235, 2256, 2257, 2258, 2259]
+    assert got[-4:] == [64720, 64721, 64722, 64723]
+    assert len(got) == 63 * 4
+
+
+@pytest.mark.parametrize(("a", "k", "psid"), [(6, 11, 0), (0, 4, 16)])
+def test_port_mask_rejects_impossible_sets(a, k, psid):
+    with pytest.raises(ValueError):
+        port_mask(a, k, psid)
+
+
+# -- invariants ----------------------------------------------------------------------------
+
+
+def test_invariants_accept_shared_address_with_disjoint_port_sets():
+    check_invariants([b("2001:db8::1", "198.51.100.1", 0, 8, 1),
+                      b("2001:db8::2", "198.51.100.1", 0, 8, 2),
+                      b("2001:db8::3", "198.51.100.2")], POOLS)
+
+
+@pytest.mark.parametrize(("first", "second"), [
+    ((0, 0, 0), (0, 8, 3)),      # k = 0 is every port
+    ((0, 8, 1), (0, 8, 1)),      # same PSID, same k
+    ((0, 8, 1), (0, 7, 0)),      # 256-511 inside 0-511
+    ((6, 8, 0x34), (0, 6, 1)),   # 1232-1235 inside 1024-2047
+])
+def test_invariants_refuse_overlapping_port_sets(first, second):
+    with pytest.raises(BindingTableError) as err:
+        check_invariants([b("2001:db8::1", "198.51.100.1", *first),
+                          b("2001:db8::2", "198.51.100.1", *second)], POOLS)
+    assert "2001:db8::2: IPv4 198.51.100.1" in str(err.value)
+    assert "overlaps the port set of 2001:db8::1" in str(err.value)
+
+
+def test_invariants_accept_interleaved_sets_with_offsets():
+    # a = 6, k = 8: PSIDs 0x34 and 0x35 interleave but never share a port.
+    check_invariants([b("2001:db8::1", "198.51.100.1", 6, 8, 0x34),
+                      b("2001:db8::2", "198.51.100.1", 6, 8, 0x35)], POOLS)
+
+
+def test_invariants_list_every_problem():
+    with pytest.raises(BindingTableError) as err:
+        check_invariants([b("2001:db8::1", "198.51.100.1"),
+                          b("2001:db8::1", "198.51.100.2"),
+                          b("2001:db8::3", "203.0.113.9"),
+                          b("2001:db8::4", "198.51.100.4", 6, 11, 0)],
+                         netaddr.IPSet(["198.51.100.0/24"]),
+                         BindInstance(softwire_num_max=2))
+    problems = err.value.problems
+    assert any("2001:db8::1: two entries" in p for p in problems)
+    assert any("203.0.113.9 is not in the TEP's pools (198.51.100.0/24)" in p for p in problems)
+    assert any("2001:db8::4: port-set: psid-offset 6 + psid-len 11" in p for p in problems)
+    assert any("3 entries exceed softwire-num-max 2" in p for p in problems)
+
+
+def test_invariants_leave_yang_ranges_to_yang():
+    check_invariants([b("2001:db8::1", "198.51.100.1", 0, 20, 1)], POOLS)
+
+
+# -- diff ---------------------------------------------------------------------------------
+
+
+def test_diff_added_changed_removed_sorted_by_key():
+    have = DeviceTable(BindInstance(), 4, None, {
+        "2001:db8::1": b("2001:db8::1", "198.51.100.1"),
+        "2001:db8::2": b("2001:db8::2", "198.51.100.2"),
+        "2001:db8::9": b("2001:db8::9", "198.51.100.9"),
+    })
+    want = [b("2001:db8::3", "198.51.100.3"), b("2001:db8::2", "198.51.100.2", 0, 8, 1),
+            b("2001:db8::1", "198.51.100.1")]
+    diff = compute_diff(have, want, BindInstance())
+    assert [x.key for x in diff.added] == ["2001:db8::3"]
+    assert [(x.key, y.psid) for x, y in diff.changed] == [("2001:db8::2", 1)]
+    assert [x.key for x in diff.removed] == ["2001:db8::9"]
+    assert diff.instance is None
+    assert compute_diff(have, list(have.entries.values()), BindInstance()).empty
+
+
+def test_diff_of_missing_instance_creates_it():
+    diff = compute_diff(DeviceTable(None), [], BindInstance())
+    assert diff.instance == (None, BindInstance()) and not diff.empty
+
+
+# -- XML ------------------------------------------------------------------------------------
+
+
+def test_render_edit_operations_and_versioning():
+    diff = TableDiff(added=(b("2001:db8::3", "198.51.100.3"),),
+                     changed=((b("2001:db8::2", "198.51.100.2"),
+                               b("2001:db8::2", "198.51.100.2", 0, 8, 1)),),
+                     removed=(b("2001:db8::9", "198.51.100.9"),))
+    xml = render_edit(diff, BindInstance(name="r&d"), version=7, date="2026-11-29T12:00:00Z")
+    root = etree.fromstring(xml.encode())
+    ns = {"b": BR_NS, "nc": NC}
+    inst = root.find("b:br-instances/b:binding/b:bind-instance", ns)
+    assert inst.findtext("b:name", namespaces=ns) == "r&d"
+    assert inst.findtext("b:binding-table-versioning/b:version", namespaces=ns) == "7"
+    assert inst.findtext("b:binding-table-versioning/b:date", namespaces=ns) == \
+        "2026-11-29T12:00:00Z"
+    ops = {e.findtext("b:binding-ipv6info", namespaces=ns): e.get(f"{{{NC}}}operation")
+           for e in inst.iterfind("b:binding-table/b:binding-entry", ns)}
+    assert ops == {"2001:db8::3": None, "2001:db8::2": "replace", "2001:db8::9": "delete"}
+
+
+def test_render_replace_whole_table():
+    entries = [b("2001:db8::1", "198.51.100.1")]
+    xml = render_edit(TableDiff(), BindInstance(), version=1, date="2026-11-29T12:00:00Z",
+                      replace_with=entries)
+    table = etree.fromstring(xml.encode()).find(f".//{{{BR_NS}}}binding-table")
+    assert table.get(f"{{{NC}}}operation") == "replace"
+    assert len(table) == 1 and table[0].get(f"{{{NC}}}operation") is None
+
+
+def test_parse_round_trip_and_defaults():
+    entries = [b("2001:db8::1", "198.51.100.1", 0, 8, 255), b("2001:db8::2", "198.51.100.2")]
+    xml = render_edit(compute_diff(DeviceTable(None), entries, BindInstance()), BindInstance(),
+                      version=3, date="2026-11-29T12:00:00Z")
+    table = parse_table(xml, "dstm")
+    assert table.version == 3 and table.date == "2026-11-29T12:00:00Z"
+    assert table.instance == BindInstance()
+    assert dict(table.entries) == {e.key: e for e in entries}
+    assert parse_table(xml, "other").instance is None
+    # psid-offset left out on the device: the YANG default 0 (refine in RFC 8676 5.1)
+    no_offset = xml.replace("<psid-offset>0</psid-offset>", "")
+    assert dict(parse_table(no_offset, "dstm").entries) == {e.key: e for e in entries}
+
+
+def test_filter_selects_one_instance():
+    root = etree.fromstring(render_filter("tep<1>").encode())
+    assert root.tag == f"{{{BR_NS}}}br-instances"
+    assert root.findtext(f".//{{{BR_NS}}}name") == "tep<1>"
+
+
+def test_templates_are_strict(tmp_path: Path):
+    (tmp_path / "edit-config.xml.j2").write_text("{{ nothing_here }}")
+    with pytest.raises(jinja2.UndefinedError, match="nothing_here"):
+        render_edit(TableDiff(), BindInstance(), version=1, date="x", template_dir=tmp_path)
+
+
+def test_binding_from_intent_entry():
+    entry = {"node": "n1", "ipv4": "198.51.100.7", "node_ipv6": "2001:db8:c00:100::11",
+             "node_decap_ipv6": None}
+    assert binding_from_dict(entry, BR) == b("2001:db8:c00:100::11", "198.51.100.7")
+    entry["port_set"] = {"psid_offset": 0, "psid_len": 4, "psid": 3}
+    assert binding_from_dict(entry, BR).port_text() == "psid 3/4 offset 0"
+
+
+# -- YANG (libyang against ../shared/yang) ---------------------------------------------------
+
+
+def test_yang_dir_setting(monkeypatch, tmp_path):
+    monkeypatch.setenv("DSTM_ORCH_YANG_DIR", str(tmp_path))
+    assert default_yang_dir() == tmp_path
+    monkeypatch.delenv("DSTM_ORCH_YANG_DIR")
+    assert default_yang_dir() == Path(__file__).resolve().parents[2] / "shared" / "yang"
+
+
+def test_yang_accepts_rendered_edit_with_deletes():
+    diff = TableDiff(added=(b("2001:db8::3", "198.51.100.3", 0, 15, 32767),),
+                     removed=(b("2001:db8::9", "198.51.100.9"),))
+    YangChecker().validate(render_edit(diff, BindInstance(), version=2**64 - 1,
+                                       date="2026-11-29T12:00:00Z"))
+
+
+@pytest.mark.parametrize(("entry", "version", "date", "expected"), [
+    (b("2001:db8::3", "198.51.100.3", 0, 20, 1), 1, "2026-11-29T12:00:00Z",
+     r"value \"20\" is out of the allowed range.*binding-ipv6info='2001:db8::3'.*psid-len"),
+    (b("2001:db8::3", "198.51.100.3", 17, 0, 0), 1, "2026-11-29T12:00:00Z",
+     r"value \"17\" is out of the allowed range.*psid-offset"),
+    (b("2001:db8::3", "198.51.100.3"), 2**64, "2026-11-29T12:00:00Z", r"version"),
+    (b("2001:db8::3", "198.51.100.3"), 1, "yesterday", r"does not conform.*date"),
+])
+def test_yang_refuses_invalid_payloads(entry, version, date, expected):
+    xml = render_edit(TableDiff(added=(entry,)), BindInstance(), version=version, date=date)
+    with pytest.raises(YangValidationError, match=expected):
+        YangChecker().validate(xml)
+
+
+def test_yang_refuses_missing_mandatory_leaf():
+    xml = render_edit(TableDiff(added=(b("2001:db8::3", "198.51.100.3"),)), BindInstance(),
+                      version=1, date="2026-11-29T12:00:00Z")
+    xml = xml.replace("<softwire-path-mru>1500</softwire-path-mru>", "")
+    with pytest.raises(YangValidationError, match="softwire-path-mru"):
+        YangChecker().validate(xml)
+
+
+def test_yang_needs_binding_mode_feature():
+    xml = render_edit(TableDiff(added=(b("2001:db8::3", "198.51.100.3"),)), BindInstance(),
+                      version=1, date="2026-11-29T12:00:00Z")
+    with pytest.raises(YangValidationError, match='"binding" not found'):
+        YangChecker(features={"ietf-softwire-br": ()}).validate(xml)
+
+
+# -- capabilities ---------------------------------------------------------------------------
+
+
+def test_capabilities_parse_modules_and_commit_modes():
+    caps = Capabilities.of([
+        "urn:ietf:params:netconf:capability:candidate:1.0",
+        "urn:ietf:params:netconf:capability:confirmed-commit:1.1",
+        "urn:ietf:params:xml:ns:yang:ietf-softwire-br?module=ietf-softwire-br&"
+        "revision=2019-11-16&features=binding-mode,map-e&deviations=x-dev",
+        "http://yuma123.org/ns/yuma123-system?module=yuma123-system&revision=2017-03-26",
+    ])
+    br = caps.modules["ietf-softwire-br"]
+    assert (br.revision, br.features, br.deviations) == \
+        ("2019-11-16", ("binding-mode", "map-e"), ("x-dev",))
+    assert caps.confirmed_commit == "1.1" and caps.is_yuma
+    assert not caps.has("urn:ietf:params:netconf:capability:writable-running:1.0")
