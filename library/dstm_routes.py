@@ -1,0 +1,425 @@
+#!/usr/bin/python
+"""Ansible module: the set of routes of one route protocol number in one family and table."""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+
+from ansible.module_utils.basic import AnsibleModule
+
+DOCUMENTATION = r"""
+module: dstm_routes
+short_description: Manage every route of one protocol number in one address family and table
+description:
+  - Makes the routes that carry O(protocol) in O(family) and O(table) exactly O(routes):
+    missing routes are added, different ones replaced and, with O(purge), the others of that
+    protocol deleted. This is how a TEP's mapping table follows the active leases and how stale
+    mappings vanish (draft-ietf-ngtrans-dstm-08 section 5; dstm-orch DESIGN invariant 7).
+  - The kernel state is read with C(ip -json -d route show proto P table T); routes are
+    identified by destination prefix and metric, as the kernel does.
+  - Supports the C(seg6) data path of dstm-orch - C(encap seg6 mode encap.red segs ...) and
+    C(encap seg6local action End.DX4 nh4 ...) - and plain, blackhole, unreachable and
+    prohibit routes.
+options:
+  family:
+    description: The address family of the routes.
+    type: str
+    required: true
+    choices: [ipv4, ipv6]
+  protocol:
+    description:
+      - The route protocol number that marks the routes this module owns (C(proto) of
+        C(ip route)). Numbers 0 to 4 belong to the kernel and are refused.
+    type: int
+    default: 211
+  table:
+    description: The routing table, C(main) or a number.
+    type: str
+    default: main
+  purge:
+    description: Delete routes of O(protocol) that are not in O(routes).
+    type: bool
+    default: true
+  routes:
+    description: The wanted routes.
+    type: list
+    elements: dict
+    default: []
+    suboptions:
+      dst:
+        description: Destination prefix, or C(default). A bare address means a host route.
+        type: str
+        required: true
+      type:
+        description: The route type.
+        type: str
+        default: unicast
+        choices: [unicast, blackhole, unreachable, prohibit]
+      dev:
+        description: Output device; required for unicast routes.
+        type: str
+      via:
+        description: Next hop; an IPv6 next hop of an IPv4 route is allowed.
+        type: str
+      src:
+        description: Preferred source address (C(src)); it must be local.
+        type: str
+      metric:
+        description: Route metric; default 0 for IPv4 and 1024 for IPv6, as the kernel does.
+        type: int
+      onlink:
+        description: Treat the next hop as on-link.
+        type: bool
+        default: false
+      encap:
+        description: Lightweight tunnel encapsulation.
+        type: dict
+        suboptions:
+          type:
+            description: C(seg6) encapsulates, C(seg6local) applies an SRv6 behaviour.
+            type: str
+            required: true
+            choices: [seg6, seg6local]
+          mode:
+            description: seg6 mode.
+            type: str
+            default: encap.red
+            choices: [encap, encap.red, inline, l2encap, l2encap.red]
+          segs:
+            description: seg6 segment list (IPv6 addresses); the first is the destination.
+            type: list
+            elements: str
+          action:
+            description: seg6local action.
+            type: str
+            choices: [End.DX4, End.DX6]
+          nh4:
+            description: End.DX4 IPv4 next hop.
+            type: str
+          nh6:
+            description: End.DX6 IPv6 next hop.
+            type: str
+attributes:
+  check_mode:
+    support: full
+  diff_mode:
+    support: full
+"""
+
+EXAMPLES = r"""
+- name: Route IPv4 through the TEP with SRv6 encapsulation, source the leased address
+  dstm_routes:
+    family: ipv4
+    protocol: 211
+    routes:
+      - dst: default
+        dev: eth0
+        src: 198.51.100.10
+        encap: {type: seg6, mode: encap.red, segs: ["2001:db8:200::a"]}
+
+- name: Decapsulate return traffic to the node's IPv4 address
+  dstm_routes:
+    family: ipv6
+    routes:
+      - dst: 2001:db8:201::11/128
+        dev: eth0
+        encap: {type: seg6local, action: End.DX4, nh4: 198.51.100.10}
+"""
+
+RETURN = r"""
+routes:
+  description: The routes of O(protocol) after the run, one C(ip route) line each.
+  returned: always
+  type: list
+  elements: str
+added:
+  description: Destinations added.
+  returned: always
+  type: list
+  elements: str
+replaced:
+  description: Destinations whose route was different and got replaced.
+  returned: always
+  type: list
+  elements: str
+removed:
+  description: Destinations deleted (stale).
+  returned: always
+  type: list
+  elements: str
+commands:
+  description: The ip commands run (or, in check mode, that would run).
+  returned: always
+  type: list
+  elements: str
+"""
+
+DEFAULT_METRIC = {"ipv4": 0, "ipv6": 1024}
+"""Metric the kernel gives a route that names none."""
+
+NO_NEXTHOP_TYPES = {"blackhole", "unreachable", "prohibit"}
+
+
+class RouteError(Exception):
+    """A wanted route is invalid; the message names the route and the field."""
+
+
+def _network(family: str, text: str) -> str:
+    """Return the canonical prefix of ``text`` ("default", a prefix or a bare address)."""
+    version = 4 if family == "ipv4" else 6
+    if text == "default":
+        text = "0.0.0.0/0" if version == 4 else "::/0"
+    net = ipaddress.ip_network(text, strict=True)
+    if net.version != version:
+        raise ValueError(f"{text} is not an {family} prefix")
+    return str(net)
+
+
+def _address(text: str, version: int | None = None) -> str:
+    ip = ipaddress.ip_address(text)
+    if version is not None and ip.version != version:
+        raise ValueError(f"{text} is not an IPv{version} address")
+    return str(ip)
+
+
+def canonical_wanted(family: str, index: int, item: dict) -> dict:
+    """Validate one wanted route and return its canonical form.
+
+    Raises:
+        RouteError: a field is missing, malformed or does not fit the route type.
+    """
+    where = f"routes[{index}]"
+    version = 4 if family == "ipv4" else 6
+    try:
+        route = {
+            "dst": _network(family, item["dst"]),
+            "type": item.get("type") or "unicast",
+            "dev": item.get("dev"),
+            "via": _address(item["via"]) if item.get("via") else None,
+            "src": _address(item["src"], version) if item.get("src") else None,
+            "metric": DEFAULT_METRIC[family] if item.get("metric") is None else item["metric"],
+            "onlink": bool(item.get("onlink")),
+            "encap": None,
+        }
+    except ValueError as exc:
+        raise RouteError(f"{where} ({item.get('dst')}): {exc}") from exc
+    if route["type"] in NO_NEXTHOP_TYPES:
+        extra = [k for k in ("dev", "via", "src", "encap") if item.get(k)]
+        if extra:
+            raise RouteError(f"{where} ({route['dst']}): a {route['type']} route takes no "
+                             f"{', '.join(extra)}")
+        return route
+    if not route["dev"]:
+        raise RouteError(f"{where} ({route['dst']}).dev: a unicast route needs a device")
+    if route["via"] and ipaddress.ip_address(route["via"]).version == 4 and version == 6:
+        raise RouteError(f"{where} ({route['dst']}).via: an IPv6 route needs an IPv6 next hop")
+    if item.get("encap"):
+        route["encap"] = _canonical_encap(family, f"{where} ({route['dst']}).encap", item["encap"])
+    return route
+
+
+def _canonical_encap(family: str, where: str, encap: dict) -> dict:
+    kind = encap.get("type")
+    try:
+        if kind == "seg6":
+            segs = encap.get("segs") or []
+            if not segs:
+                raise RouteError(f"{where}.segs: seg6 needs at least one segment")
+            mode = encap.get("mode") or "encap.red"
+            if mode == "inline" and family == "ipv4":
+                raise RouteError(f"{where}.mode: inline needs an IPv6 route")
+            return {"type": "seg6", "mode": mode, "segs": [_address(s, 6) for s in segs]}
+        if kind == "seg6local":
+            if family != "ipv6":
+                raise RouteError(f"{where}.type: seg6local routes are IPv6 routes")
+            action = encap.get("action")
+            if action == "End.DX4":
+                if not encap.get("nh4"):
+                    raise RouteError(f"{where}.nh4: End.DX4 needs an IPv4 next hop")
+                return {"type": "seg6local", "action": action, "nh4": _address(encap["nh4"], 4)}
+            if action == "End.DX6":
+                if not encap.get("nh6"):
+                    raise RouteError(f"{where}.nh6: End.DX6 needs an IPv6 next hop")
+                return {"type": "seg6local", "action": action, "nh6": _address(encap["nh6"], 6)}
+            raise RouteError(f"{where}.action: {action!r} is not End.DX4 or End.DX6")
+    except ValueError as exc:
+        raise RouteError(f"{where}: {exc}") from exc
+    raise RouteError(f"{where}.type: {kind!r} is not seg6 or seg6local")
+
+
+def canonical_kernel(family: str, entry: dict) -> dict:
+    """Turn one object of ``ip -json -d route show`` into the canonical form."""
+    kind = entry.get("type", "unicast")
+    via = entry.get("gateway")
+    if via is None and isinstance(entry.get("via"), dict):
+        via = entry["via"].get("host")
+    encap = None
+    if entry.get("encap") == "seg6":
+        encap = {"type": "seg6", "mode": entry.get("mode"),
+                 "segs": [_address(s) for s in entry.get("segs", [])]}
+    elif entry.get("encap") == "seg6local":
+        encap = {"type": "seg6local", "action": entry.get("action")}
+        for key in ("nh4", "nh6"):
+            if key in entry:
+                encap[key] = _address(entry[key])
+    elif entry.get("encap"):
+        encap = {"type": entry["encap"]}
+    route = {
+        "dst": _network(family, entry["dst"]),
+        "type": kind,
+        "dev": None if kind in NO_NEXTHOP_TYPES else entry.get("dev"),
+        "via": _address(via) if via else None,
+        "src": _address(entry["prefsrc"]) if entry.get("prefsrc") else None,
+        "metric": entry.get("metric", DEFAULT_METRIC[family]),
+        "onlink": "onlink" in entry.get("flags", []),
+        "encap": encap,
+    }
+    if "nexthops" in entry:
+        route["nexthops"] = entry["nexthops"]
+    return route
+
+
+def route_args(family: str, route: dict) -> list[str]:
+    """Return the ``ip route`` words that describe ``route`` (without proto and table)."""
+    words = [route["type"], route["dst"]]
+    encap = route.get("encap")
+    if encap and encap["type"] == "seg6":
+        words += ["encap", "seg6", "mode", encap["mode"], "segs", ",".join(encap["segs"])]
+    elif encap and encap["type"] == "seg6local":
+        hop = "nh4" if "nh4" in encap else "nh6"
+        words += ["encap", "seg6local", "action", encap["action"], hop, encap[hop]]
+    if route.get("via"):
+        if family == "ipv4" and ipaddress.ip_address(route["via"]).version == 6:
+            words += ["via", "inet6", route["via"]]
+        else:
+            words += ["via", route["via"]]
+    if route.get("dev"):
+        words += ["dev", route["dev"]]
+    if route.get("src"):
+        words += ["src", route["src"]]
+    words += ["metric", str(route["metric"])]
+    if route.get("onlink"):
+        words.append("onlink")
+    return words
+
+
+def read_routes(module: AnsibleModule, family: str, protocol: int, table: str) -> list[dict]:
+    """Return the canonical routes of ``protocol`` in ``family`` and ``table``."""
+    flag = "-4" if family == "ipv4" else "-6"
+    argv = ["ip", "-json", "-d", flag, "route", "show", "table", table, "proto", str(protocol)]
+    rc, out, err = module.run_command(argv)
+    if rc != 0 and "table does not exist" in err:
+        return []  # a table holds no route until its first one is added
+    if rc != 0:
+        module.fail_json(msg=f"{' '.join(argv)} failed: {err.strip()}")
+    return [canonical_kernel(family, e) for e in json.loads(out or "[]") if e.get("dst")]
+
+
+def _key(route: dict) -> tuple[str, int]:
+    return route["dst"], route["metric"]
+
+
+def main() -> None:
+    module = AnsibleModule(
+        argument_spec={
+            "family": {"type": "str", "required": True, "choices": ["ipv4", "ipv6"]},
+            "protocol": {"type": "int", "default": 211},
+            "table": {"type": "str", "default": "main"},
+            "purge": {"type": "bool", "default": True},
+            "routes": {
+                "type": "list", "elements": "dict", "default": [],
+                "options": {
+                    "dst": {"type": "str", "required": True},
+                    "type": {"type": "str", "default": "unicast",
+                             "choices": ["unicast", "blackhole", "unreachable", "prohibit"]},
+                    "dev": {"type": "str"},
+                    "via": {"type": "str"},
+                    "src": {"type": "str"},
+                    "metric": {"type": "int"},
+                    "onlink": {"type": "bool", "default": False},
+                    "encap": {
+                        "type": "dict",
+                        "options": {
+                            "type": {"type": "str", "required": True,
+                                     "choices": ["seg6", "seg6local"]},
+                            "mode": {"type": "str", "default": "encap.red",
+                                     "choices": ["encap", "encap.red", "inline", "l2encap",
+                                                 "l2encap.red"]},
+                            "segs": {"type": "list", "elements": "str"},
+                            "action": {"type": "str", "choices": ["End.DX4", "End.DX6"]},
+                            "nh4": {"type": "str"},
+                            "nh6": {"type": "str"},
+                        },
+                    },
+                },
+            },
+        },
+        supports_check_mode=True,
+    )
+    family, protocol = module.params["family"], module.params["protocol"]
+    table = module.params["table"]
+    if not 5 <= protocol <= 255:
+        module.fail_json(msg=f"protocol: {protocol} is not in 5..255 (0-4 are the kernel's)")
+    if table != "main" and not (table.isdigit() and 0 < int(table) < 2**32 and table != "255"):
+        module.fail_json(msg=f"table: {table!r} is not 'main' or a table number (not 255, local)")
+    wanted: dict[tuple[str, int], dict] = {}
+    try:
+        for index, item in enumerate(module.params["routes"]):
+            route = canonical_wanted(family, index, item)
+            if _key(route) in wanted:
+                raise RouteError(f"routes[{index}].dst: {route['dst']} metric "
+                                 f"{route['metric']} is listed twice")
+            wanted[_key(route)] = route
+    except RouteError as exc:
+        module.fail_json(msg=str(exc))
+
+    current = {_key(r): r for r in read_routes(module, family, protocol, table)}
+    flag = "-4" if family == "ipv4" else "-6"
+    tail = ["proto", str(protocol), "table", table]
+    commands: list[list[str]] = []
+    added, replaced, removed = [], [], []
+    for key, route in sorted(wanted.items()):
+        have = current.get(key)
+        if have == route:
+            continue
+        (added if have is None else replaced).append(route["dst"])
+        commands.append(["ip", flag, "route", "replace", *route_args(family, route), *tail])
+    kept = dict(wanted)
+    for key, have in sorted(current.items()):
+        if key in wanted:
+            continue
+        if not module.params["purge"]:
+            kept[key] = have
+            continue
+        removed.append(have["dst"])
+        commands.append(["ip", flag, "route", "del", have["type"], have["dst"],
+                         "metric", str(have["metric"]), *tail])
+
+    if not module.check_mode:
+        for argv in commands:
+            rc, _, err = module.run_command(argv)
+            if rc != 0:
+                module.fail_json(msg=f"{' '.join(argv)} failed: {err.strip()}",
+                                 commands=[" ".join(c) for c in commands])
+
+    def lines(routes: dict) -> str:
+        return "".join(f"{' '.join(route_args(family, r))}\n" for _, r in sorted(routes.items()))
+
+    result = {
+        "changed": bool(commands),
+        "routes": [" ".join(route_args(family, r)) for _, r in sorted(kept.items())],
+        "added": added,
+        "replaced": replaced,
+        "removed": removed,
+        "commands": [" ".join(c) for c in commands],
+    }
+    if module._diff:
+        header = f"{family} routes proto {protocol} table {table}"
+        result["diff"] = {"before_header": header, "after_header": header,
+                          "before": lines(current), "after": lines(kept)}
+    module.exit_json(**result)
+
+
+if __name__ == "__main__":
+    main()

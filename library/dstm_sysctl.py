@@ -1,0 +1,117 @@
+#!/usr/bin/python
+"""Ansible module: network sysctls of the host's network namespace, through /proc/sys."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from ansible.module_utils.basic import AnsibleModule
+
+DOCUMENTATION = r"""
+module: dstm_sysctl
+short_description: Set network sysctls of the current network namespace through /proc/sys
+description:
+  - Writes C(net.*) sysctls (for example C(net.ipv4.ip_forward), C(net.ipv6.conf.all.forwarding),
+    C(net.ipv4.ip_local_port_range)) in /proc/sys, which holds the values of the network
+    namespace the module runs in. Values are compared with blanks normalised.
+  - Runtime only; nothing is written to /etc/sysctl.d.
+options:
+  sysctls:
+    description:
+      - Name to value. Names use dots (C(net.ipv4.ip_forward)) or slashes after C(net/)
+        (C(net/ipv6/conf/eth0.100/forwarding)) when a part holds a dot.
+    type: dict
+    required: true
+attributes:
+  check_mode:
+    support: full
+  diff_mode:
+    support: full
+"""
+
+EXAMPLES = r"""
+- name: Forward IPv4 and IPv6 on a TEP
+  dstm_sysctl:
+    sysctls:
+      net.ipv4.ip_forward: 1
+      net.ipv6.conf.all.forwarding: 1
+"""
+
+RETURN = r"""
+sysctls:
+  description: The values after the run.
+  returned: always
+  type: dict
+changed_names:
+  description: The sysctls written (or, in check mode, that would be written).
+  returned: always
+  type: list
+  elements: str
+"""
+
+PROC_SYS = Path("/proc/sys")
+PART = re.compile(r"^[A-Za-z0-9_.:-]+$")
+
+
+def sysctl_path(name: str) -> Path:
+    """Return the /proc/sys file of ``name``.
+
+    Raises:
+        ValueError: the name is not a net.* sysctl or has an unsafe part.
+    """
+    parts = name.split("/") if "/" in name else name.split(".")
+    if parts[0] != "net" or len(parts) < 2:
+        raise ValueError("only net.* sysctls (per network namespace) are managed")
+    if any(not PART.match(p) or p in (".", "..") for p in parts):
+        raise ValueError("the name has an empty or unsafe part")
+    return PROC_SYS.joinpath(*parts)
+
+
+def normalise(value: object) -> str:
+    """Return ``value`` as the kernel prints it: words separated by one blank."""
+    if isinstance(value, bool):
+        return "1" if value else "0"
+    return " ".join(str(value).split())
+
+
+def main() -> None:
+    module = AnsibleModule(
+        argument_spec={"sysctls": {"type": "dict", "required": True}},
+        supports_check_mode=True,
+    )
+    plan: list[tuple[str, Path, str, str]] = []
+    after: dict[str, str] = {}
+    before_lines, after_lines = [], []
+    for name, value in sorted(module.params["sysctls"].items()):
+        try:
+            path = sysctl_path(name)
+        except ValueError as exc:
+            module.fail_json(msg=f"sysctls.{name}: {exc}")
+        if not path.is_file():
+            module.fail_json(msg=f"sysctls.{name}: no such sysctl ({path})")
+        have = normalise(path.read_text())
+        want = normalise(value)
+        before_lines.append(f"{name} = {have}\n")
+        after_lines.append(f"{name} = {want}\n")
+        after[name] = want
+        if have != want:
+            plan.append((name, path, have, want))
+    if not module.check_mode:
+        for name, path, _, want in plan:
+            try:
+                path.write_text(f"{want}\n")
+            except OSError as exc:
+                module.fail_json(msg=f"sysctls.{name}: cannot write {want!r} to {path}: {exc}")
+            got = normalise(path.read_text())
+            if got != want:
+                module.fail_json(msg=f"sysctls.{name}: wrote {want!r} but the kernel kept {got!r}")
+    result = {"changed": bool(plan), "sysctls": after, "changed_names": [p[0] for p in plan]}
+    if module._diff:
+        result["diff"] = {"before_header": "sysctls", "after_header": "sysctls",
+                          "before": "".join(before_lines), "after": "".join(after_lines)}
+    module.exit_json(**result)
+
+
+if __name__ == "__main__":
+    main()
