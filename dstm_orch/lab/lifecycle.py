@@ -242,7 +242,7 @@ def _teardown(state_dir: Path, namespaces: Sequence[str], root_links: Sequence[s
               timeout: float = 5.0) -> None:
     """Kill the lab's processes, delete its links and namespaces, remove the state dir."""
     namespaces = [ns for ns in dict.fromkeys(namespaces) if netns.namespace_exists(ns)]
-    pids: set[int] = set(sshd.stray_sshd_pids(state_dir))
+    pids: set[int] = set(sshd.stray_sshd_pids(state_dir)) | set(sshd.ssh_mux_pids(state_dir))
     hosts_dir = state_dir / sshd.HOSTS_DIR
     if hosts_dir.is_dir():
         pids |= {p for d in hosts_dir.iterdir() if (p := sshd.SshdFiles(d.name, d).pid())}

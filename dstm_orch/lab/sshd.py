@@ -211,10 +211,21 @@ def write_known_hosts(state_dir: Path, entries: Sequence[tuple[str, SshdFiles]])
     return path
 
 
+CONTROL_PREFIX = "cp-"
+
+
 def stray_sshd_pids(state_dir: Path) -> list[int]:
     """Pids of live sshd processes started with a config under ``<state_dir>/hosts/``."""
     return [pid for pid in netns.processes_matching(f"{state_dir / HOSTS_DIR}{os.sep}")
             if "sshd" in " ".join(netns.process_cmdline(pid))]
+
+
+def ssh_mux_pids(state_dir: Path) -> list[int]:
+    """Pids of the controller's ssh connection masters whose ControlPath is in
+    ``state_dir`` (the lab inventory's ``ControlPath=<state_dir>/cp-%C``)."""
+    return [pid for pid in netns.processes_matching(f"{state_dir}{os.sep}{CONTROL_PREFIX}")
+            if netns.process_cmdline(pid)[:1] and
+            netns.process_cmdline(pid)[0].startswith("ssh")]
 
 
 def _banner(address: str, timeout: float) -> bytes:

@@ -89,8 +89,12 @@ def run_apply(inventory: Path, extravars: dict, *, check: bool = False,
         "ANSIBLE_CONFIG": str(home / "ansible.cfg"),
         "ANSIBLE_LIBRARY": str(home / "library"),
         "ANSIBLE_ROLES_PATH": str(home / "roles"),
+        # ansible-runner turns host key checking off unless told; keep Ansible's default.
+        "ANSIBLE_HOST_KEY_CHECKING": "True",
         "ANSIBLE_NOCOLOR": "1",
         "ANSIBLE_RETRY_FILES_ENABLED": "0",
+        # ansible-runner finds ansible-playbook on this PATH (its binary= option drops
+        # the playbook argument).
         "PATH": f"{Path(binary).parent}{os.pathsep}{os.environ.get('PATH', '')}",
     }
     with tempfile.TemporaryDirectory(prefix="dstm-orch-runner-") as private:
@@ -102,12 +106,15 @@ def run_apply(inventory: Path, extravars: dict, *, check: bool = False,
             limit=limit,
             cmdline=cmdline,
             envvars=envvars,
-            binary=binary,
             quiet=True,
         )
         hosts = _host_results(runner)
         if runner.rc == 127:
             raise PushError(f"ansible-playbook could not be started ({binary})")
+        if runner.rc != 0 and not hosts:
+            tail = runner.stdout.read().strip().splitlines()[-5:]
+            raise PushError("ansible-playbook failed before reaching any host: "
+                            + " / ".join(line.strip() for line in tail if line.strip()))
         return RunResult(runner.status, runner.rc, hosts)
 
 
