@@ -44,6 +44,33 @@ options:
     description: Variable name to a device name that must exist on the host.
     type: dict
     default: {}
+  ipv4_port_sets:
+    description:
+      - IPv4 addresses with their port sets (the ports option, draft-ietf-ngtrans-dstm-08
+        section 6). Each port set must be well formed - C(psid_offset) a in 0-15,
+        C(psid_len) k in 0-16 with a + k <= 16, C(psid) below 2^k, C(ranges) a non-empty
+        list of C([first, last]) - and its ranges must lie inside the ports that RFC 7597
+        section 5.1 gives (a, k, psid). Entries that share an IPv4 address must have
+        disjoint port sets; an entry without a port set holds every port of its address.
+    type: list
+    elements: dict
+    default: []
+    suboptions:
+      name:
+        description: The variable named in messages.
+        type: str
+        required: true
+      ipv4:
+        description: The IPv4 address.
+        type: str
+        required: true
+      port_set:
+        description: The port set, or null for the whole address.
+        type: dict
+  commands:
+    description: Variable name to a command that must be found on the host's PATH.
+    type: dict
+    default: {}
 attributes:
   check_mode:
     support: full
@@ -57,6 +84,17 @@ EXAMPLES = r"""
     ipv4_hosts: {dstm_node_ipv4: 198.51.100.10}
     ipv6_hosts: {dstm_node_tep_ipv6: 2001:db8:200::a}
     devices: {dstm_node_uplink: eth0}
+
+- name: Check a TEP's bindings that share an address
+  dstm_preflight:
+    ipv4_port_sets:
+      - name: dstm_tep_bindings[0]
+        ipv4: 198.51.100.1
+        port_set: {psid_offset: 0, psid_len: 2, psid: 1, ranges: [[16384, 32767]]}
+      - name: dstm_tep_bindings[1]
+        ipv4: 198.51.100.1
+        port_set: {psid_offset: 0, psid_len: 2, psid: 2, ranges: [[32768, 49151]]}
+    commands: {nftables: nft}
 """
 
 RETURN = r"""
@@ -116,6 +154,96 @@ def member_problems(members: dict, pools: list[str]) -> list[str]:
     return problems
 
 
+def rfc7597_ranges(offset: int, length: int, psid: int) -> list[tuple[int, int]]:
+    """Return the merged inclusive port ranges of PSID ``psid`` (RFC 7597 section 5.1).
+
+    With offset a and PSID length k, a port is A (a bits, 1 to 2^a - 1, or 0 when a = 0),
+    then the PSID (k bits), then j (16 - a - k bits).
+    """
+    low_bits = 16 - offset - length
+    blocks = [0] if offset == 0 else range(1, 2**offset)
+    merged: list[tuple[int, int]] = []
+    for block in blocks:
+        first = (block << (16 - offset)) | (psid << low_bits)
+        last = first + 2**low_bits - 1
+        if merged and merged[-1][1] + 1 == first:
+            merged[-1] = (merged[-1][0], last)
+        else:
+            merged.append((first, last))
+    return merged
+
+
+def port_set_problem(port_set: object) -> tuple[str | None, list[tuple[int, int]]]:
+    """Return why ``port_set`` is malformed (or None) and its ranges, sorted."""
+    if not isinstance(port_set, dict):
+        return f"{port_set!r} is not a mapping", []
+    numbers = {}
+    for key, high in (("psid_offset", 15), ("psid_len", 16), ("psid", 65535)):
+        value = port_set.get(key)
+        if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= high:
+            return f"{key} {value!r} is not a number in 0-{high}", []
+        numbers[key] = value
+    offset, length, psid = numbers["psid_offset"], numbers["psid_len"], numbers["psid"]
+    if offset + length > 16:
+        return f"psid_offset {offset} + psid_len {length} is more than 16", []
+    if psid >= 2**length:
+        return f"psid {psid} does not fit in psid_len {length} bits", []
+    ranges = []
+    raw = port_set.get("ranges")
+    if not isinstance(raw, list) or not raw:
+        return "ranges is not a non-empty list of [first, last]", []
+    for value in raw:
+        if (not isinstance(value, list) or len(value) != 2
+                or not all(isinstance(v, int) and not isinstance(v, bool) for v in value)
+                or not 0 <= value[0] <= value[1] <= 65535):
+            return f"ranges: {value!r} is not [first, last] within 0-65535, first <= last", []
+        ranges.append((value[0], value[1]))
+    ranges.sort()
+    allowed = rfc7597_ranges(offset, length, psid)
+    for first, last in ranges:
+        if not any(a <= first and last <= b for a, b in allowed):
+            return (f"ranges: {first}-{last} is outside the ports of psid {psid} with "
+                    f"psid_offset {offset} and psid_len {length} (RFC 7597 section 5.1: "
+                    + ", ".join(f"{a}-{b}" for a, b in allowed) + ")"), ranges
+    return None, ranges
+
+
+def port_set_problems(entries: list[dict]) -> list[str]:
+    """Return the problems of each port set and of port sets that share an address."""
+    problems: list[str] = []
+    claimed: dict[str, list[tuple[int, int, str]]] = {}
+    for entry in entries:
+        name = entry["name"]
+        try:
+            ipv4 = str(ipaddress.IPv4Address(str(entry["ipv4"]).split("/")[0]))
+        except ValueError:
+            problems.append(f"{name}: {entry['ipv4']!r} is not an IPv4 address")
+            continue
+        if entry.get("port_set") is None:
+            ranges = [(0, 65535)]
+        else:
+            why, ranges = port_set_problem(entry["port_set"])
+            if why:
+                problems.append(f"{name}.port_set: {why}")
+                continue
+        for first, last in ranges:
+            for other_first, other_last, other in claimed.get(ipv4, []):
+                if first <= other_last and other_first <= last:
+                    if entry.get("port_set") is None:
+                        problems.append(f"{name}: every port of {ipv4} (no port set) "
+                                        f"overlaps {other}")
+                    else:
+                        problems.append(f"{name}: ports {max(first, other_first)}-"
+                                        f"{min(last, other_last)} of {ipv4} are also held "
+                                        f"by {other}")
+                    break
+            else:
+                continue
+            break
+        claimed.setdefault(ipv4, []).extend((a, b, name) for a, b in ranges)
+    return problems
+
+
 def main() -> None:
     module = AnsibleModule(
         argument_spec={
@@ -125,6 +253,15 @@ def main() -> None:
             "ipv4_members": {"type": "dict", "default": {}},
             "ipv4_pools": {"type": "list", "elements": "str", "default": []},
             "devices": {"type": "dict", "default": {}},
+            "ipv4_port_sets": {
+                "type": "list", "elements": "dict", "default": [],
+                "options": {
+                    "name": {"type": "str", "required": True},
+                    "ipv4": {"type": "str", "required": True},
+                    "port_set": {"type": "dict"},
+                },
+            },
+            "commands": {"type": "dict", "default": {}},
         },
         supports_check_mode=True,
     )
@@ -139,6 +276,10 @@ def main() -> None:
         if why:
             problems.append(f"{name}: {why}")
     problems += member_problems(module.params["ipv4_members"], module.params["ipv4_pools"])
+    problems += port_set_problems(module.params["ipv4_port_sets"])
+    for name, command in module.params["commands"].items():
+        if not module.get_bin_path(str(command)):
+            problems.append(f"{name}: command {command!r} is not installed on this host")
     if module.params["devices"]:
         rc, out, err = module.run_command(["ip", "-json", "link", "show"])
         if rc != 0:

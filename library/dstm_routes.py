@@ -10,14 +10,19 @@ from ansible.module_utils.basic import AnsibleModule
 
 DOCUMENTATION = r"""
 module: dstm_routes
-short_description: Manage every route of one protocol number in one address family and table
+short_description: Manage every route of one protocol number in one address family and table(s)
 description:
   - Makes the routes that carry O(protocol) in O(family) and O(table) exactly O(routes):
     missing routes are added, different ones replaced and, with O(purge), the others of that
     protocol deleted. This is how a TEP's mapping table follows the active leases and how stale
     mappings vanish (draft-ietf-ngtrans-dstm-08 section 5; dstm-orch DESIGN invariant 7).
-  - The kernel state is read with C(ip -json -d route show proto P table T); routes are
-    identified by destination prefix and metric, as the kernel does.
+  - With O(tables) the module owns the routes of O(protocol) in a whole range of numbered
+    tables instead, each wanted route naming its table; a table whose last route goes is
+    gone. A TEP keeps there one table per shared-address port set, looked up by the rules
+    of M(dstm_rules).
+  - The kernel state is read with C(ip -json -d route show proto P table T) (C(table all)
+    with O(tables)); routes are identified by table, destination prefix and metric, as the
+    kernel does.
   - Supports the C(seg6) data path of dstm-orch - C(encap seg6 mode encap.red segs ...) and
     C(encap seg6local action End.DX4 nh4 ...) - and plain, blackhole, unreachable and
     prohibit routes.
@@ -34,9 +39,15 @@ options:
     type: int
     default: 211
   table:
-    description: The routing table, C(main) or a number.
+    description: The routing table, C(main) or a number. Not with O(tables).
     type: str
     default: main
+  tables:
+    description:
+      - An inclusive range of table numbers C(FIRST-LAST) (not containing 253-255) whose
+        routes of O(protocol) the module owns; every wanted route then needs
+        O(routes[].table) inside it. O(table) is ignored.
+    type: str
   purge:
     description: Delete routes of O(protocol) that are not in O(routes).
     type: bool
@@ -51,6 +62,9 @@ options:
         description: Destination prefix, or C(default). A bare address means a host route.
         type: str
         required: true
+      table:
+        description: The route's table, inside O(tables); only with O(tables).
+        type: int
       type:
         description: The route type.
         type: str
@@ -118,6 +132,16 @@ EXAMPLES = r"""
         src: 198.51.100.10
         encap: {type: seg6, mode: encap.red, segs: ["2001:db8:200::a"]}
 
+- name: One table per shared-address port set (looked up by dstm_rules' rules)
+  dstm_routes:
+    family: ipv4
+    tables: 21100000-21165535
+    routes:
+      - dst: 198.51.100.1/32
+        table: 21116384
+        dev: eth0
+        encap: {type: seg6, mode: encap.red, segs: ["2001:db8:201::12"]}
+
 - name: Decapsulate return traffic to the node's IPv4 address
   dstm_routes:
     family: ipv6
@@ -148,6 +172,11 @@ removed:
   returned: always
   type: list
   elements: str
+tables:
+  description: With O(tables), the tables that hold routes of O(protocol) after the run.
+  returned: when O(tables) is given
+  type: list
+  elements: int
 commands:
   description: The ip commands run (or, in check mode, that would run).
   returned: always
@@ -201,6 +230,7 @@ def canonical_wanted(family: str, index: int, item: dict) -> dict:
             "metric": DEFAULT_METRIC[family] if item.get("metric") is None else item["metric"],
             "onlink": bool(item.get("onlink")),
             "encap": None,
+            "table": item.get("table"),
         }
     except ValueError as exc:
         raise RouteError(f"{where} ({item.get('dst')}): {exc}") from exc
@@ -274,6 +304,7 @@ def canonical_kernel(family: str, entry: dict) -> dict:
         "metric": entry.get("metric", DEFAULT_METRIC[family]),
         "onlink": "onlink" in entry.get("flags", []),
         "encap": encap,
+        "table": int(entry["table"]) if str(entry.get("table", "")).isdigit() else None,
     }
     if "nexthops" in entry:
         route["nexthops"] = entry["nexthops"]
@@ -304,20 +335,47 @@ def route_args(family: str, route: dict) -> list[str]:
     return words
 
 
-def read_routes(module: AnsibleModule, family: str, protocol: int, table: str) -> list[dict]:
-    """Return the canonical routes of ``protocol`` in ``family`` and ``table``."""
+def read_routes(module: AnsibleModule, family: str, protocol: int, table: str,
+                tables: tuple[int, int] | None = None) -> list[dict]:
+    """Return the canonical routes of ``protocol`` in ``family`` and ``table``, or in
+    every table of the inclusive range ``tables``."""
     flag = "-4" if family == "ipv4" else "-6"
-    argv = ["ip", "-json", "-d", flag, "route", "show", "table", table, "proto", str(protocol)]
+    argv = ["ip", "-json", "-d", flag, "route", "show", "table",
+            "all" if tables else table, "proto", str(protocol)]
     rc, out, err = module.run_command(argv)
     if rc != 0 and "table does not exist" in err:
         return []  # a table holds no route until its first one is added
     if rc != 0:
         module.fail_json(msg=f"{' '.join(argv)} failed: {err.strip()}")
-    return [canonical_kernel(family, e) for e in json.loads(out or "[]") if e.get("dst")]
+    routes = [canonical_kernel(family, e) for e in json.loads(out or "[]") if e.get("dst")]
+    if tables:
+        routes = [r for r in routes
+                  if r["table"] is not None and tables[0] <= r["table"] <= tables[1]]
+    else:
+        for route in routes:
+            route["table"] = None
+    return routes
 
 
-def _key(route: dict) -> tuple[str, int]:
-    return route["dst"], route["metric"]
+def table_range(text: str) -> tuple[int, int]:
+    """Return the inclusive table range of ``"FIRST-LAST"``.
+
+    Raises:
+        ValueError: not two numbers, or the range holds 0 or the kernel's 253-255.
+    """
+    first, sep, last = str(text).partition("-")
+    if not sep or not first.strip().isdigit() or not last.strip().isdigit():
+        raise ValueError(f"{text!r} is not FIRST-LAST")
+    low, high = int(first), int(last)
+    if not 0 < low <= high < 2**32:
+        raise ValueError(f"{text!r} is not a range of table numbers 1-4294967295")
+    if low <= 255 and high >= 253:
+        raise ValueError(f"{text!r} holds the kernel's tables 253-255")
+    return low, high
+
+
+def _key(route: dict) -> tuple[int, str, int]:
+    return route["table"] or 0, route["dst"], route["metric"]
 
 
 def main() -> None:
@@ -326,11 +384,13 @@ def main() -> None:
             "family": {"type": "str", "required": True, "choices": ["ipv4", "ipv6"]},
             "protocol": {"type": "int", "default": 211},
             "table": {"type": "str", "default": "main"},
+            "tables": {"type": "str"},
             "purge": {"type": "bool", "default": True},
             "routes": {
                 "type": "list", "elements": "dict", "default": [],
                 "options": {
                     "dst": {"type": "str", "required": True},
+                    "table": {"type": "int"},
                     "type": {"type": "str", "default": "unicast",
                              "choices": ["unicast", "blackhole", "unreachable", "prohibit"]},
                     "dev": {"type": "str"},
@@ -363,20 +423,35 @@ def main() -> None:
         module.fail_json(msg=f"protocol: {protocol} is not in 5..255 (0-4 are the kernel's)")
     if table != "main" and not (table.isdigit() and 0 < int(table) < 2**32 and table != "255"):
         module.fail_json(msg=f"table: {table!r} is not 'main' or a table number (not 255, local)")
-    wanted: dict[tuple[str, int], dict] = {}
+    tables = None
+    if module.params["tables"]:
+        try:
+            tables = table_range(module.params["tables"])
+        except ValueError as exc:
+            module.fail_json(msg=f"tables: {exc}")
+    wanted: dict[tuple[int, str, int], dict] = {}
     try:
         for index, item in enumerate(module.params["routes"]):
             route = canonical_wanted(family, index, item)
+            if tables and not (route["table"] and tables[0] <= route["table"] <= tables[1]):
+                raise RouteError(f"routes[{index}] ({route['dst']}).table: {route['table']} "
+                                 f"is not in tables {module.params['tables']}")
+            if not tables and route["table"] is not None:
+                raise RouteError(f"routes[{index}] ({route['dst']}).table: only with tables; "
+                                 f"use table for a single table")
             if _key(route) in wanted:
+                where = f" table {route['table']}" if tables else ""
                 raise RouteError(f"routes[{index}].dst: {route['dst']} metric "
-                                 f"{route['metric']} is listed twice")
+                                 f"{route['metric']}{where} is listed twice")
             wanted[_key(route)] = route
     except RouteError as exc:
         module.fail_json(msg=str(exc))
 
-    current = {_key(r): r for r in read_routes(module, family, protocol, table)}
+    current = {_key(r): r for r in read_routes(module, family, protocol, table, tables)}
     flag = "-4" if family == "ipv4" else "-6"
-    tail = ["proto", str(protocol), "table", table]
+
+    def tail(route: dict) -> list[str]:
+        return ["proto", str(protocol), "table", str(route["table"] or table)]
     commands: list[list[str]] = []
     added, replaced, removed = [], [], []
     for key, route in sorted(wanted.items()):
@@ -384,7 +459,8 @@ def main() -> None:
         if have == route:
             continue
         (added if have is None else replaced).append(route["dst"])
-        commands.append(["ip", flag, "route", "replace", *route_args(family, route), *tail])
+        commands.append(["ip", flag, "route", "replace", *route_args(family, route),
+                         *tail(route)])
     kept = dict(wanted)
     for key, have in sorted(current.items()):
         if key in wanted:
@@ -394,7 +470,7 @@ def main() -> None:
             continue
         removed.append(have["dst"])
         commands.append(["ip", flag, "route", "del", have["type"], have["dst"],
-                         "metric", str(have["metric"]), *tail])
+                         "metric", str(have["metric"]), *tail(have)])
 
     if not module.check_mode:
         for argv in commands:
@@ -403,19 +479,26 @@ def main() -> None:
                 module.fail_json(msg=f"{' '.join(argv)} failed: {err.strip()}",
                                  commands=[" ".join(c) for c in commands])
 
+    def line(route: dict) -> str:
+        where = f" table {route['table']}" if tables else ""
+        return " ".join(route_args(family, route)) + where
+
     def lines(routes: dict) -> str:
-        return "".join(f"{' '.join(route_args(family, r))}\n" for _, r in sorted(routes.items()))
+        return "".join(f"{line(r)}\n" for _, r in sorted(routes.items()))
 
     result = {
         "changed": bool(commands),
-        "routes": [" ".join(route_args(family, r)) for _, r in sorted(kept.items())],
+        "routes": [line(r) for _, r in sorted(kept.items())],
         "added": added,
         "replaced": replaced,
         "removed": removed,
         "commands": [" ".join(c) for c in commands],
     }
+    if tables:
+        result["tables"] = sorted({r["table"] for r in kept.values()})
     if module._diff:
-        header = f"{family} routes proto {protocol} table {table}"
+        header = (f"{family} routes proto {protocol} "
+                  + (f"tables {module.params['tables']}" if tables else f"table {table}"))
         result["diff"] = {"before_header": header, "after_header": header,
                           "before": lines(current), "after": lines(kept)}
     module.exit_json(**result)

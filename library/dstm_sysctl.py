@@ -15,6 +15,10 @@ description:
   - Writes C(net.*) sysctls (for example C(net.ipv4.ip_forward), C(net.ipv6.conf.all.forwarding),
     C(net.ipv4.ip_local_port_range)) in /proc/sys, which holds the values of the network
     namespace the module runs in. Values are compared with blanks normalised.
+  - C(net.ipv4.ip_local_port_range), which keeps a DSTM node's own sockets inside its port
+    set (draft-ietf-ngtrans-dstm-08 section 6, ports option), is checked before it is
+    written - two ports C(FIRST LAST) with FIRST <= LAST - and a value the kernel refuses
+    because FIRST is below C(net.ipv4.ip_unprivileged_port_start) is reported as such.
   - Runtime only; nothing is written to /etc/sysctl.d.
 options:
   sysctls:
@@ -36,6 +40,11 @@ EXAMPLES = r"""
     sysctls:
       net.ipv4.ip_forward: 1
       net.ipv6.conf.all.forwarding: 1
+
+- name: Keep the node's own source ports inside its port set 16384-32767
+  dstm_sysctl:
+    sysctls:
+      net.ipv4.ip_local_port_range: 16384 32767
 """
 
 RETURN = r"""
@@ -52,6 +61,8 @@ changed_names:
 
 PROC_SYS = Path("/proc/sys")
 PART = re.compile(r"^[A-Za-z0-9_.:-]+$")
+PORT_RANGE = ("net", "ipv4", "ip_local_port_range")
+UNPRIVILEGED_START = PROC_SYS / "net" / "ipv4" / "ip_unprivileged_port_start"
 
 
 def sysctl_path(name: str) -> Path:
@@ -75,6 +86,24 @@ def normalise(value: object) -> str:
     return " ".join(str(value).split())
 
 
+def port_range_problem(value: str) -> str | None:
+    """Return why ``value`` cannot be ``net.ipv4.ip_local_port_range``, or None."""
+    words = value.split()
+    if len(words) != 2 or not all(w.isdigit() for w in words):
+        return f"{value!r} is not two port numbers 'FIRST LAST'"
+    first, last = (int(w) for w in words)
+    if not 1 <= first <= last <= 65535:
+        return f"{value!r} is not a port range within 1-65535 with FIRST <= LAST"
+    try:
+        start = int(UNPRIVILEGED_START.read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+    if first < start:
+        return (f"{value!r} starts below net.ipv4.ip_unprivileged_port_start ({start}), "
+                "which the kernel refuses")
+    return None
+
+
 def main() -> None:
     module = AnsibleModule(
         argument_spec={"sysctls": {"type": "dict", "required": True}},
@@ -92,6 +121,10 @@ def main() -> None:
             module.fail_json(msg=f"sysctls.{name}: no such sysctl ({path})")
         have = normalise(path.read_text())
         want = normalise(value)
+        if path.relative_to(PROC_SYS).parts == PORT_RANGE:
+            why = port_range_problem(want)
+            if why:
+                module.fail_json(msg=f"sysctls.{name}: {why}")
         before_lines.append(f"{name} = {have}\n")
         after_lines.append(f"{name} = {want}\n")
         after[name] = want

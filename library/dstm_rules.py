@@ -1,0 +1,349 @@
+#!/usr/bin/python
+"""Ansible module: the set of policy routing rules of one rule protocol number."""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+
+from ansible.module_utils.basic import AnsibleModule
+
+DOCUMENTATION = r"""
+module: dstm_rules
+short_description: Manage every policy routing rule of one protocol number in one family
+description:
+  - Makes the policy routing rules (C(ip rule)) that carry O(protocol) in O(family) exactly
+    O(rules) - missing rules are added and, with O(purge), the others of that protocol
+    deleted. Rules of other protocol numbers (the kernel's, other software's) are never
+    touched.
+  - This is how a DSTM Tunnel End Point steers return traffic to a shared IPv4 address by
+    destination port to the node that holds that port set
+    (C(ip rule add to <IPv4> ipproto tcp dport A-B lookup <table>); draft-ietf-ngtrans-dstm-08
+    section 6, ports option; RFC 7597 section 5.1 port sets).
+  - The kernel state is read with C(ip -N -json rule show). A rule is identified by all of its
+    fields (priority, destination, IP protocol, destination port range, table); the kernel
+    cannot change a rule in place, so a different rule is added and the old one deleted.
+  - An owned rule with selectors this module does not manage (source, fwmark, interfaces,
+    source ports, uid ranges, inversion, actions other than lookup) is refused, naming the
+    rule, rather than deleted by a partial match.
+options:
+  family:
+    description: The address family of the rules.
+    type: str
+    default: ipv4
+    choices: [ipv4, ipv6]
+  protocol:
+    description:
+      - The rule protocol number that marks the rules this module owns (C(protocol) of
+        C(ip rule)). Numbers 0 to 4 belong to the kernel and are refused.
+    type: int
+    default: 211
+  priority:
+    description: The priority (preference) of wanted rules that name none.
+    type: int
+    default: 2110
+  purge:
+    description: Delete rules of O(protocol) that are not in O(rules).
+    type: bool
+    default: true
+  rules:
+    description: The wanted rules.
+    type: list
+    elements: dict
+    default: []
+    suboptions:
+      to:
+        description: Destination prefix; a bare address means a host prefix.
+        type: str
+        required: true
+      ipproto:
+        description: The IP protocol to match.
+        type: str
+        choices: [tcp, udp, sctp, dccp]
+      dport:
+        description:
+          - Destination port or inclusive range - C(80), C(1024-2047) or a list C([1024, 2047]).
+            Needs O(rules[].ipproto).
+        type: raw
+      table:
+        description: The routing table to look up - a number (1 to 4294967295) or C(main).
+        type: str
+        required: true
+      priority:
+        description: The rule's priority; default O(priority).
+        type: int
+attributes:
+  check_mode:
+    support: full
+  diff_mode:
+    support: full
+"""
+
+EXAMPLES = r"""
+- name: Steer TCP and UDP to 198.51.100.1 ports 16384-32767 to the table of that port set
+  dstm_rules:
+    rules:
+      - {to: 198.51.100.1, ipproto: tcp, dport: 16384-32767, table: "21116384"}
+      - {to: 198.51.100.1, ipproto: udp, dport: 16384-32767, table: "21116384"}
+
+- name: Remove every rule of protocol 211
+  dstm_rules:
+    rules: []
+"""
+
+RETURN = r"""
+rules:
+  description: The rules of O(protocol) after the run, one C(ip rule) line each.
+  returned: always
+  type: list
+  elements: str
+added:
+  description: The rules added.
+  returned: always
+  type: list
+  elements: str
+removed:
+  description: The rules deleted (stale).
+  returned: always
+  type: list
+  elements: str
+commands:
+  description: The ip commands run (or, in check mode, that would run).
+  returned: always
+  type: list
+  elements: str
+"""
+
+TABLE_NAMES = {"main": 254, "default": 253, "local": 255}
+"""Tables the kernel names; ``ip -N`` prints their numbers."""
+
+IP_PROTOCOLS = {"6": "tcp", "17": "udp", "33": "dccp", "132": "sctp"}
+"""Protocol numbers that ``ip -N`` prints as ``ipproto-<number>``, by name."""
+
+MANAGED_FIELDS = {"priority", "src", "dst", "dstlen", "ipproto", "dport", "dport_start",
+                  "dport_end", "table", "protocol"}
+"""The fields of ``ip -json rule show`` that a rule this module manages may carry."""
+
+
+class RuleError(Exception):
+    """A wanted or kernel rule is invalid or unmanageable; the message names it."""
+
+
+def _prefix(family: str, text: str) -> str:
+    version = 4 if family == "ipv4" else 6
+    net = ipaddress.ip_network(str(text), strict=True)
+    if net.version != version:
+        raise ValueError(f"{text} is not an {family} prefix")
+    return str(net)
+
+
+def _ports(value: object) -> tuple[int, int]:
+    """Return the inclusive port range of ``value`` (``80``, ``"1-2"``, ``[1, 2]``)."""
+    if isinstance(value, (list, tuple)):
+        if len(value) != 2:
+            raise ValueError(f"{value!r} is not [first, last]")
+        first, last = value
+    elif isinstance(value, int) and not isinstance(value, bool):
+        first = last = value
+    else:
+        text = str(value).strip()
+        first, sep, last = text.partition("-")
+        if not sep:
+            last = first
+    try:
+        low, high = int(first), int(last)
+    except (TypeError, ValueError):
+        raise ValueError(f"{value!r} is not a port or a port range 'first-last'") from None
+    if not 0 <= low <= high <= 65535:
+        raise ValueError(f"{value!r} is not a port range within 0-65535 with first <= last")
+    return low, high
+
+
+def _table(value: object) -> int:
+    text = str(value).strip()
+    if text in TABLE_NAMES:
+        return TABLE_NAMES[text]
+    if not text.isdigit() or not 0 < int(text) < 2**32:
+        raise ValueError(f"{value!r} is not 'main' or a table number 1-4294967295")
+    return int(text)
+
+
+def canonical_wanted(family: str, default_priority: int, index: int, item: dict) -> dict:
+    """Validate one wanted rule and return its canonical form.
+
+    Raises:
+        RuleError: a field is malformed; the message names ``rules[index]`` and the field.
+    """
+    where = f"rules[{index}]"
+    try:
+        to = _prefix(family, item["to"])
+    except ValueError as exc:
+        raise RuleError(f"{where}.to: {exc}") from None
+    where = f"{where} (to {to})"
+    rule = {"priority": default_priority if item.get("priority") is None else item["priority"],
+            "to": to, "ipproto": item.get("ipproto") or None, "dport": None, "table": None}
+    if not 0 <= rule["priority"] < 2**32:
+        raise RuleError(f"{where}.priority: {rule['priority']} is not in 0-4294967295")
+    if item.get("dport") not in (None, ""):
+        if not rule["ipproto"]:
+            raise RuleError(f"{where}.dport: a destination port needs ipproto")
+        try:
+            rule["dport"] = _ports(item["dport"])
+        except ValueError as exc:
+            raise RuleError(f"{where}.dport: {exc}") from None
+    try:
+        rule["table"] = _table(item["table"])
+    except ValueError as exc:
+        raise RuleError(f"{where}.table: {exc}") from None
+    if rule["table"] == TABLE_NAMES["local"]:
+        raise RuleError(f"{where}.table: the local table (255) is the kernel's")
+    return rule
+
+
+def canonical_kernel(family: str, entry: dict) -> dict:
+    """Turn one object of ``ip -N -json rule show`` into the canonical form.
+
+    Raises:
+        RuleError: the rule has selectors or an action this module does not manage.
+    """
+    extra = sorted(set(entry) - MANAGED_FIELDS)
+    if entry.get("src", "all") != "all":
+        extra.insert(0, "src")
+    if "table" not in entry:
+        extra.append("action " + str(entry.get("action", "goto")))
+    if extra:
+        raise RuleError(f"rule priority {entry.get('priority')} protocol {entry.get('protocol')}"
+                        f" {json.dumps(entry, sort_keys=True)} has fields dstm_rules does not "
+                        f"manage ({', '.join(extra)}); delete it by hand")
+    if "dst" in entry:
+        length = entry.get("dstlen", 32 if family == "ipv4" else 128)
+        to = _prefix(family, f"{entry['dst']}/{length}")
+    else:
+        to = _prefix(family, "0.0.0.0/0" if family == "ipv4" else "::/0")
+    dport = None
+    if "dport" in entry:
+        dport = (int(entry["dport"]), int(entry["dport"]))
+    elif "dport_start" in entry:
+        dport = (int(entry["dport_start"]), int(entry["dport_end"]))
+    ipproto = entry.get("ipproto")
+    if ipproto is not None:
+        number = str(ipproto).removeprefix("ipproto-")
+        ipproto = IP_PROTOCOLS.get(number, number)
+    return {"priority": int(entry["priority"]), "to": to, "ipproto": ipproto,
+            "dport": dport, "table": _table(entry["table"])}
+
+
+def rule_args(rule: dict) -> list[str]:
+    """Return the ``ip rule`` words that describe ``rule`` (without the protocol)."""
+    words = ["priority", str(rule["priority"]), "to", rule["to"]]
+    if rule["ipproto"]:
+        words += ["ipproto", rule["ipproto"]]
+    if rule["dport"]:
+        first, last = rule["dport"]
+        words += ["dport", str(first) if first == last else f"{first}-{last}"]
+    words += ["lookup", str(rule["table"])]
+    return words
+
+
+def _key(rule: dict) -> tuple:
+    return (rule["priority"], rule["to"], rule["ipproto"] or "", rule["dport"] or (-1, -1),
+            rule["table"])
+
+
+def read_rules(module: AnsibleModule, family: str, protocol: int) -> list[dict]:
+    """Return the canonical rules of ``protocol`` in ``family``."""
+    flag = "-4" if family == "ipv4" else "-6"
+    argv = ["ip", "-N", "-json", flag, "rule", "show"]
+    rc, out, err = module.run_command(argv)
+    if rc != 0:
+        module.fail_json(msg=f"{' '.join(argv)} failed: {err.strip()}")
+    rules = []
+    for entry in json.loads(out or "[]"):
+        if str(entry.get("protocol")) != str(protocol):
+            continue
+        try:
+            rules.append(canonical_kernel(family, entry))
+        except RuleError as exc:
+            module.fail_json(msg=str(exc))
+    return rules
+
+
+def main() -> None:
+    module = AnsibleModule(
+        argument_spec={
+            "family": {"type": "str", "default": "ipv4", "choices": ["ipv4", "ipv6"]},
+            "protocol": {"type": "int", "default": 211},
+            "priority": {"type": "int", "default": 2110},
+            "purge": {"type": "bool", "default": True},
+            "rules": {
+                "type": "list", "elements": "dict", "default": [],
+                "options": {
+                    "to": {"type": "str", "required": True},
+                    "ipproto": {"type": "str", "choices": ["tcp", "udp", "sctp", "dccp"]},
+                    "dport": {"type": "raw"},
+                    "table": {"type": "str", "required": True},
+                    "priority": {"type": "int"},
+                },
+            },
+        },
+        supports_check_mode=True,
+    )
+    family, protocol = module.params["family"], module.params["protocol"]
+    if not 5 <= protocol <= 255:
+        module.fail_json(msg=f"protocol: {protocol} is not in 5..255 (0-4 are the kernel's)")
+    wanted: dict[tuple, dict] = {}
+    try:
+        for index, item in enumerate(module.params["rules"]):
+            rule = canonical_wanted(family, module.params["priority"], index, item)
+            if _key(rule) in wanted:
+                raise RuleError(f"rules[{index}]: {' '.join(rule_args(rule))} is listed twice")
+            wanted[_key(rule)] = rule
+    except RuleError as exc:
+        module.fail_json(msg=str(exc))
+
+    current = {_key(r): r for r in read_rules(module, family, protocol)}
+    flag = "-4" if family == "ipv4" else "-6"
+    tail = ["protocol", str(protocol)]
+    commands: list[list[str]] = []
+    added, removed = [], []
+    # Add before deleting, so that traffic moving from one rule to another finds one.
+    for key, rule in sorted(wanted.items()):
+        if key not in current:
+            added.append(" ".join(rule_args(rule)))
+            commands.append(["ip", flag, "rule", "add", *rule_args(rule), *tail])
+    kept = dict(wanted)
+    for key, rule in sorted(current.items()):
+        if key in wanted:
+            continue
+        if not module.params["purge"]:
+            kept[key] = rule
+            continue
+        removed.append(" ".join(rule_args(rule)))
+        commands.append(["ip", flag, "rule", "del", *rule_args(rule), *tail])
+
+    if not module.check_mode:
+        for argv in commands:
+            rc, _, err = module.run_command(argv)
+            if rc != 0:
+                module.fail_json(msg=f"{' '.join(argv)} failed: {err.strip()}",
+                                 commands=[" ".join(c) for c in commands])
+
+    def lines(rules: dict) -> str:
+        return "".join(f"{' '.join(rule_args(r))}\n" for _, r in sorted(rules.items()))
+
+    result = {
+        "changed": bool(commands),
+        "rules": [" ".join(rule_args(r)) for _, r in sorted(kept.items())],
+        "added": added,
+        "removed": removed,
+        "commands": [" ".join(c) for c in commands],
+    }
+    if module._diff:
+        header = f"{family} rules protocol {protocol}"
+        result["diff"] = {"before_header": header, "after_header": header,
+                          "before": lines(current), "after": lines(kept)}
+    module.exit_json(**result)
+
+
+if __name__ == "__main__":
+    main()
