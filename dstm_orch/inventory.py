@@ -23,7 +23,8 @@ import netaddr
 
 from dstm_orch.ansible_inventory import INVENTORY_FILES, AnsibleInventory, HostEntry
 from dstm_orch.errors import InventoryError, Problem
-from dstm_orch.model import Domain, Driver, LeasePolicy, Node, Pool, Tep
+from dstm_orch.model import Domain, Driver, LeasePolicy, Node, Pool, PortSetFill, Tep
+from dstm_orch.portset import DEFAULT_PSID_OFFSET, PORT_BITS
 
 NODES_GROUP = "dstm_nodes"
 TEPS_GROUP = "dstm_teps"
@@ -204,8 +205,37 @@ class _Builder:
                         self.problem(file, where,
                                      f"overlaps pool {other.name!r} (for example {first})")
             prefixes = tuple(ipaddress.IPv4Network(str(c)) for c in declared.iter_cidrs())
-            pools[p["name"]] = Pool(p["name"], p["tep"], addresses, prefixes, policy)
+            offset, length, fill = self._ports(p, file, key, teps)
+            pools[p["name"]] = Pool(p["name"], p["tep"], addresses, prefixes, policy,
+                                    offset, length, fill)
         return pools
+
+    def _ports(self, p: dict, file: str, key: str,
+               teps: dict[str, Tep]) -> tuple[int, int, PortSetFill]:
+        """Check a pool's ports option keys (RFC 7597 section 5.1); return a, k, fill."""
+        length = p.get("psid_len", 0)
+        offset = p.get("psid_offset", DEFAULT_PSID_OFFSET)
+        fill = PortSetFill(p.get("port_set_fill", PortSetFill.PACK.value))
+        if length == 0:
+            for name in ("psid_offset", "port_set_fill"):
+                if name in p:
+                    self.problem(file, f"{key}.{name}",
+                                 "needs psid_len 1 or more (without it the pool lends whole "
+                                 "addresses)")
+            return DEFAULT_PSID_OFFSET, 0, PortSetFill.PACK
+        given = "" if "psid_offset" in p else " (the default)"
+        if offset + length > PORT_BITS:
+            self.problem(file, f"{key}.psid_len",
+                         f"psid_offset {offset}{given} + psid_len {length} = {offset + length} "
+                         f"exceeds the {PORT_BITS} bits of a port (RFC 7597 section 5.1)")
+        tep = teps.get(p["tep"])
+        if tep is not None and tep.driver is Driver.SEG6 and offset > 0:
+            self.problem(file, f"{key}.psid_offset",
+                         f"psid_offset {offset}{given} splits each port set into "
+                         f"{(1 << offset) - 1} ranges, which TEP {tep.name!r} (seg6 driver) "
+                         "cannot enforce on its nodes (one ip_local_port_range, and nftables "
+                         "SNAT does not see seg6 traffic): set psid_offset: 0 or use ip6tnl")
+        return offset, length, fill
 
     def _ipv4_block(self, text: str, file: str, key: str):
         try:

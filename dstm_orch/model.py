@@ -19,6 +19,8 @@ from datetime import UTC, datetime, timedelta
 
 import netaddr
 
+from dstm_orch.portset import DEFAULT_PSID_OFFSET, PortSet
+
 IPv4 = ipaddress.IPv4Address
 IPv6 = ipaddress.IPv6Address
 
@@ -28,6 +30,18 @@ class Driver(enum.StrEnum):
 
     IP6TNL = "ip6tnl"
     SEG6 = "seg6"
+
+
+class PortSetFill(enum.StrEnum):
+    """Order in which a ports pool hands out (address, PSID) pairs.
+
+    ``pack`` gives out every PSID of an address before the next address (fewest
+    addresses in use); ``spread`` gives PSID p on every address before PSID p + 1
+    (fewest nodes per address while the pool is lightly used).
+    """
+
+    PACK = "pack"
+    SPREAD = "spread"
 
 
 class LeaseState(enum.StrEnum):
@@ -65,6 +79,12 @@ class Pool:
     ``addresses`` is the allocatable set: the declared ranges and prefixes less the
     exclusions. ``prefixes`` are the CIDR blocks the TEP announces and discards when
     unallocated (the declared ranges, before exclusions).
+
+    The ports option (draft sections 3 and 5; RFC 7597 section 5.1): with ``psid_len``
+    k > 0 every address is shared by 2^k leases, each with its own PSID and port set
+    under the pool's one layout (``psid_offset`` a, ``psid_len`` k), handed out in
+    ``port_set_fill`` order. With k = 0 leases hold whole addresses and ``psid_offset``
+    is not used.
     """
 
     name: str
@@ -72,6 +92,9 @@ class Pool:
     addresses: netaddr.IPSet
     prefixes: tuple[ipaddress.IPv4Network, ...]
     policy: LeasePolicy = field(default_factory=LeasePolicy)
+    psid_offset: int = DEFAULT_PSID_OFFSET
+    psid_len: int = 0
+    port_set_fill: PortSetFill = PortSetFill.PACK
 
     def __contains__(self, address: object) -> bool:
         return netaddr.IPAddress(str(address)) in self.addresses
@@ -80,6 +103,27 @@ class Pool:
     def size(self) -> int:
         """Number of allocatable addresses."""
         return self.addresses.size
+
+    @property
+    def shares_addresses(self) -> bool:
+        """True when the pool lends port sets (k > 0) rather than whole addresses."""
+        return self.psid_len > 0
+
+    @property
+    def layout(self) -> tuple[int, int]:
+        """``(psid_offset, psid_len)`` of the pool's leases; ``(0, 0)`` for whole addresses
+        (the layout the lease store records for a whole-address lease)."""
+        return (self.psid_offset, self.psid_len) if self.psid_len else (0, 0)
+
+    @property
+    def port_sets_per_address(self) -> int:
+        """2^k: the sharing ratio (1 for whole addresses)."""
+        return 1 << self.psid_len
+
+    def port_set(self, psid: int) -> PortSet | None:
+        """Return the port set of ``psid`` under the pool's layout, None for a
+        whole-address pool."""
+        return PortSet(self.psid_offset, self.psid_len, psid) if self.psid_len else None
 
 
 @dataclass(frozen=True)
@@ -149,8 +193,10 @@ class Lease:
     for a static reservation (draft section 6, phase 1). ``ended`` is when the lease
     actually stopped (revoke or reclamation), ``None`` while it is active. The
     history of who held which address when is the set of leases with their
-    ``start`` and ``ended or end`` (DESIGN.md invariant 3). ``port_set`` is ``None``
-    until the ports option.
+    ``start`` and ``ended or end`` (DESIGN.md invariant 3). ``port_set`` is the PSID
+    and ports the node may use on ``ipv4`` (the ports option, RFC 7597 section 5.1),
+    ``None`` when the lease holds the whole address. ``node_ipv6`` is the node's
+    address now; a roaming node's earlier addresses are in the lease's events.
     """
 
     id: int
@@ -165,7 +211,7 @@ class Lease:
     lifetime: int | None
     state: LeaseState
     ended: datetime | None = None
-    port_set: None = None
+    port_set: PortSet | None = None
 
     @property
     def is_static(self) -> bool:
@@ -188,7 +234,7 @@ class Lease:
             "node": self.node,
             "node_ipv6": str(self.node_ipv6),
             "ipv4": str(self.ipv4),
-            "port_set": self.port_set,
+            "port_set": self.port_set.as_dict() if self.port_set else None,
             "pool": self.pool,
             "tep": self.tep,
             "tep_ipv6": str(self.tep_ipv6),

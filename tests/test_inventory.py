@@ -18,7 +18,7 @@ import yaml
 
 from dstm_orch.errors import InventoryError, Problem
 from dstm_orch.inventory import load_inventory, schema
-from dstm_orch.model import Driver
+from dstm_orch.model import Driver, PortSetFill
 
 ROOT = Path(__file__).resolve().parents[1]
 LAB = ROOT / "inventories" / "lab"
@@ -555,6 +555,60 @@ def test_host_in_both_groups(tmp_path):
     write_inventory(tmp_path, hosts)
     check(the_problem(tmp_path), tmp_path / "hosts.yml", "tep1",
           "host is in both dstm_nodes and dstm_teps")
+
+
+# --- the ports option (RFC 7597 section 5.1) ---------------------------------------------
+
+DOMAIN_FILE = "group_vars/all/dstm.yml"
+
+
+def test_a_ports_pool_loads_with_the_default_offset(tmp_path):
+    write_inventory(tmp_path, domain=with_pool(psid_len=6, port_set_fill="spread"))
+    pool = load_inventory(tmp_path).domain.pools["p1"]
+    assert (pool.psid_offset, pool.psid_len, pool.port_set_fill) == (6, 6, PortSetFill.SPREAD)
+    assert (pool.layout, pool.port_sets_per_address) == ((6, 6), 64)
+    # 256 addresses x 64 port sets; PSID 3 of a = 6, k = 6 starts at 1024 + 3 * 16.
+    assert pool.port_set(3).ranges()[0] == (1072, 1087)
+
+
+def test_a_pool_without_psid_len_lends_whole_addresses(tmp_path):
+    pool = load_inventory(write_inventory(tmp_path)).domain.pools["p1"]
+    assert (pool.psid_len, pool.layout, pool.port_set_fill) == (0, (0, 0), PortSetFill.PACK)
+    assert pool.port_set(0) is None and not pool.shares_addresses
+
+
+@pytest.mark.parametrize("key,value", [("psid_offset", 0), ("port_set_fill", "pack")])
+def test_ports_keys_without_psid_len(tmp_path, key, value):
+    write_inventory(tmp_path, domain=with_pool(**{key: value, "psid_len": 0}))
+    check(the_problem(tmp_path), tmp_path / DOMAIN_FILE, f"dstm_domain.pools[0].{key}",
+          "needs psid_len 1 or more")
+
+
+def test_offset_and_length_over_16_bits(tmp_path):
+    # Default a = 6 plus k = 11 is 17 bits.
+    write_inventory(tmp_path, domain=with_pool(psid_len=11))
+    check(the_problem(tmp_path), tmp_path / DOMAIN_FILE, "dstm_domain.pools[0].psid_len",
+          "psid_offset 6 (the default) + psid_len 11 = 17 exceeds the 16 bits of a port")
+
+
+@pytest.mark.parametrize("key,value", [("psid_len", 17), ("psid_offset", 16),
+                                       ("psid_len", -1), ("port_set_fill", "random"),
+                                       ("psid_len", True)])
+def test_ports_keys_outside_the_schema(tmp_path, key, value):
+    write_inventory(tmp_path, domain=with_pool(**{"psid_len": 2, key: value}))
+    check(the_problem(tmp_path), tmp_path / DOMAIN_FILE, f"dstm_domain.pools[0].{key}",
+          repr(value))
+
+
+def test_a_seg6_tep_refuses_a_non_contiguous_port_set(tmp_path):
+    hosts = hosts_with(tep1=SEG6_TEP, n1={"dstm_node_decap_ipv6": "2001:db8:201::11"},
+                       n2={"dstm_node_decap_ipv6": "2001:db8:201::12"})
+    write_inventory(tmp_path, hosts, with_pool(psid_len=2))
+    check(the_problem(tmp_path), tmp_path / DOMAIN_FILE, "dstm_domain.pools[0].psid_offset",
+          "psid_offset 6 (the default) splits each port set into 63 ranges, which TEP 'tep1' "
+          "(seg6 driver) cannot enforce")
+    write_inventory(tmp_path, hosts, with_pool(psid_len=2, psid_offset=0))
+    assert load_inventory(tmp_path).domain.pools["p1"].layout == (0, 2)
 
 
 # --- seg6 -------------------------------------------------------------------------------
