@@ -6,6 +6,12 @@ lazily by walking those intervals against a sorted stream of used addresses, the
 way NetBox walks free ranges: asking for one address of a /8 costs the number of
 used addresses before the first gap, never the size of the pool.
 
+In a pool with port sets (RFC 7597 section 5.1, PSID length k > 0) a candidate is a
+*slot*, an address and a PSID, 2^k per address; ``pack_slots`` and ``spread_slots``
+walk that space lazily in the pool's fill order, asking a ``SlotIndex`` (the lease
+store) which addresses still have room, so a /16 shared 64 ways (4,194,304 slots)
+is never enumerated either.
+
 The allocation strategy only *proposes* candidates here; the lease store accepts
 or refuses them atomically (draft-ietf-ngtrans-dstm-08 section 5: "The DSTM server
 has just to guarantee the uniqueness of the IPv4 address for a period of time").
@@ -14,13 +20,19 @@ has just to guarantee the uniqueness of the IPv4 address for a period of time").
 from __future__ import annotations
 
 import bisect
+import heapq
 import ipaddress
+import itertools
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from typing import Protocol
 
 import netaddr
 
 from dstm_orch import model
+
+Layout = tuple[int, int]
+"""``(psid_offset, psid_len)``; ``(0, 0)`` is a whole address."""
 
 
 @dataclass(frozen=True)
@@ -158,3 +170,91 @@ def free_candidates(pool: model.Pool, used: Iterable[int]) -> Iterator[int]:
         An iterator over candidate IPv4 integers; the lease store decides.
     """
     return AddressSpace.of_pool(pool).free(used)
+
+
+class SlotIndex(Protocol):
+    """What the slot walks ask of the lease store (``store.Transaction`` provides it)."""
+
+    def first_unleased(self, first: int, last: int, layout: Layout, psid: int | None) -> int:
+        """Lowest address in ``[first, last]`` with room (``last + 1`` if none)."""
+        ...
+
+    def unleased_runs(
+        self, first: int, last: int, layout: Layout, psid: int
+    ) -> Iterator[tuple[int, int]]:
+        """Runs of addresses in ``[first, last]`` where no active lease holds ``psid``."""
+        ...
+
+    def active_psids(self, ipv4: int) -> list[tuple[Layout, int]]:
+        """Layout and PSID of every active lease on an address."""
+        ...
+
+
+def pack_slots(
+    index: SlotIndex,
+    space: AddressSpace,
+    layout: Layout,
+    held: Iterable[tuple[int, int]],
+    closed: Iterable[int],
+) -> Iterator[tuple[int, int]]:
+    """Propose free slots in ``pack`` order: every PSID of an address, ascending, before
+    the next address, lazily.
+
+    Args:
+        index: answers which addresses have room and which PSIDs an address has leased.
+        space: the pool's addresses.
+        layout: the pool's ``(psid_offset, psid_len)``; k = ``layout[1]`` > 0.
+        held: ``(ipv4, psid)`` slots within their hold time.
+        closed: addresses with no free slot (reserved, or held by another layout).
+
+    Returns:
+        An iterator over ``(ipv4, psid)``; an address whose active leases use another
+        layout is skipped. Each address costs two index queries, full addresses
+        before it cost a galloping count.
+    """
+    last_psid = (1 << layout[1]) - 1
+    closed = set(closed)
+    held_psids: dict[int, set[int]] = {}
+    for ipv4, psid in held:
+        held_psids.setdefault(ipv4, set()).add(psid)
+    for low, high in space.intervals:
+        current = low
+        while current <= high:
+            ipv4 = index.first_unleased(current, high, layout, None)
+            if ipv4 > high:
+                break
+            current = ipv4 + 1
+            if ipv4 in closed:
+                continue
+            active = index.active_psids(ipv4)
+            if any(other != layout for other, _ in active):
+                continue
+            taken = sorted({psid for _, psid in active} | held_psids.get(ipv4, set()))
+            for psid in free_addresses(((0, last_psid),), taken):
+                yield ipv4, psid
+
+
+def spread_slots(
+    index: SlotIndex,
+    space: AddressSpace,
+    layout: Layout,
+    held: Iterable[tuple[int, int]],
+    closed: Iterable[int],
+) -> Iterator[tuple[int, int]]:
+    """Propose free slots in ``spread`` order: PSID p on every address, ascending, before
+    PSID p + 1, lazily (arguments as for ``pack_slots``).
+
+    Returns:
+        An iterator over ``(ipv4, psid)``. The addresses free for one PSID come from
+        runs of index counts, as for whole addresses; PSID p + 1 is asked for only
+        when no address has PSID p free.
+    """
+    closed = sorted(set(closed))
+    held = list(held)
+    for psid in range(1 << layout[1]):
+        unleased = itertools.chain.from_iterable(
+            index.unleased_runs(low, high, layout, psid) for low, high in space.intervals
+        )
+        held_here = sorted({ipv4 for ipv4, slot_psid in held if slot_psid == psid})
+        for ipv4 in free_addresses(unleased, heapq.merge(held_here, closed)):
+            yield ipv4, psid

@@ -4,12 +4,20 @@ The intent is plain data, shaped for the ``dstm_node`` and ``dstm_tep`` roles th
 ``playbooks/apply.yml`` (the ``dstm_intent`` extra variable)::
 
     {"nodes": {"n1": {"ipv4": "198.51.100.1", "tep_ipv6": "2001:db8:200::a",
-                      "valid_until": 1764430000, "driver": "seg6"},   # or None: absent
+                      "valid_until": 1764430000, "driver": "seg6",
+                      "port_set": None},                       # or None: absent
                ...},
      "teps": {"tep1": {"driver": "seg6", "pools": ["198.51.100.0/24"],
                        "bindings": [{"node": "n1", "ipv4": "198.51.100.1",
                                      "node_ipv6": "2001:db8:100::11",
-                                     "node_decap_ipv6": "2001:db8:201::11"}]}}}
+                                     "node_decap_ipv6": "2001:db8:201::11",
+                                     "port_set": None}]}}}
+
+``port_set`` is ``None`` for a lease of a whole address; with the ports option it is
+``{"psid_offset": a, "psid_len": k, "psid": p, "ranges": [[first, last], ...]}``
+(inclusive ports, RFC 7597 section 5.1), the same on the node (which keeps its
+sockets inside the set) and in the TEP binding (which steers return traffic to the
+ports' owner; RFC 8676 ``port-set``). Bindings are ordered by address, then PSID.
 
 ``valid_until`` is the lease's end in epoch seconds (``None`` for a static lease): the
 node turns it into the address's ``valid_lft`` (DESIGN.md invariant 5). A TEP's
@@ -63,7 +71,7 @@ def render_intent(domain: Domain, leases: Iterable[Lease], now: datetime) -> Int
         for name, tep in domain.teps.items()
     }
     orphans: list[Lease] = []
-    for lease in sorted(leases, key=lambda x: int(x.ipv4)):
+    for lease in sorted(leases, key=_order):
         if not lease.is_current(now):
             continue
         node = domain.nodes.get(lease.node)
@@ -71,16 +79,23 @@ def render_intent(domain: Domain, leases: Iterable[Lease], now: datetime) -> Int
         if node is None or tep is None:
             orphans.append(lease)
             continue
+        port_set = lease.port_set.as_dict() if lease.port_set else None
         nodes[lease.node] = {
             "ipv4": str(lease.ipv4),
             "tep_ipv6": str(lease.tep_ipv6),
             "valid_until": int(lease.end.timestamp()) if lease.end else None,
             "driver": tep.driver.value,
+            "port_set": port_set,
         }
         teps[lease.tep]["bindings"].append({
             "node": lease.node,
             "ipv4": str(lease.ipv4),
             "node_ipv6": str(lease.node_ipv6),
             "node_decap_ipv6": str(node.decap_ipv6) if node.decap_ipv6 else None,
+            "port_set": port_set,
         })
     return Intent(nodes, teps, orphans)
+
+
+def _order(lease: Lease) -> tuple[int, int, int]:
+    return (int(lease.ipv4), lease.port_set.psid if lease.port_set else 0, lease.id)

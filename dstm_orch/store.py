@@ -2,12 +2,19 @@
 
 The database, not Python, guarantees uniqueness (DESIGN.md invariant 1): partial
 unique indexes allow one active lease per (IPv4 address, PSID) and one per node,
-across processes and after crashes. Every operation is one transaction; writes
-take the write lock up front (``BEGIN IMMEDIATE``) so that a check and the insert
-that follows it are atomic. Commits are durable (WAL, ``synchronous=FULL``,
-invariant 8). Leases are never deleted: revocation and reclamation set their
-state and ``ended``, and every allocate, renew, revoke and expire appends a row to
-``lease_events``, so who held which address when can always be answered
+across processes and after crashes. A lease holds a whole address (layout (0, 0),
+PSID 0) or one port set (RFC 7597 section 5.1: ``psid_offset``, ``psid_len``,
+``psid``); triggers keep the active leases of one address on one layout and freeze
+a lease's address and port set, so two active leases overlap exactly when they
+share (address, PSID), which the unique index refuses.
+
+Every operation is one transaction; writes take the write lock up front (``BEGIN
+IMMEDIATE``) so that a check and the insert that follows it are atomic. Commits
+are durable (WAL, ``synchronous=FULL``, invariant 8). Leases are never deleted:
+revocation and reclamation set their state and ``ended``, and every allocate,
+renew, move, revoke and expire appends a row to ``lease_events`` with the node's
+IPv6 address after it (a ``move`` also with the address before), so who held which
+address and port set when, from which IPv6 address, can always be answered
 (invariant 3; draft-ietf-ngtrans-dstm-08 section 5, "The DSTM server MUST memorize
 the mapping between the IPv6 address of the node ... and the allocated IPv4
 address").
@@ -15,12 +22,12 @@ address").
 Times are stored as integer seconds since the epoch (UTC); IPv4 addresses as
 integers; IPv6 addresses as compressed text.
 
-Finding the lowest unleased address never enumerates a pool: it counts index
+Finding the lowest address with room never enumerates a pool: it counts index
 entries inside SQLite (galloping search), and a store remembers, per start
-address, how far the addresses were all leased as of which event; the mark holds
-until a revoke or expire event touches that run, from any process (only those
-events make an active lease inactive), and marks of a rolled-back transaction are
-dropped.
+address, layout and PSID, how far the addresses were all full as of which event;
+the mark holds until a revoke or expire event touches that run, from any process
+(only those events make an active lease inactive), and marks of a rolled-back
+transaction are dropped.
 """
 
 from __future__ import annotations
@@ -35,9 +42,17 @@ from pathlib import Path
 
 from dstm_orch import model, pools
 from dstm_orch.errors import StoreError
+from dstm_orch.portset import PortSet
 
 BUSY_TIMEOUT = 30.0
 """Seconds a connection waits for another process's write lock before failing."""
+
+_LAYOUT_CONFLICT = "the address has active leases of another port-set layout"
+
+Layout = tuple[int, int]
+"""``(psid_offset, psid_len)`` of a lease; ``(0, 0)`` is a whole address."""
+
+WHOLE: Layout = (0, 0)
 
 MIGRATIONS: tuple[tuple[str, ...], ...] = (
     (
@@ -86,32 +101,132 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         END
         """,
     ),
+    # 2: the ports option and roaming. Events gain the node's IPv6 address after the
+    # event (and before it, for a 'move'); the port set of a lease is checked and
+    # frozen, and an address holds active leases of one (offset, length) layout only,
+    # so that the unique (ipv4, psid) index forbids exactly the overlapping port sets.
+    (
+        """
+        CREATE TABLE lease_events_v2 (
+            id        INTEGER PRIMARY KEY AUTOINCREMENT,
+            lease_id  INTEGER NOT NULL REFERENCES leases (id),
+            at        INTEGER NOT NULL,
+            event     TEXT    NOT NULL
+                      CHECK (event IN ('allocate', 'renew', 'revoke', 'expire', 'move')),
+            end_at    INTEGER,
+            node_ipv6 TEXT,
+            old_ipv6  TEXT,
+            CHECK ((event = 'move') = (old_ipv6 IS NOT NULL))
+        )
+        """,
+        """
+        INSERT INTO lease_events_v2 (id, lease_id, at, event, end_at, node_ipv6)
+        SELECT e.id, e.lease_id, e.at, e.event, e.end_at, l.node_ipv6
+        FROM lease_events AS e JOIN leases AS l ON l.id = e.lease_id
+        """,
+        "DROP TABLE lease_events",
+        "ALTER TABLE lease_events_v2 RENAME TO lease_events",
+        "CREATE INDEX lease_events_lease ON lease_events (lease_id, id)",
+        """
+        CREATE INDEX leases_active_layout ON leases (psid_offset, psid_len, ipv4, psid)
+        WHERE state = 'active'
+        """,
+        """
+        CREATE INDEX leases_active_psid ON leases (psid_offset, psid_len, psid, ipv4)
+        WHERE state = 'active'
+        """,
+        "CREATE INDEX leases_active_node_ipv6 ON leases (node_ipv6) WHERE state = 'active'",
+        """
+        CREATE TRIGGER leases_port_set_valid BEFORE INSERT ON leases
+        WHEN NEW.psid_offset NOT BETWEEN 0 AND 16 OR NEW.psid_len NOT BETWEEN 0 AND 16
+             OR NEW.psid_offset + NEW.psid_len > 16
+             OR NEW.psid NOT BETWEEN 0 AND (1 << NEW.psid_len) - 1
+        BEGIN
+            SELECT RAISE(ABORT, 'invalid port set: offset + length over 16 or psid too big');
+        END
+        """,
+        f"""
+        CREATE TRIGGER leases_one_layout_per_address BEFORE INSERT ON leases
+        WHEN NEW.state = 'active' AND EXISTS (
+            SELECT 1 FROM leases INDEXED BY leases_active_ipv4
+            WHERE state = 'active' AND ipv4 = NEW.ipv4
+              AND (psid_offset != NEW.psid_offset OR psid_len != NEW.psid_len))
+        BEGIN
+            SELECT RAISE(ABORT, '{_LAYOUT_CONFLICT}');
+        END
+        """,
+        """
+        CREATE TRIGGER leases_port_set_frozen
+        BEFORE UPDATE OF ipv4, psid_offset, psid_len, psid ON leases
+        WHEN NEW.ipv4 != OLD.ipv4 OR NEW.psid_offset != OLD.psid_offset
+             OR NEW.psid_len != OLD.psid_len OR NEW.psid != OLD.psid
+        BEGIN
+            SELECT RAISE(ABORT, 'the address and port set of a lease never change');
+        END
+        """,
+        """
+        CREATE TRIGGER leases_never_reactivate BEFORE UPDATE OF state ON leases
+        WHEN OLD.state != 'active' AND NEW.state = 'active'
+        BEGIN
+            SELECT RAISE(ABORT, 'an ended lease never becomes active again');
+        END
+        """,
+    ),
 )
 """Schema migrations in order; migration N takes ``PRAGMA user_version`` from N-1 to N."""
 
 SCHEMA_VERSION = len(MIGRATIONS)
 
 _COLUMNS = (
-    "id, node, node_ipv6, ipv4, pool, tep, tep_ipv6, start_at, end_at, lifetime, state, ended_at"
+    "id, node, node_ipv6, ipv4, pool, tep, tep_ipv6, start_at, end_at, lifetime, state, ended_at,"
+    " psid_offset, psid_len, psid"
 )
 
 
 @dataclass(frozen=True)
 class Event:
-    """One line of a lease's history: what happened to it, when, and its end after."""
+    """One line of a lease's history: what happened to it, when, and its end after.
+
+    ``node_ipv6`` is the node's IPv6 address after the event (None for events
+    recorded before schema version 2); ``old_ipv6`` the address a ``move`` left.
+    """
 
     lease_id: int
     at: datetime
     event: str
     end: datetime | None
+    node_ipv6: model.IPv6 | None = None
+    old_ipv6: model.IPv6 | None = None
+
+
+@dataclass(frozen=True)
+class Slot:
+    """An address and one PSID of it under a layout (PSID 0 of layout (0, 0): the whole
+    address)."""
+
+    ipv4: int
+    layout: Layout
+    psid: int
+
+
+@dataclass(frozen=True)
+class Holding:
+    """A lease that held an address at some instant, with the node's IPv6 address then."""
+
+    lease: model.Lease
+    node_ipv6: model.IPv6
 
 
 @dataclass(frozen=True)
 class _Mark:
-    """Every address in ``[first, upto)`` had an active lease as of event ``event_id``."""
+    """Every address in ``[first, upto)`` was full as of event ``event_id``."""
 
     upto: int
     event_id: int
+
+
+_MarkKey = tuple[int, Layout, int | None]
+"""A skip mark's start address, layout and PSID (None: any PSID, see ``first_unleased``)."""
 
 
 class AddressTakenError(Exception):
@@ -136,7 +251,7 @@ class LeaseStore:
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
-        self._marks: dict[int, _Mark] = {}
+        self._marks: dict[_MarkKey, _Mark] = {}
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
@@ -305,10 +420,10 @@ class Transaction:
     Obtained from ``LeaseStore.write()`` or ``LeaseStore.read()``; never commits.
     """
 
-    def __init__(self, db: sqlite3.Connection, marks: dict[int, _Mark] | None = None):
+    def __init__(self, db: sqlite3.Connection, marks: dict[_MarkKey, _Mark] | None = None):
         self._db = db
         self._marks = {} if marks is None else marks
-        self.new_marks: dict[int, _Mark] = {}
+        self.new_marks: dict[_MarkKey, _Mark] = {}
 
     def _one(self, sql: str, *args: object) -> model.Lease | None:
         row = self._db.execute(sql, args).fetchone()
@@ -325,90 +440,130 @@ class Transaction:
         """Return the node's active lease (possibly past its end), or None."""
         return self._one(f"SELECT {_COLUMNS} FROM leases WHERE node = ? AND state = 'active'", node)
 
-    def last_ipv4_of(self, node: str) -> int | None:
-        """Return the IPv4 integer of the node's most recent lease, or None."""
+    def last_slot_of(self, node: str) -> Slot | None:
+        """Return the address and port set of the node's most recent lease, or None."""
         row = self._db.execute(
-            "SELECT ipv4 FROM leases WHERE node = ? ORDER BY id DESC LIMIT 1", (node,)
+            "SELECT ipv4, psid_offset, psid_len, psid FROM leases WHERE node = ?"
+            " ORDER BY id DESC LIMIT 1",
+            (node,),
         ).fetchone()
-        return row[0] if row else None
+        return Slot(row[0], (row[1], row[2]), row[3]) if row else None
 
-    def is_active(self, ipv4: int) -> bool:
-        """Tell whether an active lease (reclaimed or not) holds the address."""
+    def is_active(self, ipv4: int, layout: Layout = WHOLE, psid: int = 0) -> bool:
+        """Tell whether the slot ``(ipv4, psid)`` of ``layout`` is taken: an active lease
+        (reclaimed or not) holds that PSID, or holds the address under another layout.
+        """
         return (
             self._db.execute(
                 "SELECT 1 FROM leases INDEXED BY leases_active_ipv4"
-                " WHERE state = 'active' AND ipv4 = ? LIMIT 1",
-                (ipv4,),
+                " WHERE state = 'active' AND ipv4 = ?"
+                " AND (psid = ? OR psid_offset != ? OR psid_len != ?) LIMIT 1",
+                (ipv4, psid, *layout),
             ).fetchone()
             is not None
         )
 
-    def is_held_for_other(self, ipv4: int, since: int, node: str) -> bool:
-        """Tell whether a lease of another node on the address ended after ``since``.
+    def is_held_for_other(
+        self, ipv4: int, since: int, node: str, layout: Layout = WHOLE, psid: int = 0
+    ) -> bool:
+        """Tell whether a lease of another node that ended after ``since`` holds the slot.
+
+        A lease of the same layout holds its own PSID; a lease of another layout (a
+        whole address, or port sets of a layout since changed) holds the whole address.
 
         Args:
             ipv4: the address as an integer.
             since: epoch seconds; an end later than this is within the hold time.
-            node: the node asking; its own ended leases do not hold the address.
+            node: the node asking; its own ended leases do not hold the slot.
+            layout: ``(psid_offset, psid_len)`` of the slot.
+            psid: the slot's PSID (0 for a whole address).
         """
         return (
             self._db.execute(
-                "SELECT 1 FROM leases WHERE ipv4 = ? AND ended_at > ? AND node != ? LIMIT 1",
-                (ipv4, since, node),
+                "SELECT 1 FROM leases WHERE ipv4 = ? AND ended_at > ? AND node != ?"
+                " AND (psid = ? OR psid_offset != ? OR psid_len != ?) LIMIT 1",
+                (ipv4, since, node, psid, *layout),
             ).fetchone()
             is not None
         )
 
-    def count_active(self, first: int, last: int) -> int:
-        """Count the addresses between two IPv4 integers (inclusive) with an active lease.
+    def count_active(
+        self, first: int, last: int, layout: Layout = WHOLE, psid: int | None = 0
+    ) -> int:
+        """Count the active leases of ``layout`` on the addresses ``first`` to ``last``
+        (IPv4 integers, inclusive), only those of PSID ``psid`` unless it is None.
 
-        Counts index entries: every lease holds a whole address (PSID 0) until the
-        ports option, so active leases and leased addresses are the same number.
+        Counts entries of a covering index inside SQLite. One address holds at most
+        one active lease per PSID and PSIDs are below 2^k (unique index and trigger),
+        so with ``psid`` None an address is full at 2^k leases, otherwise at one.
         """
+        if psid is None:
+            return self._db.execute(
+                "SELECT count(*) FROM leases INDEXED BY leases_active_layout"
+                " WHERE state = 'active' AND psid_offset = ? AND psid_len = ?"
+                " AND ipv4 BETWEEN ? AND ?",
+                (*layout, first, last),
+            ).fetchone()[0]
         return self._db.execute(
-            "SELECT count(*) FROM leases WHERE state = 'active' AND ipv4 BETWEEN ? AND ?",
-            (first, last),
+            "SELECT count(*) FROM leases INDEXED BY leases_active_psid"
+            " WHERE state = 'active' AND psid_offset = ? AND psid_len = ? AND psid = ?"
+            " AND ipv4 BETWEEN ? AND ?",
+            (*layout, psid, first, last),
         ).fetchone()[0]
 
-    def next_active(self, first: int, last: int) -> int | None:
-        """Return the lowest address in ``[first, last]`` with an active lease, or None
-        (one index seek)."""
+    def next_active(
+        self, first: int, last: int, layout: Layout = WHOLE, psid: int = 0
+    ) -> int | None:
+        """Return the lowest address in ``[first, last]`` with an active lease of
+        ``layout`` and ``psid``, or None (one index seek)."""
         return self._db.execute(
-            "SELECT min(ipv4) FROM leases WHERE state = 'active' AND ipv4 BETWEEN ? AND ?",
-            (first, last),
+            "SELECT min(ipv4) FROM leases INDEXED BY leases_active_psid"
+            " WHERE state = 'active' AND psid_offset = ? AND psid_len = ? AND psid = ?"
+            " AND ipv4 BETWEEN ? AND ?",
+            (*layout, psid, first, last),
         ).fetchone()[0]
 
-    def first_unleased(self, first: int, last: int) -> int:
-        """Return the lowest address in ``[first, last]`` without an active lease, or
-        ``last + 1`` when every one has one.
+    def first_unleased(
+        self, first: int, last: int, layout: Layout = WHOLE, psid: int | None = 0
+    ) -> int:
+        """Return the lowest address in ``[first, last]`` that still has room, or
+        ``last + 1`` when none has.
+
+        An address has room when no active lease of ``layout`` holds ``psid`` on it;
+        with ``psid`` None, when fewer than 2^k leases of ``layout`` (k its length)
+        hold it. Leases of other layouts are not counted: the caller checks those.
 
         Galloping search on index counts: ranges of 1, 2, 4, ... addresses are
-        counted until one is not fully leased, then that range is halved down to
-        the address. The work is about three index entries per leased address
-        skipped, counted inside SQLite, and a logarithmic number of queries; the
-        pool is never enumerated.
+        counted until one is not full, then that range is halved down to the
+        address. The work is about three index entries per lease skipped, counted
+        inside SQLite, and a logarithmic number of queries; the pool is never
+        enumerated.
         """
-        low = self._leased_up_to(first, last)
+        capacity = 1 if psid is not None else 1 << layout[1]
+        key = (first, layout, psid)
+        low = self._leased_up_to(key, first, last)
         span = 1
         while low <= last:
             high = min(low + span - 1, last)
-            if self.count_active(low, high) < high - low + 1:
+            if self.count_active(low, high, layout, psid) < (high - low + 1) * capacity:
                 while low < high:
                     middle = (low + high) // 2
-                    if self.count_active(low, middle) == middle - low + 1:
+                    if self.count_active(low, middle, layout, psid) == (
+                        middle - low + 1
+                    ) * capacity:
                         low = middle + 1
                     else:
                         high = middle
                 break
             low, span = high + 1, span * 2
         low = min(low, last + 1)
-        self.new_marks[first] = _Mark(low, self._last_event())
+        self.new_marks[key] = _Mark(low, self._last_event())
         return low
 
-    def _leased_up_to(self, first: int, last: int) -> int:
-        # Resume after a known fully leased run from ``first`` if no lease in it has
-        # ended since (leases only stop being active by revoke or expire events).
-        mark = self._marks.get(first)
+    def _leased_up_to(self, key: _MarkKey, first: int, last: int) -> int:
+        # Resume after a known full run from ``first`` if no lease in it has ended
+        # since (leases only stop being active by revoke or expire events).
+        mark = self._marks.get(key)
         if mark is None or mark.upto <= first:
             return first
         ended = self._db.execute(
@@ -422,32 +577,92 @@ class Transaction:
     def _last_event(self) -> int:
         return self._db.execute("SELECT coalesce(max(id), 0) FROM lease_events").fetchone()[0]
 
-    def unleased_runs(self, first: int, last: int) -> Iterator[tuple[int, int]]:
+    def unleased_runs(
+        self, first: int, last: int, layout: Layout = WHOLE, psid: int = 0
+    ) -> Iterator[tuple[int, int]]:
         """Yield, ascending and lazily, the maximal runs ``(first, last)`` of addresses
-        in ``[first, last]`` that no active lease holds (free of leases; holds and
-        reservations are the caller's to apply)."""
+        in ``[first, last]`` where no active lease of ``layout`` holds ``psid`` (holds,
+        reservations and other layouts are the caller's to apply)."""
         current = first
         while current <= last:
-            start = self.first_unleased(current, last)
+            start = self.first_unleased(current, last, layout, psid)
             if start > last:
                 return
-            following = self.next_active(start + 1, last) if start < last else None
+            following = self.next_active(start + 1, last, layout, psid) if start < last else None
             stop = last if following is None else following - 1
             yield start, stop
             current = stop + 1
 
-    def held_ipv4(self, first: int, last: int, since: int) -> list[int]:
-        """Return, ascending, the addresses in ``[first, last]`` of leases ended after
+    def active_psids(self, ipv4: int) -> list[tuple[Layout, int]]:
+        """Return ``((psid_offset, psid_len), psid)`` of the active leases on an
+        address, by PSID (at most 2^k rows, one index range)."""
+        return [
+            ((offset, length), psid)
+            for psid, offset, length in self._db.execute(
+                "SELECT psid, psid_offset, psid_len FROM leases INDEXED BY leases_active_ipv4"
+                " WHERE state = 'active' AND ipv4 = ? ORDER BY psid",
+                (ipv4,),
+            )
+        ]
+
+    def layout_conflicts(self, first: int, last: int, layout: Layout) -> list[int]:
+        """Return, ascending, the addresses in ``[first, last]`` that active leases of
+        any layout other than ``layout`` hold (they have no room for ``layout``).
+
+        The layouts in use are found by index seeks, then each other layout's leases
+        in the range are read; outside a change of a pool's layout these are only the
+        static reservations inside the range.
+        """
+        found: set[int] = set()
+        after: tuple[int, int] = (-1, -1)
+        while True:
+            row = self._db.execute(
+                "SELECT psid_offset, psid_len FROM leases INDEXED BY leases_active_layout"
+                " WHERE state = 'active' AND (psid_offset, psid_len) > (?, ?)"
+                " ORDER BY psid_offset, psid_len LIMIT 1",
+                after,
+            ).fetchone()
+            if row is None:
+                return sorted(found)
+            after = (row[0], row[1])
+            if after != tuple(layout):
+                found.update(
+                    ipv4
+                    for (ipv4,) in self._db.execute(
+                        "SELECT ipv4 FROM leases INDEXED BY leases_active_layout"
+                        " WHERE state = 'active' AND psid_offset = ? AND psid_len = ?"
+                        " AND ipv4 BETWEEN ? AND ?",
+                        (*after, first, last),
+                    )
+                )
+
+    def held_slots(self, first: int, last: int, since: int) -> list[Slot]:
+        """Return, by address, the slots in ``[first, last]`` of leases ended after
         ``since`` (epoch seconds): those still in their hold time."""
         return [
-            ipv4
-            for (ipv4,) in self._db.execute(
-                "SELECT DISTINCT ipv4 FROM leases INDEXED BY leases_ended"
+            Slot(ipv4, (offset, length), psid)
+            for ipv4, offset, length, psid in self._db.execute(
+                "SELECT DISTINCT ipv4, psid_offset, psid_len, psid"
+                " FROM leases INDEXED BY leases_ended"
                 " WHERE ended_at > ? AND ipv4 BETWEEN ? AND ?"
-                " ORDER BY ipv4",
+                " ORDER BY ipv4, psid",
                 (since, first, last),
             )
         ]
+
+    def held_ipv4(self, first: int, last: int, since: int) -> list[int]:
+        """Return, ascending, the addresses in ``[first, last]`` of leases ended after
+        ``since`` (epoch seconds): those still in their hold time."""
+        return sorted({slot.ipv4 for slot in self.held_slots(first, last, since)})
+
+    def ipv6_in_use(self, node_ipv6: model.IPv6, node: str) -> str | None:
+        """Return the name of another node whose active lease maps ``node_ipv6``, or None."""
+        row = self._db.execute(
+            "SELECT node FROM leases INDEXED BY leases_active_node_ipv6"
+            " WHERE state = 'active' AND node_ipv6 = ? AND node != ? LIMIT 1",
+            (str(node_ipv6), node),
+        ).fetchone()
+        return row[0] if row else None
 
     def insert(
         self,
@@ -460,30 +675,51 @@ class Transaction:
         tep_ipv6: model.IPv6,
         start: datetime,
         lifetime: int | None,
+        port_set: PortSet | None = None,
     ) -> model.Lease:
         """Insert an active lease starting at ``start`` for ``lifetime`` seconds (None:
         static, no end) and record its ``allocate`` event.
 
+        Args:
+            port_set: the lease's PSID and layout; None for the whole address.
+
         Raises:
-            AddressTakenError: the unique index refuses it: the address already has an
-                active lease.
+            AddressTakenError: the database refuses it: an active lease already holds
+                that PSID of the address, or holds the address under another layout.
             sqlite3.IntegrityError: another constraint refuses it (the node already
                 has an active lease); the transaction turns it into ``StoreError``.
         """
         start_at = _epoch(start)
         end_at = None if lifetime is None else start_at + lifetime
+        offset, length, psid = (
+            (port_set.psid_offset, port_set.psid_len, port_set.psid) if port_set else (0, 0, 0)
+        )
         try:
             cursor = self._db.execute(
-                "INSERT INTO leases (node, node_ipv6, ipv4, pool, tep, tep_ipv6, start_at,"
-                " end_at, lifetime, state) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 'active')",
-                (node, str(node_ipv6), ipv4, pool, tep, str(tep_ipv6), start_at, end_at, lifetime),
+                "INSERT INTO leases (node, node_ipv6, ipv4, psid_offset, psid_len, psid, pool,"
+                " tep, tep_ipv6, start_at, end_at, lifetime, state)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'active')",
+                (
+                    node,
+                    str(node_ipv6),
+                    ipv4,
+                    offset,
+                    length,
+                    psid,
+                    pool,
+                    tep,
+                    str(tep_ipv6),
+                    start_at,
+                    end_at,
+                    lifetime,
+                ),
             )
         except sqlite3.IntegrityError as exc:
-            if "leases.ipv4" in str(exc):
+            if "leases.ipv4" in str(exc) or _LAYOUT_CONFLICT in str(exc):
                 raise AddressTakenError(str(exc)) from exc
             raise
         lease_id = cursor.lastrowid
-        self._event(lease_id, start_at, "allocate", end_at)
+        self._event(lease_id, start_at, "allocate", end_at, node_ipv6)
         lease = self.get(lease_id)
         assert lease is not None
         return lease
@@ -495,7 +731,26 @@ class Transaction:
             "UPDATE leases SET end_at = ?, lifetime = ? WHERE id = ? AND state = 'active'",
             (at + lifetime, lifetime, lease.id),
         )
-        self._event(lease.id, at, "renew", at + lifetime)
+        self._event(lease.id, at, "renew", at + lifetime, lease.node_ipv6)
+        return self._refetch(lease)
+
+    def move(self, lease: model.Lease, now: datetime, node_ipv6: model.IPv6) -> model.Lease:
+        """Map an active lease to the node's new IPv6 address from ``now`` on; record a
+        ``move`` event with the old and the new address (draft section 6, the VPN
+        scenario: a roaming node's IPv6 address changes, its lease stays)."""
+        at = _epoch(now)
+        self._db.execute(
+            "UPDATE leases SET node_ipv6 = ? WHERE id = ? AND state = 'active'",
+            (str(node_ipv6), lease.id),
+        )
+        self._event(
+            lease.id,
+            at,
+            "move",
+            _epoch(lease.end) if lease.end else None,
+            node_ipv6,
+            old_ipv6=lease.node_ipv6,
+        )
         return self._refetch(lease)
 
     def finish(
@@ -514,7 +769,9 @@ class Transaction:
             "UPDATE leases SET state = ?, ended_at = ? WHERE id = ? AND state = 'active'",
             (state.value, _epoch(ended), lease.id),
         )
-        self._event(lease.id, _epoch(now), event, _epoch(lease.end) if lease.end else None)
+        self._event(
+            lease.id, _epoch(now), event, _epoch(lease.end) if lease.end else None, lease.node_ipv6
+        )
         return self._refetch(lease)
 
     def due(self, now: datetime, limit: int | None) -> list[model.Lease]:
@@ -553,20 +810,79 @@ class Transaction:
         where = f" WHERE {' AND '.join(clauses)}" if clauses else ""
         return self._all(f"SELECT {_COLUMNS} FROM leases{where} ORDER BY start_at, id", *args)
 
+    def holders(self, ipv4: object, at: datetime) -> list[Holding]:
+        """Return who held an address at an instant, from the lease history.
+
+        A lease held its address (and port set) from its ``start`` until it ended
+        (revoke or reclamation) or, while still active, until its ``end``; a static
+        lease until revoked. The IPv6 address is the node's at ``at``: the one the
+        last event up to then recorded, so a roaming node's moves are followed.
+
+        Args:
+            ipv4: the address (int, str or address object).
+            at: the instant (timezone-aware).
+
+        Returns:
+            The holdings by PSID then lease id; several when the address was shared.
+        """
+        moment = _epoch(at)
+        found = self._all(
+            f"SELECT {_COLUMNS} FROM leases INDEXED BY leases_ipv4 WHERE ipv4 = ?"
+            " AND start_at <= ? AND coalesce(ended_at, end_at, ?) > ? ORDER BY psid, id",
+            pools.to_int(ipv4),
+            moment,
+            moment + 1,
+            moment,
+        )
+        return [Holding(lease, self._ipv6_at(lease, moment)) for lease in found]
+
+    def _ipv6_at(self, lease: model.Lease, at: int) -> model.IPv6:
+        row = self._db.execute(
+            "SELECT node_ipv6 FROM lease_events WHERE lease_id = ? AND at <= ?"
+            " AND node_ipv6 IS NOT NULL ORDER BY id DESC LIMIT 1",
+            (lease.id, at),
+        ).fetchone()
+        if row is None:
+            # No event up to then names it (history written before schema 2, or an
+            # instant before the first event): the address before the first move.
+            row = self._db.execute(
+                "SELECT old_ipv6 FROM lease_events WHERE lease_id = ? AND event = 'move'"
+                " ORDER BY id LIMIT 1",
+                (lease.id,),
+            ).fetchone()
+        return ipaddress.IPv6Address(row[0]) if row else lease.node_ipv6
+
     def events(self, lease_id: int) -> list[Event]:
         """Return the events of one lease, oldest first."""
         return [
-            Event(lease_id, _moment(at), event, None if end_at is None else _moment(end_at))
-            for at, event, end_at in self._db.execute(
-                "SELECT at, event, end_at FROM lease_events WHERE lease_id = ? ORDER BY id",
+            Event(
+                lease_id,
+                _moment(at),
+                event,
+                None if end_at is None else _moment(end_at),
+                None if node_ipv6 is None else ipaddress.IPv6Address(node_ipv6),
+                None if old_ipv6 is None else ipaddress.IPv6Address(old_ipv6),
+            )
+            for at, event, end_at, node_ipv6, old_ipv6 in self._db.execute(
+                "SELECT at, event, end_at, node_ipv6, old_ipv6 FROM lease_events"
+                " WHERE lease_id = ? ORDER BY id",
                 (lease_id,),
             )
         ]
 
-    def _event(self, lease_id: int, at: int, event: str, end_at: int | None) -> None:
+    def _event(
+        self,
+        lease_id: int,
+        at: int,
+        event: str,
+        end_at: int | None,
+        node_ipv6: model.IPv6,
+        old_ipv6: model.IPv6 | None = None,
+    ) -> None:
         self._db.execute(
-            "INSERT INTO lease_events (lease_id, at, event, end_at) VALUES (?, ?, ?, ?)",
-            (lease_id, at, event, end_at),
+            "INSERT INTO lease_events (lease_id, at, event, end_at, node_ipv6, old_ipv6)"
+            " VALUES (?, ?, ?, ?, ?, ?)",
+            (lease_id, at, event, end_at, str(node_ipv6), old_ipv6 and str(old_ipv6)),
         )
 
     def _refetch(self, lease: model.Lease) -> model.Lease:
@@ -599,6 +915,9 @@ def _lease(row: tuple) -> model.Lease:
         lifetime,
         state,
         ended_at,
+        psid_offset,
+        psid_len,
+        psid,
     ) = row
     return model.Lease(
         id=lease_id,
@@ -613,4 +932,5 @@ def _lease(row: tuple) -> model.Lease:
         lifetime=lifetime,
         state=model.LeaseState(state),
         ended=None if ended_at is None else _moment(ended_at),
+        port_set=PortSet(psid_offset, psid_len, psid) if psid_len else None,
     )

@@ -11,7 +11,8 @@ import pytest
 
 from dstm_orch import model
 from dstm_orch.errors import StoreError
-from dstm_orch.store import SCHEMA_VERSION, AddressTakenError, LeaseStore
+from dstm_orch.portset import PortSet
+from dstm_orch.store import MIGRATIONS, SCHEMA_VERSION, AddressTakenError, LeaseStore
 
 T0 = datetime(2025, 1, 1, tzinfo=UTC)
 NODE6 = ipaddress.IPv6Address("2001:db8:e00::11")
@@ -248,3 +249,137 @@ def test_a_failed_migration_is_refused_and_leaves_the_file_as_it_was(tmp_path):
         assert names == {"leases"}
     finally:
         raw.close()
+
+
+# --- the ports option and roaming (schema version 2) -----------------------------------
+
+
+def test_port_sets_share_an_address_but_never_a_psid(store):
+    with store.write() as tx:
+        first = tx.insert(**lease_fields("n1"), port_set=PortSet(0, 2, 1))
+        tx.insert(**lease_fields("n2"), port_set=PortSet(0, 2, 2))
+    assert first.port_set == PortSet(0, 2, 1)
+    with pytest.raises(AddressTakenError), store.write() as tx:
+        tx.insert(**lease_fields("n3"), port_set=PortSet(0, 2, 1))
+    assert sorted(lease.port_set.psid for lease in store.leases()) == [1, 2]
+
+
+@pytest.mark.parametrize("held,wanted", [
+    (PortSet(0, 2, 1), None),              # a whole address over a port set
+    (None, PortSet(0, 2, 1)),              # a port set on a whole address
+    (PortSet(0, 2, 1), PortSet(0, 3, 5)),  # another length, even with disjoint ports
+    (PortSet(6, 2, 1), PortSet(0, 2, 0)),  # another offset
+])
+def test_the_database_keeps_one_layout_per_address(store, held, wanted):
+    # One layout per address makes "same PSID" and "overlapping ports" the same thing,
+    # so the unique (ipv4, psid) index is enough. k = 3 PSID 5 (40960-49151) does not
+    # overlap k = 2 PSID 1 (16384-32767) and is refused all the same.
+    with store.write() as tx:
+        tx.insert(**lease_fields("n1"), port_set=held)
+    with pytest.raises(AddressTakenError, match="another port-set layout"), store.write() as tx:
+        tx.insert(**lease_fields("n2"), port_set=wanted)
+    with store.write() as tx:
+        tx.insert(**lease_fields("n2", "192.0.2.2"), port_set=wanted)
+
+
+def test_the_database_refuses_an_invalid_port_set(store, tmp_path):
+    raw = sqlite3.connect(tmp_path / "leases.sqlite")
+    try:
+        for offset, length, psid in ((0, 2, 4), (6, 11, 0), (17, 0, 0), (0, 2, -1)):
+            with pytest.raises(sqlite3.IntegrityError, match="invalid port set"):
+                raw.execute(
+                    "INSERT INTO leases (node, node_ipv6, ipv4, psid_offset, psid_len, psid, pool,"
+                    " tep, tep_ipv6, start_at, state) VALUES ('raw', '::1', 1, ?, ?, ?, 'p', 't',"
+                    " '::2', 0, 'active')",
+                    (offset, length, psid),
+                )
+    finally:
+        raw.close()
+
+
+def test_a_lease_keeps_its_address_and_port_set_and_never_comes_back(store, tmp_path):
+    with store.write() as tx:
+        lease = tx.insert(**lease_fields("n1"), port_set=PortSet(0, 2, 1))
+        tx.finish(lease, model.LeaseState.REVOKED, T0, T0)
+    raw = sqlite3.connect(tmp_path / "leases.sqlite")
+    try:
+        for change in ("psid = 2", "ipv4 = 7", "psid_len = 3", "psid_offset = 6"):
+            with pytest.raises(sqlite3.IntegrityError, match="never change"):
+                raw.execute(f"UPDATE leases SET {change} WHERE id = ?", (lease.id,))
+        with pytest.raises(sqlite3.IntegrityError, match="never becomes active again"):
+            raw.execute(
+                "UPDATE leases SET state = 'active', ended_at = NULL WHERE id = ?", (lease.id,)
+            )
+    finally:
+        raw.close()
+
+
+def test_events_record_the_ipv6_address_and_a_move_both(store):
+    moved_to = ipaddress.IPv6Address("2001:db8:e20::11")
+    with store.write() as tx:
+        lease = tx.insert(**lease_fields("n1"))
+        tx.move(lease, T0 + timedelta(seconds=10), moved_to)
+        tx.extend(tx.get(lease.id), T0 + timedelta(seconds=10), 600)
+    assert store.lease_of("n1").node_ipv6 == moved_to
+    assert [(e.event, e.old_ipv6, e.node_ipv6) for e in store.events(lease.id)] == [
+        ("allocate", None, NODE6),
+        ("move", NODE6, moved_to),
+        ("renew", None, moved_to),
+    ]
+
+
+def version_1_file(path) -> None:
+    """Write a lease store of schema version 1 (before the ports option) by hand: one
+    revoked and one active lease, with their events."""
+    raw = sqlite3.connect(path)
+    try:
+        for statement in MIGRATIONS[0]:
+            raw.execute(statement)
+        raw.execute("PRAGMA user_version = 1")
+        for lease_id, node, six, ipv4, state, ended in (
+            (1, "old", "2001:db8:e00::21", 3221225985, "revoked", 100),
+            (2, "now", "2001:db8:e00::22", 3221225985, "active", None),
+        ):
+            raw.execute(
+                "INSERT INTO leases (id, node, node_ipv6, ipv4, pool, tep, tep_ipv6, start_at,"
+                " end_at, lifetime, state, ended_at) VALUES (?, ?, ?, ?, 'p', 't', '::a', ?, ?,"
+                " 600, ?, ?)",
+                (lease_id, node, six, ipv4, lease_id * 100 - 100, lease_id * 100 + 500, state,
+                 ended),
+            )
+            raw.execute(
+                "INSERT INTO lease_events (lease_id, at, event, end_at) VALUES (?, ?, 'allocate',"
+                " ?)",
+                (lease_id, lease_id * 100 - 100, lease_id * 100 + 500),
+            )
+        raw.execute("INSERT INTO lease_events (lease_id, at, event, end_at) VALUES"
+                    " (1, 100, 'revoke', 600)")
+        raw.commit()
+    finally:
+        raw.close()
+
+
+def test_a_version_1_store_is_migrated_keeping_its_history(tmp_path):
+    path = tmp_path / "v1.sqlite"
+    version_1_file(path)
+    with LeaseStore(path) as store:
+        assert store.schema_version == SCHEMA_VERSION == 2
+        leases = store.leases(include_history=True)
+        assert [(lease.node, lease.state, lease.port_set) for lease in leases] == [
+            ("old", model.LeaseState.REVOKED, None), ("now", model.LeaseState.ACTIVE, None)]
+        # Old events get the lease's IPv6 address (no lease could move before version 2).
+        assert [(e.event, str(e.node_ipv6)) for e in store.events(1)] == [
+            ("allocate", "2001:db8:e00::21"), ("revoke", "2001:db8:e00::21")]
+        with store.write() as tx:
+            moved = tx.move(leases[1], T0, ipaddress.IPv6Address("2001:db8:e20::22"))
+            # The unique index and the new layout trigger hold on the migrated table.
+            with pytest.raises(AddressTakenError, match="another port-set layout"):
+                tx.insert(**lease_fields("n9", "192.0.2.1"), port_set=PortSet(0, 2, 1))
+        assert [e.event for e in store.events(2)] == ["allocate", "move"]
+        assert moved.node_ipv6 == ipaddress.IPv6Address("2001:db8:e20::22")
+    raw = sqlite3.connect(path)
+    try:
+        ids = [row[0] for row in raw.execute("SELECT id FROM lease_events ORDER BY id")]
+    finally:
+        raw.close()
+    assert ids == [1, 2, 3, 4]
