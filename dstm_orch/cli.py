@@ -7,12 +7,14 @@ unexpected error (see the log), 130 interrupted.
 from __future__ import annotations
 
 import functools
+import ipaddress
 import json
 import logging
 import os
 import sys
 import tempfile
 from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
 
 import click
@@ -21,7 +23,7 @@ from rich.table import Table
 
 from dstm_orch import __version__
 from dstm_orch.allocator import Allocator
-from dstm_orch.errors import DstmError
+from dstm_orch.errors import DstmError, LeaseNotFoundError
 from dstm_orch.inventory import DstmInventory, load_inventory
 from dstm_orch.model import Lease, utcnow
 from dstm_orch.store import LeaseStore
@@ -150,6 +152,58 @@ def expire(ctx: Context, max_leases: int | None) -> None:
 
 
 @cli.command()
+@click.argument("ipv4")
+@click.option("--port", type=click.IntRange(0, 65535), help="A TCP or UDP port of IPV4.")
+@click.option("--at", "at_text", metavar="TIME",
+              help="ISO 8601 time, UTC unless it names a zone (default: now).")
+@common
+def who(ctx: Context, ipv4: str, port: int | None, at_text: str | None) -> None:
+    """Tell which node (name, IPv6 address) held IPV4, and --port of it, at --at.
+
+    Answers from the lease history, past expired and revoked leases included
+    (DESIGN.md invariant 3); without --port, every node that shared the address.
+    """
+    try:
+        address = ipaddress.IPv4Address(ipv4)
+    except ValueError as exc:
+        raise click.BadParameter(f"{ipv4!r} is not an IPv4 address", param_hint="IPV4") from exc
+    moment = _instant(at_text) if at_text else utcnow().replace(microsecond=0)
+    found = ctx.allocator.who(address, port, moment)
+    when = moment.astimezone(UTC).isoformat().replace("+00:00", "Z")
+    if not found:
+        what = f"{address} port {port}" if port is not None else str(address)
+        raise LeaseNotFoundError(f"no lease held {what} at {when}")
+    if ctx.as_json:
+        click.echo(json.dumps({
+            "ipv4": str(address), "port": port, "at": when,
+            "holders": [{"node": h.lease.node, "node_ipv6": str(h.node_ipv6),
+                         "lease": h.lease.as_dict()} for h in found],
+        }, indent=2))
+        return
+    table = Table(box=None, pad_edge=False)
+    for col in ("node", "node_ipv6", "ipv4", "ports", "start", "until", "state"):
+        table.add_column(col)
+    for holding in found:
+        d = holding.lease.as_dict()
+        table.add_row(d["node"], str(holding.node_ipv6), d["ipv4"], _ports(holding.lease),
+                      d["start"], d["ended"] or d["end"] or "never", d["state"])
+    Console(width=200).print(table)
+
+
+def _instant(text: str) -> datetime:
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError as exc:
+        raise click.BadParameter(f"{text!r} is not an ISO 8601 time", param_hint="--at") from exc
+    moment = moment.replace(microsecond=0)
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment
+
+
+def _ports(lease: Lease) -> str:
+    return str(lease.port_set) if lease.port_set else "all"
+
+
+@cli.command()
 @click.option("--check", is_flag=True, help="Dry run: show what would change, change nothing.")
 @click.option("--limit", metavar="PATTERN", help="Ansible host pattern to restrict the run.")
 @common
@@ -250,12 +304,13 @@ def _print_leases(ctx: Context, found: list[Lease], single: bool = False) -> Non
         click.echo(json.dumps(data[0] if single else data, indent=2))
         return
     table = Table(box=None, pad_edge=False)
-    for col in ("node", "node_ipv6", "ipv4", "tep_ipv6", "start", "end", "lifetime", "state"):
+    for col in ("node", "node_ipv6", "ipv4", "ports", "tep_ipv6", "start", "end", "lifetime",
+                "state"):
         table.add_column(col)
     for lease in found:
         d = lease.as_dict()
-        table.add_row(d["node"], d["node_ipv6"], d["ipv4"], d["tep_ipv6"], d["start"],
-                      d["end"] or "never", "static" if d["lifetime"] is None else
+        table.add_row(d["node"], d["node_ipv6"], d["ipv4"], _ports(lease), d["tep_ipv6"],
+                      d["start"], d["end"] or "never", "static" if d["lifetime"] is None else
                       f"{d['lifetime']} s", d["state"])
     Console(width=200).print(table)
 
