@@ -1,0 +1,466 @@
+"""``dstm-orch serve``: the DSTM server's roaming exchange over HTTP on IPv6.
+
+A request that passes admission (:mod:`dstm_orch.roaming.guard`) becomes one
+allocator call, keyed by the IPv6 address the node has *now* (draft-ietf-ngtrans-dstm-08
+section 6, VPN scenario): ``request`` allocates (or returns the current lease, moved to
+that address), ``renew`` extends it (and moves it), ``release`` revokes it. Then, when
+the TEP's mapping table changed (a new, moved or ended binding; section 5: "the DSTM
+Server MAY be in charge of configuring the IPv4/IPv6 mapping table at the TEP"), the
+TEP is converged before the answer, so the node can use its address at once.
+
+Pushes go through a :class:`Pusher`: :class:`AnsiblePusher` renders the intent of every
+current lease and runs ``playbooks/apply.yml`` limited to that TEP (the same role and
+the same whole-table convergence as ``dstm-orch apply``, so the two never disagree);
+:class:`NoPusher` only records leases (benchmarks, tests, or a TEP converged by
+``apply`` on a timer). Pushes to one TEP are serialised and coalesced: a request whose
+change is already covered by a push that started after it does not push again. The
+first request after start pushes once, whatever it changed (the TEP may be stale).
+
+Security properties (section 7): the server listens on one IPv6 address only
+(``IPV6_V6ONLY``); by default the address a request claims must be the one it came
+from, so an authenticated node cannot point the TEP's traffic at a third party; every
+refusal happens before anything is written.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import logging
+import socket
+import ssl
+import threading
+from collections.abc import Collection
+from datetime import datetime
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Protocol
+from urllib.parse import urlsplit
+
+from dstm_orch.allocator import Allocator, Ipv6InUseError
+from dstm_orch.errors import (
+    DstmError,
+    LeaseNotFoundError,
+    LifetimeError,
+    PoolExhaustedError,
+    PushError,
+    UnknownNodeError,
+)
+from dstm_orch.model import Domain, Lease, LeaseState, utcnow
+from dstm_orch.roaming.guard import Guard, Limits
+from dstm_orch.roaming.protocol import (
+    MAX_BODY,
+    SIGNATURE_HEADER,
+    LeaseRequest,
+    Reason,
+    Refusal,
+    RoamingError,
+    action_of,
+)
+from dstm_orch.store import LeaseStore
+
+log = logging.getLogger("dstm_orch.roaming")
+
+DEFAULT_PORT = 3786
+
+
+class Pusher(Protocol):
+    """Converges one TEP's mapping table to the current leases."""
+
+    label: str
+
+    def push(self, tep: str) -> None:
+        """Converge TEP ``tep``.
+
+        Raises:
+            PushError: the TEP refused or could not be reached.
+        """
+
+
+class NoPusher:
+    """Push nothing: leases are recorded, TEPs are left to ``dstm-orch apply``."""
+
+    label = "none (leases only; TEPs are not configured)"
+
+    def push(self, tep: str) -> None:
+        return None
+
+
+class AnsiblePusher:
+    """Run the ``dstm_tep`` role on one TEP with the intent of every current lease.
+
+    Args:
+        inventory: the inventory directory (Ansible reads it as ``apply`` does).
+        domain: the validated domain.
+        store_path: the lease store file.
+        roaming: names of roaming nodes; their bindings carry ``roaming: true`` so
+            that the role maps the lease to the node's current address itself.
+    """
+
+    label = "ansible (roles/dstm_tep through playbooks/apply.yml, --limit <tep>)"
+
+    def __init__(self, inventory: Path, domain: Domain, store_path: Path,
+                 roaming: Collection[str]):
+        self.inventory = Path(inventory)
+        self.domain = domain
+        self.store_path = Path(store_path)
+        self.roaming = frozenset(roaming)
+
+    def push(self, tep: str) -> None:
+        from dstm_orch.pushers.ansible import run_apply
+        from dstm_orch.render import render_intent
+
+        now = utcnow()
+        with LeaseStore(self.store_path) as store:
+            leases = store.active_leases(now)
+        extravars = render_intent(self.domain, leases, now).as_extravars()
+        mark_roaming(extravars, self.roaming)
+        result = run_apply(self.inventory, extravars, limit=tep)
+        host = result.hosts.get(tep)
+        if not result.ok or host is None:
+            why = "; ".join(host.messages) if host else "the run did not reach it"
+            raise PushError(f"pushing the mapping table to TEP {tep!r} failed "
+                            f"(ansible status {result.status}, rc {result.rc}): {why}")
+
+
+def mark_roaming(extravars: dict, roaming: Collection[str]) -> dict:
+    """Mark the TEP bindings of roaming nodes with ``roaming: true`` (in place).
+
+    A roaming node's return traffic goes to the address in its lease (``node_ipv6``,
+    where the node is now), not to a fixed decapsulation address.
+    """
+    for tep in extravars["dstm_intent"]["teps"].values():
+        for binding in tep["bindings"]:
+            if binding["node"] in roaming:
+                binding["roaming"] = True
+    return extravars
+
+
+class _TepSync:
+    """Serialise and coalesce the pushes to one TEP (generation counters)."""
+
+    def __init__(self) -> None:
+        self._push = threading.Lock()
+        self._meta = threading.Lock()
+        self._changed = 1  # > _pushed: the TEP may be stale when the server starts
+        self._pushed = 0
+
+    def change(self) -> int:
+        with self._meta:
+            self._changed += 1
+            return self._changed
+
+    def current(self) -> int:
+        with self._meta:
+            return self._changed
+
+    def ensure(self, generation: int, pusher: Pusher, tep: str) -> bool:
+        """Push unless a push that covers ``generation`` has completed; tell whether
+        this call pushed."""
+        with self._push:
+            if self._pushed >= generation:
+                return False
+            target = self.current()
+            pusher.push(tep)
+            self._pushed = target
+            return True
+
+
+class RoamingService:
+    """The roaming exchange, independent of HTTP: admit, allocate, push, answer.
+
+    Args:
+        domain: the validated domain (the roaming nodes are among its nodes).
+        store_path: the lease store file (one SQLite connection per request).
+        guard: admission (secrets, clock window, replay, rate limits).
+        pusher: how TEPs are converged.
+        source_check: require the claimed ``ipv6`` to be the request's source address.
+    """
+
+    def __init__(self, domain: Domain, store_path: Path, guard: Guard, pusher: Pusher,
+                 source_check: bool = True):
+        missing = sorted(set(guard.nodes) - set(domain.nodes))
+        if missing:
+            raise RoamingError(f"roaming node(s) {', '.join(missing)} are not nodes of "
+                               f"domain {domain.name!r}")
+        self.domain = domain
+        self.store_path = Path(store_path)
+        self.guard = guard
+        self.pusher = pusher
+        self.source_check = source_check
+        self._write = threading.Lock()
+        self._sync = {name: _TepSync() for name in domain.teps}
+
+    def handle(self, action: str, method: str, path: str, body: bytes,
+               signature: str | None, peer: str) -> tuple[int, dict]:
+        """Answer one request: ``(HTTP status, JSON body)``; never raises a DstmError."""
+        try:
+            return 200, self._handle(action, method, path, body, signature, peer)
+        except Refusal as refusal:
+            log.info("refused %s from %s: %s", action, peer, refusal)
+            return refusal.status, refusal.as_dict()
+
+    def _handle(self, action: str, method: str, path: str, body: bytes,
+                signature: str | None, peer: str) -> dict:
+        request = self.guard.admit(action, method, path, body, signature)
+        if self.source_check:
+            source = _peer_address(peer)
+            if source != request.ipv6:
+                raise Refusal(Reason.IPV6_MISMATCH, f"node {request.node!r} claims ipv6 "
+                              f"{request.ipv6} but the request came from {source}")
+        now = utcnow()
+        before, lease = self._lease_change(request, now)
+        sync = self._sync[lease.tep]
+        changed = action == "release" or _moved(before, lease, now)
+        generation = sync.change() if changed else sync.current()
+        try:
+            pushed = sync.ensure(generation, self.pusher, lease.tep)
+        except PushError as exc:
+            raise Refusal(Reason.PUSH_FAILED, f"lease recorded but TEP {lease.tep!r} was "
+                          f"not updated: {exc}; retry the request",
+                          {"lease": self._answer(lease)}) from None
+        log.info("%s node %s ipv6 %s -> %s (lease %d%s)", action, lease.node, request.ipv6,
+                 lease.ipv4, lease.id, ", TEP pushed" if pushed else "")
+        return self._answer(lease) | {"pushed": pushed}
+
+    def _lease_change(self, request: LeaseRequest, now: datetime) -> tuple[Lease | None, Lease]:
+        """Run the allocator call of the request in one store transaction."""
+        name = request.node
+        with self._write, LeaseStore(self.store_path) as store:
+            allocator = Allocator(self.domain, store)
+            before = allocator.lease_of(name)
+            try:
+                if request.action == "request":
+                    self._check_lease_limit(store, name, before, now)
+                    lease = allocator.allocate(name, request.lifetime, now,
+                                               node_ipv6=request.ipv6)
+                elif request.action == "renew":
+                    lease = allocator.renew(name, request.lifetime, now,
+                                            node_ipv6=request.ipv6)
+                else:
+                    lease = allocator.revoke(name, now)
+            except LeaseNotFoundError as exc:
+                raise Refusal(Reason.NO_LEASE, f"{exc}; send a request first") from None
+            except LifetimeError as exc:
+                raise Refusal(Reason.BAD_LIFETIME, str(exc)) from None
+            except PoolExhaustedError as exc:
+                raise Refusal(Reason.POOL_EXHAUSTED, str(exc)) from None
+            except UnknownNodeError as exc:
+                raise Refusal(Reason.UNKNOWN_NODE, str(exc)) from None
+            except Ipv6InUseError as exc:
+                raise Refusal(Reason.IPV6_IN_USE, str(exc)) from None
+        return before, lease
+
+    def _check_lease_limit(self, store: LeaseStore, name: str, before: Lease | None,
+                           now: datetime) -> None:
+        cap = self.guard.limits.max_leases
+        if cap is None or (before is not None and before.is_current(now)):
+            return
+        held = sum(1 for lease in store.active_leases(now) if lease.node in self.guard.nodes)
+        if held >= cap:
+            raise Refusal(Reason.LEASE_LIMIT, f"roaming nodes hold {held} leases, the cap "
+                          f"is {cap}; node {name!r} gets none until one is released")
+
+    def _answer(self, lease: Lease) -> dict:
+        # ``remaining`` is counted when the answer leaves (after a push of seconds): the
+        # node's kernel must drop the address no later than the lease ends.
+        now = utcnow()
+        answer = lease.as_dict()
+        remaining = 0 if lease.state is not LeaseState.ACTIVE else lease.remaining(now)
+        answer.update(
+            remaining=remaining,
+            valid_until=int(lease.end.timestamp()) if lease.end else None,
+            driver=self.domain.teps[lease.tep].driver.value,
+            server_time=int(now.timestamp()),
+        )
+        return answer
+
+
+def _moved(before: Lease | None, after: Lease, now: datetime) -> bool:
+    """Tell whether the TEP's binding for the node differs from before."""
+    if before is None or not before.is_current(now) or before.id != after.id:
+        return True
+    return before.node_ipv6 != after.node_ipv6 or before.ipv4 != after.ipv4
+
+
+def _peer_address(peer: str) -> ipaddress.IPv6Address | None:
+    try:
+        return ipaddress.IPv6Address(peer.split("%", 1)[0])
+    except ValueError:
+        return None
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server_version = "dstm-orch-serve"
+    timeout = 30  # seconds a connection may stay silent (slow or idle clients)
+
+    server: RoamingHTTPServer
+
+    def do_POST(self) -> None:
+        path = urlsplit(self.path).path
+        action = action_of(path)
+        if action is None or self.path != path:
+            self._send(*_refusal(Refusal(Reason.NOT_FOUND, f"no such resource {self.path!r} "
+                                         "(POST /dstm/v1/request|renew|release)")))
+            self.close_connection = True
+            return
+        length = self.headers.get("Content-Length", "")
+        if not length.isdigit() or int(length) > MAX_BODY:
+            self._send(*_refusal(Refusal(Reason.MALFORMED, f"Content-Length {length!r}: a "
+                                         f"body of 0 to {MAX_BODY} bytes is required")))
+            self.close_connection = True
+            return
+        body = self.rfile.read(int(length))
+        try:
+            status, answer = self.server.service.handle(
+                action, "POST", path, body, self.headers.get(SIGNATURE_HEADER),
+                self.client_address[0])
+        except DstmError as exc:
+            log.exception("request failed")
+            status, answer = _refusal(Refusal(Reason.INTERNAL, str(exc)))
+        self._send(status, answer)
+
+    def _send(self, status: int, answer: dict) -> None:
+        data = json.dumps(answer, sort_keys=True).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.send_header("Cache-Control", "no-store")
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, fmt: str, *args: object) -> None:
+        log.debug("%s %s", self.client_address[0], fmt % args)
+
+
+def _refusal(refusal: Refusal) -> tuple[int, dict]:
+    return refusal.status, refusal.as_dict()
+
+
+class RoamingHTTPServer(ThreadingHTTPServer):
+    """An HTTP(S) server bound to one IPv6 address only, one thread per connection."""
+
+    address_family = socket.AF_INET6
+    daemon_threads = True
+    request_queue_size = 64
+
+    def __init__(self, listen: tuple[str, int], service: RoamingService,
+                 tls: ssl.SSLContext | None = None):
+        self.service = service
+        self.tls = tls
+        super().__init__(listen, _Handler)
+
+    def server_bind(self) -> None:
+        # IPv6 only, even on "::" (draft section 5); and no reverse DNS lookup of the
+        # address, which HTTPServer.server_bind would do.
+        self.socket.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.socket.bind(self.server_address)
+        self.server_address = self.socket.getsockname()[:2]
+        self.server_name, self.server_port = self.server_address
+        if self.tls is not None:
+            # The handshake runs in the connection's thread, not in accept().
+            self.socket = self.tls.wrap_socket(self.socket, server_side=True,
+                                               do_handshake_on_connect=False)
+
+    def finish_request(self, request, client_address) -> None:
+        if isinstance(request, ssl.SSLSocket):
+            request.settimeout(_Handler.timeout)
+            try:
+                request.do_handshake()
+            except (ssl.SSLError, OSError) as exc:
+                log.info("TLS handshake with %s failed: %s", client_address[0], exc)
+                return
+        super().finish_request(request, client_address)
+
+    @property
+    def url(self) -> str:
+        scheme = "https" if self.tls else "http"
+        return f"{scheme}://[{self.server_name}]:{self.server_port}"
+
+
+def parse_listen(text: str, default_port: int = DEFAULT_PORT) -> tuple[str, int]:
+    """Parse ``[ADDR]:PORT`` (or ``[ADDR]``) into an IPv6 address and a port.
+
+    Raises:
+        RoamingError: not a bracketed IPv6 literal, an IPv4(-mapped) address, or a bad
+            port (draft section 5: client/server communication MUST be IPv6).
+    """
+    host, sep, rest = text.partition("]")
+    if not host.startswith("[") or not sep or (rest and not rest.startswith(":")):
+        raise RoamingError(f"listen address {text!r} is not [IPV6]:PORT (IPv6 only, "
+                           "draft section 5)")
+    try:
+        address = ipaddress.IPv6Address(host[1:])
+    except ValueError as exc:
+        raise RoamingError(f"listen address {text!r}: {exc}") from None
+    if address.ipv4_mapped is not None:
+        raise RoamingError(f"listen address {text!r} is IPv4-mapped; the exchange is IPv6 "
+                           "only (draft section 5)")
+    port = default_port
+    if rest:
+        if not rest[1:].isdigit() or not 0 <= int(rest[1:]) <= 65535:
+            raise RoamingError(f"listen address {text!r}: port {rest[1:]!r} is not 0-65535")
+        port = int(rest[1:])
+    return str(address), port
+
+
+def tls_context(cert: str | Path, key: str | Path) -> ssl.SSLContext:
+    """Return a server TLS context (TLS 1.2 or later) for a certificate and key file.
+
+    Raises:
+        RoamingError: the files cannot be loaded.
+    """
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    try:
+        context.load_cert_chain(str(cert), str(key))
+    except (OSError, ssl.SSLError) as exc:
+        raise RoamingError(f"cannot load TLS certificate {cert} / key {key}: {exc}") from None
+    return context
+
+
+def service_from_inventory(inventory: str | Path, state: str | Path | None, *,
+                           vault_password_file: str | None = None,
+                           limits: Limits | None = None, push: str = "ansible",
+                           source_check: bool = True) -> RoamingService:
+    """Build the service of an inventory: its domain, roaming nodes, store and pusher.
+
+    Args:
+        inventory: the inventory directory.
+        state: the lease store file; None means the CLI's default for the domain.
+        vault_password_file: decrypts ``dstm_node_secret`` (None: the environment's).
+        limits: :class:`dstm_orch.roaming.guard.Limits` (None: the defaults).
+        push: ``ansible`` or ``none`` (see :class:`NoPusher`).
+        source_check: see :class:`RoamingService`.
+
+    Raises:
+        InventoryError: the inventory or a roaming node's variables are invalid.
+        RoamingError: no roaming node, or one whose TEP Ansible cannot configure.
+    """
+    from dstm_orch.inventory import load_inventory
+    from dstm_orch.roaming.secrets import open_vault, roaming_nodes
+
+    inv = load_inventory(inventory)
+    domain = inv.domain
+    nodes = roaming_nodes(inv.ansible, open_vault(vault_password_file))
+    if not nodes:
+        raise RoamingError(f"inventory {inv.path} declares no roaming node "
+                           "(dstm_node_roaming: true with a dstm_node_secret)")
+    if state is None:
+        from dstm_orch.cli import default_state
+
+        state = default_state(domain.name)
+    if push == "ansible":
+        routers = sorted({domain.tep_of(domain.nodes[n]).name for n in nodes
+                          if domain.tep_of(domain.nodes[n]).kind != "linux"})
+        if routers:
+            raise RoamingError(f"TEP(s) {', '.join(routers)} of roaming nodes are NETCONF "
+                               "routers; the roaming server pushes to Linux TEPs only")
+        pusher: Pusher = AnsiblePusher(inv.path, domain, Path(state), nodes)
+    elif push == "none":
+        pusher = NoPusher()
+    else:
+        raise RoamingError(f"push {push!r} is not ansible or none")
+    return RoamingService(domain, Path(state), Guard(nodes, limits), pusher, source_check)
