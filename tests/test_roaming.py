@@ -1,0 +1,555 @@
+"""The roaming exchange over real HTTP on [::1]: admission, refusals, limits, leases.
+
+Every refusal is checked twice: the answer names the reason (draft-ietf-ngtrans-dstm-08
+section 6: the server MUST authenticate a roaming node, by a shared secret), and the
+lease store holds nothing new (no lease, no event). The servers run in this process on
+an ephemeral port with the NoPusher (no TEP here; the lab test pushes for real).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import http.client
+import ipaddress
+import json
+import os
+import socket
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from dstm_orch.inventory import load_inventory
+from dstm_orch.roaming.client import RoamingClient, read_secret
+from dstm_orch.roaming.guard import Guard, Limits
+from dstm_orch.roaming.protocol import (
+    LeaseRequest,
+    Reason,
+    Refusal,
+    RoamingError,
+    canonical,
+    path_of,
+    sign,
+)
+from dstm_orch.roaming.secrets import RoamingNode
+from dstm_orch.roaming.server import (
+    NoPusher,
+    RoamingHTTPServer,
+    RoamingService,
+    parse_listen,
+)
+from dstm_orch.store import LeaseStore
+
+SECRETS = {"r1": b"r1-shared-secret-0123456789abcdef", "r2": b"r2-shared-secret-0123456789abcdef",
+           "r3": b"r3-shared-secret-0123456789abcdef"}
+HOME = ipaddress.IPv6Address("2001:db8:e01::11")
+AWAY = ipaddress.IPv6Address("2001:db8:e0f::99")  # a visited network
+TEP_IPV6 = "2001:db8:e02::a"
+FIRST = "198.51.100.9"  # 198.51.100.8/29 less the excluded .8
+
+HOSTS = """\
+all:
+  children:
+    dstm_teps:
+      hosts:
+        tep1:
+          ansible_host: "2001:db8:e01::a"
+          dstm_tep_driver: seg6
+          dstm_tep_ipv6: "2001:db8:e02::a"
+          dstm_tep_ipv4_nexthop: 192.0.2.1
+    dstm_nodes:
+      hosts:
+        r1: {ansible_host: "2001:db8:e01::11", dstm_node_decap_ipv6: "2001:db8:e03::11"}
+        r2: {ansible_host: "2001:db8:e01::12", dstm_node_decap_ipv6: "2001:db8:e03::12"}
+        r3: {ansible_host: "2001:db8:e01::13", dstm_node_decap_ipv6: "2001:db8:e03::13"}
+        plain: {ansible_host: "2001:db8:e01::14", dstm_node_decap_ipv6: "2001:db8:e03::14"}
+"""
+DOMAIN = """\
+dstm_domain:
+  name: roam-unit
+  lease_policy: {default_lifetime: 600, max_lifetime: 3600, hold_time: 60}
+  pools:
+    - {name: p, tep: tep1, prefixes: [198.51.100.8/29], exclude: [198.51.100.8]}
+"""
+
+
+@pytest.fixture(scope="module")
+def domain(tmp_path_factory):
+    inv = tmp_path_factory.mktemp("roam-inv")
+    (inv / "group_vars" / "all").mkdir(parents=True)
+    (inv / "hosts.yml").write_text(HOSTS)
+    (inv / "group_vars" / "all" / "dstm.yml").write_text(DOMAIN)
+    return load_inventory(inv).domain
+
+
+class Servers:
+    """Start roaming servers on [::1] (ephemeral ports); stop them all at teardown."""
+
+    def __init__(self, domain, state: Path):
+        self.domain = domain
+        self.state = state
+        self.running: list[RoamingHTTPServer] = []
+
+    def start(self, limits: Limits | None = None, source_check: bool = False,
+              pusher=None, nodes=("r1", "r2", "r3")) -> RoamingHTTPServer:
+        guard = Guard({n: RoamingNode(n, SECRETS[n]) for n in nodes}, limits)
+        service = RoamingService(self.domain, self.state, guard, pusher or NoPusher(),
+                                 source_check)
+        server = RoamingHTTPServer(("::1", 0), service)
+        threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True).start()
+        self.running.append(server)
+        return server
+
+    def stop(self, server: RoamingHTTPServer) -> None:
+        server.shutdown()
+        server.server_close()
+        self.running.remove(server)
+
+    def client(self, server: RoamingHTTPServer, node: str = "r1",
+               secret: bytes | None = None) -> RoamingClient:
+        return RoamingClient(server.server_address, node, secret or SECRETS[node],
+                             timeout=10)
+
+
+@pytest.fixture
+def servers(domain, tmp_path):
+    pool = Servers(domain, tmp_path / "leases.sqlite")
+    yield pool
+    for server in list(pool.running):
+        pool.stop(server)
+
+
+def history(state: Path) -> tuple[list, list]:
+    """Every lease ever written and every event, to prove a refusal wrote nothing."""
+    if not state.exists():
+        return [], []
+    with LeaseStore(state) as store:
+        leases = store.leases(include_history=True)
+        return leases, [e for lease in leases for e in store.events(lease.id)]
+
+
+def post(conn: RoamingClient, request: LeaseRequest, secret: bytes,
+         tamper: dict | None = None) -> tuple[int, dict]:
+    """Sign ``request`` with ``secret``; send it (with body fields changed after signing)."""
+    body = request.body()
+    signature = sign(secret, "POST", path_of(request.action), body)
+    if tamper:
+        body = json.dumps(json.loads(body) | tamper, sort_keys=True,
+                          separators=(",", ":")).encode()
+    return conn.send(path_of(request.action), body, signature, source="::1")
+
+
+def request_of(action="request", node="r1", ipv6=HOME, timestamp=None, nonce=None,
+               lifetime=None) -> LeaseRequest:
+    return LeaseRequest(action, node, ipv6, int(time.time()) if timestamp is None else timestamp,
+                        nonce or os.urandom(16).hex(), lifetime)
+
+
+# -- the protocol -------------------------------------------------------------------------
+
+
+def test_signature_is_hmac_sha256_of_the_canonical_form():
+    # RFC 4231 test case 2 pins the primitive: key "Jefe", data "what do ya want for
+    # nothing?" -> 5bdcc146...3843 (HMAC-SHA256).
+    import hashlib
+    import hmac
+
+    assert hmac.new(b"Jefe", b"what do ya want for nothing?", hashlib.sha256).hexdigest() == (
+        "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843")
+    body = b'{"ipv6":"2001:db8:e01::11","node":"r1","nonce":"00112233445566778899","timestamp":1}'
+    assert canonical("post", "/dstm/v1/renew", body) == (
+        b"DSTM-HMAC-SHA256\nPOST\n/dstm/v1/renew\n" + hashlib.sha256(body).hexdigest().encode())
+    expected = hmac.new(b"k" * 16, canonical("POST", "/dstm/v1/renew", body),
+                        hashlib.sha256).hexdigest()
+    assert sign(b"k" * 16, "POST", "/dstm/v1/renew", body) == expected
+    # The action is covered: the same body signed for renew is not a release.
+    assert sign(b"k" * 16, "POST", "/dstm/v1/release", body) != expected
+
+
+@pytest.mark.parametrize("text", ["127.0.0.1:3786", "[::ffff:192.0.2.1]:3786", "::1:3786",
+                                  "[::1]:99999", "[2001:db8::zz]:1"])
+def test_listen_address_must_be_ipv6(text):
+    with pytest.raises(RoamingError):
+        parse_listen(text)
+
+
+def test_listen_parses_bracketed_ipv6():
+    assert parse_listen("[2001:db8:e00::1]:8080") == ("2001:db8:e00::1", 8080)
+    assert parse_listen("[::1]") == ("::1", 3786)
+
+
+def test_server_socket_is_ipv6_only(servers):
+    server = servers.start()
+    assert server.socket.family == socket.AF_INET6
+    assert server.socket.getsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY) == 1
+
+
+# -- a roaming node's lease ---------------------------------------------------------------
+
+
+def test_request_renew_move_release(servers):
+    server = servers.start()
+    with servers.client(server) as conn:
+        lease = conn.call("request", HOME, source="::1")
+        assert lease["ipv4"] == FIRST and lease["tep_ipv6"] == TEP_IPV6
+        assert lease["node_ipv6"] == str(HOME) and lease["lifetime"] == 600
+        assert 598 <= lease["remaining"] <= 600 and lease["driver"] == "seg6"
+        assert lease["valid_until"] == int(dt.datetime.fromisoformat(lease["end"]).timestamp())
+        assert lease["pushed"] is True  # the first request after start converges the TEP
+
+        again = conn.call("request", HOME, source="::1")
+        assert again["id"] == lease["id"] and again["pushed"] is False  # idempotent
+
+        same = conn.call("renew", HOME, lifetime=300, source="::1")
+        assert same["id"] == lease["id"] and same["lifetime"] == 300
+        assert same["pushed"] is False  # nothing at the TEP changed
+
+        moved = conn.call("renew", AWAY, source="::1")  # the node roamed
+        assert moved["id"] == lease["id"] and moved["ipv4"] == FIRST
+        assert moved["node_ipv6"] == str(AWAY) and moved["pushed"] is True
+
+        released = conn.call("release", AWAY, source="::1")
+        assert released["state"] == "revoked" and released["remaining"] == 0
+        assert released["pushed"] is True
+    leases, events = history(servers.state)
+    assert [(x.node, str(x.ipv4), str(x.node_ipv6), x.state.value) for x in leases] == [
+        ("r1", FIRST, str(AWAY), "revoked")]
+    kinds = [e.event for e in events]
+    assert kinds[0] == "allocate" and kinds[-1] == "revoke" and "move" in kinds
+
+
+def test_one_client_cannot_hold_more_than_its_lease(servers):
+    server = servers.start(limits=Limits(node_requests=100))
+    with servers.client(server) as conn:
+        ids = {conn.call("request", HOME, source="::1")["id"] for _ in range(5)}
+    assert len(ids) == 1
+    assert len(history(servers.state)[0]) == 1
+
+
+def test_renew_without_lease_is_refused_and_writes_nothing(servers):
+    server = servers.start()
+    with servers.client(server) as conn, pytest.raises(Refusal) as info:
+        conn.call("renew", HOME, source="::1")
+    assert info.value.reason is Reason.NO_LEASE
+    assert history(servers.state) == ([], [])
+
+
+# -- refusals: each names its reason and writes nothing ----------------------------------
+
+
+def test_forged_signature_is_refused(servers):
+    server = servers.start()
+    with servers.client(server) as conn:
+        status, answer = post(conn, request_of(), b"not-r1-secret-0123456789abcdef")
+        assert (status, answer["error"]) == (401, "bad_signature")
+        assert "r1" in answer["message"]
+        # A body changed after signing (another IPv6 address) does not match either.
+        status, answer = post(conn, request_of(), SECRETS["r1"], tamper={"ipv6": str(AWAY)})
+        assert (status, answer["error"]) == (401, "bad_signature")
+        # Signed for renew, sent as request: the path is covered.
+        req = request_of("renew")
+        body = req.body()
+        status, answer = conn.send(path_of("request"), body,
+                                   sign(SECRETS["r1"], "POST", path_of("renew"), body),
+                                   source="::1")
+        assert (status, answer["error"]) == (401, "bad_signature")
+        status, answer = conn.send(path_of("request"), request_of().body(), "zz", source="::1")
+        assert (status, answer["error"]) == (401, "bad_signature")
+        status, answer = conn.send(path_of("request"), request_of().body(), None, source="::1")
+        assert (status, answer["error"]) == (401, "missing_signature")
+    assert history(servers.state) == ([], [])
+
+
+def test_replayed_nonce_is_refused(servers):
+    server = servers.start()
+    with servers.client(server) as conn:
+        req = request_of()
+        assert post(conn, req, SECRETS["r1"])[0] == 200
+        before = history(servers.state)
+        status, answer = post(conn, req, SECRETS["r1"])
+        assert (status, answer["error"]) == (401, "replayed_nonce")
+        assert req.nonce in answer["message"]
+        # A nonce is per request, not per action: the same nonce on a renew is a replay too.
+        status, answer = post(conn, request_of("renew", nonce=req.nonce), SECRETS["r1"])
+        assert (status, answer["error"]) == (401, "replayed_nonce")
+    assert history(servers.state) == before
+
+
+def test_refused_request_does_not_burn_its_nonce(servers):
+    server = servers.start()
+    nonce = os.urandom(16).hex()
+    with servers.client(server) as conn:
+        status, answer = post(conn, request_of(nonce=nonce), b"forged-secret-0123456789abcdef")
+        assert answer["error"] == "bad_signature"
+        status, answer = post(conn, request_of(nonce=nonce), SECRETS["r1"])
+        assert status == 200, answer
+
+
+@pytest.mark.parametrize("skew", [-31, 31, -3600])
+def test_clock_outside_the_window_is_refused(servers, skew):
+    server = servers.start(limits=Limits(window=30))
+    with servers.client(server) as conn:
+        status, answer = post(conn, request_of(timestamp=int(time.time()) + skew), SECRETS["r1"])
+    assert (status, answer["error"]) == (401, "stale_timestamp")
+    assert "+-30 s" in answer["message"]
+    assert history(servers.state) == ([], [])
+
+
+def test_clock_inside_the_window_is_admitted(servers):
+    server = servers.start(limits=Limits(window=30))
+    with servers.client(server) as conn:
+        # renew without a lease: admitted (past every check), then no_lease; nothing written.
+        status, answer = post(conn, request_of("renew", timestamp=int(time.time()) + 25),
+                              SECRETS["r1"])
+    assert (status, answer["error"]) == (404, "no_lease")
+
+
+def test_request_signed_before_a_restart_is_refused(servers):
+    req = request_of()
+    server = servers.start()
+    servers.stop(server)
+    time.sleep(1.1)  # the new server starts in a later second than the request's timestamp
+    server = servers.start()
+    with servers.client(server) as conn:
+        status, answer = post(conn, req, SECRETS["r1"])
+    assert (status, answer["error"]) == (401, "stale_timestamp")
+    assert "before the server started" in answer["message"]
+    assert history(servers.state) == ([], [])
+
+
+@pytest.mark.parametrize("node", ["ghost", "plain"])
+def test_unknown_node_is_refused(servers, node):
+    # "ghost" is no node at all; "plain" is a node of the domain that does not roam.
+    server = servers.start()
+    with servers.client(server, "r1") as conn:
+        status, answer = post(conn, request_of(node=node), SECRETS["r1"])
+    assert (status, answer["error"]) == (401, "unknown_node")
+    assert repr(node) in answer["message"]
+    assert history(servers.state) == ([], [])
+
+
+def test_claimed_address_must_be_the_source(servers):
+    server = servers.start(source_check=True)
+    with servers.client(server) as conn:
+        status, answer = post(conn, request_of(ipv6=AWAY), SECRETS["r1"])
+    assert (status, answer["error"]) == (403, "ipv6_mismatch")
+    assert str(AWAY) in answer["message"] and "::1" in answer["message"]
+    assert history(servers.state) == ([], [])
+
+
+@pytest.mark.parametrize(("body", "why"), [
+    (b"not json", "not JSON"),
+    (b"[]", "JSON object"),
+    (b'{"node":"r1"}', "missing field"),
+    (b'{"node":"r1","ipv6":"fe80::1","timestamp":1,"nonce":"0123456789abcdef"}', "global"),
+    (b'{"node":"r1","ipv6":"192.0.2.1","timestamp":1,"nonce":"0123456789abcdef"}', "IPv6"),
+    (b'{"node":"r1","ipv6":"2001:db8::1","timestamp":"1","nonce":"0123456789abcdef"}',
+     "integer"),
+    (b'{"node":"r1","ipv6":"2001:db8::1","timestamp":1,"nonce":"short"}', "nonce"),
+    (b'{"node":"r1","ipv6":"2001:db8::1","timestamp":1,"nonce":"0123456789abcdef","x":1}',
+     "unknown field"),
+])
+def test_malformed_body_is_refused(servers, body, why):
+    server = servers.start()
+    with servers.client(server) as conn:
+        status, answer = conn.send(path_of("request"), body,
+                                   sign(SECRETS["r1"], "POST", path_of("request"), body),
+                                   source="::1")
+    assert (status, answer["error"]) == (400, "malformed")
+    assert why in answer["message"]
+    assert history(servers.state) == ([], [])
+
+
+def test_http_edges(servers):
+    server = servers.start()
+    host, port = server.server_address
+    conn = http.client.HTTPConnection(host, port, timeout=10)
+    try:
+        conn.request("POST", "/dstm/v1/steal", body=b"{}")
+        response = conn.getresponse()
+        assert response.status == 404 and json.loads(response.read())["error"] == "not_found"
+        conn.close()
+        conn.request("GET", path_of("request"))
+        response = conn.getresponse()
+        assert response.status == 501
+        response.read()
+        conn.close()
+        conn.request("POST", path_of("request"), body=b"x" * 5000)
+        response = conn.getresponse()
+        assert response.status == 400 and "Content-Length" in json.loads(response.read())[
+            "message"]
+    finally:
+        conn.close()
+
+
+# -- limits: one client cannot exhaust the pool or the server -----------------------------
+
+
+def test_node_rate_limit(servers):
+    server = servers.start(limits=Limits(node_requests=3, node_period=60))
+    with servers.client(server, "r1") as r1, servers.client(server, "r2") as r2:
+        for _ in range(3):
+            assert post(r1, request_of("renew"), SECRETS["r1"])[1]["error"] == "no_lease"
+        status, answer = post(r1, request_of("renew"), SECRETS["r1"])
+        assert (status, answer["error"]) == (429, "node_rate_limit")
+        # Another node is not affected, and forgeries in r2's name do not use r2's budget.
+        for _ in range(5):
+            post(r2, request_of("renew", node="r2"), b"forged-secret-0123456789abcdef")
+        assert post(r2, request_of("renew", node="r2"), SECRETS["r2"])[1]["error"] == "no_lease"
+    assert history(servers.state) == ([], [])
+
+
+def test_global_rate_limit(servers):
+    server = servers.start(limits=Limits(global_requests=4, global_period=60))
+    with servers.client(server) as conn:
+        for _ in range(4):
+            post(conn, request_of("renew"), b"forged-secret-0123456789abcdef")
+        status, answer = post(conn, request_of("renew"), SECRETS["r1"])
+    assert (status, answer["error"]) == (429, "global_rate_limit")
+
+
+def test_lease_cap_for_roaming_nodes(servers):
+    server = servers.start(limits=Limits(max_leases=2))
+    with servers.client(server, "r1") as r1, servers.client(server, "r2") as r2, \
+            servers.client(server, "r3") as r3:
+        r1.call("request", HOME, source="::1")
+        r2.call("request", ipaddress.IPv6Address("2001:db8:e01::12"), source="::1")
+        before = history(servers.state)
+        r3_ipv6 = ipaddress.IPv6Address("2001:db8:e01::13")
+        with pytest.raises(Refusal) as info:
+            r3.call("request", r3_ipv6, source="::1")
+        assert info.value.reason is Reason.LEASE_LIMIT and "'r3'" in info.value.message
+        assert history(servers.state) == before
+        # A node that holds a lease may still renew and re-request it.
+        assert r1.call("request", HOME, source="::1")["ipv4"] == FIRST
+        r1.call("release", HOME, source="::1")
+        assert r3.call("request", r3_ipv6, source="::1")["state"] == "active"
+
+
+def test_lifetime_above_the_pool_maximum_is_refused(servers):
+    server = servers.start()
+    with servers.client(server) as conn, pytest.raises(Refusal) as info:
+        conn.call("request", HOME, lifetime=3601, source="::1")
+    assert info.value.reason is Reason.BAD_LIFETIME and "3600" in info.value.message
+    assert history(servers.state) == ([], [])
+
+
+# -- pushes --------------------------------------------------------------------------------
+
+
+class FailingPusher:
+    """A TEP that cannot be reached, then can."""
+
+    label = "test: fails until told"
+
+    def __init__(self):
+        self.fail = True
+        self.pushes = 0
+
+    def push(self, tep: str) -> None:
+        from dstm_orch.errors import PushError
+
+        if self.fail:
+            raise PushError(f"TEP {tep} unreachable")
+        self.pushes += 1
+
+
+def test_failed_push_is_reported_and_retried(servers):
+    pusher = FailingPusher()
+    server = servers.start(pusher=pusher)
+    with servers.client(server) as conn:
+        with pytest.raises(Refusal) as info:
+            conn.call("request", HOME, source="::1")
+        assert info.value.reason is Reason.PUSH_FAILED
+        assert "tep1" in info.value.message
+        assert info.value.extra["lease"]["ipv4"] == FIRST  # recorded, TEP not updated
+        pusher.fail = False
+        # A renew that changes nothing at the TEP still pushes: the last push failed.
+        assert conn.call("renew", HOME, source="::1")["pushed"] is True
+        assert conn.call("renew", HOME, source="::1")["pushed"] is False
+    assert pusher.pushes == 1
+
+
+# -- TLS and secrets on the node ---------------------------------------------------------
+
+
+def _self_signed(tmp_path: Path) -> tuple[Path, Path]:
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "dstm-orch test server")])
+    now = dt.datetime.now(dt.UTC)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
+            .public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now - dt.timedelta(minutes=1))
+            .not_valid_after(now + dt.timedelta(hours=1))
+            .add_extension(x509.SubjectAlternativeName(
+                [x509.IPAddress(ipaddress.IPv6Address("::1"))]), critical=False)
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+            .sign(key, hashes.SHA256()))
+    cert_file, key_file = tmp_path / "cert.pem", tmp_path / "key.pem"
+    cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_file.write_bytes(key.private_bytes(serialization.Encoding.PEM,
+                                           serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    return cert_file, key_file
+
+
+def test_https_with_the_servers_certificate(domain, tmp_path):
+    from dstm_orch.roaming.server import tls_context
+
+    cert, key = _self_signed(tmp_path)
+    guard = Guard({"r1": RoamingNode("r1", SECRETS["r1"])})
+    service = RoamingService(domain, tmp_path / "leases.sqlite", guard, NoPusher(), False)
+    server = RoamingHTTPServer(("::1", 0), service, tls_context(cert, key))
+    threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True).start()
+    try:
+        assert server.url.startswith("https://[::1]:")
+        with RoamingClient(server.server_address, "r1", SECRETS["r1"], cafile=cert,
+                           timeout=10) as conn:
+            assert conn.call("request", HOME, source="::1")["ipv4"] == FIRST
+        with RoamingClient(server.server_address, "r1", SECRETS["r1"], timeout=10) as plain, \
+                pytest.raises(RoamingError):
+            plain.call("renew", HOME, source="::1")  # plain HTTP to a TLS server
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_secret_file_must_be_private(tmp_path):
+    file = tmp_path / "secret"
+    file.write_text("r1-shared-secret-0123456789abcdef\n")
+    file.chmod(0o644)
+    with pytest.raises(RoamingError, match="chmod 600"):
+        read_secret(file)
+    file.chmod(0o600)
+    assert read_secret(file) == SECRETS["r1"]
+    file.write_text("short\n")
+    with pytest.raises(RoamingError, match="at least 16"):
+        read_secret(file)
+
+
+def test_client_cli_against_the_server(servers, tmp_path):
+    from click.testing import CliRunner
+
+    from dstm_orch.roaming.__main__ import roaming
+
+    server = servers.start()
+    secret = tmp_path / "r1.secret"
+    secret.write_bytes(SECRETS["r1"])
+    secret.chmod(0o600)
+    host, port = server.server_address
+    args = ["--server", f"[{host}]:{port}", "--node", "r1", "--secret-file", str(secret),
+            "--ipv6", str(HOME), "--no-configure", "--json"]
+    runner = CliRunner()
+    # --ipv6 names HOME but the request leaves from ::1: the server's source check is off.
+    result = runner.invoke(roaming, ["client", "request", *args, "--lifetime", "120"])
+    assert result.exit_code == 0, result.output
+    answer = json.loads(result.output)
+    assert answer["ipv4"] == FIRST and answer["lifetime"] == 120 and answer["configured"] == []
+    result = runner.invoke(roaming, ["client", "release", *args])
+    assert result.exit_code == 0 and json.loads(result.output)["state"] == "revoked"
