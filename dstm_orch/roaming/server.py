@@ -171,7 +171,12 @@ class RoamingService:
 
     Args:
         domain: the validated domain (the roaming nodes are among its nodes).
-        store_path: the lease store file (one SQLite connection per request).
+        store_path: the lease store file (one SQLite connection per thread, plus one
+            kept open until :meth:`close`).
+
+    Raises:
+        StoreError: the store cannot be opened.
+        RoamingError: a roaming node is not a node of the domain.
         guard: admission (secrets, clock window, replay, rate limits).
         pusher: how TEPs are converged.
         source_check: require the claimed ``ipv6`` to be the request's source address.
@@ -185,11 +190,37 @@ class RoamingService:
                                f"domain {domain.name!r}")
         self.domain = domain
         self.store_path = Path(store_path)
+        # Opens (creates, migrates) the store now, and keeps one connection open for the
+        # server's life: closing the *last* connection to a WAL database checkpoints and
+        # syncs it, which would cost every request ~10 ms (each has its own connection).
+        self._keeper = LeaseStore(self.store_path)
+        self._local = threading.local()
         self.guard = guard
         self.pusher = pusher
         self.source_check = source_check
         self._write = threading.Lock()
         self._sync = {name: _TepSync() for name in domain.teps}
+
+    def close(self) -> None:
+        """Close the store connection the service keeps open."""
+        self.release_thread()
+        self._keeper.close()
+
+    def release_thread(self) -> None:
+        """Close the calling thread's store connection, if it has one (the HTTP server
+        calls this when a client's connection ends)."""
+        store = getattr(self._local, "store", None)
+        if store is not None:
+            store.close()
+            self._local.store = None
+
+    def _store(self) -> LeaseStore:
+        # One SQLite connection per thread, that is per kept-alive HTTP connection: a
+        # connection's first write costs about twice a later one.
+        store = getattr(self._local, "store", None)
+        if store is None:
+            store = self._local.store = LeaseStore(self.store_path)
+        return store
 
     def handle(self, action: str, method: str, path: str, body: bytes,
                signature: str | None, peer: str) -> tuple[int, dict]:
@@ -224,9 +255,15 @@ class RoamingService:
         return self._answer(lease) | {"pushed": pushed}
 
     def _lease_change(self, request: LeaseRequest, now: datetime) -> tuple[Lease | None, Lease]:
-        """Run the allocator call of the request in one store transaction."""
+        """Run the allocator call of the request; return the node's lease before and after.
+
+        Requests of this server run one at a time here, so the lease read before and
+        the change cannot interleave with another request's (the allocator's own
+        transaction guards against other processes).
+        """
         name = request.node
-        with self._write, LeaseStore(self.store_path) as store:
+        with self._write:
+            store = self._store()
             allocator = Allocator(self.domain, store)
             before = allocator.lease_of(name)
             try:
@@ -294,6 +331,9 @@ class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server_version = "dstm-orch-serve"
     timeout = 30  # seconds a connection may stay silent (slow or idle clients)
+    # Headers and body go out in two writes: without TCP_NODELAY, Nagle's algorithm and
+    # the client's delayed ACK hold every answer back about 40 ms.
+    disable_nagle_algorithm = True
 
     server: RoamingHTTPServer
 
@@ -320,6 +360,12 @@ class _Handler(BaseHTTPRequestHandler):
             log.exception("request failed")
             status, answer = _refusal(Refusal(Reason.INTERNAL, str(exc)))
         self._send(status, answer)
+
+    def finish(self) -> None:
+        try:
+            super().finish()
+        finally:
+            self.server.service.release_thread()
 
     def _send(self, status: int, answer: dict) -> None:
         data = json.dumps(answer, sort_keys=True).encode()
@@ -373,6 +419,10 @@ class RoamingHTTPServer(ThreadingHTTPServer):
                 log.info("TLS handshake with %s failed: %s", client_address[0], exc)
                 return
         super().finish_request(request, client_address)
+
+    def server_close(self) -> None:
+        super().server_close()
+        self.service.close()
 
     @property
     def url(self) -> str:
