@@ -15,11 +15,12 @@ whole port range, ``psid-len`` 0 (RFC 7597 section 5.1, k = 0).
 
 from __future__ import annotations
 
+import bisect
 import ipaddress
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from functools import lru_cache
+from functools import cached_property, lru_cache
 from pathlib import Path
 
 import jinja2
@@ -29,6 +30,7 @@ from lxml import etree
 from dstm_orch.errors import DstmError
 
 BR_NS = "urn:ietf:params:xml:ns:yang:ietf-softwire-br"
+_BR_CLARK = f"{{{BR_NS}}}"
 TEMPLATE_DIR = Path(__file__).resolve().parents[1] / "templates" / "netconf" / "ietf-softwire-br"
 PORT_BITS = 16  # RFC 7597 section 5.1: transport-layer ports are 16 bits
 PSID_OFFSET_MAX = 16  # ietf-softwire-br port-set/psid-offset range 0..16
@@ -66,7 +68,7 @@ class Binding:
     psid_len: int = 0
     psid: int = 0
 
-    @property
+    @cached_property
     def key(self) -> str:
         """The list key as the device prints it (compressed IPv6 text)."""
         return str(self.node_ipv6)
@@ -267,6 +269,7 @@ def check_invariants(
     pool_set = None if pools is None else (
         pools if isinstance(pools, netaddr.IPSet) else netaddr.IPSet(str(p) for p in pools)
     )
+    in_pools = _membership(pool_set)
     seen_keys: dict[str, Binding] = {}
     by_ipv4: dict[ipaddress.IPv4Address, list[tuple[Binding, int]]] = {}
     for b in bindings:
@@ -278,7 +281,7 @@ def check_invariants(
         if b.ipv4 is None or b.br_ipv6 is None:
             problems.append(f"{b.key}: binding-ipv4-addr and br-ipv6-addr are required")
             continue
-        if pool_set is not None and netaddr.IPAddress(int(b.ipv4)) not in pool_set:
+        if pool_set is not None and not in_pools(int(b.ipv4)):
             problems.append(f"{b.key}: IPv4 {b.ipv4} is not in the TEP's pools "
                             f"({', '.join(str(c) for c in pool_set.iter_cidrs())})")
         if not (0 <= b.psid_offset <= PSID_OFFSET_MAX and 0 <= b.psid_len <= PSID_LEN_MAX):
@@ -297,6 +300,22 @@ def check_invariants(
                         f"softwire-num-max {instance.softwire_num_max}")
     if problems:
         raise BindingTableError(problems)
+
+
+def _membership(pool_set: netaddr.IPSet | None):
+    """Return a fast ``int -> bool`` test for the set (bisect over its ranges)."""
+    if pool_set is None:
+        return lambda _: True
+    firsts, lasts = [], []
+    for r in pool_set.iter_ipranges():
+        firsts.append(r.first)
+        lasts.append(r.last)
+
+    def contains(address: int) -> bool:
+        i = bisect.bisect_right(firsts, address) - 1
+        return i >= 0 and address <= lasts[i]
+
+    return contains
 
 
 def _overlaps(ipv4: ipaddress.IPv4Address, group: list[tuple[Binding, int]]) -> list[str]:
@@ -446,21 +465,10 @@ def parse_table(data: str | bytes | etree._Element, instance_name: str) -> Devic
         )
         version = text(node, "b:binding-table-versioning/b:version")
         entries = {}
-        for e in node.iterfind("b:binding-table/b:binding-entry", namespaces=ns):
-            key = text(e, "b:binding-ipv6info") or ""
-            node_ipv6: IPv6Key = (ipaddress.IPv6Network(key) if "/" in key
-                                  else ipaddress.IPv6Address(key))
-            ipv4 = text(e, "b:binding-ipv4-addr")
-            br = text(e, "b:br-ipv6-addr")
-            binding = Binding(
-                node_ipv6=node_ipv6,
-                ipv4=ipaddress.IPv4Address(ipv4) if ipv4 else None,
-                br_ipv6=ipaddress.IPv6Address(br) if br else None,
-                psid_offset=int(text(e, "b:port-set/b:psid-offset") or 0),
-                psid_len=int(text(e, "b:port-set/b:psid-len") or 0),
-                psid=int(text(e, "b:port-set/b:psid") or 0),
-            )
-            entries[binding.key] = binding
+        for table in node.iterchildren(f"{{{BR_NS}}}binding-table"):
+            for e in table.iterchildren(f"{{{BR_NS}}}binding-entry"):
+                binding = _entry(e)
+                entries[binding.key] = binding
     except ValueError as exc:
         raise DstmError(f"bind-instance {instance_name}: unreadable device data: {exc}") from exc
     return DeviceTable(
@@ -468,6 +476,33 @@ def parse_table(data: str | bytes | etree._Element, instance_name: str) -> Devic
         version=int(version) if version else None,
         date=text(node, "b:binding-table-versioning/b:date"),
         entries=entries,
+    )
+
+
+def _leaves(element: etree._Element, into: dict[str, str]) -> dict[str, str]:
+    """Collect the leaf texts below ``element`` by local name (faster than findtext)."""
+    for child in element:
+        if not isinstance(child.tag, str) or not child.tag.startswith(_BR_CLARK):
+            continue
+        if len(child):
+            _leaves(child, into)
+        else:
+            into[child.tag[len(_BR_CLARK):]] = (child.text or "").strip()
+    return into
+
+
+def _entry(e: etree._Element) -> Binding:
+    leaves = _leaves(e, {})
+    key = leaves.get("binding-ipv6info", "")
+    ipv4 = leaves.get("binding-ipv4-addr")
+    br = leaves.get("br-ipv6-addr")
+    return Binding(
+        node_ipv6=ipaddress.IPv6Network(key) if "/" in key else ipaddress.IPv6Address(key),
+        ipv4=ipaddress.IPv4Address(ipv4) if ipv4 else None,
+        br_ipv6=ipaddress.IPv6Address(br) if br else None,
+        psid_offset=int(leaves.get("psid-offset") or 0),
+        psid_len=int(leaves.get("psid-len") or 0),
+        psid=int(leaves.get("psid") or 0),
     )
 
 

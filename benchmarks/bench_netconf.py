@@ -1,0 +1,207 @@
+"""NETCONF pusher figures against a real netconfd (run as root; it builds a namespace).
+
+    .venv/bin/python benchmarks/bench_netconf.py [--bulk 10000] [--per-commit 200]
+        [--per-push 20] [--leases 100000] [--teps 4]
+
+Rows printed:
+
+- bulk push: ``--bulk`` bindings to one TEP in one edit-config and one confirmed commit
+  (``NetconfPusher.push`` from an empty table, then the same push again: read + diff,
+  nothing sent);
+- one commit per binding: ``--per-commit`` bindings, each its own edit-config + commit
+  in one session (the naive loop), on a fresh server, scaled to ``--bulk`` (linearly,
+  which flatters it: netconfd's commit cost grows with the size of its datastore);
+- one push per binding: ``--per-push`` more bindings, each a full ``push`` (two
+  sessions, confirmed commit), scaled the same way;
+- plan for ``--leases`` leases across ``--teps`` TEPs: invariant checks, diff, edit
+  rendering and libyang validation of each TEP's change (the device tables are built
+  in memory, 99 % in sync plus a few unexplained entries); peak Python memory from
+  tracemalloc (a second run) and the process's peak RSS; plus the real read and parse
+  of the ``--bulk`` table from the device.
+
+Addresses: node keys from 2001:db8:c00::/40, IPv4 from the documentation ranges with
+port sharing (RFC 7597 section 5.1, k = 8: 256 bindings per address).
+"""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import os
+import resource
+import sys
+import tempfile
+import time
+import tracemalloc
+from pathlib import Path
+
+from ncclient import manager
+
+from dstm_orch.netconf_render import (
+    Binding,
+    BindInstance,
+    DeviceTable,
+    check_invariants,
+    compute_diff,
+    parse_table,
+    render_edit,
+    render_filter,
+    utc_date,
+)
+from dstm_orch.netconf_server import NetconfServer
+from dstm_orch.pushers.netconf import NetconfPusher, NetconfTarget
+from dstm_orch.yangcheck import checker_for
+
+BR = ipaddress.IPv6Address("2001:db8:c00:200::a")
+POOLS = ["192.0.2.0/25", "192.0.2.128/25", "198.51.100.0/25", "198.51.100.128/25",
+         "203.0.113.0/25", "203.0.113.128/25"]
+K = 8  # PSID length: 256 port sets of 256 ports per IPv4 address
+
+
+def table(tep: int, count: int) -> list[Binding]:
+    """``count`` bindings of TEP ``tep``: 256 nodes per IPv4 address of its /25."""
+    net = ipaddress.IPv4Network(POOLS[tep])
+    if count > (net.num_addresses << K):
+        raise SystemExit(f"{count} bindings do not fit in {net} with psid-len {K}")
+    return [Binding(ipaddress.IPv6Address(f"2001:db8:c{tep:02x}:{i >> 16:x}::{(i & 0xffff) + 1:x}"),
+                    net[i >> K], BR, 0, K, i & ((1 << K) - 1)) for i in range(count)]
+
+
+def raw_session(server: NetconfServer) -> manager.Manager:
+    return manager.connect(host=str(server.host), port=server.port, username="root",
+                           key_filename=str(server.client_key), allow_agent=False,
+                           look_for_keys=False, hostkey_verify=False, timeout=30,
+                           manager_params={"timeout": 600})
+
+
+def row(label: str, value: str, note: str = "") -> None:
+    print(f"{label:<52}{value:>14}  {note}", flush=True)
+
+
+def start_server(workdir: Path, tag: str, subnet: int) -> NetconfServer:
+    server = NetconfServer(workdir / tag, f"dstm-nc-bench{tag}-{os.getpid()}",
+                           f"2001:db8:cff:{subnet:x}::2/64")
+    server.start()
+    return server
+
+
+def bench_device(args: argparse.Namespace, workdir: Path) -> None:
+    bulk_server = start_server(workdir, "a", 1)
+    try:
+        target = NetconfTarget(name="bench-tep", **bulk_server.connection())
+        pusher = NetconfPusher(target, pools=POOLS[:1], schema_cache=workdir / "yang",
+                               confirm_timeout=600)
+        bulk = table(0, args.bulk)
+        started = time.perf_counter()
+        result = pusher.push(bulk)
+        seconds = time.perf_counter() - started
+        row(f"bulk push, {args.bulk:,} bindings, 1 commit", f"{seconds:.2f} s",
+            f"{result.method}, {args.bulk / seconds:,.0f} bindings/s")
+        started = time.perf_counter()
+        again = pusher.push(bulk)
+        row("same push again (read + diff, nothing sent)",
+            f"{time.perf_counter() - started:.2f} s", f"changed={again.changed}")
+        started = time.perf_counter()
+        parsed = pusher.read()
+        read = time.perf_counter() - started
+        with raw_session(bulk_server) as mgr:
+            started = time.perf_counter()
+            reply = mgr.get_config(source="running", filter=("subtree", render_filter("dstm")))
+            fetched = time.perf_counter()
+            parse_table(reply.data_ele, "dstm")
+            done = time.perf_counter()
+        row(f"device read of {len(parsed.entries):,} entries", f"{read:.2f} s",
+            f"get-config {fetched - started:.2f} s, parse {done - fetched:.2f} s")
+    finally:
+        bulk_server.stop()
+
+    # A fresh server: netconfd's commit cost grows with the size of its datastore.
+    loop_server = start_server(workdir, "b", 2)
+    try:
+        instance = BindInstance()
+        with raw_session(loop_server) as mgr:
+            started = time.perf_counter()
+            for i, b in enumerate(table(1, args.per_commit)):
+                payload = render_edit(compute_diff(DeviceTable(instance), [b], instance),
+                                      instance, version=i + 1, date=utc_date())
+                mgr.edit_config(target="candidate", config=payload)
+                mgr.commit()
+            seconds = time.perf_counter() - started
+        row(f"one commit per binding, {args.per_commit} bindings", f"{seconds:.2f} s",
+            f"{seconds / args.per_commit * 1000:.0f} ms each, 1 session; scaled to "
+            f"{args.bulk:,}: {seconds / args.per_commit * args.bulk:,.0f} s")
+
+        target = NetconfTarget(name="bench-tep", **loop_server.connection())
+        pusher = NetconfPusher(target, pools=POOLS[1:2], schema_cache=workdir / "yang",
+                               confirm_timeout=600)
+        current = table(1, args.per_commit)
+        started = time.perf_counter()
+        for b in table(1, args.per_commit + args.per_push)[args.per_commit:]:
+            current.append(b)
+            pusher.push(current)
+        seconds = time.perf_counter() - started
+        row(f"one push per binding, {args.per_push} bindings", f"{seconds:.2f} s",
+            f"{seconds / args.per_push:.2f} s each (2 sessions, confirmed commit); "
+            f"scaled to {args.bulk:,}: {seconds / args.per_push * args.bulk:,.0f} s")
+    finally:
+        loop_server.stop()
+
+
+def plan_all(desired: list[list[Binding]], device: list[DeviceTable]) -> int:
+    instance = BindInstance()
+    checker = checker_for()
+    sent = 0
+    for tep, (want, have) in enumerate(zip(desired, device, strict=True)):
+        check_invariants(want, [POOLS[tep]], instance)
+        diff = compute_diff(have, want, instance)
+        if not diff.empty:
+            payload = render_edit(diff, instance, version=(have.version or 0) + 1,
+                                  date=utc_date())
+            checker.validate(payload)
+            sent += sum(diff.counts().values())
+    return sent
+
+
+def bench_plan(args: argparse.Namespace) -> None:
+    per_tep = args.leases // args.teps
+    desired = [table(t, per_tep) for t in range(args.teps)]
+    device = []
+    for t, want in enumerate(desired):
+        entries = {b.key: b for b in want[: per_tep - per_tep // 100]}  # 1 % missing
+        for b in table(t, per_tep + 50)[per_tep:]:  # 50 unexplained entries
+            entries[b.key] = b
+        device.append(DeviceTable(BindInstance(), 7, None, entries))
+    checker_for()  # load the YANG context outside the timing
+    started = time.perf_counter()
+    sent = plan_all(desired, device)
+    seconds = time.perf_counter() - started
+    row(f"plan, {args.leases:,} leases across {args.teps} TEPs", f"{seconds:.2f} s",
+        f"{sent:,} entries to send; invariants + diff + render + libyang")
+    tracemalloc.start()
+    plan_all(desired, device)
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    row("plan, peak Python memory (tracemalloc)", f"{peak / 2**20:.1f} MiB",
+        "on top of the tables")
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    row("process peak RSS (tables + plan)", f"{rss:.0f} MiB")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--bulk", type=int, default=10_000)
+    parser.add_argument("--per-commit", type=int, default=200)
+    parser.add_argument("--per-push", type=int, default=20)
+    parser.add_argument("--leases", type=int, default=100_000)
+    parser.add_argument("--teps", type=int, default=4)
+    parser.add_argument("--no-device", action="store_true", help="only the plan figures")
+    args = parser.parse_args(argv)
+    bench_plan(args)
+    if not args.no_device:
+        with tempfile.TemporaryDirectory(prefix="dstm-bench-nc-") as workdir:
+            bench_device(args, Path(workdir))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
