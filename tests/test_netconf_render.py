@@ -7,6 +7,7 @@ RFC 8676 section 5.1 (the ietf-softwire-br binding table).
 from __future__ import annotations
 
 import ipaddress
+import json
 from pathlib import Path
 
 import jinja2
@@ -29,7 +30,7 @@ from dstm_orch.netconf_render import (
     render_edit,
     render_filter,
 )
-from dstm_orch.pushers.netconf import Capabilities
+from dstm_orch.pushers.netconf import Capabilities, DevicePlan, Plan
 from dstm_orch.yangcheck import YangChecker, YangValidationError, default_yang_dir
 
 BR = ipaddress.IPv6Address("2001:db8:c00:200::a")
@@ -269,3 +270,24 @@ def test_capabilities_parse_modules_and_commit_modes():
         ("2019-11-16", ("binding-mode", "map-e"), ("x-dev",))
     assert caps.confirmed_commit == "1.1" and caps.is_yuma
     assert not caps.has("urn:ietf:params:netconf:capability:writable-running:1.0")
+
+
+def test_plan_text_and_json_for_several_devices():
+    diff = TableDiff(added=(b("2001:db8::3", "198.51.100.3"),),
+                     removed=(b("2001:db8::9", "198.51.100.9", 0, 8, 1),))
+    plans = Plan((
+        DevicePlan("r1", "[2001:db8::a]:830", "dstm", 4, 2, 2, diff, "device"),
+        DevicePlan("r2", "[2001:db8::b]:830", "dstm", 1, 1, 1, TableDiff(), "device"),
+    ))
+    text = plans.text()
+    assert "--- r1 ([2001:db8::a]:830) bind-instance dstm: 2 entries, version 4" in text
+    assert "  + 2001:db8::3 -> 198.51.100.3 (all ports) br 2001:db8:c00:200::a" in text
+    assert "  - 2001:db8::9 -> 198.51.100.9 (psid 1/8 offset 0) br 2001:db8:c00:200::a" in text
+    assert "drift: 1 entries on the device that no lease explains, 1 leases missing" in text
+    assert "+++ r2 desired: 1 entries\n  no changes" in text
+    data = json.loads(plans.to_json())
+    assert data["changed"] is True
+    assert data["devices"][0]["drift"] == {"unexplained": ["2001:db8::9"],
+                                           "missing": ["2001:db8::3"], "mismatched": []}
+    assert data["devices"][0]["changes"]["removed"][0]["psid_len"] == 8
+    assert data["devices"][1]["changed"] is False

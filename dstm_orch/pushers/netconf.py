@@ -71,6 +71,7 @@ BR_MODULE = "ietf-softwire-br"
 YUMA_NS_PREFIXES = ("http://yuma123.org/ns/", "http://netconfcentral.org/ns/yuma")
 HOSTKEY_PREFERENCE = ("ssh-ed25519", "ecdsa-sha2-nistp256", "ecdsa-sha2-nistp384",
                       "ecdsa-sha2-nistp521", "rsa-sha2-512", "rsa-sha2-256", "ssh-rsa")
+CONFIRM_MODES = ("auto", "session", "off")
 _SAFE_NAME = re.compile(r"[A-Za-z0-9_.-]+")
 _IMPORT = re.compile(r"^\s*(?:import|include)\s+\"?([A-Za-z0-9_.-]+)\"?", re.MULTILINE)
 
@@ -356,6 +357,10 @@ class NetconfPusher:
             device has ``:validate``, except on yuma123 netconfd 2.13, which loses the
             candidate's changes when ``<validate>`` precedes ``<commit>`` (verified;
             its commit validates anyway).
+        confirm: ``auto``: with ``:confirmed-commit:1.1``, a confirmed commit with a
+            persist token, confirmed from a new session; with 1.0, confirmed in the same
+            session; without it, a plain commit. ``session``: confirm in the same
+            session even with 1.1. ``off``: a plain commit.
     """
 
     def __init__(
@@ -369,7 +374,10 @@ class NetconfPusher:
         schema_cache: Path | str | None = None,
         confirm_timeout: int = 60,
         validate_candidate: bool | None = None,
+        confirm: str = "auto",
     ):
+        if confirm not in CONFIRM_MODES:
+            raise PushError(f"{target.name}: confirm {confirm!r} is not one of {CONFIRM_MODES}")
         self.target = target
         self.pools = pools if pools is None or isinstance(pools, netaddr.IPSet) else \
             netaddr.IPSet(str(p) for p in pools)
@@ -379,6 +387,7 @@ class NetconfPusher:
         self.schema_cache = Path(schema_cache) if schema_cache else _default_cache()
         self.confirm_timeout = int(confirm_timeout)
         self.validate_candidate = validate_candidate
+        self.confirm = confirm
 
     # -- public API ----------------------------------------------------------------------
 
@@ -571,7 +580,9 @@ class NetconfPusher:
             validate = any(caps.has(v) for v in VALIDATE) and not caps.is_yuma
         if validate:
             self._rpc(mgr, "validate candidate", mgr.validate, source="candidate")
-        mode = caps.confirmed_commit
+        mode = None if self.confirm == "off" else caps.confirmed_commit
+        if mode == "1.1" and self.confirm == "session":
+            mode = "1.0"
         if mode is None:
             self._rpc(mgr, "commit", mgr.commit)
             self._read_back(mgr, desired, version, cancel=None)
@@ -699,6 +710,7 @@ class NetconfPusher:
         if t.password is not None:
             kwargs["password"] = t.password
         known_hosts = t.known_hosts or Path("~/.ssh/known_hosts").expanduser()
+        keytype = "recorded"
         if t.hostkey_verify:
             kwargs["hostkey_b64"], keytype = self._known_key(known_hosts)
         else:
