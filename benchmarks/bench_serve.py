@@ -37,8 +37,9 @@ import netaddr
 from dstm_orch import model
 from dstm_orch.roaming.client import RoamingClient
 from dstm_orch.roaming.guard import Guard, Limits
+from dstm_orch.roaming.httpd import RoamingHTTPServer
 from dstm_orch.roaming.secrets import RoamingNode
-from dstm_orch.roaming.server import NoPusher, RoamingHTTPServer, RoamingService
+from dstm_orch.roaming.server import NoPusher, RoamingService
 
 MAX_CLIENTS = 64
 

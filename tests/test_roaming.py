@@ -23,6 +23,7 @@ import pytest
 from dstm_orch.inventory import load_inventory
 from dstm_orch.roaming.client import RoamingClient, read_secret
 from dstm_orch.roaming.guard import Guard, Limits
+from dstm_orch.roaming.httpd import RoamingHTTPServer, parse_listen
 from dstm_orch.roaming.protocol import (
     LeaseRequest,
     Reason,
@@ -33,12 +34,7 @@ from dstm_orch.roaming.protocol import (
     sign,
 )
 from dstm_orch.roaming.secrets import RoamingNode
-from dstm_orch.roaming.server import (
-    NoPusher,
-    RoamingHTTPServer,
-    RoamingService,
-    parse_listen,
-)
+from dstm_orch.roaming.server import NoPusher, RoamingService
 from dstm_orch.store import LeaseStore
 
 SECRETS = {"r1": b"r1-shared-secret-0123456789abcdef", "r2": b"r2-shared-secret-0123456789abcdef",
@@ -500,7 +496,7 @@ def _self_signed(tmp_path: Path) -> tuple[Path, Path]:
 
 
 def test_https_with_the_servers_certificate(domain, tmp_path):
-    from dstm_orch.roaming.server import tls_context
+    from dstm_orch.roaming.httpd import tls_context
 
     cert, key = _self_signed(tmp_path)
     guard = Guard({"r1": RoamingNode("r1", SECRETS["r1"])})

@@ -13,6 +13,7 @@ and the server MUST be in IPv6").
 - :mod:`dstm_orch.roaming.guard`: admission: signature, clock window, replay, rate limits;
 - :mod:`dstm_orch.roaming.server`: ``dstm-orch serve``: allocate, renew or release, then
   push the TEP mapping for the node's current IPv6 address;
+- :mod:`dstm_orch.roaming.httpd`: the HTTP(S) server on one IPv6 address;
 - :mod:`dstm_orch.roaming.client` and :mod:`dstm_orch.roaming.node`: ``dstm-orch
   client``: the signed request, then the node's own IPv4 configuration;
 - :mod:`dstm_orch.roaming.cli`: the click objects ``serve`` and ``client``.

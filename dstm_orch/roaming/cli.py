@@ -17,8 +17,8 @@ from collections.abc import Callable
 import click
 
 from dstm_orch.roaming.guard import Limits
+from dstm_orch.roaming.httpd import DEFAULT_PORT
 from dstm_orch.roaming.protocol import RoamingError
-from dstm_orch.roaming.server import DEFAULT_PORT
 
 
 class _Rate(click.ParamType):
@@ -76,12 +76,8 @@ def serve(inventory: str, state: str | None, listen: str, vault_password_file: s
           max_leases: int | None, push: str, no_source_check: bool, cert: str | None,
           key: str | None) -> None:
     """Serve roaming nodes (draft section 6, VPN scenario) over HTTP on IPv6."""
-    from dstm_orch.roaming.server import (
-        RoamingHTTPServer,
-        parse_listen,
-        service_from_inventory,
-        tls_context,
-    )
+    from dstm_orch.roaming.httpd import RoamingHTTPServer, parse_listen, tls_context
+    from dstm_orch.roaming.server import service_from_inventory
 
     if bool(cert) != bool(key):
         raise click.UsageError("--cert and --key go together")
@@ -182,8 +178,8 @@ def _run(action: str, *, server: str, node: str, secret_file: str, ipv6: str | N
          uplink: str, cafile: str | None, timeout: float, no_configure: bool, as_json: bool,
          lifetime: int | None) -> None:
     from dstm_orch.roaming.client import RoamingClient, read_secret, uplink_ipv6
+    from dstm_orch.roaming.httpd import parse_listen
     from dstm_orch.roaming.node import NodeConfig, NodeLease
-    from dstm_orch.roaming.server import parse_listen
 
     address = parse_listen(server)
     if ipv6:
