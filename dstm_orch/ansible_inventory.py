@@ -27,6 +27,28 @@ from dstm_orch.errors import InventoryError, Problem
 INVENTORY_FILES = ("hosts.yml", "hosts.yaml")
 
 
+@dataclass(frozen=True)
+class VaultedValue:
+    """A value encrypted inline with ``ansible-vault encrypt_string`` (YAML ``!vault``).
+
+    Only ``ciphertext`` is kept; code that needs the clear text decrypts it with
+    Ansible's vault library and the operator's vault password.
+    """
+
+    ciphertext: str
+
+    def __str__(self) -> str:
+        return "<vaulted>"
+
+
+class _InventoryLoader(yaml.SafeLoader):
+    """PyYAML's safe loader plus Ansible's ``!vault`` tag."""
+
+
+_InventoryLoader.add_constructor(
+    "!vault", lambda loader, node: VaultedValue(loader.construct_scalar(node)))
+
+
 @dataclass
 class HostEntry:
     """One Ansible host: its groups, merged vars, and the file each var came from."""
@@ -185,7 +207,12 @@ class _Reader:
 
     def _yaml(self, file: Path):
         try:
-            return yaml.safe_load(file.read_text())
+            text = file.read_text()
+            if text.lstrip().startswith("$ANSIBLE_VAULT;"):
+                self._problem(file, "-", "a whole-file vaulted vars file is not read; encrypt "
+                              "single values with `ansible-vault encrypt_string` instead")
+                return None
+            return yaml.load(text, Loader=_InventoryLoader)
         except yaml.YAMLError as exc:
             mark = getattr(exc, "problem_mark", None)
             where = f"line {mark.line + 1}" if mark else "-"

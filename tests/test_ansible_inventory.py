@@ -262,3 +262,28 @@ def test_hosts_yml_that_is_not_a_mapping(tmp_path):
     write(tmp_path, {"hosts.yml": "- h1\n"})
     problem = the_problem(tmp_path)
     assert (problem.file, problem.key) == (str(tmp_path / "hosts.yml"), "all")
+
+
+VAULT_TEXT = ("$ANSIBLE_VAULT;1.1;AES256\n"
+              "6238643137336633353161386232326636633730313135353432333465363539\n")
+
+
+def test_inline_vault_value_keeps_its_ciphertext(tmp_path):
+    write(tmp_path, {
+        "hosts.yml": {"all": {"hosts": {"n1": {"ansible_host": "2001:db8::11"}}}},
+        "host_vars/n1.yml": "dstm_node_secret: !vault |\n"
+                            + "".join(f"  {line}\n" for line in VAULT_TEXT.splitlines()),
+    })
+    value = AnsibleInventory.load(tmp_path).hosts["n1"].vars["dstm_node_secret"]
+    assert value.ciphertext == VAULT_TEXT
+    assert str(value) == "<vaulted>"
+
+
+def test_whole_file_vaulted_vars_file_is_named(tmp_path):
+    write(tmp_path, {
+        "hosts.yml": {"all": {"hosts": {"n1": {"ansible_host": "2001:db8::11"}}}},
+        "host_vars/n1.yml": VAULT_TEXT,
+    })
+    problem = the_problem(tmp_path)
+    assert problem.file == str(tmp_path / "host_vars" / "n1.yml")
+    assert "whole-file vaulted" in problem.reason
