@@ -64,6 +64,8 @@ options:
         description:
           - Destination port or inclusive range - C(80), C(1024-2047) or a list C([1024, 2047]).
             Needs O(rules[].ipproto).
+          - Ports 0 and 65535 cannot be matched - the kernel refuses them in a rule's port
+            range (C(fib_rule_port_range_valid)) - so the range must lie within 1-65534.
         type: raw
       table:
         description: The routing table to look up - a number (1 to 4294967295) or C(main).
@@ -156,6 +158,9 @@ def _ports(value: object) -> tuple[int, int]:
         raise ValueError(f"{value!r} is not a port or a port range 'first-last'") from None
     if not 0 <= low <= high <= 65535:
         raise ValueError(f"{value!r} is not a port range within 0-65535 with first <= last")
+    if low == 0 or high == 65535:
+        raise ValueError(f"{value!r} holds port 0 or 65535, which the kernel's policy rules "
+                         "cannot match (use 1-65534)")
     return low, high
 
 

@@ -123,6 +123,8 @@ def test_rules_refuse_a_rule_they_cannot_delete_exactly(netns, tmp_path):
      "rules[0] (to 198.51.100.1/32).dport: a destination port needs ipproto"),
     ({"rules": [{"to": SHARED, "ipproto": "tcp", "dport": "90-80", "table": "5"}]},
      "'90-80' is not a port range within 0-65535 with first <= last"),
+    ({"rules": [{"to": SHARED, "ipproto": "udp", "dport": "49152-65535", "table": "5"}]},
+     "'49152-65535' holds port 0 or 65535, which the kernel's policy rules cannot match"),
     ({"rules": [{"to": SHARED, "table": "local"}]}, "the local table (255) is the kernel's"),
     ({"rules": [{"to": SHARED, "table": "0"}]}, "'0' is not 'main' or a table number"),
     ({"rules": [TCP1, {**TCP1, "dport": [16384, 32767]}]}, "rules[1]: priority 2110 to"),
