@@ -145,12 +145,16 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
             SELECT RAISE(ABORT, 'invalid port set: offset + length over 16 or psid too big');
         END
         """,
+        # All active leases of an address share one layout (this trigger from the
+        # start; leases of version 1 are all whole addresses, one per address; layouts
+        # never change and ended leases never return), so checking one of them is
+        # enough: one index seek, not one row per PSID.
         f"""
         CREATE TRIGGER leases_one_layout_per_address BEFORE INSERT ON leases
-        WHEN NEW.state = 'active' AND EXISTS (
-            SELECT 1 FROM leases INDEXED BY leases_active_ipv4
-            WHERE state = 'active' AND ipv4 = NEW.ipv4
-              AND (psid_offset != NEW.psid_offset OR psid_len != NEW.psid_len))
+        WHEN NEW.state = 'active' AND (
+            SELECT psid_offset != NEW.psid_offset OR psid_len != NEW.psid_len
+            FROM leases INDEXED BY leases_active_ipv4
+            WHERE state = 'active' AND ipv4 = NEW.ipv4 LIMIT 1)
         BEGIN
             SELECT RAISE(ABORT, '{_LAYOUT_CONFLICT}');
         END
@@ -611,30 +615,39 @@ class Transaction:
 
         The layouts in use are found by index seeks, then each other layout's leases
         in the range are read; outside a change of a pool's layout these are only the
-        static reservations inside the range.
+        static reservations inside the range (and leases of other pools in the gaps of
+        a pool of several intervals, which the walk never proposes).
         """
         found: set[int] = set()
-        after: tuple[int, int] = (-1, -1)
-        while True:
-            row = self._db.execute(
-                "SELECT psid_offset, psid_len FROM leases INDEXED BY leases_active_layout"
-                " WHERE state = 'active' AND (psid_offset, psid_len) > (?, ?)"
-                " ORDER BY psid_offset, psid_len LIMIT 1",
-                after,
-            ).fetchone()
-            if row is None:
-                return sorted(found)
-            after = (row[0], row[1])
-            if after != tuple(layout):
+        other = self._next_layout((-1, -1))
+        while other is not None:
+            if other != tuple(layout):
                 found.update(
                     ipv4
                     for (ipv4,) in self._db.execute(
                         "SELECT ipv4 FROM leases INDEXED BY leases_active_layout"
                         " WHERE state = 'active' AND psid_offset = ? AND psid_len = ?"
                         " AND ipv4 BETWEEN ? AND ?",
-                        (*after, first, last),
+                        (*other, first, last),
                     )
                 )
+            other = self._next_layout(other)
+        return sorted(found)
+
+    def _next_layout(self, after: Layout) -> Layout | None:
+        # Two seeks (a row-value ">" would scan the rest of its first column's range).
+        row = self._db.execute(
+            "SELECT psid_offset, psid_len FROM leases INDEXED BY leases_active_layout"
+            " WHERE state = 'active' AND psid_offset = ? AND psid_len > ?"
+            " ORDER BY psid_len LIMIT 1",
+            after,
+        ).fetchone() or self._db.execute(
+            "SELECT psid_offset, psid_len FROM leases INDEXED BY leases_active_layout"
+            " WHERE state = 'active' AND psid_offset > ?"
+            " ORDER BY psid_offset, psid_len LIMIT 1",
+            (after[0],),
+        ).fetchone()
+        return (row[0], row[1]) if row else None
 
     def held_slots(self, first: int, last: int, since: int) -> list[Slot]:
         """Return, by address, the slots in ``[first, last]`` of leases ended after
