@@ -273,14 +273,14 @@ def test_confirmed_commit_reverts_when_the_session_is_cut(server, tmp_path):
     assert device_entries(server) == TABLE
 
 
-@pytest.mark.parametrize(("confirm", "method"), [("session", "candidate+confirmed-commit"),
-                                                  ("off", "candidate")])
-def test_other_commit_modes(server, tmp_path, confirm, method):
-    pusher = pusher_for(server, tmp_path, confirm=confirm)
+@pytest.mark.parametrize(("mode", "method"), [("session", "candidate+confirmed-commit"),
+                                               ("off", "candidate")])
+def test_other_commit_modes(server, tmp_path, mode, method):
+    pusher = pusher_for(server, tmp_path, confirm_mode=mode)
     seen: list[PendingCommit] = []
     result = pusher.push(bindings(LEASES), on_pending=seen.append)
     assert (result.method, result.persist_id) == (method, None)
-    assert [p.persist_id for p in seen] == ([None] if confirm == "session" else [])
+    assert [p.persist_id for p in seen] == ([None] if mode == "session" else [])
     assert device_entries(server) == TABLE
     assert pusher.push(bindings(LEASES[:1])).diff.counts()["removed"] == 2
     assert device_version(server) == "2"

@@ -357,7 +357,7 @@ class NetconfPusher:
             device has ``:validate``, except on yuma123 netconfd 2.13, which loses the
             candidate's changes when ``<validate>`` precedes ``<commit>`` (verified;
             its commit validates anyway).
-        confirm: ``auto``: with ``:confirmed-commit:1.1``, a confirmed commit with a
+        confirm_mode: ``auto``: with ``:confirmed-commit:1.1``, a confirmed commit with a
             persist token, confirmed from a new session; with 1.0, confirmed in the same
             session; without it, a plain commit. ``session``: confirm in the same
             session even with 1.1. ``off``: a plain commit.
@@ -374,10 +374,11 @@ class NetconfPusher:
         schema_cache: Path | str | None = None,
         confirm_timeout: int = 60,
         validate_candidate: bool | None = None,
-        confirm: str = "auto",
+        confirm_mode: str = "auto",
     ):
-        if confirm not in CONFIRM_MODES:
-            raise PushError(f"{target.name}: confirm {confirm!r} is not one of {CONFIRM_MODES}")
+        if confirm_mode not in CONFIRM_MODES:
+            raise PushError(f"{target.name}: confirm_mode {confirm_mode!r} is not one of "
+                            f"{CONFIRM_MODES}")
         self.target = target
         self.pools = pools if pools is None or isinstance(pools, netaddr.IPSet) else \
             netaddr.IPSet(str(p) for p in pools)
@@ -387,7 +388,7 @@ class NetconfPusher:
         self.schema_cache = Path(schema_cache) if schema_cache else _default_cache()
         self.confirm_timeout = int(confirm_timeout)
         self.validate_candidate = validate_candidate
-        self.confirm = confirm
+        self.confirm_mode = confirm_mode
 
     # -- public API ----------------------------------------------------------------------
 
@@ -580,8 +581,8 @@ class NetconfPusher:
             validate = any(caps.has(v) for v in VALIDATE) and not caps.is_yuma
         if validate:
             self._rpc(mgr, "validate candidate", mgr.validate, source="candidate")
-        mode = None if self.confirm == "off" else caps.confirmed_commit
-        if mode == "1.1" and self.confirm == "session":
+        mode = None if self.confirm_mode == "off" else caps.confirmed_commit
+        if mode == "1.1" and self.confirm_mode == "session":
             mode = "1.0"
         if mode is None:
             self._rpc(mgr, "commit", mgr.commit)
