@@ -26,6 +26,7 @@ from dstm_orch.allocator import Allocator
 from dstm_orch.errors import DstmError, LeaseNotFoundError
 from dstm_orch.inventory import DstmInventory, load_inventory
 from dstm_orch.model import Lease, utcnow
+from dstm_orch.roaming.cli import client, serve
 from dstm_orch.store import LeaseStore
 
 log = logging.getLogger("dstm_orch")
@@ -129,7 +130,7 @@ def renew(ctx: Context, node: str, lifetime: int | None) -> None:
 @click.argument("node")
 @common
 def revoke(ctx: Context, node: str) -> None:
-    """End NODE's lease now; run ``apply`` to remove it from the devices."""
+    """End NODE's lease now; run "apply" to remove it from the devices."""
     _print_leases(ctx, [ctx.allocator.revoke(node)], single=True)
 
 
@@ -147,7 +148,7 @@ def leases(ctx: Context, show_all: bool) -> None:
 @click.option("--max-leases", type=click.IntRange(min=1), help="Reclaim at most this many.")
 @common
 def expire(ctx: Context, max_leases: int | None) -> None:
-    """Reclaim leases whose lifetime has run out; run ``apply`` to clear the devices."""
+    """Reclaim leases whose lifetime has run out; run "apply" to clear the devices."""
     _print_leases(ctx, ctx.allocator.expire(max_leases=max_leases))
 
 
@@ -296,6 +297,10 @@ def lab_exec_cmd(inventory: str, host: str, argv: tuple[str, ...]) -> None:
 
     proc = labmod.lab_exec(_lab_inventory(inventory), host, list(argv))
     raise SystemExit(proc.returncode)
+
+
+cli.add_command(serve)
+cli.add_command(client)
 
 
 def _print_leases(ctx: Context, found: list[Lease], single: bool = False) -> None:

@@ -287,7 +287,9 @@ class _Builder:
             has_decap = "dstm_node_decap_ipv6" in v
             decap = self._ipv6(host, "dstm_node_decap_ipv6") if has_decap else None
             tep = teps.get(pool.tep)
-            if tep and tep.kind == "linux" and tep.driver is Driver.SEG6 and not has_decap:
+            roaming = v.get("dstm_node_roaming", False)
+            if (tep and tep.kind == "linux" and tep.driver is Driver.SEG6 and not has_decap
+                    and not roaming):
                 self.problem(self._file(host), f"{name}.dstm_node_decap_ipv6",
                              f"required: TEP {tep.name!r} uses the seg6 driver")
             if mgmt is None or ipv6 is None:
@@ -297,7 +299,7 @@ class _Builder:
                 claims.insert(1, ("dstm_node_ipv6", ipv6))
             if not all([self._claim(host, var, a) for var, a in claims if a is not None]):
                 continue
-            nodes[name] = Node(name, ipv6, pool_name, static, decap)
+            nodes[name] = Node(name, ipv6, pool_name, static, decap, roaming)
         return nodes
 
     def _static(self, host: HostEntry, pool: Pool, pools: dict[str, Pool],

@@ -151,6 +151,8 @@ class Node:
     (draft section 4.4) and the key of its TEP mapping entry. ``static_ipv4`` set
     means a phase 1 static reservation (draft section 6): a lease without end.
     ``decap_ipv6`` is the address where the ``seg6`` driver delivers return traffic.
+    ``roaming`` marks the VPN scenario (draft section 6): the node authenticates with a
+    shared secret, its IPv6 address may change, and it configures itself.
     """
 
     name: str
@@ -158,6 +160,7 @@ class Node:
     pool: str
     static_ipv4: IPv4 | None = None
     decap_ipv6: IPv6 | None = None
+    roaming: bool = False
 
     @property
     def is_static(self) -> bool:

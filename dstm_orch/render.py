@@ -5,19 +5,24 @@ The intent is plain data, shaped for the ``dstm_node`` and ``dstm_tep`` roles th
 
     {"nodes": {"n1": {"ipv4": "198.51.100.1", "tep_ipv6": "2001:db8:200::a",
                       "valid_until": 1764430000, "driver": "seg6",
-                      "port_set": None},                       # or None: absent
+                      "port_set": None, "roaming": False},     # or None: absent
                ...},
      "teps": {"tep1": {"driver": "seg6", "pools": ["198.51.100.0/24"],
                        "bindings": [{"node": "n1", "ipv4": "198.51.100.1",
                                      "node_ipv6": "2001:db8:100::11",
                                      "node_decap_ipv6": "2001:db8:201::11",
-                                     "port_set": None}]}}}
+                                     "port_set": None, "roaming": False}]}}}
 
 ``port_set`` is ``None`` for a lease of a whole address; with the ports option it is
 ``{"psid_offset": a, "psid_len": k, "psid": p, "ranges": [[first, last], ...]}``
 (inclusive ports, RFC 7597 section 5.1), the same on the node (which keeps its
 sockets inside the set) and in the TEP binding (which steers return traffic to the
 ports' owner; RFC 8676 ``port-set``). Bindings are ordered by address, then PSID.
+
+A roaming node (VPN scenario, draft section 6) configures itself through
+``dstm-orch client``: its node entry carries ``"roaming": true`` (also without a lease)
+so that ``apply`` leaves it alone, and its TEP binding carries ``"roaming": true`` so
+that return traffic goes to its current IPv6 address rather than a decap address.
 
 ``valid_until`` is the lease's end in epoch seconds (``None`` for a static lease): the
 node turns it into the address's ``valid_lft`` (DESIGN.md invariant 5). A TEP's
@@ -60,7 +65,9 @@ def render_intent(domain: Domain, leases: Iterable[Lease], now: datetime) -> Int
         appears with all its pools and its current bindings. Leases whose node or TEP
         left the inventory are returned in ``orphans``.
     """
-    nodes: dict[str, dict | None] = {name: None for name in domain.nodes}
+    nodes: dict[str, dict | None] = {
+        name: {"roaming": True} if node.roaming else None for name, node in domain.nodes.items()
+    }
     teps = {
         name: {
             "driver": tep.driver.value,
@@ -86,6 +93,7 @@ def render_intent(domain: Domain, leases: Iterable[Lease], now: datetime) -> Int
             "valid_until": int(lease.end.timestamp()) if lease.end else None,
             "driver": tep.driver.value,
             "port_set": port_set,
+            "roaming": node.roaming,
         }
         teps[lease.tep]["bindings"].append({
             "node": lease.node,
@@ -93,6 +101,7 @@ def render_intent(domain: Domain, leases: Iterable[Lease], now: datetime) -> Int
             "node_ipv6": str(lease.node_ipv6),
             "node_decap_ipv6": str(node.decap_ipv6) if node.decap_ipv6 else None,
             "port_set": port_set,
+            "roaming": node.roaming,
         })
     return Intent(nodes, teps, orphans)
 
