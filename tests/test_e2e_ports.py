@@ -277,6 +277,11 @@ def test_two_nodes_share_one_address_by_port(ports_lab):
         assert seen == ports
         assert all(sets[node][0] <= port <= sets[node][1] for _, port in seen)
 
+    # ICMP carries no port: the echo reply to the shared address meets the pool's
+    # blackhole on the TEP (README, "Shared addresses on the data path").
+    ping = in_lab(env, "n1", "ping", "-n", "-c", "1", "-W", "2", IPV4_HOST)
+    assert ping.returncode != 0, ping.stdout
+
     rc, out = cli(env, "apply", "--json")
     assert rc == 0 and json.loads(out)["changed"] == 0, out
 
