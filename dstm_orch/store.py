@@ -42,142 +42,17 @@ from pathlib import Path
 
 from dstm_orch import model, pools
 from dstm_orch.errors import StoreError
+from dstm_orch.migrations import LAYOUT_CONFLICT, MIGRATIONS
 from dstm_orch.portset import PortSet
 
 BUSY_TIMEOUT = 30.0
 """Seconds a connection waits for another process's write lock before failing."""
 
-_LAYOUT_CONFLICT = "the address has active leases of another port-set layout"
 
 Layout = tuple[int, int]
 """``(psid_offset, psid_len)`` of a lease; ``(0, 0)`` is a whole address."""
 
 WHOLE: Layout = (0, 0)
-
-MIGRATIONS: tuple[tuple[str, ...], ...] = (
-    (
-        """
-        CREATE TABLE leases (
-            id          INTEGER PRIMARY KEY AUTOINCREMENT,
-            node        TEXT    NOT NULL,
-            node_ipv6   TEXT    NOT NULL,
-            ipv4        INTEGER NOT NULL CHECK (ipv4 BETWEEN 0 AND 4294967295),
-            psid_offset INTEGER NOT NULL DEFAULT 0,
-            psid_len    INTEGER NOT NULL DEFAULT 0,
-            psid        INTEGER NOT NULL DEFAULT 0,
-            pool        TEXT    NOT NULL,
-            tep         TEXT    NOT NULL,
-            tep_ipv6    TEXT    NOT NULL,
-            start_at    INTEGER NOT NULL,
-            end_at      INTEGER,
-            lifetime    INTEGER CHECK (lifetime > 0),
-            state       TEXT    NOT NULL CHECK (state IN ('active', 'revoked', 'expired')),
-            ended_at    INTEGER,
-            CHECK ((end_at IS NULL) = (lifetime IS NULL)),
-            CHECK ((state = 'active') = (ended_at IS NULL))
-        )
-        """,
-        "CREATE UNIQUE INDEX leases_active_ipv4 ON leases (ipv4, psid) WHERE state = 'active'",
-        "CREATE UNIQUE INDEX leases_active_node ON leases (node) WHERE state = 'active'",
-        "CREATE INDEX leases_due ON leases (end_at) WHERE state = 'active'",
-        "CREATE INDEX leases_ipv4 ON leases (ipv4, ended_at)",
-        "CREATE INDEX leases_node ON leases (node, id)",
-        "CREATE INDEX leases_ended ON leases (ended_at)",
-        """
-        CREATE TABLE lease_events (
-            id       INTEGER PRIMARY KEY AUTOINCREMENT,
-            lease_id INTEGER NOT NULL REFERENCES leases (id),
-            at       INTEGER NOT NULL,
-            event    TEXT    NOT NULL
-                     CHECK (event IN ('allocate', 'renew', 'revoke', 'expire')),
-            end_at   INTEGER
-        )
-        """,
-        "CREATE INDEX lease_events_lease ON lease_events (lease_id, id)",
-        """
-        CREATE TRIGGER leases_are_history BEFORE DELETE ON leases
-        BEGIN
-            SELECT RAISE(ABORT, 'leases are history and are never deleted');
-        END
-        """,
-    ),
-    # 2: the ports option and roaming. Events gain the node's IPv6 address after the
-    # event (and before it, for a 'move'); the port set of a lease is checked and
-    # frozen, and an address holds active leases of one (offset, length) layout only,
-    # so that the unique (ipv4, psid) index forbids exactly the overlapping port sets.
-    (
-        """
-        CREATE TABLE lease_events_v2 (
-            id        INTEGER PRIMARY KEY AUTOINCREMENT,
-            lease_id  INTEGER NOT NULL REFERENCES leases (id),
-            at        INTEGER NOT NULL,
-            event     TEXT    NOT NULL
-                      CHECK (event IN ('allocate', 'renew', 'revoke', 'expire', 'move')),
-            end_at    INTEGER,
-            node_ipv6 TEXT,
-            old_ipv6  TEXT,
-            CHECK ((event = 'move') = (old_ipv6 IS NOT NULL))
-        )
-        """,
-        """
-        INSERT INTO lease_events_v2 (id, lease_id, at, event, end_at, node_ipv6)
-        SELECT e.id, e.lease_id, e.at, e.event, e.end_at, l.node_ipv6
-        FROM lease_events AS e JOIN leases AS l ON l.id = e.lease_id
-        """,
-        "DROP TABLE lease_events",
-        "ALTER TABLE lease_events_v2 RENAME TO lease_events",
-        "CREATE INDEX lease_events_lease ON lease_events (lease_id, id)",
-        """
-        CREATE INDEX leases_active_layout ON leases (psid_offset, psid_len, ipv4, psid)
-        WHERE state = 'active'
-        """,
-        """
-        CREATE INDEX leases_active_psid ON leases (psid_offset, psid_len, psid, ipv4)
-        WHERE state = 'active'
-        """,
-        "CREATE INDEX leases_active_node_ipv6 ON leases (node_ipv6) WHERE state = 'active'",
-        """
-        CREATE TRIGGER leases_port_set_valid BEFORE INSERT ON leases
-        WHEN NEW.psid_offset NOT BETWEEN 0 AND 16 OR NEW.psid_len NOT BETWEEN 0 AND 16
-             OR NEW.psid_offset + NEW.psid_len > 16
-             OR NEW.psid NOT BETWEEN 0 AND (1 << NEW.psid_len) - 1
-        BEGIN
-            SELECT RAISE(ABORT, 'invalid port set: offset + length over 16 or psid too big');
-        END
-        """,
-        # All active leases of an address share one layout (this trigger from the
-        # start; leases of version 1 are all whole addresses, one per address; layouts
-        # never change and ended leases never return), so checking one of them is
-        # enough: one index seek, not one row per PSID.
-        f"""
-        CREATE TRIGGER leases_one_layout_per_address BEFORE INSERT ON leases
-        WHEN NEW.state = 'active' AND (
-            SELECT psid_offset != NEW.psid_offset OR psid_len != NEW.psid_len
-            FROM leases INDEXED BY leases_active_ipv4
-            WHERE state = 'active' AND ipv4 = NEW.ipv4 LIMIT 1)
-        BEGIN
-            SELECT RAISE(ABORT, '{_LAYOUT_CONFLICT}');
-        END
-        """,
-        """
-        CREATE TRIGGER leases_port_set_frozen
-        BEFORE UPDATE OF ipv4, psid_offset, psid_len, psid ON leases
-        WHEN NEW.ipv4 != OLD.ipv4 OR NEW.psid_offset != OLD.psid_offset
-             OR NEW.psid_len != OLD.psid_len OR NEW.psid != OLD.psid
-        BEGIN
-            SELECT RAISE(ABORT, 'the address and port set of a lease never change');
-        END
-        """,
-        """
-        CREATE TRIGGER leases_never_reactivate BEFORE UPDATE OF state ON leases
-        WHEN OLD.state != 'active' AND NEW.state = 'active'
-        BEGIN
-            SELECT RAISE(ABORT, 'an ended lease never becomes active again');
-        END
-        """,
-    ),
-)
-"""Schema migrations in order; migration N takes ``PRAGMA user_version`` from N-1 to N."""
 
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -185,6 +60,17 @@ _COLUMNS = (
     "id, node, node_ipv6, ipv4, pool, tep, tep_ipv6, start_at, end_at, lifetime, state, ended_at,"
     " psid_offset, psid_len, psid"
 )
+
+
+@dataclass(frozen=True)
+class PushRecord:
+    """One push to a device: when, whether it took, the table version, what."""
+
+    device: str
+    at: datetime
+    applied: bool
+    version: int | None
+    detail: str
 
 
 @dataclass(frozen=True)
@@ -417,6 +303,18 @@ class LeaseStore:
         with self.read() as tx:
             return tx.events(lease_id)
 
+    def record_push(self, device: str, at: datetime, *, applied: bool,
+                    version: int | None = None, detail: str = "") -> None:
+        """Record a push to ``device`` at ``at``: whether it took, the device's table
+        version after it (RFC 8676 binding-table-versioning) and a one-line detail."""
+        with self.write() as tx:
+            tx.record_push(device, at, applied, version, detail)
+
+    def pushes(self, device: str | None = None) -> list[PushRecord]:
+        """Return recorded pushes (of one device, or all), oldest first."""
+        with self.read() as tx:
+            return tx.pushes(device)
+
 
 class Transaction:
     """The queries and writes of the allocator, inside one open transaction.
@@ -428,6 +326,19 @@ class Transaction:
         self._db = db
         self._marks = {} if marks is None else marks
         self.new_marks: dict[_MarkKey, _Mark] = {}
+
+    def record_push(self, device: str, at: datetime, applied: bool, version: int | None,
+                    detail: str) -> None:
+        self._db.execute(
+            "INSERT INTO device_pushes (device, at, applied, version, detail) "
+            "VALUES (?, ?, ?, ?, ?)", (device, int(at.timestamp()), int(applied), version, detail))
+
+    def pushes(self, device: str | None) -> list[PushRecord]:
+        where, args = ("WHERE device = ? ", (device,)) if device else ("", ())
+        rows = self._db.execute("SELECT device, at, applied, version, detail FROM device_pushes "
+                                f"{where}ORDER BY id", args).fetchall()
+        return [PushRecord(d, datetime.fromtimestamp(at, UTC), bool(ok), v, text)
+                for d, at, ok, v, text in rows]
 
     def _one(self, sql: str, *args: object) -> model.Lease | None:
         row = self._db.execute(sql, args).fetchone()
@@ -728,7 +639,7 @@ class Transaction:
                 ),
             )
         except sqlite3.IntegrityError as exc:
-            if "leases.ipv4" in str(exc) or _LAYOUT_CONFLICT in str(exc):
+            if "leases.ipv4" in str(exc) or LAYOUT_CONFLICT in str(exc):
                 raise AddressTakenError(str(exc)) from exc
             raise
         lease_id = cursor.lastrowid

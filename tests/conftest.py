@@ -15,8 +15,9 @@ LAB_INVENTORY = ROOT / "inventories" / "lab"
 
 @pytest.fixture(autouse=True)
 def _hermetic_state(monkeypatch, tmp_path):
-    """Point the default lease store at the test's own directory, never the real one."""
+    """Point the default lease store and caches at the test's own directory."""
     monkeypatch.setenv("DSTM_ORCH_STATE", str(tmp_path / "default-state.sqlite"))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     monkeypatch.delenv("DSTM_ORCH_INVENTORY", raising=False)
 
 

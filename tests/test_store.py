@@ -363,7 +363,7 @@ def test_a_version_1_store_is_migrated_keeping_its_history(tmp_path):
     path = tmp_path / "v1.sqlite"
     version_1_file(path)
     with LeaseStore(path) as store:
-        assert store.schema_version == SCHEMA_VERSION == 2
+        assert store.schema_version == SCHEMA_VERSION == 3
         leases = store.leases(include_history=True)
         assert [(lease.node, lease.state, lease.port_set) for lease in leases] == [
             ("old", model.LeaseState.REVOKED, None), ("now", model.LeaseState.ACTIVE, None)]
@@ -383,3 +383,17 @@ def test_a_version_1_store_is_migrated_keeping_its_history(tmp_path):
     finally:
         raw.close()
     assert ids == [1, 2, 3, 4]
+
+
+def test_pushes_are_recorded_with_their_outcome(tmp_path):
+    at = datetime(2026, 11, 29, 12, 0, tzinfo=UTC)
+    with LeaseStore(tmp_path / "s.sqlite") as store:
+        store.record_push("rtr1", at, applied=False, detail="commit not confirmed")
+        store.record_push("rtr1", at + timedelta(seconds=5), applied=True, version=7)
+        store.record_push("rtr2", at, applied=True, version=1)
+    with LeaseStore(tmp_path / "s.sqlite") as store:
+        rtr1 = store.pushes("rtr1")
+        assert [(p.applied, p.version, p.detail) for p in rtr1] == [
+            (False, None, "commit not confirmed"), (True, 7, "")]
+        assert rtr1[1].at == at + timedelta(seconds=5)
+        assert len(store.pushes()) == 3

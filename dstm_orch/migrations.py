@@ -1,0 +1,147 @@
+"""Schema migrations of the lease store (:mod:`dstm_orch.store`), in order.
+
+Migration N takes ``PRAGMA user_version`` from N-1 to N; a file is never edited after
+it shipped, only followed by a new one.
+"""
+
+LAYOUT_CONFLICT = "the address has active leases of another port-set layout"
+
+MIGRATIONS: tuple[tuple[str, ...], ...] = (
+    (
+        """
+        CREATE TABLE leases (
+            id          INTEGER PRIMARY KEY AUTOINCREMENT,
+            node        TEXT    NOT NULL,
+            node_ipv6   TEXT    NOT NULL,
+            ipv4        INTEGER NOT NULL CHECK (ipv4 BETWEEN 0 AND 4294967295),
+            psid_offset INTEGER NOT NULL DEFAULT 0,
+            psid_len    INTEGER NOT NULL DEFAULT 0,
+            psid        INTEGER NOT NULL DEFAULT 0,
+            pool        TEXT    NOT NULL,
+            tep         TEXT    NOT NULL,
+            tep_ipv6    TEXT    NOT NULL,
+            start_at    INTEGER NOT NULL,
+            end_at      INTEGER,
+            lifetime    INTEGER CHECK (lifetime > 0),
+            state       TEXT    NOT NULL CHECK (state IN ('active', 'revoked', 'expired')),
+            ended_at    INTEGER,
+            CHECK ((end_at IS NULL) = (lifetime IS NULL)),
+            CHECK ((state = 'active') = (ended_at IS NULL))
+        )
+        """,
+        "CREATE UNIQUE INDEX leases_active_ipv4 ON leases (ipv4, psid) WHERE state = 'active'",
+        "CREATE UNIQUE INDEX leases_active_node ON leases (node) WHERE state = 'active'",
+        "CREATE INDEX leases_due ON leases (end_at) WHERE state = 'active'",
+        "CREATE INDEX leases_ipv4 ON leases (ipv4, ended_at)",
+        "CREATE INDEX leases_node ON leases (node, id)",
+        "CREATE INDEX leases_ended ON leases (ended_at)",
+        """
+        CREATE TABLE lease_events (
+            id       INTEGER PRIMARY KEY AUTOINCREMENT,
+            lease_id INTEGER NOT NULL REFERENCES leases (id),
+            at       INTEGER NOT NULL,
+            event    TEXT    NOT NULL
+                     CHECK (event IN ('allocate', 'renew', 'revoke', 'expire')),
+            end_at   INTEGER
+        )
+        """,
+        "CREATE INDEX lease_events_lease ON lease_events (lease_id, id)",
+        """
+        CREATE TRIGGER leases_are_history BEFORE DELETE ON leases
+        BEGIN
+            SELECT RAISE(ABORT, 'leases are history and are never deleted');
+        END
+        """,
+    ),
+    # 2: the ports option and roaming. Events gain the node's IPv6 address after the
+    # event (and before it, for a 'move'); the port set of a lease is checked and
+    # frozen, and an address holds active leases of one (offset, length) layout only,
+    # so that the unique (ipv4, psid) index forbids exactly the overlapping port sets.
+    (
+        """
+        CREATE TABLE lease_events_v2 (
+            id        INTEGER PRIMARY KEY AUTOINCREMENT,
+            lease_id  INTEGER NOT NULL REFERENCES leases (id),
+            at        INTEGER NOT NULL,
+            event     TEXT    NOT NULL
+                      CHECK (event IN ('allocate', 'renew', 'revoke', 'expire', 'move')),
+            end_at    INTEGER,
+            node_ipv6 TEXT,
+            old_ipv6  TEXT,
+            CHECK ((event = 'move') = (old_ipv6 IS NOT NULL))
+        )
+        """,
+        """
+        INSERT INTO lease_events_v2 (id, lease_id, at, event, end_at, node_ipv6)
+        SELECT e.id, e.lease_id, e.at, e.event, e.end_at, l.node_ipv6
+        FROM lease_events AS e JOIN leases AS l ON l.id = e.lease_id
+        """,
+        "DROP TABLE lease_events",
+        "ALTER TABLE lease_events_v2 RENAME TO lease_events",
+        "CREATE INDEX lease_events_lease ON lease_events (lease_id, id)",
+        """
+        CREATE INDEX leases_active_layout ON leases (psid_offset, psid_len, ipv4, psid)
+        WHERE state = 'active'
+        """,
+        """
+        CREATE INDEX leases_active_psid ON leases (psid_offset, psid_len, psid, ipv4)
+        WHERE state = 'active'
+        """,
+        "CREATE INDEX leases_active_node_ipv6 ON leases (node_ipv6) WHERE state = 'active'",
+        """
+        CREATE TRIGGER leases_port_set_valid BEFORE INSERT ON leases
+        WHEN NEW.psid_offset NOT BETWEEN 0 AND 16 OR NEW.psid_len NOT BETWEEN 0 AND 16
+             OR NEW.psid_offset + NEW.psid_len > 16
+             OR NEW.psid NOT BETWEEN 0 AND (1 << NEW.psid_len) - 1
+        BEGIN
+            SELECT RAISE(ABORT, 'invalid port set: offset + length over 16 or psid too big');
+        END
+        """,
+        # All active leases of an address share one layout (this trigger from the
+        # start; leases of version 1 are all whole addresses, one per address; layouts
+        # never change and ended leases never return), so checking one of them is
+        # enough: one index seek, not one row per PSID.
+        f"""
+        CREATE TRIGGER leases_one_layout_per_address BEFORE INSERT ON leases
+        WHEN NEW.state = 'active' AND (
+            SELECT psid_offset != NEW.psid_offset OR psid_len != NEW.psid_len
+            FROM leases INDEXED BY leases_active_ipv4
+            WHERE state = 'active' AND ipv4 = NEW.ipv4 LIMIT 1)
+        BEGIN
+            SELECT RAISE(ABORT, '{LAYOUT_CONFLICT}');
+        END
+        """,
+        """
+        CREATE TRIGGER leases_port_set_frozen
+        BEFORE UPDATE OF ipv4, psid_offset, psid_len, psid ON leases
+        WHEN NEW.ipv4 != OLD.ipv4 OR NEW.psid_offset != OLD.psid_offset
+             OR NEW.psid_len != OLD.psid_len OR NEW.psid != OLD.psid
+        BEGIN
+            SELECT RAISE(ABORT, 'the address and port set of a lease never change');
+        END
+        """,
+        """
+        CREATE TRIGGER leases_never_reactivate BEFORE UPDATE OF state ON leases
+        WHEN OLD.state != 'active' AND NEW.state = 'active'
+        BEGIN
+            SELECT RAISE(ABORT, 'an ended lease never becomes active again');
+        END
+        """,
+    ),
+    (
+        # Pushes to devices (NETCONF TEPs): applied or not, so that an unconfirmed
+        # commit that the device rolled back is on record (DESIGN.md invariant 8).
+        """
+        CREATE TABLE device_pushes (
+            id INTEGER PRIMARY KEY,
+            device TEXT NOT NULL,
+            at INTEGER NOT NULL,
+            applied INTEGER NOT NULL CHECK (applied IN (0, 1)),
+            version INTEGER,
+            detail TEXT NOT NULL DEFAULT ''
+        )
+        """,
+        "CREATE INDEX device_pushes_device ON device_pushes (device, id)",
+    ),
+)
+"""Schema migrations in order; migration N takes ``PRAGMA user_version`` from N-1 to N."""

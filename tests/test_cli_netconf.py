@@ -1,0 +1,135 @@
+"""`dstm-orch plan` and `apply` on a router TEP: a real netconfd reached over IPv6.
+
+Issue 3 through the CLI: leases become RFC 8676 binding entries; plan shows the
+change and drift; apply sends exactly that; a second apply sends nothing; an entry
+added by hand shows as drift and apply removes it; the push is on record in the store.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+
+import pytest
+import yaml
+from ncclient import manager
+
+from dstm_orch.cli import main
+from dstm_orch.netconf_server import NetconfServer
+from dstm_orch.store import LeaseStore
+from tests.conftest import needs_root
+
+pytestmark = [pytest.mark.lab, needs_root()]
+
+TEP_IPV6 = "2001:db8:c0f:1::a"      # tunnel end point handed to nodes (not on the server)
+
+
+@pytest.fixture
+def router(tmp_path):
+    server = NetconfServer(tmp_path / "nc", f"dstm-nc-cli-{os.getpid()}",
+                           "2001:db8:c0e:1::2/64", target="candidate")
+    with server:
+        yield server
+
+
+@pytest.fixture
+def inventory(tmp_path, router):
+    conn = router.connection()
+    inv = tmp_path / "inv"
+    (inv / "group_vars" / "all").mkdir(parents=True)
+    (inv / "hosts.yml").write_text(yaml.safe_dump({"all": {"children": {
+        "dstm_teps": {"hosts": {"rtr1": {
+            "ansible_host": str(conn["host"]), "ansible_port": conn["port"],
+            "ansible_user": conn["username"],
+            "ansible_ssh_private_key_file": str(conn["key_filename"]),
+            "dstm_tep_kind": "netconf", "dstm_tep_ipv6": TEP_IPV6,
+            "dstm_tep_netconf_known_hosts": str(conn["known_hosts"]),
+            "dstm_tep_netconf_confirm_timeout": 30,
+        }}},
+        "dstm_nodes": {"hosts": {
+            "n1": {"ansible_host": "2001:db8:c0f:2::11"},
+            "n2": {"ansible_host": "2001:db8:c0f:2::12"},
+        }},
+    }}}))
+    (inv / "group_vars" / "all" / "dstm.yml").write_text(yaml.safe_dump({"dstm_domain": {
+        "name": "nc", "lease_policy": {"hold_time": 0},
+        "pools": [{"name": "p1", "tep": "rtr1", "ranges": ["203.0.113.1-203.0.113.6"]}],
+    }}))
+    return inv
+
+
+def cli(inventory, tmp_path, *args) -> tuple[int, str]:
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        rc = main([*args, "-i", str(inventory), "--state", str(tmp_path / "leases.sqlite")])
+    return rc, out.getvalue()
+
+
+def device_entries(router) -> dict[str, str]:
+    """binding-ipv6info -> binding-ipv4-addr as the device's running datastore holds them."""
+    conn = router.connection()
+    with manager.connect(host=str(conn["host"]), port=conn["port"], username=conn["username"],
+                         key_filename=str(conn["key_filename"]), hostkey_verify=False,
+                         allow_agent=False, look_for_keys=False, timeout=15) as m:
+        xml = m.get_config("running").data_xml
+    from lxml import etree
+
+    ns = {"br": "urn:ietf:params:xml:ns:yang:ietf-softwire-br"}
+    root = etree.fromstring(xml.encode())
+    return {e.findtext("br:binding-ipv6info", namespaces=ns):
+            e.findtext("br:binding-ipv4-addr", namespaces=ns)
+            for e in root.iterfind(".//br:binding-entry", ns)}
+
+
+def add_by_hand(router, ipv6: str, ipv4: str) -> None:
+    conn = router.connection()
+    entry = f"""<config xmlns="urn:ietf:params:xml:ns:netconf:base:1.0">
+ <br-instances xmlns="urn:ietf:params:xml:ns:yang:ietf-softwire-br"><binding><bind-instance>
+  <name>dstm</name><binding-table><binding-entry>
+   <binding-ipv6info>{ipv6}</binding-ipv6info><binding-ipv4-addr>{ipv4}</binding-ipv4-addr>
+   <port-set><psid-offset>0</psid-offset><psid-len>0</psid-len><psid>0</psid></port-set>
+   <br-ipv6-addr>{TEP_IPV6}</br-ipv6-addr>
+ </binding-entry></binding-table></bind-instance></binding></br-instances></config>"""
+    with manager.connect(host=str(conn["host"]), port=conn["port"], username=conn["username"],
+                         key_filename=str(conn["key_filename"]), hostkey_verify=False,
+                         allow_agent=False, look_for_keys=False, timeout=15) as m:
+        m.edit_config(target="candidate", config=entry)
+        m.commit()
+
+
+def test_plan_and_apply_a_router_tep(router, inventory, tmp_path):
+    assert cli(inventory, tmp_path, "allocate", "n1")[0] == 0
+    assert cli(inventory, tmp_path, "allocate", "n2")[0] == 0
+
+    rc, out = cli(inventory, tmp_path, "plan", "--limit", "rtr1", "--json")
+    assert rc == 0, out
+    (device,) = json.loads(out)["netconf"]
+    assert device["counts"] == {"added": 2, "changed": 0, "removed": 0}
+    assert device["drift"]["missing"] == ["2001:db8:c0f:2::11", "2001:db8:c0f:2::12"]
+    assert device_entries(router) == {}          # plan changed nothing
+
+    rc, out = cli(inventory, tmp_path, "apply", "--limit", "rtr1", "--json")
+    assert rc == 0, out
+    assert device_entries(router) == {"2001:db8:c0f:2::11": "203.0.113.1",
+                                      "2001:db8:c0f:2::12": "203.0.113.2"}
+    rc, out = cli(inventory, tmp_path, "apply", "--limit", "rtr1", "--json")
+    assert rc == 0 and json.loads(out)["netconf"][0]["changed"] is False, out
+
+    # Revoke n2: apply deletes its entry.
+    assert cli(inventory, tmp_path, "revoke", "n2")[0] == 0
+    assert cli(inventory, tmp_path, "apply", "--limit", "rtr1")[0] == 0
+    assert device_entries(router) == {"2001:db8:c0f:2::11": "203.0.113.1"}
+
+    # Drift: an entry added by hand shows in plan; apply removes it.
+    add_by_hand(router, "2001:db8:c0f:2::99", "203.0.113.5")
+    rc, out = cli(inventory, tmp_path, "plan", "--limit", "rtr1", "--json")
+    (device,) = json.loads(out)["netconf"]
+    assert device["drift"]["unexplained"] == ["2001:db8:c0f:2::99"]
+    assert cli(inventory, tmp_path, "apply", "--limit", "rtr1")[0] == 0
+    assert device_entries(router) == {"2001:db8:c0f:2::11": "203.0.113.1"}
+
+    with LeaseStore(tmp_path / "leases.sqlite") as store:
+        pushes = store.pushes("rtr1")
+    assert [p.applied for p in pushes] == [True, True, True]
