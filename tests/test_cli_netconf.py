@@ -67,12 +67,17 @@ def cli(inventory, tmp_path, *args) -> tuple[int, str]:
     return rc, out.getvalue()
 
 
+def session(router):
+    """A second, independent NETCONF session to the router (as an operator's would be)."""
+    conn = router.connection()
+    return manager.connect(host=str(conn["host"]), port=conn["port"], username=conn["username"],
+                           key_filename=str(conn["key_filename"]), hostkey_verify=False,
+                           allow_agent=False, look_for_keys=False, timeout=15)
+
+
 def device_entries(router) -> dict[str, str]:
     """binding-ipv6info -> binding-ipv4-addr as the device's running datastore holds them."""
-    conn = router.connection()
-    with manager.connect(host=str(conn["host"]), port=conn["port"], username=conn["username"],
-                         key_filename=str(conn["key_filename"]), hostkey_verify=False,
-                         allow_agent=False, look_for_keys=False, timeout=15) as m:
+    with session(router) as m:
         xml = m.get_config("running").data_xml
     from lxml import etree
 
@@ -84,7 +89,6 @@ def device_entries(router) -> dict[str, str]:
 
 
 def add_by_hand(router, ipv6: str, ipv4: str) -> None:
-    conn = router.connection()
     entry = f"""<config xmlns="urn:ietf:params:xml:ns:netconf:base:1.0">
  <br-instances xmlns="urn:ietf:params:xml:ns:yang:ietf-softwire-br"><binding><bind-instance>
   <name>dstm</name><binding-table><binding-entry>
@@ -92,9 +96,7 @@ def add_by_hand(router, ipv6: str, ipv4: str) -> None:
    <port-set><psid-offset>0</psid-offset><psid-len>0</psid-len><psid>0</psid></port-set>
    <br-ipv6-addr>{TEP_IPV6}</br-ipv6-addr>
  </binding-entry></binding-table></bind-instance></binding></br-instances></config>"""
-    with manager.connect(host=str(conn["host"]), port=conn["port"], username=conn["username"],
-                         key_filename=str(conn["key_filename"]), hostkey_verify=False,
-                         allow_agent=False, look_for_keys=False, timeout=15) as m:
+    with session(router) as m:
         m.edit_config(target="candidate", config=entry)
         m.commit()
 
@@ -133,3 +135,22 @@ def test_plan_and_apply_a_router_tep(router, inventory, tmp_path):
     with LeaseStore(tmp_path / "leases.sqlite") as store:
         pushes = store.pushes("rtr1")
     assert [p.applied for p in pushes] == [True, True, True]
+
+
+def test_apply_to_a_locked_router_fails_and_is_recorded_as_not_applied(router, inventory,
+                                                                         tmp_path):
+    assert cli(inventory, tmp_path, "allocate", "n1")[0] == 0
+    with session(router) as other:
+        other.lock("candidate")
+        err = io.StringIO()
+        with contextlib.redirect_stderr(err):
+            rc, _ = cli(inventory, tmp_path, "apply", "--limit", "rtr1")
+        other.unlock("candidate")
+    assert rc == 1
+    assert f"locked by session {other.session_id}" in err.getvalue()
+    assert device_entries(router) == {}
+    with LeaseStore(tmp_path / "leases.sqlite") as store:
+        (push,) = store.pushes("rtr1")
+    assert push.applied is False and "locked" in push.detail
+    assert cli(inventory, tmp_path, "apply", "--limit", "rtr1")[0] == 0   # converges
+    assert device_entries(router) == {"2001:db8:c0f:2::11": "203.0.113.1"}

@@ -112,7 +112,7 @@ def roam_lab(tmp_path_factory):
         port = free_port(CONTROLLER)
         with log.open("w") as out:
             server = subprocess.Popen(
-                [sys.executable, "-m", "dstm_orch.roaming", "serve", "-i", str(inventory),
+                [sys.executable, "-m", "dstm_orch", "serve", "-i", str(inventory),
                  "--state", str(state), "--listen", f"[{CONTROLLER}]:{port}",
                  "--vault-password-file", str(password)],
                 cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
@@ -134,7 +134,7 @@ def in_node(env, host: str, *argv: str) -> subprocess.CompletedProcess:
 
 
 def client(env, action: str, *extra: str) -> dict:
-    proc = in_node(env, "n1", sys.executable, "-m", "dstm_orch.roaming", "client", action,
+    proc = in_node(env, "n1", sys.executable, "-m", "dstm_orch", "client", action,
                    "--server", f"[{CONTROLLER}]:{env['port']}", "--node", "n1",
                    "--secret-file", str(env["secret"]), "--uplink", "eth0", "--json", *extra)
     assert proc.returncode == 0, (f"client {action} failed: {proc.stderr}\n"

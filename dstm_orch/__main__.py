@@ -1,0 +1,8 @@
+"""``python -m dstm_orch ...``: the ``dstm-orch`` command, for hosts without the script
+on PATH (a roaming node that runs only ``client``)."""
+
+import sys
+
+from dstm_orch.cli import main
+
+sys.exit(main())
