@@ -532,7 +532,7 @@ def test_secret_file_must_be_private(tmp_path):
 def test_client_cli_against_the_server(servers, tmp_path):
     from click.testing import CliRunner
 
-    from dstm_orch.roaming.__main__ import roaming
+    from dstm_orch.cli import cli
 
     server = servers.start()
     secret = tmp_path / "r1.secret"
@@ -543,9 +543,9 @@ def test_client_cli_against_the_server(servers, tmp_path):
             "--ipv6", str(HOME), "--no-configure", "--json"]
     runner = CliRunner()
     # --ipv6 names HOME but the request leaves from ::1: the server's source check is off.
-    result = runner.invoke(roaming, ["client", "request", *args, "--lifetime", "120"])
+    result = runner.invoke(cli, ["client", "request", *args, "--lifetime", "120"])
     assert result.exit_code == 0, result.output
     answer = json.loads(result.output)
     assert answer["ipv4"] == FIRST and answer["lifetime"] == 120 and answer["configured"] == []
-    result = runner.invoke(roaming, ["client", "release", *args])
+    result = runner.invoke(cli, ["client", "release", *args])
     assert result.exit_code == 0 and json.loads(result.output)["state"] == "revoked"
