@@ -289,14 +289,21 @@ LAB_INVENTORY = click.option("-i", "--inventory", envvar="DSTM_ORCH_INVENTORY", 
                              type=click.Path(file_okay=False), help="Inventory directory.")
 
 
+LAB_JSON = click.option("--json", "as_json", is_flag=True, help="Print the status as JSON.")
+
+
+def _print_lab(status, as_json: bool) -> None:
+    click.echo(json.dumps(status.as_dict(), indent=2) if as_json else status.render())
+
+
 @lab.command("up")
 @LAB_INVENTORY
-def lab_up_cmd(inventory: str) -> None:
+@LAB_JSON
+def lab_up_cmd(inventory: str, as_json: bool) -> None:
     """Create namespaces, links, routes and one sshd per node and TEP."""
     from dstm_orch import lab as labmod
 
-    status = labmod.lab_up(_lab_inventory(inventory))
-    click.echo(status.render() if hasattr(status, "render") else str(status))
+    _print_lab(labmod.lab_up(_lab_inventory(inventory)), as_json)
 
 
 @lab.command("down")
@@ -310,12 +317,12 @@ def lab_down_cmd(inventory: str) -> None:
 
 @lab.command("status")
 @LAB_INVENTORY
-def lab_status_cmd(inventory: str) -> None:
+@LAB_JSON
+def lab_status_cmd(inventory: str, as_json: bool) -> None:
     """Show each lab host's namespace, sshd and addresses."""
     from dstm_orch import lab as labmod
 
-    status = labmod.lab_status(_lab_inventory(inventory))
-    click.echo(status.render() if hasattr(status, "render") else str(status))
+    _print_lab(labmod.lab_status(_lab_inventory(inventory)), as_json)
 
 
 @lab.command("exec", context_settings={"ignore_unknown_options": True})
