@@ -45,8 +45,23 @@ class _InventoryLoader(yaml.SafeLoader):
     """PyYAML's safe loader plus Ansible's ``!vault`` tag."""
 
 
+def _mapping_without_duplicates(loader: _InventoryLoader, node: yaml.MappingNode) -> dict:
+    """Build a mapping, refusing a key given twice (YAML 1.2; PyYAML keeps the last)."""
+    seen: dict = {}
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=True)
+        if key in seen:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"duplicate key {key!r} (first at line {seen[key] + 1})",
+                key_node.start_mark)
+        seen[key] = key_node.start_mark.line
+    return loader.construct_mapping(node, deep=True)
+
+
 _InventoryLoader.add_constructor(
     "!vault", lambda loader, node: VaultedValue(loader.construct_scalar(node)))
+_InventoryLoader.add_constructor(
+    yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _mapping_without_duplicates)
 
 
 @dataclass

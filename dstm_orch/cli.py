@@ -249,7 +249,7 @@ def _run(ctx: Context, **options) -> None:
             "orphans": [lease.as_dict() for lease in intent.orphans],
         }, indent=2))
     else:
-        console = Console()
+        console = Console(width=200, soft_wrap=True)
         for host in linux:
             state = ("FAILED" if host.failed else "UNREACHABLE" if host.unreachable
                      else f"changed={host.changed}")
@@ -347,14 +347,15 @@ def _print_leases(ctx: Context, found: list[Lease], single: bool = False) -> Non
         click.echo(json.dumps(data[0] if single else data, indent=2))
         return
     table = Table(box=None, pad_edge=False)
-    for col in ("node", "node_ipv6", "ipv4", "ports", "tep_ipv6", "start", "end", "lifetime",
-                "state"):
+    for col in ("id", "node", "node_ipv6", "ipv4", "ports", "tep_ipv6", "start", "end",
+                "lifetime", "state", "ended"):
         table.add_column(col)
     for lease in found:
         d = lease.as_dict()
-        table.add_row(d["node"], d["node_ipv6"], d["ipv4"], _ports(lease), d["tep_ipv6"],
-                      d["start"], d["end"] or "never", "static" if d["lifetime"] is None else
-                      f"{d['lifetime']} s", d["state"])
+        table.add_row(str(d["id"]), d["node"], d["node_ipv6"], d["ipv4"], _ports(lease),
+                      d["tep_ipv6"], d["start"], d["end"] or "never",
+                      "static" if d["lifetime"] is None else f"{d['lifetime']} s", d["state"],
+                      d["ended"] or "")
     Console(width=200).print(table)
 
 
@@ -373,7 +374,7 @@ def main(argv: list[str] | None = None) -> int:
     except click.ClickException as exc:
         exc.show()
         return 2
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, InterruptedError):
         click.echo("dstm-orch: interrupted", err=True)
         return 130
     except SystemExit as exc:

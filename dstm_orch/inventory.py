@@ -141,6 +141,13 @@ class _Builder:
             if kind == "linux" and driver is Driver.SEG6 and "dstm_tep_ipv4_nexthop" not in v:
                 self.problem(self._file(host), f"{name}.dstm_tep_ipv4_nexthop",
                              "required with dstm_tep_driver seg6 (the End.DX4 IPv4 next hop)")
+            if "dstm_tep_ipv4_nexthop" in v:
+                try:
+                    ipaddress.IPv4Address(str(v["dstm_tep_ipv4_nexthop"]))
+                except ValueError as exc:
+                    self.problem(host.origin.get("dstm_tep_ipv4_nexthop", self._file(host)),
+                                 f"{name}.dstm_tep_ipv4_nexthop",
+                                 f"{v['dstm_tep_ipv4_nexthop']!r} is not an IPv4 address: {exc}")
             if mgmt is None or tep_ipv6 is None:
                 continue
             self._claim(host, "ansible_host", mgmt)

@@ -101,9 +101,15 @@ def run(inv: DstmInventory, store: LeaseStore, intent: Intent, now: datetime, *,
     from dstm_orch.pushers.ansible import run_apply
 
     report = Report(check=check)
-    if linux_hosts(inv, limit):
-        report.linux = run_apply(inv.path, intent.as_extravars(), check=check, limit=limit)
-    for tep in netconf_teps(inv, limit):
+    hosts, routers = linux_hosts(inv, limit), netconf_teps(inv, limit)
+    if limit and not hosts and not routers:
+        raise DstmError(f"--limit {limit!r} matches no node or TEP of the inventory")
+    if hosts:
+        report.linux = run_apply(inv.path, intent.as_extravars(), check=check,
+                                 limit=",".join(hosts))
+        if report.linux.status == "canceled":
+            raise InterruptedError("interrupted while Ansible ran")
+    for tep in routers:
         try:
             report.netconf.append(_netconf(inv, store, intent, tep, now, check=check,
                                            replace=replace, hostkey_verify=hostkey_verify))

@@ -4,7 +4,7 @@ The intent is plain data, shaped for the ``dstm_node`` and ``dstm_tep`` roles th
 ``playbooks/apply.yml`` (the ``dstm_intent`` extra variable)::
 
     {"nodes": {"n1": {"ipv4": "198.51.100.1", "tep_ipv6": "2001:db8:200::a",
-                      "valid_until": 1764430000, "driver": "seg6",
+                      "valid_until": 1893456000, "driver": "seg6",
                       "port_set": None, "roaming": False},     # or None: absent
                ...},
      "teps": {"tep1": {"driver": "seg6", "pools": ["198.51.100.0/24"],

@@ -64,7 +64,7 @@ EXAMPLES = r"""
     label: lo:dstm
     addresses:
       - address: 198.51.100.10/32
-        valid_until: 1764430000
+        valid_until: 1893456000
 """
 
 RETURN = r"""

@@ -287,3 +287,11 @@ def test_whole_file_vaulted_vars_file_is_named(tmp_path):
     problem = the_problem(tmp_path)
     assert problem.file == str(tmp_path / "host_vars" / "n1.yml")
     assert "whole-file vaulted" in problem.reason
+
+
+def test_a_host_declared_twice_is_refused(tmp_path):
+    write(tmp_path, {"hosts.yml": "all:\n  hosts:\n    n1:\n      ansible_host: '2001:db8::1'\n"
+                                  "    n1:\n      ansible_host: '2001:db8::2'\n"})
+    problem = the_problem(tmp_path)
+    assert (problem.file, problem.key) == (str(tmp_path / "hosts.yml"), "line 5")
+    assert "duplicate key 'n1' (first at line 3)" in problem.reason

@@ -740,3 +740,9 @@ def test_domain_schema_error_and_tep_error_are_reported_together(tmp_path):
 def test_misspelt_dstm_variable_is_reported(tmp_path, host, var):
     write_inventory(tmp_path, hosts_with(**{host: {var: "x"}}))
     check(the_problem(tmp_path), tmp_path / "hosts.yml", f"{host}.{var}", "unknown variable")
+
+
+def test_tep_next_hop_that_is_not_an_ipv4_address(tmp_path):
+    write_inventory(tmp_path, hosts_with(tep1={"dstm_tep_ipv4_nexthop": "192.0.2.300"}))
+    check(the_problem(tmp_path), tmp_path / "hosts.yml", "tep1.dstm_tep_ipv4_nexthop",
+          "'192.0.2.300' is not an IPv4 address")
