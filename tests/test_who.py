@@ -178,7 +178,7 @@ def test_cli_leases_show_the_port_set_column(state, inventory, capsys):
     code, out, _ = run(capsys, "leases", "--all", "-i", str(inventory), "--state", str(state))
     assert code == 0
     header, *rows = out.splitlines()
-    assert header.split()[:4] == ["node", "node_ipv6", "ipv4", "ports"]
-    assert sorted(row.split()[0] for row in rows) == ["n1", "n2", "n3", "s1"]
+    assert header.split()[:5] == ["id", "node", "node_ipv6", "ipv4", "ports"]
+    assert sorted(row.split()[1] for row in rows) == ["n1", "n2", "n3", "s1"]
     assert "psid 0/2 a=6: 1024-1279" in out
-    assert [row.split()[3] for row in rows if row.startswith("s1")] == ["all"]
+    assert [row.split()[4] for row in rows if row.split()[1] == "s1"] == ["all"]
