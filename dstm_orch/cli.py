@@ -349,14 +349,14 @@ def _print_leases(ctx: Context, found: list[Lease], single: bool = False) -> Non
     table = Table(box=None, pad_edge=False)
     for col in ("id", "node", "node_ipv6", "ipv4", "ports", "tep_ipv6", "start", "end",
                 "lifetime", "state", "ended"):
-        table.add_column(col)
+        table.add_column(col, no_wrap=True)
     for lease in found:
         d = lease.as_dict()
         table.add_row(str(d["id"]), d["node"], d["node_ipv6"], d["ipv4"], _ports(lease),
                       d["tep_ipv6"], d["start"], d["end"] or "never",
                       "static" if d["lifetime"] is None else f"{d['lifetime']} s", d["state"],
                       d["ended"] or "")
-    Console(width=200).print(table)
+    Console(width=300).print(table)
 
 
 def main(argv: list[str] | None = None) -> int:
