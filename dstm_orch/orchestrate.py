@@ -197,13 +197,20 @@ def _path(value: Any) -> Path | None:
 
 
 def _secret(device: str, value: Any) -> str | None:
+    """Return ``ansible_password`` in clear: plain text as is, a ``!vault`` value
+    decrypted with the password file of ``ANSIBLE_VAULT_PASSWORD_FILE``."""
     if value is None or isinstance(value, str):
         return value
-    from dstm_orch.roaming.secrets import _vault_text, open_vault
+    from ansible.errors import AnsibleError
 
+    from dstm_orch.roaming.secrets import open_vault, vault_text
+
+    ciphertext, vault = vault_text(value), open_vault()
+    if ciphertext is None or vault is None:
+        raise PushError(f"{device}: ansible_password is vaulted and no vault password file "
+                        "was given (ANSIBLE_VAULT_PASSWORD_FILE)" if vault is None else
+                        f"{device}: ansible_password is neither text nor ansible-vault text")
     try:
-        return open_vault().decrypt(_vault_text(value)).decode()
-    except Exception as exc:
-        raise PushError(f"{device}: ansible_password cannot be decrypted: {exc}") from None
-
-
+        return vault.decrypt(ciphertext).decode()
+    except AnsibleError as exc:
+        raise PushError(f"{device}: ansible_password cannot be decrypted: {exc.message}") from None

@@ -111,7 +111,7 @@ def _secret(value: Any, vault) -> bytes:
     if value is None:
         raise ValueError("missing: a roaming node needs a shared secret (draft section 6), "
                          "encrypted with `ansible-vault encrypt_string`")
-    ciphertext = _vault_text(value)
+    ciphertext = vault_text(value)
     if ciphertext is None:
         raise ValueError("plain text; encrypt it with `ansible-vault encrypt_string "
                          f"--name {SECRET_VAR}` (the inventory is kept in git)")
@@ -132,7 +132,7 @@ def _secret(value: Any, vault) -> bytes:
     return secret
 
 
-def _vault_text(value: Any) -> str | None:
+def vault_text(value: Any) -> str | None:
     """Return the ansible-vault text of a variable's value, None if it is not encrypted.
 
     Accepts the vault text as a string, an object carrying it as ``ciphertext``, or

@@ -1,0 +1,36 @@
+"""Host selection by --limit and NETCONF passwords kept with ansible-vault."""
+
+from __future__ import annotations
+
+import pytest
+from ansible.parsing.vault import VaultLib, VaultSecret
+
+from dstm_orch.ansible_inventory import VaultedValue
+from dstm_orch.errors import PushError
+from dstm_orch.inventory import load_inventory
+from dstm_orch.orchestrate import _secret, selected
+from tests.conftest import LAB_INVENTORY
+
+
+def test_limit_patterns_select_hosts_and_groups():
+    inv = load_inventory(LAB_INVENTORY)
+    assert selected(inv, "n1", None)
+    assert selected(inv, "n1", "dstm_nodes") and not selected(inv, "tep1", "dstm_nodes")
+    assert selected(inv, "n2", "n*,!n1") and not selected(inv, "n1", "n*,!n1")
+    assert selected(inv, "tep1", "n1:tep1")
+
+
+def test_vaulted_netconf_password_is_decrypted(tmp_path, monkeypatch):
+    password_file = tmp_path / "vault-pass"
+    password_file.write_text("correct horse\n")
+    vault = VaultLib([("default", VaultSecret(b"correct horse"))])
+    value = VaultedValue(vault.encrypt("router-password").decode())
+    monkeypatch.setenv("ANSIBLE_VAULT_PASSWORD_FILE", str(password_file))
+    assert _secret("rtr1", value) == "router-password"
+    assert _secret("rtr1", "plain") == "plain"
+    password_file.write_text("wrong\n")
+    with pytest.raises(PushError, match="rtr1: ansible_password cannot be decrypted"):
+        _secret("rtr1", value)
+    monkeypatch.delenv("ANSIBLE_VAULT_PASSWORD_FILE")
+    with pytest.raises(PushError, match="no vault password file"):
+        _secret("rtr1", value)
