@@ -37,8 +37,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import netaddr
 
-from dstm_orch import model
-from dstm_orch.allocator import Allocator
+from dstm_orch.domain import model
+from dstm_orch.ipam.allocator import Allocator
 from dstm_orch.store import LeaseStore
 
 T0 = datetime(2025, 1, 1, tzinfo=UTC)

@@ -22,8 +22,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from dstm_orch import lab
-from dstm_orch.ansible_inventory import AnsibleInventory
-from dstm_orch.cli import main
+from dstm_orch.cli.main import main
+from dstm_orch.config.ansible_inventory import AnsibleInventory
 from tests.conftest import copy_lab_inventory
 
 

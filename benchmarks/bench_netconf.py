@@ -37,7 +37,8 @@ from pathlib import Path
 
 from ncclient import manager
 
-from dstm_orch.netconf_render import (
+from dstm_orch.push.netconf.pusher import NetconfPusher, NetconfTarget
+from dstm_orch.push.netconf.table import (
     Binding,
     BindInstance,
     DeviceTable,
@@ -48,9 +49,8 @@ from dstm_orch.netconf_render import (
     render_filter,
     utc_date,
 )
-from dstm_orch.netconf_server import NetconfServer
-from dstm_orch.pushers.netconf import NetconfPusher, NetconfTarget
-from dstm_orch.yangcheck import checker_for
+from dstm_orch.push.netconf.yang import checker_for
+from tests.netconf_server import NetconfServer
 
 BR = ipaddress.IPv6Address("2001:db8:c00:200::a")
 POOLS = ["192.0.2.0/25", "192.0.2.128/25", "198.51.100.0/25", "198.51.100.128/25",

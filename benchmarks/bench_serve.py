@@ -34,12 +34,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import netaddr
 
-from dstm_orch import model
-from dstm_orch.roaming.client import RoamingClient
-from dstm_orch.roaming.guard import Guard, Limits
-from dstm_orch.roaming.httpd import RoamingHTTPServer
-from dstm_orch.roaming.secrets import RoamingNode
-from dstm_orch.roaming.server import NoPusher, RoamingService
+from dstm_orch.agent.client import RoamingClient
+from dstm_orch.config.secrets import RoamingNode
+from dstm_orch.domain import model
+from dstm_orch.service.guard import Guard, Limits
+from dstm_orch.service.httpd import RoamingHTTPServer
+from dstm_orch.service.server import NoPusher, RoamingService
 
 MAX_CLIENTS = 64
 

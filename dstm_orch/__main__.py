@@ -3,6 +3,6 @@ on PATH (a roaming node that runs only ``client``)."""
 
 import sys
 
-from dstm_orch.cli import main
+from dstm_orch.cli.main import main
 
 sys.exit(main())

@@ -14,7 +14,7 @@ description:
   - Reads the O(instance) bind-instance of C(ietf-softwire-br) from the device with
     C(get-config) and a subtree filter, and sends only the entries that changed, in one
     C(edit-config) and one (confirmed) commit. It uses the same code as C(dstm-orch apply)
-    (C(dstm_orch.pushers.netconf)), so the payload is validated against the YANG modules
+    (C(dstm_orch.push.netconf.pusher)), so the payload is validated against the YANG modules
     and the product's invariants before anything is sent.
   - Runs on the controller, where C(dstm_orch) is installed: use C(delegate_to localhost)
     and set C(ansible_python_interpreter) to the project venv's python.
@@ -185,13 +185,13 @@ def _diff(diff, desired) -> dict:
 
 
 def run(module: AnsibleModule) -> None:
-    from dstm_orch.errors import DstmError
-    from dstm_orch.netconf_render import BindInstance, binding_from_dict
-    from dstm_orch.pushers.netconf import (
+    from dstm_orch.domain.errors import DstmError
+    from dstm_orch.push.netconf.pusher import (
         CommitNotConfirmedError,
         NetconfPusher,
         NetconfTarget,
     )
+    from dstm_orch.push.netconf.table import BindInstance, binding_from_dict
 
     p = module.params
     try:

@@ -13,14 +13,14 @@ from datetime import UTC, datetime, timedelta
 import netaddr
 import pytest
 
-from dstm_orch import model
-from dstm_orch.allocator import Allocator
-from dstm_orch.errors import (
+from dstm_orch.domain import model
+from dstm_orch.domain.errors import (
     LeaseNotFoundError,
     LifetimeError,
     PoolExhaustedError,
     UnknownNodeError,
 )
+from dstm_orch.ipam.allocator import Allocator
 from dstm_orch.store import LeaseStore
 
 T0 = datetime(2025, 1, 1, tzinfo=UTC)

@@ -17,11 +17,11 @@ from datetime import UTC, datetime, timedelta
 import netaddr
 import pytest
 
-from dstm_orch import model
-from dstm_orch.allocator import Allocator, Ipv6InUseError
-from dstm_orch.errors import LeaseNotFoundError, PoolExhaustedError
-from dstm_orch.portset import PortSet
-from dstm_orch.render import render_intent
+from dstm_orch.domain import model
+from dstm_orch.domain.errors import LeaseNotFoundError, PoolExhaustedError
+from dstm_orch.domain.portset import PortSet
+from dstm_orch.ipam.allocator import Allocator, Ipv6InUseError
+from dstm_orch.push.intent import render_intent
 from dstm_orch.store import LeaseStore
 
 T0 = datetime(2025, 1, 1, tzinfo=UTC)

@@ -1,4 +1,4 @@
-"""Tests of dstm_orch.ansible_inventory: membership, variable precedence and origins.
+"""Tests of dstm_orch.config.ansible_inventory: membership, variable precedence and origins.
 
 Expected values are written by hand from Ansible's documented precedence ("Variable
 precedence: where should I put a variable?", and its default VARIABLE_PRECEDENCE):
@@ -18,8 +18,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from dstm_orch.ansible_inventory import AnsibleInventory
-from dstm_orch.errors import InventoryError, Problem
+from dstm_orch.config.ansible_inventory import AnsibleInventory
+from dstm_orch.domain.errors import InventoryError, Problem
 
 ANSIBLE_INVENTORY = Path(sys.executable).with_name("ansible-inventory")
 

@@ -6,7 +6,7 @@ import contextlib
 import io
 import json
 
-from dstm_orch.cli import main
+from dstm_orch.cli.main import main
 from tests.conftest import LAB_INVENTORY
 
 

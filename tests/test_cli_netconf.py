@@ -16,10 +16,10 @@ import pytest
 import yaml
 from ncclient import manager
 
-from dstm_orch.cli import main
-from dstm_orch.netconf_server import NetconfServer
+from dstm_orch.cli.main import main
 from dstm_orch.store import LeaseStore
 from tests.conftest import needs_root
+from tests.netconf_server import NetconfServer
 
 pytestmark = [pytest.mark.lab, needs_root()]
 

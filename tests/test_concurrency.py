@@ -17,9 +17,9 @@ from datetime import UTC, datetime
 import netaddr
 import pytest
 
-from dstm_orch import model
-from dstm_orch.allocator import Allocator
-from dstm_orch.errors import PoolExhaustedError
+from dstm_orch.domain import model
+from dstm_orch.domain.errors import PoolExhaustedError
+from dstm_orch.ipam.allocator import Allocator
 from dstm_orch.store import LeaseStore
 
 WORKERS = 8

@@ -19,11 +19,11 @@ from datetime import UTC, datetime
 import pytest
 
 from dstm_orch import lab
-from dstm_orch.allocator import Allocator
-from dstm_orch.ansible_inventory import AnsibleInventory
-from dstm_orch.cli import main
-from dstm_orch.inventory import load_inventory
-from dstm_orch.render import render_intent
+from dstm_orch.cli.main import main
+from dstm_orch.config.ansible_inventory import AnsibleInventory
+from dstm_orch.config.inventory import load_inventory
+from dstm_orch.ipam.allocator import Allocator
+from dstm_orch.push.intent import render_intent
 from dstm_orch.store import LeaseStore
 from tests.conftest import ROOT, copy_lab_inventory, needs_root
 

@@ -30,8 +30,8 @@ import pytest
 import yaml
 
 from dstm_orch import lab
-from dstm_orch.ansible_inventory import AnsibleInventory
-from dstm_orch.cli import main
+from dstm_orch.cli.main import main
+from dstm_orch.config.ansible_inventory import AnsibleInventory
 from tests.conftest import copy_lab_inventory, needs_root
 
 pytestmark = [pytest.mark.lab, pytest.mark.slow, needs_root()]

@@ -1,7 +1,7 @@
-"""Tests of dstm_orch.inventory: the reference inventories and every validation error.
+"""Tests of dstm_orch.config.inventory: the reference inventories and every validation error.
 
 Each error test writes a small inventory under ``tmp_path`` and checks the
-:class:`~dstm_orch.errors.Problem` that :func:`load_inventory` reports: the file, the key
+:class:`~dstm_orch.domain.errors.Problem` that :func:`load_inventory` reports: the file, the key
 path and a part of the reason. Expected values are worked out by hand in the comments.
 """
 
@@ -16,9 +16,9 @@ import jsonschema
 import pytest
 import yaml
 
-from dstm_orch.errors import InventoryError, Problem
-from dstm_orch.inventory import load_inventory, schema
-from dstm_orch.model import Driver, PortSetFill
+from dstm_orch.config.inventory import load_inventory, schema
+from dstm_orch.domain.errors import InventoryError, Problem
+from dstm_orch.domain.model import Driver, PortSetFill
 
 ROOT = Path(__file__).resolve().parents[1]
 LAB = ROOT / "inventories" / "lab"

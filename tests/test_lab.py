@@ -28,8 +28,8 @@ import pytest
 import yaml
 
 from dstm_orch import lab
-from dstm_orch.ansible_inventory import AnsibleInventory
-from dstm_orch.errors import LabError
+from dstm_orch.config.ansible_inventory import AnsibleInventory
+from dstm_orch.domain.errors import LabError
 from dstm_orch.lab import sshd
 from dstm_orch.lab.plan import lab_settings
 

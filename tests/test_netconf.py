@@ -22,11 +22,10 @@ import pytest
 from lxml import etree
 from ncclient import manager
 
-from dstm_orch.errors import PushError
-from dstm_orch.model import Domain, Lease, LeaseState, Node, Pool, Tep
-from dstm_orch.netconf_render import BR_NS, Binding, binding_from_dict, render_filter
-from dstm_orch.netconf_server import NetconfServer
-from dstm_orch.pushers.netconf import (
+from dstm_orch.domain.errors import PushError
+from dstm_orch.domain.model import Domain, Lease, LeaseState, Node, Pool, Tep
+from dstm_orch.push.intent import render_intent
+from dstm_orch.push.netconf.pusher import (
     CommitNotConfirmedError,
     DeviceLockedError,
     DeviceRpcError,
@@ -36,7 +35,8 @@ from dstm_orch.pushers.netconf import (
     PayloadRefusedError,
     PendingCommit,
 )
-from dstm_orch.render import render_intent
+from dstm_orch.push.netconf.table import BR_NS, Binding, binding_from_dict, render_filter
+from tests.netconf_server import NetconfServer
 
 pytestmark = [
     pytest.mark.lab,
@@ -376,7 +376,7 @@ def test_host_key_mismatch_is_refused(server, tmp_path):
 def test_host_key_opt_out_warns(server, caplog):
     target = NetconfTarget(name="tep-nc", **{**server.connection(), "known_hosts": None},
                            hostkey_verify=False)
-    with caplog.at_level(logging.WARNING, logger="dstm_orch.pushers.netconf"):
+    with caplog.at_level(logging.WARNING, logger="dstm_orch.push.netconf.pusher"):
         assert NetconfPusher(target).read().instance is None
     assert "host key verification is OFF" in caplog.text
 

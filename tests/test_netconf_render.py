@@ -15,7 +15,8 @@ import netaddr
 import pytest
 from lxml import etree
 
-from dstm_orch.netconf_render import (
+from dstm_orch.push.netconf.pusher import Capabilities, DevicePlan, Plan
+from dstm_orch.push.netconf.table import (
     BR_NS,
     Binding,
     BindingTableError,
@@ -30,8 +31,7 @@ from dstm_orch.netconf_render import (
     render_edit,
     render_filter,
 )
-from dstm_orch.pushers.netconf import Capabilities, DevicePlan, Plan
-from dstm_orch.yangcheck import YangChecker, YangValidationError, default_yang_dir
+from dstm_orch.push.netconf.yang import YangChecker, YangValidationError, default_yang_dir
 
 BR = ipaddress.IPv6Address("2001:db8:c00:200::a")
 POOLS = [ipaddress.IPv4Network("198.51.100.0/24")]

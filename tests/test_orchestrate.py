@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 from ansible.parsing.vault import VaultLib, VaultSecret
 
-from dstm_orch.ansible_inventory import VaultedValue
-from dstm_orch.errors import PushError
-from dstm_orch.inventory import load_inventory
-from dstm_orch.orchestrate import _secret, selected
+from dstm_orch.config.ansible_inventory import VaultedValue
+from dstm_orch.config.inventory import load_inventory
+from dstm_orch.domain.errors import PushError
+from dstm_orch.push.orchestrate import _secret, selected
 from tests.conftest import LAB_INVENTORY
 
 

@@ -8,7 +8,8 @@ import itertools
 import netaddr
 import pytest
 
-from dstm_orch import model, pools
+from dstm_orch.domain import model
+from dstm_orch.ipam import space as pools
 
 
 def ip(text: str) -> int:
@@ -113,4 +114,4 @@ def test_ipv6_members_of_the_ipset_are_ignored():
 )
 def test_to_int_refuses_what_is_not_ipv4(value):
     with pytest.raises(ValueError):
-        pools.to_int(value)
+        model.to_int(value)

@@ -11,7 +11,7 @@ import itertools
 
 import pytest
 
-from dstm_orch.portset import DEFAULT_PSID_OFFSET, PortSet, check_layout, psid_of
+from dstm_orch.domain.portset import DEFAULT_PSID_OFFSET, PortSet, check_layout, psid_of
 
 
 def test_rfc_7597_appendix_a_example_1():

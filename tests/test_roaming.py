@@ -20,11 +20,10 @@ from pathlib import Path
 
 import pytest
 
-from dstm_orch.inventory import load_inventory
-from dstm_orch.roaming.client import RoamingClient, read_secret
-from dstm_orch.roaming.guard import Guard, Limits
-from dstm_orch.roaming.httpd import RoamingHTTPServer, parse_listen
-from dstm_orch.roaming.protocol import (
+from dstm_orch.agent.client import RoamingClient, read_secret
+from dstm_orch.config.inventory import load_inventory
+from dstm_orch.config.secrets import RoamingNode
+from dstm_orch.domain.protocol import (
     LeaseRequest,
     Reason,
     Refusal,
@@ -33,8 +32,9 @@ from dstm_orch.roaming.protocol import (
     path_of,
     sign,
 )
-from dstm_orch.roaming.secrets import RoamingNode
-from dstm_orch.roaming.server import NoPusher, RoamingService
+from dstm_orch.service.guard import Guard, Limits
+from dstm_orch.service.httpd import RoamingHTTPServer, parse_listen
+from dstm_orch.service.server import NoPusher, RoamingService
 from dstm_orch.store import LeaseStore
 
 SECRETS = {"r1": b"r1-shared-secret-0123456789abcdef", "r2": b"r2-shared-secret-0123456789abcdef",
@@ -444,7 +444,7 @@ class FailingPusher:
         self.pushes = 0
 
     def push(self, tep: str) -> None:
-        from dstm_orch.errors import PushError
+        from dstm_orch.domain.errors import PushError
 
         if self.fail:
             raise PushError(f"TEP {tep} unreachable")
@@ -496,7 +496,7 @@ def _self_signed(tmp_path: Path) -> tuple[Path, Path]:
 
 
 def test_https_with_the_servers_certificate(domain, tmp_path):
-    from dstm_orch.roaming.httpd import tls_context
+    from dstm_orch.service.httpd import tls_context
 
     cert, key = _self_signed(tmp_path)
     guard = Guard({"r1": RoamingNode("r1", SECRETS["r1"])})
@@ -532,7 +532,7 @@ def test_secret_file_must_be_private(tmp_path):
 def test_client_cli_against_the_server(servers, tmp_path):
     from click.testing import CliRunner
 
-    from dstm_orch.cli import cli
+    from dstm_orch.cli.main import cli
 
     server = servers.start()
     secret = tmp_path / "r1.secret"

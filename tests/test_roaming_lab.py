@@ -30,7 +30,7 @@ import yaml
 from ansible.parsing.vault import VaultLib, VaultSecret
 
 from dstm_orch import lab
-from dstm_orch.ansible_inventory import AnsibleInventory
+from dstm_orch.config.ansible_inventory import AnsibleInventory
 from dstm_orch.store import LeaseStore
 from tests.conftest import ROOT, copy_lab_inventory, needs_root
 

@@ -14,10 +14,10 @@ import pytest
 from ansible.parsing.dataloader import DataLoader
 from ansible.parsing.vault import VaultLib, VaultSecret
 
-from dstm_orch.ansible_inventory import AnsibleInventory, HostEntry
-from dstm_orch.errors import InventoryError
-from dstm_orch.roaming.protocol import RoamingError
-from dstm_orch.roaming.secrets import open_vault, roaming_nodes
+from dstm_orch.config.ansible_inventory import AnsibleInventory, HostEntry
+from dstm_orch.config.secrets import open_vault, roaming_nodes
+from dstm_orch.domain.errors import InventoryError
+from dstm_orch.domain.protocol import RoamingError
 
 PASSWORD = b"vault-password-for-tests"
 SECRET = "r1-shared-secret-0123456789abcdef"

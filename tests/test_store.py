@@ -9,10 +9,12 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from dstm_orch import model
-from dstm_orch.errors import StoreError
-from dstm_orch.portset import PortSet
-from dstm_orch.store import MIGRATIONS, SCHEMA_VERSION, AddressTakenError, LeaseStore
+from dstm_orch.domain import model
+from dstm_orch.domain.errors import StoreError
+from dstm_orch.domain.portset import PortSet
+from dstm_orch.store import AddressTakenError, LeaseStore
+from dstm_orch.store.migrations import MIGRATIONS
+from dstm_orch.store.sqlite import SCHEMA_VERSION
 
 T0 = datetime(2025, 1, 1, tzinfo=UTC)
 NODE6 = ipaddress.IPv6Address("2001:db8:e00::11")

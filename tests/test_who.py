@@ -16,9 +16,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from dstm_orch.allocator import Allocator
-from dstm_orch.cli import main
-from dstm_orch.inventory import load_inventory
+from dstm_orch.cli.main import main
+from dstm_orch.config.inventory import load_inventory
+from dstm_orch.ipam.allocator import Allocator
 from dstm_orch.store import LeaseStore
 
 T0 = datetime(2025, 1, 1, tzinfo=UTC)

@@ -18,8 +18,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
 
-from dstm_orch.ansible_inventory import AnsibleInventory
-from dstm_orch.errors import LabError
+from dstm_orch.config.ansible_inventory import AnsibleInventory
+from dstm_orch.domain.errors import LabError
 from dstm_orch.lab import netns, sshd, state
 from dstm_orch.lab.plan import (
     BRIDGE,

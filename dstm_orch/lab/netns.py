@@ -17,7 +17,7 @@ import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-from dstm_orch.errors import LabError
+from dstm_orch.domain.errors import LabError
 
 NETNS_DIR = Path("/run/netns")
 IP = "ip"

@@ -33,8 +33,8 @@ from typing import Any
 
 import netaddr
 
-from dstm_orch.ansible_inventory import AnsibleInventory
-from dstm_orch.errors import LabError
+from dstm_orch.config.ansible_inventory import AnsibleInventory
+from dstm_orch.domain.errors import LabError
 
 NODES = "dstm_nodes"
 TEPS = "dstm_teps"

@@ -19,7 +19,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from dstm_orch.errors import LabError
+from dstm_orch.domain.errors import LabError
 from dstm_orch.lab import netns
 
 SSHD = "/usr/sbin/sshd"

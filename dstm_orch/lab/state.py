@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
-from dstm_orch.errors import LabError
+from dstm_orch.domain.errors import LabError
 from dstm_orch.lab import sshd
 
 RECORD = "lab.json"

@@ -6,7 +6,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from dstm_orch.errors import LabError
+from dstm_orch.domain.errors import LabError
 from dstm_orch.lab import sshd
 from dstm_orch.lab.plan import Role
 

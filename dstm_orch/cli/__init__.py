@@ -1,0 +1,1 @@
+"""The ``dstm-orch`` command line: presentation only, one module per command group."""

@@ -1,0 +1,210 @@
+"""Click commands of the roaming exchange: ``serve`` and the group ``client``.
+
+``dstm_orch.cli.main`` registers them (``cli.add_command(serve)``, ``cli.add_command(client)``);
+``python -m dstm_orch.service`` runs them on their own. No logic lives here.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import logging
+import signal
+import sys
+import threading
+from collections.abc import Callable
+
+import click
+
+from dstm_orch.domain.protocol import RoamingError
+from dstm_orch.service.guard import Limits
+from dstm_orch.service.httpd import DEFAULT_PORT
+
+
+class _Rate(click.ParamType):
+    """``N/SECONDS``: N requests per SECONDS seconds."""
+
+    name = "N/SECONDS"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, tuple):
+            return value
+        count, sep, period = str(value).partition("/")
+        try:
+            parsed = (int(count), float(period) if sep else 1.0)
+        except ValueError:
+            parsed = (0, 0.0)
+        if parsed[0] < 1 or parsed[1] <= 0:
+            self.fail(f"{value!r} is not N/SECONDS (for example 20/60: 20 requests a minute)",
+                      param, ctx)
+        return parsed
+
+
+RATE = _Rate()
+
+
+@click.command()
+@click.option("-i", "--inventory", envvar="DSTM_ORCH_INVENTORY", required=True,
+              type=click.Path(file_okay=False), help="Inventory directory (env "
+              "DSTM_ORCH_INVENTORY).")
+@click.option("--state", envvar="DSTM_ORCH_STATE", type=click.Path(dir_okay=False),
+              help="Lease store file (env DSTM_ORCH_STATE).")
+@click.option("--listen", required=True, metavar="[IPV6]:PORT",
+              help=f"IPv6 address and port to listen on (IPv6 only; default port "
+              f"{DEFAULT_PORT}).")
+@click.option("--vault-password-file", envvar="ANSIBLE_VAULT_PASSWORD_FILE",
+              type=click.Path(dir_okay=False), help="Decrypts dstm_node_secret (env "
+              "ANSIBLE_VAULT_PASSWORD_FILE).")
+@click.option("--window", type=click.IntRange(min=1), default=30, show_default=True,
+              metavar="SECONDS", help="Clock window of a request's timestamp, +-seconds.")
+@click.option("--node-rate", type=RATE, default="20/60", show_default=True,
+              help="Requests per node per period.")
+@click.option("--global-rate", type=RATE, default="500/1", show_default=True,
+              help="Requests of all clients per period.")
+@click.option("--max-leases", type=click.IntRange(min=0), metavar="N",
+              help="Cap on the leases all roaming nodes hold together (default: none).")
+@click.option("--push", type=click.Choice(["ansible", "none"]), default="ansible",
+              show_default=True, help="How TEPs are updated; 'none' records leases only "
+              "(benchmarks, or TEPs converged by `apply`).")
+@click.option("--no-source-check", is_flag=True, help="Accept a claimed IPv6 address "
+              "that is not the request's source (behind a proxy; weaker).")
+@click.option("--cert", type=click.Path(dir_okay=False, exists=True),
+              help="TLS certificate (PEM); with --key the server speaks HTTPS.")
+@click.option("--key", type=click.Path(dir_okay=False, exists=True), help="TLS private key.")
+def serve(inventory: str, state: str | None, listen: str, vault_password_file: str | None,
+          window: int, node_rate: tuple[int, float], global_rate: tuple[int, float],
+          max_leases: int | None, push: str, no_source_check: bool, cert: str | None,
+          key: str | None) -> None:
+    """Serve roaming nodes (draft section 6, VPN scenario) over HTTP on IPv6."""
+    from dstm_orch.service.httpd import RoamingHTTPServer, parse_listen, tls_context
+    from dstm_orch.service.server import service_from_inventory
+
+    if bool(cert) != bool(key):
+        raise click.UsageError("--cert and --key go together")
+    limits = Limits(window=window, node_requests=node_rate[0], node_period=node_rate[1],
+                    global_requests=global_rate[0], global_period=global_rate[1],
+                    max_leases=max_leases)
+    service = service_from_inventory(inventory, state, vault_password_file=vault_password_file,
+                                     limits=limits, push=push,
+                                     source_check=not no_source_check)
+    address = parse_listen(listen)
+    try:
+        server = RoamingHTTPServer(address, service, tls_context(cert, key) if cert else None)
+    except OSError as exc:
+        raise RoamingError(f"cannot listen on {listen}: {exc.strerror}") from None
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    logging.getLogger("dstm_orch.service").addHandler(handler)
+    logging.getLogger("dstm_orch.service").setLevel(logging.INFO)
+    stop = _stopper(server.shutdown)
+    previous = signal.signal(signal.SIGTERM, stop)
+    click.echo(f"dstm-orch serve: {len(service.guard.nodes)} roaming node(s) "
+               f"({', '.join(sorted(service.guard.nodes))}) on {server.url}; "
+               f"push: {service.pusher.label}", err=True)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        server.server_close()
+
+
+def _stopper(shutdown: Callable[[], None]):
+    # shutdown() waits for serve_forever() to return, so it must run in another thread.
+    def stop(signum, frame) -> None:
+        threading.Thread(target=shutdown, daemon=True).start()
+
+    return stop
+
+
+def _client_options(func: Callable) -> Callable:
+    options = [
+        click.option("--server", "server", envvar="DSTM_ORCH_SERVER", required=True,
+                     metavar="[IPV6]:PORT", help="The DSTM server (env DSTM_ORCH_SERVER)."),
+        click.option("--node", required=True, help="This node's inventory name."),
+        click.option("--secret-file", required=True, type=click.Path(dir_okay=False),
+                     help="File holding the node's shared secret (mode 600)."),
+        click.option("--ipv6", help="This node's current IPv6 address (default: read "
+                     "from --uplink)."),
+        click.option("--uplink", default="eth0", show_default=True,
+                     help="Interface toward the IPv6 network."),
+        click.option("--cafile", type=click.Path(dir_okay=False, exists=True),
+                     help="CA certificate: use HTTPS and check the server with it."),
+        click.option("--timeout", type=click.FloatRange(min=1), default=120.0,
+                     show_default=True, help="Seconds to wait for the answer."),
+        click.option("--no-configure", is_flag=True, help="Only talk to the server; "
+                     "leave this host's addresses and routes alone."),
+        click.option("--json", "as_json", is_flag=True, help="Print the answer as JSON."),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+LIFETIME = click.option("--lifetime", type=click.IntRange(min=1), metavar="SECONDS",
+                        help="Lease lifetime asked for (default: the pool's).")
+
+
+@click.group()
+def client() -> None:
+    """A roaming node's side: request, renew or release its lease and configure itself."""
+
+
+@client.command()
+@_client_options
+@LIFETIME
+def request(**options) -> None:
+    """Obtain a lease (or the current one, moved to this address); configure the node."""
+    _run("request", **options)
+
+
+@client.command()
+@_client_options
+@LIFETIME
+def renew(**options) -> None:
+    """Extend the lease, moving the TEP's mapping to this address; configure the node."""
+    _run("renew", **options)
+
+
+@client.command()
+@_client_options
+def release(**options) -> None:
+    """Give the lease back; remove the address and routes from the node."""
+    _run("release", lifetime=None, **options)
+
+
+def _run(action: str, *, server: str, node: str, secret_file: str, ipv6: str | None,
+         uplink: str, cafile: str | None, timeout: float, no_configure: bool, as_json: bool,
+         lifetime: int | None) -> None:
+    from dstm_orch.agent.client import RoamingClient, read_secret, uplink_ipv6
+    from dstm_orch.agent.node import NodeConfig, NodeLease
+    from dstm_orch.service.httpd import parse_listen
+
+    address = parse_listen(server)
+    if ipv6:
+        try:
+            current = ipaddress.IPv6Address(ipv6)
+        except ValueError as exc:
+            raise click.BadParameter(str(exc), param_hint="--ipv6") from None
+    else:
+        current = uplink_ipv6(uplink, toward=address[0])
+    with RoamingClient(address, node, read_secret(secret_file), cafile=cafile,
+                       timeout=timeout) as conn:
+        answer = conn.call(action, current, lifetime)
+    changes: list[str] = []
+    if not no_configure:
+        config = NodeConfig(uplink)
+        changes = (config.remove() if action == "release"
+                   else config.apply(NodeLease.from_answer(answer)))
+    if as_json:
+        click.echo(json.dumps(answer | {"configured": changes}, indent=2, sort_keys=True))
+        return
+    if action == "release":
+        click.echo(f"{node}: released {answer['ipv4']}")
+    else:
+        left = "forever" if answer["remaining"] is None else f"{answer['remaining']} s left"
+        click.echo(f"{node}: {answer['ipv4']} via TEP {answer['tep_ipv6']} from {current}, "
+                   f"{left} (until {answer['end'] or 'never'})")
+    for change in changes:
+        click.echo(f"  {change}")

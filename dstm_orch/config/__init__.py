@@ -1,0 +1,3 @@
+"""Reading the domain from an Ansible inventory: hosts and variables, the published
+schemas, the domain rules, and access to vaulted secrets.
+"""

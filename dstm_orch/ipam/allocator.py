@@ -1,0 +1,537 @@
+"""The DSTM server's address allocation: pools in, leases out.
+
+A strategy proposes candidate slots, an address and a PSID (the node's previous
+slot first, then the pool's free slots in the pool's order); the store accepts one
+atomically,
+inside a transaction that holds the database write lock, with the unique indexes
+as the last defence (ISC Kea's allocation engine). The ascending walk never
+enumerates the pool: the store yields the runs of addresses without an active
+lease (index counts and seeks, ``LeaseStore.first_unleased``) and ``pools`` walks
+the pool's intervals through them, skipping held and reserved addresses.
+Draft-ietf-ngtrans-dstm-08 section 5: the server guarantees the uniqueness of an
+IPv4 address for a period of time, memorises the node's IPv6 address, includes
+the duration in its answer and the IPv6 address of the TEP in charge of the
+address, and the client renews to keep the address longer.
+
+Rules (DESIGN.md invariants 1, 3, 4):
+
+- An address is not free while an active lease holds it, even past its end and
+  not yet reclaimed; nor while an ended lease of another node is within the
+  pool's hold time (``ended + hold_time > now``); nor when a static reservation
+  names it (draft section 6, phase 1).
+- A returning node gets its most recent address back when that address is free
+  for it; its own ended lease does not hold the address against it (affinity).
+- All times are UTC, whole seconds; lifetimes are seconds.
+
+The ports option (draft sections 3 and 5; RFC 7597 section 5.1): in a pool with a
+PSID length k > 0 a slot is one PSID of an address, 2^k per address, and the rules
+above apply per slot. ``pack`` order proposes every PSID of an address before the
+next address, ``spread`` PSID p on every address before PSID p + 1; both walk the
+(address, PSID) space lazily from index counts, never enumerating it. An address
+with an active lease of another layout (a static reservation is always the whole
+address) has no slot free; an ended lease of another layout holds the whole
+address during its hold time.
+
+A roaming node (draft section 6, the VPN scenario) may renew or allocate from an
+IPv6 address other than the inventory's: its lease then *moves* to that address
+(one ``move`` event with both addresses; the lease, its address and port set stay),
+so the history answers who held an address from which IPv6 address when.
+"""
+
+from __future__ import annotations
+
+import bisect
+import heapq
+import ipaddress
+import itertools
+from collections.abc import Iterable, Iterator
+from datetime import UTC, datetime
+
+from dstm_orch.domain import model
+from dstm_orch.domain.errors import (
+    DstmError,
+    LeaseNotFoundError,
+    LifetimeError,
+    PoolExhaustedError,
+    UnknownNodeError,
+)
+from dstm_orch.ipam import space as pools
+from dstm_orch.store import AddressTakenError, Holding, LeaseStore, Transaction
+
+Candidate = tuple[int, int]
+"""An IPv4 address (integer) and a PSID (0 for a whole address)."""
+
+
+class Ipv6InUseError(DstmError):
+    """Another node's active lease is mapped to the IPv6 address a node asks for."""
+
+
+class Allocator:
+    """Allocate, renew, revoke and reclaim the leases of one DSTM domain.
+
+    Args:
+        domain: the pools, TEPs and nodes (trusted, validated at the YAML boundary).
+        store: where leases live; every call below is one transaction on it.
+    """
+
+    def __init__(self, domain: model.Domain, store: LeaseStore):
+        self.domain = domain
+        self.store = store
+        self._spaces: dict[str, pools.AddressSpace] = {}
+        self._reserved = sorted(int(address) for address in domain.reserved_ipv4())
+
+    def allocate(
+        self,
+        node_name: str,
+        lifetime: int | None = None,
+        now: datetime | None = None,
+        node_ipv6: object | None = None,
+    ) -> model.Lease:
+        """Lend an IPv4 address, or a port set of one, to a node of the domain (draft
+        section 5; the ports option, RFC 7597 section 5.1).
+
+        Args:
+            node_name: a node the domain declares.
+            lifetime: seconds; None means the pool's default lifetime.
+            now: the time of the request (UTC); None means the current time.
+            node_ipv6: the node's current IPv6 address when it is not the inventory's
+                (a roaming node, draft section 6); None means the inventory's, and an
+                existing lease keeps whatever address it is mapped to.
+
+        Returns:
+            The node's current lease when it has one (unchanged, the call is
+            idempotent, except that it moves to ``node_ipv6`` when that differs), else
+            a new lease: a static one (no end, no lifetime, the whole address) for a
+            node with a static reservation, a dynamic one ending at ``now + lifetime``
+            otherwise, with a port set in a pool with a PSID length. It carries the
+            TEP's IPv6 address.
+
+        Raises:
+            UnknownNodeError: the domain declares no such node.
+            LifetimeError: ``lifetime`` is not in ``1..max_lifetime`` seconds.
+            PoolExhaustedError: no address (or port set) of the node's pool is free now.
+            Ipv6InUseError: another node's active lease is mapped to ``node_ipv6``.
+            ValueError: ``node_ipv6`` is not an IPv6 address.
+            StoreError: the store failed; nothing was written.
+        """
+        return self.allocate_node(self._node(node_name), lifetime, now, node_ipv6)
+
+    def allocate_node(
+        self,
+        node: model.Node,
+        lifetime: int | None = None,
+        now: datetime | None = None,
+        node_ipv6: object | None = None,
+    ) -> model.Lease:
+        """Lend an IPv4 address to a node given as an object (see ``allocate``).
+
+        The node need not be listed in ``domain.nodes``; its pool must be in
+        ``domain.pools``.
+        """
+        moment = _moment(now)
+        self._check_lifetime(node, lifetime)
+        moved_to = None if node_ipv6 is None else _ipv6(node_ipv6)
+        with self.store.write() as tx:
+            return self._allocate(tx, node, lifetime, moment, {}, moved_to)
+
+    def allocate_many(
+        self,
+        nodes: Iterable[str | model.Node],
+        lifetime: int | None = None,
+        now: datetime | None = None,
+    ) -> list[model.Lease]:
+        """Allocate for several nodes all-or-nothing, in one transaction.
+
+        Args:
+            nodes: node names of the domain, or node objects (see ``allocate_node``).
+            lifetime: seconds for every dynamic lease; None means each pool's default.
+            now: the time of the request (UTC); None means the current time.
+
+        Returns:
+            One lease per node, in order (a node's current lease when it has one).
+
+        Raises:
+            UnknownNodeError, LifetimeError, PoolExhaustedError, StoreError: as for
+                ``allocate``; when raised, no lease of the batch was written.
+        """
+        moment = _moment(now)
+        batch = [self._node(node) if isinstance(node, str) else node for node in nodes]
+        for node in batch:
+            self._check_lifetime(node, lifetime)
+        walks: dict[str, Iterator[Candidate]] = {}
+        with self.store.write() as tx:
+            leases = []
+            for index, node in enumerate(batch, 1):
+                try:
+                    leases.append(self._allocate(tx, node, lifetime, moment, walks))
+                except PoolExhaustedError as exc:
+                    raise PoolExhaustedError(
+                        f"{exc} (request {index} of {len(batch)}, for node {node.name!r};"
+                        " nothing of the batch was allocated)"
+                    ) from exc
+            return leases
+
+    def renew(
+        self,
+        node_name: str,
+        lifetime: int | None = None,
+        now: datetime | None = None,
+        node_ipv6: object | None = None,
+    ) -> model.Lease:
+        """Extend a node's current lease to ``now + lifetime`` (draft section 5, "the
+        client MUST renew the lease").
+
+        Args:
+            node_name: a node the domain declares.
+            lifetime: seconds; None means the pool's default lifetime.
+            now: the time of the request (UTC); None means the current time.
+            node_ipv6: the node's current IPv6 address (a roaming node, draft section
+                6); when it differs from the lease's, the lease moves to it from
+                ``now`` on (a ``move`` event records both addresses). None keeps the
+                lease's address.
+
+        Returns:
+            The renewed lease; a static lease unchanged but for a move.
+
+        Raises:
+            UnknownNodeError: the domain declares no such node.
+            LeaseNotFoundError: the node has no active lease, or its lease reached
+                its end (it may not be renewed, even before reclamation).
+            LifetimeError: ``lifetime`` is not in ``1..max_lifetime`` seconds.
+            Ipv6InUseError: another node's active lease is mapped to ``node_ipv6``.
+            ValueError: ``node_ipv6`` is not an IPv6 address.
+        """
+        node = self._node(node_name)
+        moment = _moment(now)
+        moved_to = None if node_ipv6 is None else _ipv6(node_ipv6)
+        with self.store.write() as tx:
+            lease = tx.lease_of(node.name)
+            if lease is None:
+                raise LeaseNotFoundError(f"node {node.name!r} holds no active lease to renew")
+            if lease.end is not None and not lease.is_current(moment):
+                raise LeaseNotFoundError(
+                    f"lease {lease.id} of node {node.name!r} ({lease.ipv4}) expired at"
+                    f" {_iso(lease.end)} and cannot be renewed; allocate a new one"
+                )
+            seconds = None
+            if lease.end is not None:
+                pool = self.domain.pools.get(lease.pool) or self._pool(node)
+                seconds = _lifetime(pool, node.name, lifetime)
+            lease = self._move(tx, lease, moment, moved_to)
+            return lease if seconds is None else tx.extend(lease, moment, seconds)
+
+    def revoke(self, node_name: str, now: datetime | None = None) -> model.Lease:
+        """End a node's active lease now (its address then enters the hold time).
+
+        A lease already past its end is recorded as ended at its end, not at
+        ``now``: the node did not hold the address after that (invariant 3). A node
+        the domain no longer declares can still have its lease revoked.
+
+        Args:
+            node_name: the node holding the lease.
+            now: the time of the request (UTC); None means the current time.
+
+        Returns:
+            The revoked lease (state ``revoked``, ``ended`` set).
+
+        Raises:
+            UnknownNodeError: no lease and the domain declares no such node.
+            LeaseNotFoundError: the node holds no active lease.
+        """
+        moment = _moment(now)
+        with self.store.write() as tx:
+            lease = tx.lease_of(node_name)
+            if lease is None:
+                self._node(node_name)
+                raise LeaseNotFoundError(f"node {node_name!r} holds no active lease to revoke")
+            ended = moment if lease.end is None else min(moment, lease.end)
+            return tx.finish(lease, model.LeaseState.REVOKED, ended, moment)
+
+    def expire(
+        self, now: datetime | None = None, max_leases: int | None = None
+    ) -> list[model.Lease]:
+        """Reclaim active dynamic leases whose end is at or before ``now`` (one cycle).
+
+        Each becomes ``expired`` with ``ended`` equal to its end; its address enters
+        the hold time from then. Earliest ends go first.
+
+        Args:
+            now: the time of the cycle (UTC); None means the current time.
+            max_leases: at most this many leases per cycle (Kea's bounded
+                reclamation); None means all that are due.
+
+        Returns:
+            The reclaimed leases.
+
+        Raises:
+            ValueError: ``max_leases`` is negative.
+        """
+        if max_leases is not None and max_leases < 0:
+            raise ValueError(f"max_leases must be 0 or more, not {max_leases}")
+        moment = _moment(now)
+        with self.store.write() as tx:
+            return [
+                tx.finish(lease, model.LeaseState.EXPIRED, lease.end, moment)
+                for lease in tx.due(moment, max_leases)
+                if lease.end is not None
+            ]
+
+    def active_leases(self, now: datetime | None = None) -> list[model.Lease]:
+        """Return the leases current at ``now``: active, and static or not yet ended."""
+        return self.store.active_leases(_moment(now))
+
+    def leases(self, include_history: bool = False) -> list[model.Lease]:
+        """Return the active leases (also unreclaimed ones past their end), or every
+        lease ever made with ``include_history``, by id."""
+        return self.store.leases(include_history)
+
+    def lease_of(self, node_name: str) -> model.Lease | None:
+        """Return the node's active lease (possibly past its end, see
+        ``Lease.is_current``), or None."""
+        return self.store.lease_of(node_name)
+
+    def who(
+        self, ipv4: object, port: int | None = None, at: datetime | None = None
+    ) -> list[Holding]:
+        """Answer who held an address, and a port of it, at an instant (DESIGN.md
+        invariant 3), from the lease history: past, expired and revoked leases too.
+
+        Args:
+            ipv4: an IPv4 address (str, int or address object).
+            port: a TCP/UDP port (0 to 65535); None means any port, so every node
+                that shared the address then.
+            at: the instant (timezone-aware); None means now.
+
+        Returns:
+            The leases that held it then, each with the node's IPv6 address at that
+            instant (a roaming node's address is followed through its moves); empty
+            when none did. A whole-address lease holds every port.
+
+        Raises:
+            ValueError: ``ipv4`` or ``port`` is malformed, or ``at`` is naive.
+        """
+        if port is not None and (
+            isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535
+        ):
+            raise ValueError(f"port {port!r} is not a port number (0 to 65535)")
+        address = model.to_int(ipv4)
+        with self.store.read() as tx:
+            found = tx.holders(address, _moment(at))
+        return [
+            holding
+            for holding in found
+            if port is None
+            or holding.lease.port_set is None
+            or holding.lease.port_set.contains(port)
+        ]
+
+    def history(self, ipv4: object | None = None, node: str | None = None) -> list[model.Lease]:
+        """Return who held an address, or which addresses a node held, and when.
+
+        Args:
+            ipv4: an IPv4 address (str, int or address object), or None for any.
+            node: a node name, or None for any.
+
+        Returns:
+            The matching leases of all states by start, then id.
+        """
+        return self.store.history(ipv4, node)
+
+    def _node(self, name: str) -> model.Node:
+        try:
+            return self.domain.nodes[name]
+        except KeyError:
+            raise UnknownNodeError(
+                f"unknown node {name!r}: domain {self.domain.name!r} declares no node of that name"
+            ) from None
+
+    def _pool(self, node: model.Node) -> model.Pool:
+        try:
+            return self.domain.pools[node.pool]
+        except KeyError:
+            raise UnknownNodeError(
+                f"node {node.name!r} names pool {node.pool!r}, which domain"
+                f" {self.domain.name!r} does not declare"
+            ) from None
+
+    def _space(self, pool: model.Pool) -> pools.AddressSpace:
+        space = self._spaces.get(pool.name)
+        if space is None:
+            space = self._spaces[pool.name] = pools.AddressSpace.of_pool(pool)
+        return space
+
+    def _check_lifetime(self, node: model.Node, lifetime: int | None) -> None:
+        if not node.is_static:
+            _lifetime(self._pool(node), node.name, lifetime)
+
+    def _move(
+        self,
+        tx: Transaction,
+        lease: model.Lease,
+        now: datetime,
+        node_ipv6: model.IPv6 | None,
+    ) -> model.Lease:
+        if node_ipv6 is None or node_ipv6 == lease.node_ipv6:
+            return lease
+        other = tx.ipv6_in_use(node_ipv6, lease.node)
+        if other is not None:
+            raise Ipv6InUseError(
+                f"node {lease.node!r} cannot move its lease to {node_ipv6}: the active lease"
+                f" of node {other!r} is mapped to that IPv6 address"
+            )
+        return tx.move(lease, now, node_ipv6)
+
+    def _allocate(
+        self,
+        tx: Transaction,
+        node: model.Node,
+        lifetime: int | None,
+        now: datetime,
+        walks: dict[str, Iterator[Candidate]],
+        node_ipv6: model.IPv6 | None = None,
+    ) -> model.Lease:
+        pool = self._pool(node)
+        tep = self.domain.tep_of(node)
+        current = tx.lease_of(node.name)
+        if current is not None:
+            if current.is_current(now):
+                return self._move(tx, current, now, node_ipv6)
+            tx.finish(current, model.LeaseState.EXPIRED, current.end, now)
+            walks.pop(current.pool, None)
+        ipv6 = node.ipv6 if node_ipv6 is None else node_ipv6
+        if node_ipv6 is not None and (other := tx.ipv6_in_use(ipv6, node.name)) is not None:
+            raise Ipv6InUseError(
+                f"node {node.name!r} cannot take a lease at {ipv6}: the active lease of node"
+                f" {other!r} is mapped to that IPv6 address"
+            )
+        fields = {
+            "node": node.name,
+            "node_ipv6": ipv6,
+            "pool": pool.name,
+            "tep": tep.name,
+            "tep_ipv6": tep.ipv6,
+            "start": now,
+        }
+        if node.static_ipv4 is not None:
+            try:
+                return tx.insert(ipv4=int(node.static_ipv4), lifetime=None, **fields)
+            except AddressTakenError:
+                raise PoolExhaustedError(
+                    f"static address {node.static_ipv4} of node {node.name!r} is held by an"
+                    " active lease of another node; revoke it first"
+                ) from None
+        seconds = _lifetime(pool, node.name, lifetime)
+        space = self._space(pool)
+        since = _epoch(now) - pool.policy.hold_time
+        for ipv4, psid in self._candidates(tx, node, pool, space, since, walks):
+            try:
+                return tx.insert(
+                    ipv4=ipv4, lifetime=seconds, port_set=pool.port_set(psid), **fields
+                )
+            except AddressTakenError:
+                continue
+        what = f"{space.size} addresses"
+        if pool.shares_addresses:
+            what += (
+                f" x {pool.port_sets_per_address} port sets"
+                f" ({space.size * pool.port_sets_per_address} port sets)"
+            )
+        raise PoolExhaustedError(
+            f"pool {pool.name!r} is exhausted: none of its {what} is free at"
+            f" {_iso(now)} (all leased, reserved, or within the {pool.policy.hold_time} s"
+            " hold time after their last lease)"
+        )
+
+    def _candidates(
+        self,
+        tx: Transaction,
+        node: model.Node,
+        pool: model.Pool,
+        space: pools.AddressSpace,
+        since: int,
+        walks: dict[str, Iterator[Candidate]],
+    ) -> Iterator[Candidate]:
+        previous = tx.last_slot_of(node.name)
+        if (
+            previous is not None
+            and previous.layout == pool.layout
+            and previous.ipv4 in space
+            and not self._is_reserved(previous.ipv4)
+            and not tx.is_active(previous.ipv4, pool.layout, previous.psid)
+            and not tx.is_held_for_other(
+                previous.ipv4, since, node.name, pool.layout, previous.psid
+            )
+        ):
+            yield previous.ipv4, previous.psid
+        walk = walks.get(pool.name)
+        if walk is None:
+            walk = walks[pool.name] = self._walk(tx, pool, space, since)
+        # Not ``yield from``: closing this generator must not close the walk, which the
+        # next request of a batch continues.
+        for candidate in walk:  # noqa: UP028
+            yield candidate
+
+    def _walk(
+        self, tx: Transaction, pool: model.Pool, space: pools.AddressSpace, since: int
+    ) -> Iterator[Candidate]:
+        if not space.intervals:
+            return iter(())
+        first, last = space.intervals[0][0], space.intervals[-1][1]
+        layout = pool.layout
+        held = tx.held_slots(first, last, since)
+        # Addresses without a free slot for anyone: reserved, held by an active lease
+        # of another layout, or in the hold time of an ended lease of another layout.
+        closed = sorted(
+            set(self._reserved)
+            | set(tx.layout_conflicts(first, last, layout))
+            | {slot.ipv4 for slot in held if slot.layout != layout}
+        )
+        if not pool.shares_addresses:
+            unleased = itertools.chain.from_iterable(
+                tx.unleased_runs(low, high) for low, high in space.intervals
+            )
+            taken = heapq.merge(sorted({slot.ipv4 for slot in held}), closed)
+            return ((ipv4, 0) for ipv4 in pools.free_addresses(unleased, taken))
+        held_slots = [(slot.ipv4, slot.psid) for slot in held if slot.layout == layout]
+        if pool.port_set_fill is model.PortSetFill.SPREAD:
+            return pools.spread_slots(tx, space, layout, held_slots, closed)
+        return pools.pack_slots(tx, space, layout, held_slots, closed)
+
+    def _is_reserved(self, ipv4: int) -> bool:
+        index = bisect.bisect_left(self._reserved, ipv4)
+        return index < len(self._reserved) and self._reserved[index] == ipv4
+
+
+def _lifetime(pool: model.Pool, node_name: str, lifetime: int | None) -> int:
+    if lifetime is None:
+        return pool.policy.default_lifetime
+    maximum = pool.policy.max_lifetime
+    if isinstance(lifetime, bool) or not isinstance(lifetime, int) or not 0 < lifetime <= maximum:
+        raise LifetimeError(
+            f"lifetime {lifetime!r} s requested for node {node_name!r} is out of bounds for"
+            f" pool {pool.name!r}: it must be an integer from 1 to {maximum} s"
+        )
+    return lifetime
+
+
+def _moment(now: datetime | None) -> datetime:
+    if now is None:
+        now = model.utcnow()
+    elif now.tzinfo is None:
+        raise ValueError(f"naive datetime {now!r}: pass a timezone-aware UTC time")
+    return now.astimezone(UTC).replace(microsecond=0)
+
+
+def _ipv6(value: object) -> model.IPv6:
+    try:
+        return ipaddress.IPv6Address(str(value))
+    except ValueError:
+        raise ValueError(f"node_ipv6 {value!r} is not an IPv6 address") from None
+
+
+def _epoch(moment: datetime) -> int:
+    return int(moment.timestamp())
+
+
+def _iso(moment: datetime) -> str:
+    return moment.astimezone(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")

@@ -1,0 +1,110 @@
+"""Turn leases into the desired state of every device (the *intent*).
+
+The intent is plain data, shaped for the ``dstm_node`` and ``dstm_tep`` roles through
+``playbooks/apply.yml`` (the ``dstm_intent`` extra variable)::
+
+    {"nodes": {"n1": {"ipv4": "198.51.100.1", "tep_ipv6": "2001:db8:200::a",
+                      "valid_until": 1893456000, "driver": "seg6",
+                      "port_set": None, "roaming": False},     # or None: absent
+               ...},
+     "teps": {"tep1": {"driver": "seg6", "pools": ["198.51.100.0/24"],
+                       "bindings": [{"node": "n1", "ipv4": "198.51.100.1",
+                                     "node_ipv6": "2001:db8:100::11",
+                                     "node_decap_ipv6": "2001:db8:201::11",
+                                     "port_set": None, "roaming": False}]}}}
+
+``port_set`` is ``None`` for a lease of a whole address; with the ports option it is
+``{"psid_offset": a, "psid_len": k, "psid": p, "ranges": [[first, last], ...]}``
+(inclusive ports, RFC 7597 section 5.1), the same on the node (which keeps its
+sockets inside the set) and in the TEP binding (which steers return traffic to the
+ports' owner; RFC 8676 ``port-set``). Bindings are ordered by address, then PSID.
+
+A roaming node (VPN scenario, draft section 6) configures itself through
+``dstm-orch client``: its node entry carries ``"roaming": true`` (also without a lease)
+so that ``apply`` leaves it alone, and its TEP binding carries ``"roaming": true`` so
+that return traffic goes to its current IPv6 address rather than a decap address.
+
+``valid_until`` is the lease's end in epoch seconds (``None`` for a static lease): the
+node turns it into the address's ``valid_lft`` (DESIGN.md invariant 5). A TEP's
+bindings are exactly its current leases (invariant 7; draft section 5, "the DSTM
+Server MAY be in charge of configuring the IPv4/IPv6 mapping table at the TEP").
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from dstm_orch.domain.model import Domain, Lease
+
+
+@dataclass
+class Intent:
+    """Desired state per device, plus the leases that could not be placed."""
+
+    nodes: dict[str, dict | None]
+    teps: dict[str, dict]
+    orphans: list[Lease] = field(default_factory=list)
+
+    def as_extravars(self) -> dict:
+        return {"dstm_intent": {"nodes": self.nodes, "teps": self.teps}}
+
+
+def render_intent(domain: Domain, leases: Iterable[Lease], now: datetime) -> Intent:
+    """Build the intent for every node and TEP of ``domain`` from its current leases.
+
+    Args:
+        domain: the validated domain.
+        leases: leases from the store; only those current at ``now`` count.
+        now: the reference time (UTC).
+
+    Returns:
+        An :class:`Intent`. Every node of the domain appears (``None`` when it holds
+        no current lease, so the role removes its address and routes); every TEP
+        appears with all its pools and its current bindings. Leases whose node or TEP
+        left the inventory are returned in ``orphans``.
+    """
+    nodes: dict[str, dict | None] = {
+        name: {"roaming": True} if node.roaming else None for name, node in domain.nodes.items()
+    }
+    teps = {
+        name: {
+            "driver": tep.driver.value,
+            "pools": [str(p) for pool in domain.pools.values() if pool.tep == name
+                      for p in pool.prefixes],
+            "bindings": [],
+        }
+        for name, tep in domain.teps.items()
+    }
+    orphans: list[Lease] = []
+    for lease in sorted(leases, key=_order):
+        if not lease.is_current(now):
+            continue
+        node = domain.nodes.get(lease.node)
+        tep = domain.teps.get(lease.tep)
+        if node is None or tep is None:
+            orphans.append(lease)
+            continue
+        port_set = lease.port_set.as_dict() if lease.port_set else None
+        nodes[lease.node] = {
+            "ipv4": str(lease.ipv4),
+            "tep_ipv6": str(lease.tep_ipv6),
+            "valid_until": int(lease.end.timestamp()) if lease.end else None,
+            "driver": tep.driver.value,
+            "port_set": port_set,
+            "roaming": node.roaming,
+        }
+        teps[lease.tep]["bindings"].append({
+            "node": lease.node,
+            "ipv4": str(lease.ipv4),
+            "node_ipv6": str(lease.node_ipv6),
+            "node_decap_ipv6": str(node.decap_ipv6) if node.decap_ipv6 else None,
+            "port_set": port_set,
+            "roaming": node.roaming,
+        })
+    return Intent(nodes, teps, orphans)
+
+
+def _order(lease: Lease) -> tuple[int, int, int]:
+    return (int(lease.ipv4), lease.port_set.psid if lease.port_set else 0, lease.id)

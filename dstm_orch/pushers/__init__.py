@@ -1,1 +1,0 @@
-"""Pushers: apply device intent with Ansible (Linux hosts) or NETCONF (router TEPs)."""

@@ -1,0 +1,162 @@
+"""Admission of roaming requests: who is asking, is it fresh, and not too often.
+
+Checks, in order, each refusing with its own reason (:class:`protocol.Reason`) before
+anything is written (draft-ietf-ngtrans-dstm-08 sections 5 and 7: the server SHOULD,
+and in the VPN scenario of section 6 MUST, authenticate the node; pool exhaustion is a
+denial of service):
+
+1. the global request rate (token bucket; refused requests count too, so a flood of
+   forgeries is cut off before any HMAC is computed);
+2. the body's form (:meth:`protocol.LeaseRequest.parse`);
+3. a signature header of the right form;
+4. the node is a known roaming node;
+5. the HMAC-SHA256 signature, compared in constant time;
+6. the timestamp is within ``window`` seconds of the server's clock, and not before
+   the server started (nonces live in memory: a request signed before a restart is
+   refused rather than risk its replay);
+7. the nonce was not seen for this node within the window (then it is recorded: a
+   request refused earlier does not burn its nonce);
+8. the node's own request rate (checked after authentication, so that forgeries in
+   a node's name cannot use up its budget).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+from dstm_orch.config.secrets import RoamingNode
+from dstm_orch.domain.protocol import LeaseRequest, Reason, Refusal, is_signature
+from dstm_orch.domain.protocol import signature_matches as _matches
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Admission limits.
+
+    Args:
+        window: seconds a request's timestamp may differ from the server's clock.
+        node_requests: requests one node may make per ``node_period`` seconds.
+        node_period: seconds (see ``node_requests``).
+        global_requests: requests of all clients per ``global_period`` seconds.
+        global_period: seconds (see ``global_requests``).
+        max_leases: active leases all roaming nodes may hold together; None: no cap
+            other than the pool (each node holds at most one lease anyway).
+    """
+
+    window: int = 30
+    node_requests: int = 20
+    node_period: float = 60.0
+    global_requests: int = 500
+    global_period: float = 1.0
+    max_leases: int | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("window", "node_requests", "global_requests"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"limit {name} must be at least 1, not {getattr(self, name)}")
+        for name in ("node_period", "global_period"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"limit {name} must be a positive number of seconds")
+        if self.max_leases is not None and self.max_leases < 0:
+            raise ValueError(f"limit max_leases must be 0 or more, not {self.max_leases}")
+
+
+class TokenBucket:
+    """``capacity`` requests at once, refilled at ``capacity / period`` per second."""
+
+    def __init__(self, capacity: int, period: float, now: float):
+        self.capacity = float(capacity)
+        self.rate = capacity / period
+        self.tokens = float(capacity)
+        self.at = now
+
+    def take(self, now: float) -> bool:
+        """Take one token if there is one; tell whether there was."""
+        self.tokens = min(self.capacity, self.tokens + (now - self.at) * self.rate)
+        self.at = now
+        if self.tokens >= 1.0:
+            self.tokens -= 1.0
+            return True
+        return False
+
+
+class Guard:
+    """Authenticate and rate-limit roaming requests (see the module docstring).
+
+    Thread-safe: the HTTP server calls :meth:`admit` from one thread per connection.
+
+    Args:
+        nodes: the roaming nodes and their secrets, by name.
+        limits: the admission limits.
+        clock: returns the current time in epoch seconds (tests pass their own).
+    """
+
+    def __init__(self, nodes: Mapping[str, RoamingNode], limits: Limits | None = None,
+                 clock: Callable[[], float] = time.time):
+        self.nodes = dict(nodes)
+        self.limits = limits or Limits()
+        self.clock = clock
+        self.started_at = int(clock())
+        self._lock = threading.Lock()
+        now = clock()
+        self._global = TokenBucket(self.limits.global_requests, self.limits.global_period, now)
+        self._buckets: dict[str, TokenBucket] = {}
+        self._nonces: dict[str, dict[str, int]] = {}
+
+    def admit(self, action: str, method: str, path: str, body: bytes,
+              signature: str | None) -> LeaseRequest:
+        """Return the authenticated request, or refuse it.
+
+        Raises:
+            Refusal: the first check that failed (module docstring), with a message
+                naming the node and what is wrong. Nothing is recorded for a refused
+                request except its share of the global rate.
+        """
+        now = self.clock()
+        with self._lock:
+            if not self._global.take(now):
+                raise Refusal(Reason.GLOBAL_RATE, "the server takes at most "
+                              f"{self.limits.global_requests} requests per "
+                              f"{self.limits.global_period:g} s; retry later")
+        request = LeaseRequest.parse(action, body)
+        if not signature:
+            raise Refusal(Reason.MISSING_SIGNATURE, "no X-DSTM-Signature header "
+                          "(HMAC-SHA256 of the canonical request with the node's secret)")
+        node = self.nodes.get(request.node)
+        if node is None:
+            raise Refusal(Reason.UNKNOWN_NODE, f"node {request.node!r} is not a roaming "
+                          "node of this domain (dstm_node_roaming with a dstm_node_secret)")
+        if not is_signature(signature) or not _matches(node.secret, method, path, body,
+                                                       signature):
+            raise Refusal(Reason.BAD_SIGNATURE, f"the signature does not match node "
+                          f"{request.node!r}'s secret for {method} {path}")
+        window = self.limits.window
+        skew = request.timestamp - int(now)
+        if abs(skew) > window:
+            raise Refusal(Reason.STALE_TIMESTAMP, f"timestamp {request.timestamp} is {skew:+d} "
+                          f"s from the server's clock ({int(now)}); the window is "
+                          f"+-{window} s (check the node's clock)")
+        if request.timestamp < self.started_at:
+            raise Refusal(Reason.STALE_TIMESTAMP, f"timestamp {request.timestamp} is before "
+                          f"the server started ({self.started_at}); sign a new request")
+        with self._lock:
+            seen = self._nonces.setdefault(request.node, {})
+            for nonce in [n for n, until in seen.items() if until < now]:
+                del seen[nonce]
+            if request.nonce in seen:
+                raise Refusal(Reason.REPLAYED_NONCE, f"nonce {request.nonce} of node "
+                              f"{request.node!r} was already used within the last "
+                              f"{window} s (a replayed request)")
+            seen[request.nonce] = request.timestamp + window
+            bucket = self._buckets.get(request.node)
+            if bucket is None:
+                bucket = self._buckets[request.node] = TokenBucket(
+                    self.limits.node_requests, self.limits.node_period, now)
+            if not bucket.take(now):
+                raise Refusal(Reason.NODE_RATE, f"node {request.node!r} may make at most "
+                              f"{self.limits.node_requests} requests per "
+                              f"{self.limits.node_period:g} s; retry later")
+        return request

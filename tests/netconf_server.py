@@ -1,0 +1,368 @@
+"""A real NETCONF server for tests and the lab: netconfd (yuma123) behind sshd in a netns.
+
+netconfd does no networking of its own: it listens on a UNIX socket, and sshd runs the
+``netconf`` subsystem (``netconf-subsystem``), which connects to that socket. sshd listens
+on the namespace's IPv6 address, port 830 (RFC 6242 section 3), so clients reach the
+server over IPv6 only (DESIGN.md invariant 6). The recipe and its pitfalls are in
+``../shared/REAL-STACK.md`` sections 2 and 3.
+
+The server loads ``ietf-softwire-br`` (RFC 8676) from a temporary copy of the module
+directory, patched for yuma123, which cannot evaluate the YANG 1.1 expression
+``if-feature "map-e or map-t"``. The lw4o6 binding part of the module is unchanged.
+
+Typical use::
+
+    with NetconfServer(tmp_path, "dstm-nc-t1", "2001:db8:c00:1::2/64") as server:
+        target = NetconfTarget(name="r1", **server.connection())
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import ipaddress
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+from dstm_orch.domain.errors import LabError
+from dstm_orch.push.netconf.yang import default_yang_dir
+
+NETCONFD = "/usr/sbin/netconfd"
+SSHD = "/usr/sbin/sshd"
+NETCONF_SUBSYSTEM = "/usr/sbin/netconf-subsystem"
+NMDA_MODULES = "/usr/share/yuma/nmda-modules"
+NETNS_PREFIX = "dstm-nc-"
+TARGETS = ("candidate", "running")
+EMPTY_CONFIG = (
+    '<?xml version="1.0" encoding="UTF-8"?>\n'
+    '<config xmlns="urn:ietf:params:xml:ns:netconf:base:1.0"/>\n'
+)
+YUMA_PATCH = ('if-feature "map-e or map-t";', 'if-feature "map-e";')
+
+
+class NetconfServer:
+    """netconfd + sshd in their own network namespace, linked to the root one by a veth.
+
+    Args:
+        workdir: directory for keys, configs, the datastore and logs (created, mode 0700).
+        netns: namespace name; must start with ``dstm-nc-`` and be unique.
+        address: the server's IPv6 interface address, e.g. ``2001:db8:c00:1::2/64``.
+            The root-namespace end of the veth gets the first other host address of
+            the same prefix.
+        yang_dir: directory holding the softwire modules (default: the project setting,
+            see :func:`dstm_orch.push.netconf.yang.default_yang_dir`).
+        target: ``candidate`` (advertises :candidate, :confirmed-commit:1.1, :validate)
+            or ``running`` (advertises :writable-running). One daemon cannot do both.
+        port: TCP port of sshd (default 830, RFC 6242 section 3).
+        startup_xml: content of the startup datastore (default: empty config).
+    """
+
+    def __init__(
+        self,
+        workdir: Path | str,
+        netns: str,
+        address: ipaddress.IPv6Interface | str,
+        *,
+        yang_dir: Path | str | None = None,
+        target: str = "candidate",
+        port: int = 830,
+        startup_xml: str = EMPTY_CONFIG,
+    ):
+        if not netns.startswith(NETNS_PREFIX):
+            raise LabError(f"netns {netns!r}: the name must start with {NETNS_PREFIX!r}")
+        if target not in TARGETS:
+            raise LabError(f"netconf server {netns}: target {target!r} is not one of {TARGETS}")
+        self.workdir = Path(workdir)
+        self.netns = netns
+        self.address = ipaddress.IPv6Interface(address)
+        self.peer_address = ipaddress.IPv6Interface(
+            f"{_peer_host(self.address)}/{self.address.network.prefixlen}"
+        )
+        self.yang_dir = Path(yang_dir) if yang_dir else default_yang_dir()
+        self.target = target
+        self.port = port
+        self.startup_xml = startup_xml
+        tag = hashlib.sha1(netns.encode()).hexdigest()[:8]
+        self.host_ifname = f"dnc{tag}h"
+        self.ns_ifname = f"dnc{tag}n"
+        self.username = "root"
+        self.client_key = self.workdir / "keys" / "client_key"
+        self.host_key = self.workdir / "keys" / "host_key"
+        self.known_hosts = self.workdir / "known_hosts"
+        self.socket_path = self.workdir / "ncxserver.sock"
+        self.startup_file = self.workdir / "startup-cfg.xml"
+        self.modpath = self.workdir / "yang-yuma"
+        self.netconfd_log = self.workdir / "netconfd.log"
+        self.sshd_log = self.workdir / "sshd.log"
+        self._netconfd: subprocess.Popen | None = None
+        self._sshd: subprocess.Popen | None = None
+        self._netns_created = False
+        self._blocked = False
+
+    @property
+    def host(self) -> ipaddress.IPv6Address:
+        """The IPv6 address clients connect to."""
+        return self.address.ip
+
+    def connection(self) -> dict:
+        """Return the keyword arguments of a ``NetconfTarget`` that reaches this server."""
+        return {
+            "host": self.host,
+            "port": self.port,
+            "username": self.username,
+            "key_filename": self.client_key,
+            "known_hosts": self.known_hosts,
+        }
+
+    def __enter__(self) -> NetconfServer:
+        self.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+    def start(self, timeout: float = 15.0) -> None:
+        """Build the namespace and start netconfd and sshd; return when both answer.
+
+        Args:
+            timeout: seconds to wait for each daemon to become ready.
+
+        Raises:
+            LabError: a command failed or a daemon did not come up; everything built so
+                far is torn down first, and the message carries the log's tail.
+        """
+        try:
+            self._prepare_files()
+            self._build_netns()
+            self._start_netconfd(timeout)
+            self._start_sshd(timeout)
+        except BaseException:
+            self.stop()
+            raise
+
+    def stop(self) -> None:
+        """Stop both daemons and remove the namespace, the veth and the socket.
+
+        Safe to call more than once and after a partial start. The workdir (with the
+        logs) is kept. ``/root/.yuma/startup-cfg-txid.txt``, which netconfd always
+        writes and all instances share, is left alone.
+        """
+        self.set_reachable(True)
+        for proc in (self._sshd, self._netconfd):
+            if proc is not None:
+                _terminate(proc)
+        self._sshd = self._netconfd = None
+        if self._netns_created:
+            self._kill_netns_pids()
+            _run(["ip", "netns", "del", self.netns], check=False)
+            self._netns_created = False
+        if _link_exists(self.host_ifname):
+            _run(["ip", "link", "del", self.host_ifname], check=False)
+        with contextlib.suppress(FileNotFoundError):
+            self.socket_path.unlink()
+
+    def set_reachable(self, reachable: bool) -> None:
+        """Cut (``False``) or restore (``True``) the path from the root namespace.
+
+        A ``prohibit`` route for the server's address makes new connections fail at
+        once, as if the management network were down; the daemons keep running.
+        """
+        if reachable == (not self._blocked):
+            return
+        verb = "del" if reachable else "add"
+        _run(["ip", "-6", "route", verb, "prohibit", f"{self.host}/128"])
+        self._blocked = not reachable
+
+    def is_running(self) -> bool:
+        """True while both daemons are alive."""
+        return all(p is not None and p.poll() is None for p in (self._netconfd, self._sshd))
+
+    # -- steps of start() ------------------------------------------------------------
+
+    def _prepare_files(self) -> None:
+        for tool in (NETCONFD, SSHD, NETCONF_SUBSYSTEM):
+            if not os.access(tool, os.X_OK):
+                raise LabError(f"netconf server {self.netns}: {tool} is missing (apt netconfd)")
+        br = next(self.yang_dir.glob("ietf-softwire-br@*.yang"), None)
+        if br is None:
+            raise LabError(f"netconf server {self.netns}: no ietf-softwire-br in {self.yang_dir}")
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.workdir.chmod(0o700)
+        keys = self.client_key.parent
+        keys.mkdir(exist_ok=True)
+        for key in (self.client_key, self.host_key):
+            if not key.exists():
+                _run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", self.netns,
+                      "-f", str(key)])
+        shutil.copyfile(f"{self.client_key}.pub", keys / "authorized_keys")
+        host_pub = Path(f"{self.host_key}.pub").read_text().split()
+        self.known_hosts.write_text(f"[{self.host}]:{self.port} {host_pub[0]} {host_pub[1]}\n")
+        self.modpath.mkdir(exist_ok=True)
+        for module in self.yang_dir.glob("*.yang"):
+            text = module.read_text()
+            (self.modpath / module.name).write_text(text.replace(*YUMA_PATCH))
+        self.startup_file.write_text(self.startup_xml)
+        (self.workdir / "sshd_config").write_text(self._sshd_config())
+
+    def _sshd_config(self) -> str:
+        keys = self.client_key.parent
+        return "\n".join([
+            f"ListenAddress [{self.host}]:{self.port}",
+            f"HostKey {self.host_key}",
+            f"PidFile {self.workdir / 'sshd.pid'}",
+            f"AuthorizedKeysFile {keys / 'authorized_keys'}",
+            "PermitRootLogin prohibit-password",
+            "PasswordAuthentication no",
+            "KbdInteractiveAuthentication no",
+            "UsePAM no",
+            "StrictModes no",
+            # netconf-subsystem needs PORT@PATH: a bare path closes every session at once.
+            f"Subsystem netconf {NETCONF_SUBSYSTEM} "
+            f"--ncxserver-sockname={self.port}@{self.socket_path}",
+            "LogLevel VERBOSE",
+            "",
+        ])
+
+    def _build_netns(self) -> None:
+        if self.netns in _run(["ip", "netns", "list"]).split():
+            raise LabError(f"netns {self.netns} already exists: another server uses the name")
+        _run(["ip", "netns", "add", self.netns])
+        self._netns_created = True
+        ns = ["ip", "-n", self.netns]
+        _run(["ip", "link", "add", self.host_ifname, "type", "veth",
+              "peer", "name", self.ns_ifname])
+        _run(["ip", "link", "set", self.ns_ifname, "netns", self.netns])
+        _run(["ip", "addr", "add", str(self.peer_address), "dev", self.host_ifname, "nodad"])
+        _run(["ip", "link", "set", self.host_ifname, "up"])
+        _run([*ns, "addr", "add", str(self.address), "dev", self.ns_ifname, "nodad"])
+        _run([*ns, "link", "set", self.ns_ifname, "up"])
+        _run([*ns, "link", "set", "lo", "up"])
+
+    def _start_netconfd(self, timeout: float) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            self.socket_path.unlink()  # a stale socket makes netconfd die after start
+        modules = [f"--module={m}" for m in ("ietf-softwire-br", "ietf-softwire-ce")]
+        argv = [
+            "ip", "netns", "exec", self.netns, NETCONFD,
+            f"--ncxserver-sockname={self.socket_path}",
+            "--superuser=root",
+            f"--target={self.target}",
+            f"--startup={self.startup_file}",
+            f"--modpath={self.modpath}:{NMDA_MODULES}",
+            *modules,
+            f"--log={self.netconfd_log}",
+            "--log-level=info",
+        ]
+        self._netconfd = _spawn(argv, self.workdir / "netconfd.stdout", self.workdir)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self._netconfd.poll() is not None:
+                break
+            if self.socket_path.exists() and _unix_connects(self.socket_path):
+                return
+            time.sleep(0.05)
+        raise LabError(
+            f"netconf server {self.netns}: netconfd did not come up "
+            f"(exit {self._netconfd.poll()}): {_tail(self.netconfd_log)}"
+        )
+
+    def _start_sshd(self, timeout: float) -> None:
+        Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)
+        config = self.workdir / "sshd_config"
+        check = _run([SSHD, "-t", "-f", str(config)], check=False, full=True)
+        if check.returncode != 0:
+            raise LabError(f"netconf server {self.netns}: sshd_config: {check.stderr.strip()}")
+        argv = ["ip", "netns", "exec", self.netns, SSHD, "-D", "-f", str(config),
+                "-E", str(self.sshd_log)]
+        self._sshd = _spawn(argv, self.workdir / "sshd.stdout", self.workdir)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self._sshd.poll() is not None:
+                break
+            if _ssh_banner(str(self.host), self.port):
+                return
+            time.sleep(0.05)
+        raise LabError(
+            f"netconf server {self.netns}: sshd on [{self.host}]:{self.port} did not answer "
+            f"(exit {self._sshd.poll()}): {_tail(self.sshd_log)}"
+        )
+
+    def _kill_netns_pids(self) -> None:
+        """Stop what is left in our namespace (sshd's session children)."""
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            pids = [int(p) for p in _run(["ip", "netns", "pids", self.netns], check=False).split()]
+            if not pids:
+                return
+            for pid in pids:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, sig)
+            deadline = time.monotonic() + 2
+            while time.monotonic() < deadline and _run(
+                ["ip", "netns", "pids", self.netns], check=False
+            ).strip():
+                time.sleep(0.05)
+
+
+def _peer_host(address: ipaddress.IPv6Interface) -> ipaddress.IPv6Address:
+    for candidate in (address.network[1], address.network[2]):
+        if candidate != address.ip:
+            return candidate
+    raise LabError(f"{address}: no room for the peer address")  # pragma: no cover
+
+
+def _run(argv: list[str], *, check: bool = True, full: bool = False):
+    proc = subprocess.run(argv, capture_output=True, text=True, timeout=30)
+    if check and proc.returncode != 0:
+        raise LabError(f"command failed ({proc.returncode}): {' '.join(argv)}: "
+                       f"{proc.stderr.strip()}")
+    return proc if full else proc.stdout
+
+
+def _spawn(argv: list[str], output: Path, cwd: Path) -> subprocess.Popen:
+    with output.open("wb") as out:
+        return subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out,
+                                stderr=subprocess.STDOUT, cwd=cwd, start_new_session=True)
+
+
+def _terminate(proc: subprocess.Popen, grace: float = 5.0) -> None:
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(grace)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(grace)
+
+
+def _link_exists(ifname: str) -> bool:
+    return Path("/sys/class/net", ifname).exists()
+
+
+def _unix_connects(path: Path) -> bool:
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.settimeout(1)
+        try:
+            sock.connect(str(path))
+        except OSError:
+            return False
+    return True
+
+
+def _ssh_banner(host: str, port: int) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=1) as sock:
+            return sock.recv(64).startswith(b"SSH-")
+    except OSError:
+        return False
+
+
+def _tail(path: Path, lines: int = 8) -> str:
+    try:
+        return " | ".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except FileNotFoundError:
+        return f"({path} missing)"
