@@ -26,7 +26,7 @@ def project_home() -> Path:
 
     ``DSTM_ORCH_HOME`` overrides; the default is the checkout this package runs from.
     """
-    return Path(os.environ.get("DSTM_ORCH_HOME", Path(__file__).resolve().parents[3]))
+    return Path(os.environ.get("DSTM_ORCH_HOME", Path(__file__).resolve().parents[2]))
 
 
 @dataclass
