@@ -5,6 +5,7 @@ next steps."""
 from __future__ import annotations
 
 import re
+import subprocess
 from pathlib import Path
 
 from markdown_it import MarkdownIt
@@ -68,3 +69,16 @@ def test_the_first_command_leaves_the_lab_up_for_the_next_steps():
     # The "go on with" block runs `lab exec` and `plan` against the lab: it must be up.
     assert demo.split("#")[0].split() == ["bash", "scripts/demo", "--keep"]
     assert '"${1:-}" = "--keep" ] && keep=1' in (ROOT / "scripts" / "demo").read_text()
+
+
+def test_nothing_cites_design_notes_outside_the_repository():
+    # Issue 7 item 30: docstrings, help texts and comments cite the draft, RFCs or files of
+    # the repository; the design notes the project started from are not part of it.
+    outside = re.compile("|".join(("DESIGN" + r"(\.md| invariant)", "REAL" + "-STACK")))
+    tracked = subprocess.run(["git", "ls-files", "-z"], cwd=ROOT, capture_output=True,
+                             check=True).stdout.decode().split("\0")
+    cited = [f"{name}:{number}" for name in tracked if name and (ROOT / name).is_file()
+             for number, line in enumerate(
+                 (ROOT / name).read_text(encoding="utf-8", errors="replace").splitlines(), 1)
+             if outside.search(line)]
+    assert cited == []

@@ -71,7 +71,7 @@ def who(ctx: Context, ipv4: str, port: int | None, at_text: str | None) -> None:
     """Tell which node (name, IPv6 address) held IPV4, and --port of it, at --at.
 
     Answers from the lease history, past expired and revoked leases included
-    (DESIGN.md invariant 3); without --port, every node that shared the address.
+    (draft section 5); without --port, every node that shared the address.
     """
     try:
         address = ipaddress.IPv4Address(ipv4)
