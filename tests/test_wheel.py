@@ -17,6 +17,11 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
+
+from tests.conftest import needs_root
+from tests.netconf_server import NetconfServer
+from tests.test_cli_netconf import device_entries
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "inventories" / "example"
@@ -136,3 +141,47 @@ def test_every_module_imports_with_the_declared_dependencies_only(installed):
     assert proc.returncode == 0, proc.stderr
     check = _run([str(venv / "bin" / "python"), "-m", "pip", "check"], workdir, _clean_env())
     assert check.returncode == 0, check.stdout
+
+
+@pytest.fixture
+def router(tmp_path):
+    server = NetconfServer(tmp_path / "nc", f"dstm-nc-whl-{os.getpid()}",
+                           "2001:db8:c2e:1::2/64", target="candidate")
+    with server:
+        yield server
+
+
+@pytest.mark.lab
+@needs_root()
+def test_netconf_push_from_the_installed_package(installed, router, tmp_path):
+    conn = router.connection()
+    inventory = tmp_path / "inv"
+    (inventory / "group_vars" / "all").mkdir(parents=True)
+    (inventory / "hosts.yml").write_text(yaml.safe_dump({"all": {"children": {
+        "dstm_teps": {"hosts": {"rtr1": {
+            "ansible_host": str(conn["host"]), "ansible_port": conn["port"],
+            "ansible_user": conn["username"],
+            "ansible_ssh_private_key_file": str(conn["key_filename"]),
+            "dstm_tep_kind": "netconf", "dstm_tep_ipv6": "2001:db8:c2f:1::a",
+            "dstm_tep_netconf_known_hosts": str(conn["known_hosts"]),
+        }}},
+        "dstm_nodes": {"hosts": {"n1": {"ansible_host": "2001:db8:c2f:2::11"}}},
+    }}}))
+    (inventory / "group_vars" / "all" / "dstm.yml").write_text(yaml.safe_dump({"dstm_domain": {
+        "name": "whl", "pools": [{"name": "p1", "tep": "rtr1",
+                                  "ranges": ["203.0.113.1-203.0.113.6"]}],
+    }}))
+    venv, workdir = installed
+    # The operator names the YANG modules' directory; nothing is looked up in the checkout.
+    env = _clean_env(PATH=f"{venv / 'bin'}{os.pathsep}/usr/sbin:/usr/bin:/sbin:/bin",
+                     DSTM_ORCH_YANG_DIR=str(router.yang_dir))
+    common = ["-i", str(inventory), "--state", str(tmp_path / "leases.sqlite"), "--json"]
+    dstm_orch = str(venv / "bin" / "dstm-orch")
+    proc = _run([dstm_orch, "allocate", "n1", *common], workdir, env)
+    assert proc.returncode == 0, proc.stderr
+    # Only the router: node n1 is an address in the inventory, no host this test runs.
+    proc = _run([dstm_orch, "apply", "--limit", "rtr1", *common], workdir, env)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert json.loads(proc.stdout)["ok"] is True
+    # RFC 8676 binding entry keyed by the node's IPv6 address, with its leased IPv4.
+    assert device_entries(router) == {"2001:db8:c2f:2::11": "203.0.113.1"}
