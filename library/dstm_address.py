@@ -17,7 +17,7 @@ description:
     C(ip -json addr show dev DEV). Addresses with that label that are not wanted are removed.
   - Each address gets C(valid_lft) and C(preferred_lft) equal to the seconds left until its
     C(valid_until), so the kernel drops it when the lease ends even without the orchestrator
-    (DSTM lease lifetime, draft-ietf-ngtrans-dstm-08 section 5; dstm-orch DESIGN invariant 5).
+    (DSTM lease lifetime, draft-ietf-ngtrans-dstm-08 section 5; dstm-orch README, Leases).
   - An address whose C(valid_until) has passed is treated as absent.
   - The kernel counts lifetimes down, so an address counts as unchanged when its remaining
     C(valid_lft) is within O(lifetime_tolerance) seconds of the wanted one.

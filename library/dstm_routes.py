@@ -15,7 +15,7 @@ description:
   - Makes the routes that carry O(protocol) in O(family) and O(table) exactly O(routes):
     missing routes are added, different ones replaced and, with O(purge), the others of that
     protocol deleted. This is how a TEP's mapping table follows the active leases and how stale
-    mappings vanish (draft-ietf-ngtrans-dstm-08 section 5; dstm-orch DESIGN invariant 7).
+    mappings vanish (draft-ietf-ngtrans-dstm-08 section 5).
   - With O(tables) the module owns the routes of O(protocol) in a whole range of numbered
     tables instead, each wanted route naming its table; a table whose last route goes is
     gone. A TEP keeps there one table per shared-address port set, looked up by the rules

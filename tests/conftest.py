@@ -25,6 +25,15 @@ def needs_root():
     return pytest.mark.skipif(os.geteuid() != 0, reason="needs root (network namespaces)")
 
 
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(config, items):
+    """A test that needs root is a lab test, so `-m "not lab"` needs no root."""
+    for item in items:
+        if any(str(mark.kwargs.get("reason", "")).startswith("needs root")
+               for mark in item.iter_markers("skipif")):
+            item.add_marker(pytest.mark.lab)
+
+
 def copy_lab_inventory(dest: Path, name: str, state_dir: Path) -> Path:
     """Copy inventories/lab to ``dest`` with its own lab name and state directory."""
     shutil.copytree(LAB_INVENTORY, dest)

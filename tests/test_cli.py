@@ -5,8 +5,12 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import os
+import shutil
+import stat
 
 from dstm_orch.cli.main import main
+from dstm_orch.ipam.allocator import Allocator
 from tests.conftest import LAB_INVENTORY
 
 
@@ -42,3 +46,97 @@ def test_limit_that_matches_nothing_is_refused(tmp_path):
     rc, _, err = run(tmp_path, "apply", "--limit", "nosuch")
     assert rc == 1
     assert "--limit 'nosuch' matches no node or TEP" in err
+
+
+# -- errors under --json (issue 7 item 26) ---------------------------------------------------
+
+def test_known_error_under_json_is_also_a_json_document_on_stdout(tmp_path):
+    rc, out, err = run(tmp_path, "allocate", "n9", "--json")
+    assert rc == 1
+    assert json.loads(out) == {
+        "error": "unknown_node",
+        "message": "unknown node 'n9': domain 'lab' declares no node of that name"}
+    assert err == ("dstm-orch: error: unknown node 'n9': domain 'lab' declares no node of "
+                   "that name\n")
+
+
+def test_usage_error_under_json_is_also_a_json_document_on_stdout(tmp_path):
+    rc, out, err = run(tmp_path, "allocate", "n1", "--lifetime", "0", "--json")
+    assert rc == 2 and "--lifetime" in err
+    document = json.loads(out)
+    assert document["error"] == "usage" and "'--lifetime': 0" in document["message"]
+
+
+def test_inventory_error_under_json_lists_the_problems(tmp_path):
+    inventory = tmp_path / "inv"
+    shutil.copytree(LAB_INVENTORY, inventory)
+    hosts = inventory / "hosts.yml"
+    hosts.write_text(hosts.read_text().replace('"2001:db8:100::11"', '"fe80::11"', 1))
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(io.StringIO()):
+        rc = main(["leases", "--json", "-i", str(inventory), "--state", str(tmp_path / "s")])
+    document = json.loads(out.getvalue())
+    assert rc == 1 and document["error"] == "inventory"
+    assert {"file": str(hosts), "key": "n1.ansible_host"}.items() <= document["problems"][0].items()
+
+
+def test_without_json_an_error_prints_nothing_on_stdout(tmp_path):
+    rc, out, _ = run(tmp_path, "allocate", "n1", "--lifetime", "0")
+    assert rc == 2 and out == ""
+
+
+# -- where the process logs (issue 7 item 25) ------------------------------------------------
+
+def test_log_file_planted_as_a_symlink_is_not_followed(tmp_path):
+    victim = tmp_path / "victim"
+    victim.write_text("precious\n")
+    victim.chmod(0o644)
+    link = tmp_path / "dstm-orch.log"
+    link.symlink_to(victim)
+    dangling = tmp_path / "dangling.log"
+    dangling.symlink_to(tmp_path / "created-through-link")
+    for path in (link, dangling):
+        rc, _, err = run(tmp_path, "--log-file", str(path), "leases")
+        assert rc == 1
+        assert err == (f"dstm-orch: error: log file {path}: is a symbolic link; refusing to "
+                       "follow it\n")
+    assert victim.read_text() == "precious\n" and stat.S_IMODE(victim.stat().st_mode) == 0o644
+    assert not (tmp_path / "created-through-link").exists()
+
+
+def test_log_file_is_created_and_kept_at_mode_0600(tmp_path):
+    fresh, loose = tmp_path / "fresh.log", tmp_path / "loose.log"
+    loose.write_text("")
+    loose.chmod(0o666)
+    old = os.umask(0)
+    try:
+        for path in (fresh, loose):
+            rc, _, _ = run(tmp_path, "--log-file", str(path), "leases")
+            assert rc == 0 and stat.S_IMODE(path.stat().st_mode) == 0o600
+    finally:
+        os.umask(old)
+
+
+def test_log_file_that_is_not_a_regular_file_is_refused(tmp_path):
+    fifo = tmp_path / "fifo.log"
+    os.mkfifo(fifo)
+    rc, _, err = run(tmp_path, "--log-file", str(fifo), "leases")
+    assert rc == 1 and err == f"dstm-orch: error: log file {fifo}: not a regular file\n"
+
+
+def _bug(*args, **kwargs):
+    raise RuntimeError("a bug")
+
+
+def test_unexpected_error_points_to_the_traceback(tmp_path, monkeypatch):
+    # A bug cannot be caused for real: a patched allocator method stands in for one.
+    monkeypatch.setattr(Allocator, "active_leases", _bug)
+    rc, out, err = run(tmp_path, "leases", "--json")
+    assert rc == 3 and json.loads(out)["error"] == "unexpected"
+    assert "Traceback" in err and "RuntimeError: a bug" in err
+    assert err.endswith("dstm-orch: unexpected error: RuntimeError: a bug "
+                        "(traceback above; please report it)\n")
+    log = tmp_path / "run.log"
+    rc, _, err = run(tmp_path, "--log-file", str(log), "leases")
+    assert rc == 3 and err.endswith(f"(traceback in {log}; please report it)\n")
+    assert "Traceback" in log.read_text() and "RuntimeError: a bug" in log.read_text()

@@ -1,4 +1,4 @@
-"""Uniqueness across processes (DESIGN.md invariant 1): many allocators, one SQLite file.
+"""Uniqueness across processes (draft section 5): many allocators, one SQLite file.
 
 8 processes each ask for 1,000 leases (distinct node names) from one pool of 2,046
 addresses: 198.18.0.0/21 (RFC 2544 benchmarking space, never routed here) less its

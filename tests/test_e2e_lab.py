@@ -3,7 +3,7 @@
 Issue 2's scenario: lab up; two dynamic nodes and one static; apply; IPv4 ping from
 each node to the IPv4-only host; a capture on the IPv6-only link shows only IPv6,
 with next header 4 carrying the IPv4 (draft section 4.4); finite valid_lft on the
-node (DESIGN invariant 5); a second apply changes nothing; revoke + apply cuts one
+node (README, "Leases"); a second apply changes nothing; revoke + apply cuts one
 node and its TEP mapping; a 5 s lease vanishes from the node by itself.
 """
 

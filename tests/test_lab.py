@@ -1,4 +1,4 @@
-"""The lab: namespaces, veths, routes and one sshd per node and TEP (DESIGN.md, "The lab").
+"""The lab: namespaces, veths, routes and one sshd per node and TEP (README, "The lab").
 
 Plan tests read inventories and need nothing. Tests marked ``lab`` build real labs
 (root, iproute2, openssh-server) under a unique name ``tl<hex>`` with addresses from

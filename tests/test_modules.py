@@ -27,7 +27,7 @@ LIBRARY = ROOT / "library"
 FOREVER = 4294967295
 _counter = itertools.count()
 
-pytestmark = [needs_root()]
+pytestmark = [pytest.mark.lab, needs_root()]
 
 
 def sh(*argv: str, check: bool = True) -> subprocess.CompletedProcess:

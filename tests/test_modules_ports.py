@@ -25,7 +25,7 @@ from tests import test_modules
 from tests.conftest import needs_root
 from tests.test_modules import kernel, run_module, sh
 
-pytestmark = [needs_root()]
+pytestmark = [pytest.mark.lab, needs_root()]
 netns = test_modules.netns  # the fixture: a fresh namespace with eth0/eth1
 
 SHARED = "198.51.100.1"

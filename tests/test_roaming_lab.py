@@ -166,7 +166,7 @@ def test_roaming_node_moves_and_keeps_ipv4(roam_lab):
     assert lease["ipv4"] == FIRST and lease["tep_ipv6"] == TEP_IPV6
     assert lease["node_ipv6"] == HOME and lease["lifetime"] == 600
     assert lease["pushed"] is True and lease["configured"]
-    (address,) = lo_ipv4(env)  # DESIGN invariant 5: time-limited on the node too
+    (address,) = lo_ipv4(env)  # time-limited on the node too (README, "Leases")
     # valid_lft is the time left when the answer left the server (after the push).
     assert address["local"] == FIRST and lease["remaining"] <= 600
     assert lease["remaining"] - 3 <= address["valid_life_time"] <= lease["remaining"]

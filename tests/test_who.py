@@ -1,4 +1,4 @@
-"""Attribution (DESIGN.md invariant 3): who held an address and port at an instant.
+"""Attribution (draft section 5: the mapping kept): who held an address and port at an instant.
 
 The pool is 198.51.100.0/30 less .0 and .3 (.1 and .2) with psid_len k = 2 and the
 default psid_offset a = 6: PSID p is the runs A * 1024 + p * 256 .. + 255, A = 1..63.

@@ -1,12 +1,12 @@
 """Configure a roaming node's IPv4 stack from its lease, with iproute2 (no Ansible needed).
 
 What the ``dstm_node`` role does for the ``seg6`` driver (draft-ietf-ngtrans-dstm-08
-sections 4.1-4.4; DESIGN.md, "Data path on Linux"), owned by the same marks (label
+sections 4.1-4.4; README, "The roles and the data path"), owned by the same marks (label
 ``lo:dstm``, route protocol 211), with one difference for return traffic:
 
 - the leased IPv4 address on ``lo`` with ``valid_lft``/``preferred_lft`` equal to the
   lease's remaining seconds, so the kernel drops it when the lease ends even if the
-  client is gone (DESIGN.md invariant 5);
+  client is gone (README, "Leases");
 - ``default encap seg6 mode encap.red segs <TEP IPv6> dev <uplink> src <IPv4>``: every
   IPv4 packet leaves inside IPv6 to the TEP (section 4.2), from the uplink's current
   address (section 4.4);
@@ -18,7 +18,7 @@ sections 4.1-4.4; DESIGN.md, "Data path on Linux"), owned by the same marks (lab
   (section 6);
 - with the ports option, the node's own sockets stay inside its port set:
   ``net.ipv4.ip_local_port_range`` is the set's one range (PSID offset 0; a set of
-  several ranges cannot be enforced with the seg6 driver, DESIGN.md).
+  several ranges cannot be enforced with the seg6 driver, README, "The ports option").
 
 Every step reads the kernel state first and changes only what differs; release
 removes the address and the routes (``seg6_enabled`` is left on).

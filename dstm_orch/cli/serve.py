@@ -1,7 +1,6 @@
 """Click commands of the roaming exchange: ``serve`` and the group ``client``.
 
-``dstm_orch.cli.main`` registers them (``cli.add_command(serve)``, ``cli.add_command(client)``);
-``python -m dstm_orch.service`` runs them on their own. No logic lives here.
+``dstm_orch.cli.main`` registers them in the ``dstm-orch`` group. No logic lives here.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Read an Ansible YAML inventory directory, keeping where every variable came from.
 
-The DSTM domain lives in an ordinary Ansible inventory (DESIGN.md, "The product"), so
+The DSTM domain lives in an ordinary Ansible inventory (README, "The inventory"), so
 that the same directory drives ``ansible-playbook`` and ``dstm-orch``. This reader
 understands the subset that inventories in git use: ``hosts.yml`` (the YAML inventory
 format), ``group_vars/<group>.yml`` or ``group_vars/<group>/*.yml`` and

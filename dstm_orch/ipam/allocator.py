@@ -13,7 +13,8 @@ IPv4 address for a period of time, memorises the node's IPv6 address, includes
 the duration in its answer and the IPv6 address of the TEP in charge of the
 address, and the client renews to keep the address longer.
 
-Rules (DESIGN.md invariants 1, 3, 4):
+Rules (draft-ietf-ngtrans-dstm-08 section 5: unique for a period, the IPv6 <-> IPv4
+mapping kept; README, "Leases": hold time and affinity):
 
 - An address is not free while an active lease holds it, even past its end and
   not yet reclaimed; nor while an ended lease of another node is within the
@@ -293,8 +294,8 @@ class Allocator:
     def who(
         self, ipv4: object, port: int | None = None, at: datetime | None = None
     ) -> list[Holding]:
-        """Answer who held an address, and a port of it, at an instant (DESIGN.md
-        invariant 3), from the lease history: past, expired and revoked leases too.
+        """Answer who held an address, and a port of it, at an instant (draft
+        section 5), from the lease history: past, expired and revoked leases too.
 
         Args:
             ipv4: an IPv4 address (str, int or address object).

@@ -1,4 +1,4 @@
-"""The lab: a DSTM domain in network namespaces, reached over IPv6 SSH (DESIGN.md, "The lab").
+"""The lab: a DSTM domain in network namespaces, reached over IPv6 SSH (README, "The lab").
 
 Public API (the CLI's ``dstm-orch lab up|down|status|exec`` calls these):
 :func:`lab_up`, :func:`lab_down`, :func:`lab_status`, :func:`lab_exec`,

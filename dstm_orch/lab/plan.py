@@ -2,7 +2,7 @@
 
 Pure: nothing here touches the system. Every inventory value the lab uses is checked
 here, once, so that ``lab_up`` fails before it creates anything and the message names
-the file, the host and the variable (DESIGN.md, "The lab").
+the file, the host and the variable (README, "The lab").
 
 The lab (inventory groups ``dstm_nodes``, ``dstm_teps``, ``dstm_lab_ipv4_hosts``):
 
@@ -15,8 +15,8 @@ The lab (inventory groups ``dstm_nodes``, ``dstm_teps``, ``dstm_lab_ipv4_hosts``
 - every IPv4 host: a veth to its TEP (``dstm_lab_tep``): the TEP side
   (``dstm_tep_ipv4_interface``, default ``eth1``) gets the TEP's ``dstm_lab_ipv4``,
   the host side ``eth0`` the host's; the host routes the TEP's pools via the TEP;
-- seg6 routing: addresses that are not on-link (DESIGN.md, "Data path on Linux") are
-  routed via a next hop: a node's TEP ``dstm_tep_ipv6``/128 via the TEP's
+- seg6 routing: addresses that are not on-link (else the sender waits on neighbour
+  discovery for them) are routed via a next hop: a node's TEP ``dstm_tep_ipv6``/128 via the TEP's
   ``ansible_host``, and on every TEP each node's ``dstm_node_decap_ipv6``/128 via the
   node's ``ansible_host``.
 """
@@ -266,7 +266,7 @@ class _Planner:
                 continue
             if address in prefix:
                 self._fail(name, var, f"{address} is on the domain link {prefix}; it must be "
-                           "routed via a next hop, not on-link (DESIGN.md, Data path on Linux)")
+                           "routed via a next hop, not on-link (no neighbour discovery for it)")
             if address in seen:
                 self._fail(name, var, f"{address} is also {seen[address]}")
             seen[address] = f"{name}.{var}"

@@ -1,7 +1,7 @@
 """One sshd per lab host, on its IPv6 address, so Ansible reaches it as a real host.
 
-Recipe: REAL-STACK.md sections 2 and 5 (own config file, PidFile and log per
-daemon, nothing in /etc touched; ``/run/sshd`` must exist). Keys live in the lab's
+Each sshd has its own config file, PidFile and log, and nothing in /etc is touched
+(``/run/sshd`` must exist). Keys live in the lab's
 state directory: the client key ``id_ed25519`` (its ``.pub`` is the
 ``authorized_keys``), one ed25519 host key per host, and ``known_hosts`` with a
 line ``<ansible_host> ssh-ed25519 AAAA...`` per host, so that Ansible connects with

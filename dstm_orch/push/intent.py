@@ -25,8 +25,8 @@ so that ``apply`` leaves it alone, and its TEP binding carries ``"roaming": true
 that return traffic goes to its current IPv6 address rather than a decap address.
 
 ``valid_until`` is the lease's end in epoch seconds (``None`` for a static lease): the
-node turns it into the address's ``valid_lft`` (DESIGN.md invariant 5). A TEP's
-bindings are exactly its current leases (invariant 7; draft section 5, "the DSTM
+node turns it into the address's ``valid_lft`` (README, "Leases"). A TEP's
+bindings are exactly its current leases (draft section 5, "the DSTM
 Server MAY be in charge of configuring the IPv4/IPv6 mapping table at the TEP").
 """
 

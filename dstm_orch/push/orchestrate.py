@@ -4,7 +4,7 @@ Linux nodes and TEPs go through Ansible (``playbooks/apply.yml``; check mode + d
 their plan); router TEPs (``dstm_tep_kind: netconf``) through NETCONF, as an RFC 8676
 binding table (:mod:`dstm_orch.push.netconf.pusher`). Both start from one intent rendered
 from the leases current at one instant (:func:`dstm_orch.push.intent.render_intent`), so a
-TEP's mapping table is made equal to its active leases (DESIGN.md invariant 7).
+TEP's mapping table is made equal to its active leases (draft-ietf-ngtrans-dstm-08 section 5).
 
 Every NETCONF push is recorded in the lease store (:meth:`LeaseStore.record_push`):
 a confirmed commit that was never confirmed is recorded as not applied, and the next

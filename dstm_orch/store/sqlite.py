@@ -1,6 +1,6 @@
 """The lease store: leases and their history in one SQLite file.
 
-The database, not Python, guarantees uniqueness (DESIGN.md invariant 1): partial
+The database, not Python, guarantees uniqueness (draft-ietf-ngtrans-dstm-08 section 5): partial
 unique indexes allow one active lease per (IPv4 address, PSID) and one per node,
 across processes and after crashes. A lease holds a whole address (layout (0, 0),
 PSID 0) or one port set (RFC 7597 section 5.1: ``psid_offset``, ``psid_len``,

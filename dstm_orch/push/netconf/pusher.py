@@ -14,7 +14,7 @@ one commit:
 
 Any failure discards the candidate and unlocks. An ``<rpc-error>`` becomes a
 :class:`DeviceRpcError` naming the device, the operation, the error tag, path and
-message. All traffic is IPv6 (DESIGN.md invariant 6); host keys are verified against a
+message. All traffic is IPv6 (draft section 6, IPv6-only domain); host keys are verified against a
 known_hosts file unless explicitly turned off.
 """
 
@@ -243,7 +243,7 @@ class PendingCommit:
 class DevicePlan:
     """What :meth:`NetconfPusher.push` would change on one device, and its drift.
 
-    Drift, in the terms of DESIGN.md invariant 7: ``diff.removed`` are entries on the
+    Drift (mapping table against leases, draft section 5): ``diff.removed`` are entries on the
     device that no lease explains, ``diff.added`` are leases missing on the device,
     ``diff.changed`` are entries whose values differ from their lease.
     """

@@ -253,8 +253,8 @@ def check_invariants(
     - every entry has an IPv4 address inside the TEP's pools and a BR address;
     - a valid port set (RFC 7597 section 5.1: ``a + k <= 16``, PSID < 2^k); values
       outside the YANG ranges are left to the YANG validation, which names them;
-    - no two entries with the same IPv4 address and overlapping port sets (DESIGN.md
-      invariant 1; the model has no ``unique`` statement, see REAL-STACK.md 3);
+    - no two entries with the same IPv4 address and overlapping port sets (draft
+      section 5: unique for a period; RFC 8676's model has no ``unique`` statement for it);
     - no more entries than ``softwire-num-max``.
 
     Args:

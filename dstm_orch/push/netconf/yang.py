@@ -1,7 +1,7 @@
 """Validate NETCONF payloads against YANG modules with libyang before they are sent.
 
 libyang (the Python binding, pinned to 2.8.0 because Debian 12 ships the C library
-2.1.30, see ``../shared/REAL-STACK.md`` section 4) loads the modules from a directory:
+2.1.30, whose API the binding 2.8.0 matches) loads the modules from a directory:
 the project's module directory by default (setting ``DSTM_ORCH_YANG_DIR``, default
 ``../shared/yang`` next to the repository), or a cache of the modules a device
 announced and served with ``<get-schema>`` (RFC 6022 section 3.1).

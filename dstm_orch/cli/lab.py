@@ -1,0 +1,70 @@
+"""The ``lab`` command group: the inventory's domain in network namespaces (needs root)."""
+
+from __future__ import annotations
+
+import json
+
+import click
+
+
+@click.group()
+def lab() -> None:
+    """Build the inventory's domain in network namespaces (needs root)."""
+
+
+def _lab_inventory(path: str):
+    from dstm_orch.config.ansible_inventory import AnsibleInventory
+
+    return AnsibleInventory.load(path)
+
+
+LAB_INVENTORY = click.option("-i", "--inventory", envvar="DSTM_ORCH_INVENTORY", required=True,
+                             type=click.Path(file_okay=False), help="Inventory directory.")
+
+
+LAB_JSON = click.option("--json", "as_json", is_flag=True, help="Print the status as JSON.")
+
+
+def _print_lab(status, as_json: bool) -> None:
+    click.echo(json.dumps(status.as_dict(), indent=2) if as_json else status.render())
+
+
+@lab.command("up")
+@LAB_INVENTORY
+@LAB_JSON
+def lab_up_cmd(inventory: str, as_json: bool) -> None:
+    """Create namespaces, links, routes and one sshd per node and TEP."""
+    from dstm_orch import lab as labmod
+
+    _print_lab(labmod.lab_up(_lab_inventory(inventory)), as_json)
+
+
+@lab.command("down")
+@LAB_INVENTORY
+def lab_down_cmd(inventory: str) -> None:
+    """Remove everything the lab created."""
+    from dstm_orch import lab as labmod
+
+    labmod.lab_down(_lab_inventory(inventory))
+
+
+@lab.command("status")
+@LAB_INVENTORY
+@LAB_JSON
+def lab_status_cmd(inventory: str, as_json: bool) -> None:
+    """Show each lab host's namespace, sshd and addresses."""
+    from dstm_orch import lab as labmod
+
+    _print_lab(labmod.lab_status(_lab_inventory(inventory)), as_json)
+
+
+@lab.command("exec", context_settings={"ignore_unknown_options": True})
+@LAB_INVENTORY
+@click.argument("host")
+@click.argument("argv", nargs=-1, required=True, type=click.UNPROCESSED)
+def lab_exec_cmd(inventory: str, host: str, argv: tuple[str, ...]) -> None:
+    """Run a command inside lab HOST's namespace: lab exec HOST -- CMD..."""
+    from dstm_orch import lab as labmod
+
+    proc = labmod.lab_exec(_lab_inventory(inventory), host, list(argv))
+    raise SystemExit(proc.returncode)
