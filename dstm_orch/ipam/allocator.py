@@ -128,11 +128,10 @@ class Allocator:
         The node need not be listed in ``domain.nodes``; its pool must be in
         ``domain.pools``.
         """
-        moment = _moment(now)
         self._check_lifetime(node, lifetime)
         moved_to = None if node_ipv6 is None else _ipv6(node_ipv6)
         with self.store.write() as tx:
-            return self._allocate(tx, node, lifetime, moment, {}, moved_to)
+            return self._allocate(tx, node, lifetime, _moment(now), {}, moved_to)
 
     def allocate_many(
         self,
@@ -154,12 +153,12 @@ class Allocator:
             UnknownNodeError, LifetimeError, PoolExhaustedError, StoreError: as for
                 ``allocate``; when raised, no lease of the batch was written.
         """
-        moment = _moment(now)
         batch = [self._node(node) if isinstance(node, str) else node for node in nodes]
         for node in batch:
             self._check_lifetime(node, lifetime)
         walks: dict[str, Iterator[Candidate]] = {}
         with self.store.write() as tx:
+            moment = _moment(now)
             leases = []
             for index, node in enumerate(batch, 1):
                 try:
@@ -202,9 +201,9 @@ class Allocator:
             ValueError: ``node_ipv6`` is not an IPv6 address.
         """
         node = self._node(node_name)
-        moment = _moment(now)
         moved_to = None if node_ipv6 is None else _ipv6(node_ipv6)
         with self.store.write() as tx:
+            moment = _moment(now)
             lease = tx.lease_of(node.name)
             if lease is None:
                 raise LeaseNotFoundError(f"node {node.name!r} holds no active lease to renew")
@@ -238,8 +237,8 @@ class Allocator:
             UnknownNodeError: no lease and the domain declares no such node.
             LeaseNotFoundError: the node holds no active lease.
         """
-        moment = _moment(now)
         with self.store.write() as tx:
+            moment = _moment(now)
             lease = tx.lease_of(node_name)
             if lease is None:
                 self._node(node_name)
@@ -268,8 +267,8 @@ class Allocator:
         """
         if max_leases is not None and max_leases < 0:
             raise ValueError(f"max_leases must be 0 or more, not {max_leases}")
-        moment = _moment(now)
         with self.store.write() as tx:
+            moment = _moment(now)
             return [
                 tx.finish(lease, model.LeaseState.EXPIRED, lease.end, moment)
                 for lease in tx.due(moment, max_leases)
@@ -515,6 +514,12 @@ def _lifetime(pool: model.Pool, node_name: str, lifetime: int | None) -> int:
 
 
 def _moment(now: datetime | None) -> datetime:
+    """Return ``now`` in whole UTC seconds, the current time when None.
+
+    A write reads the current time inside its transaction, once the write lock is
+    held, so that a request that waited for the lock never records a time older
+    than what the holder committed (the database refuses events out of order).
+    """
     if now is None:
         now = model.utcnow()
     elif now.tzinfo is None:
