@@ -44,13 +44,12 @@ from dstm_orch.domain import model
 from dstm_orch.domain.errors import StoreError
 from dstm_orch.domain.model import WHOLE, Layout
 from dstm_orch.domain.portset import PortSet
+from dstm_orch.store.identity import SCHEMA_VERSION, check_store_file, too_new
 from dstm_orch.store.migrations import LAYOUT_CONFLICT, MIGRATIONS
 
 BUSY_TIMEOUT = 30.0
 """Seconds a connection waits for another process's write lock before failing."""
 
-
-SCHEMA_VERSION = len(MIGRATIONS)
 
 _COLUMNS = (
     "id, node, node_ipv6, ipv4, pool, tep, tep_ipv6, start_at, end_at, lifetime, state, ended_at,"
@@ -128,16 +127,20 @@ class LeaseStore:
 
     Args:
         path: the database file; created (with its directory) with the current
-            schema when missing, migrated when older.
+            schema when missing or empty, migrated when older. An existing file is
+            checked before anything writes to it (``identity.check_store_file``).
 
     Raises:
-        StoreError: the file cannot be opened, is not a lease store, is newer than
-            this code, or cannot be migrated (the message names the file).
+        StoreError: the file cannot be opened, is not a lease store (a directory,
+            not SQLite, another application's database), is newer than this code,
+            or cannot be migrated (the message names the file and the reason; a
+            refused file is left byte for byte as it was).
     """
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
         self._marks: dict[_MarkKey, _Mark] = {}
+        check_store_file(self.path)
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
@@ -203,10 +206,7 @@ class LeaseStore:
         return self._db.execute("PRAGMA user_version").fetchone()[0]
 
     def _too_new(self, version: int) -> str:
-        return (
-            f"lease store {self.path}: schema version {version} is newer than this"
-            f" dstm-orch supports ({SCHEMA_VERSION}); upgrade dstm-orch"
-        )
+        return too_new(self.path, version)
 
     @property
     def schema_version(self) -> int:
