@@ -141,9 +141,24 @@ def test_each_pool_answers_with_its_own_tep(store):
 def test_allocate_is_idempotent_for_a_current_lease(store):
     alloc = allocator(store)
     first = alloc.allocate("n1", now=T0)
-    again = alloc.allocate("n1", lifetime=3600, now=at(100))
+    again = alloc.allocate("n1", now=at(100))
     assert again == first
     assert len(alloc.leases(include_history=True)) == 1
+    assert [e.event for e in store.events(first.id)] == ["allocate"]
+
+
+def test_allocate_with_a_lifetime_renews_a_current_lease(store):
+    alloc = allocator(store)
+    first = alloc.allocate("n1", now=T0)
+    assert first.end == at(600)
+    again = alloc.allocate("n1", lifetime=3600, now=at(100))
+    # The same lease (id, address), renewed: end = 100 s + 3600 s, lifetime 3600 s.
+    assert (again.id, again.ipv4) == (first.id, first.ipv4)
+    assert (again.end, again.lifetime) == (at(3700), 3600)
+    assert [(e.event, e.end) for e in store.events(first.id)] == [
+        ("allocate", at(600)), ("renew", at(3700))]
+    with pytest.raises(LifetimeError, match="3601"):
+        alloc.allocate("n1", lifetime=3601, now=at(200))
 
 
 def test_a_node_past_its_end_gets_a_new_lease_on_its_old_address(store):
@@ -161,12 +176,26 @@ def test_an_address_past_its_end_is_not_free_until_reclaimed_and_held(store):
     alloc = allocator(store, pool=SLASH30)
     alloc.allocate("n1", lifetime=60, now=T0)
     assert alloc.allocate("n2", now=at(120)).ipv4 == v4("192.0.2.2")
-    with pytest.raises(PoolExhaustedError):
+    with pytest.raises(PoolExhaustedError) as caught:
         alloc.allocate("n3", now=at(120))
+    assert str(caught.value).endswith(
+        "; 1 lease has ended and waits for reclamation: run `dstm-orch expire`")
     assert [lease.node for lease in alloc.expire(now=at(120))] == ["n1"]
-    with pytest.raises(PoolExhaustedError):
+    with pytest.raises(PoolExhaustedError) as caught:
         alloc.allocate("n3", now=at(359))
+    assert "reclamation" not in str(caught.value)
     assert alloc.allocate("n3", now=at(360)).ipv4 == v4("192.0.2.1")
+
+
+def test_the_exhaustion_message_counts_the_leases_that_wait_for_reclamation(store):
+    alloc = allocator(store, pool=SLASH30)
+    alloc.allocate("n1", lifetime=60, now=T0)
+    alloc.allocate("n2", lifetime=61, now=T0)
+    assert [lease.state for lease in alloc.leases(now=at(61))] == ["expired", "expired"]
+    assert [lease.ended for lease in alloc.leases(now=at(61))] == [None, None]
+    with pytest.raises(PoolExhaustedError, match=r"; 2 leases have ended and wait for"
+                       r" reclamation: run `dstm-orch expire`$"):
+        alloc.allocate("n3", now=at(61))
 
 
 def test_hold_time_keeps_a_revoked_address_from_others_until_ended_plus_hold(store):

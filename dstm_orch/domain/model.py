@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import enum
 import ipaddress
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 
 import netaddr
@@ -202,9 +202,6 @@ class Domain:
     teps: dict[str, Tep]
     nodes: dict[str, Node]
 
-    def pool_of(self, node: Node) -> Pool:
-        return self.pools[node.pool]
-
     def tep_of(self, node: Node) -> Tep:
         return self.teps[self.pools[node.pool].tep]
 
@@ -255,6 +252,15 @@ class Lease:
     def is_current(self, now: datetime) -> bool:
         """True while the lease is active and has not reached its end."""
         return self.state is LeaseState.ACTIVE and (self.end is None or self.end > now)
+
+    def as_of(self, now: datetime) -> Lease:
+        """Return the lease as it stands at ``now``: an active lease at or past its end
+        is ``expired`` with ``ended`` None, not reclaimed yet (it still holds its
+        address until reclamation, Kea's expired-reclaimed distinction); any other
+        lease is returned as stored."""
+        if self.state is LeaseState.ACTIVE and self.end is not None and self.end <= now:
+            return replace(self, state=LeaseState.EXPIRED)
+        return self
 
     def as_dict(self) -> dict:
         """Return the JSON shape of a lease (issue 2, "A lease in JSON")."""

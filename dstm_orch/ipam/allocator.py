@@ -99,8 +99,10 @@ class Allocator:
                 existing lease keeps whatever address it is mapped to.
 
         Returns:
-            The node's current lease when it has one (unchanged, the call is
-            idempotent, except that it moves to ``node_ipv6`` when that differs), else
+            The node's current lease when it has one: unchanged without ``lifetime``
+            (the call is idempotent), renewed to ``now + lifetime`` with it (a
+            ``renew`` event, as ``renew`` does; a static lease stays unchanged), and
+            moved to ``node_ipv6`` when that differs. Else
             a new lease: a static one (no end, no lifetime, the whole address) for a
             node with a static reservation, a dynamic one ending at ``now + lifetime``
             otherwise, with a port set in a pool with a PSID length. It carries the
@@ -279,10 +281,15 @@ class Allocator:
         """Return the leases current at ``now``: active, and static or not yet ended."""
         return self.store.active_leases(_moment(now))
 
-    def leases(self, include_history: bool = False) -> list[model.Lease]:
-        """Return the active leases (also unreclaimed ones past their end), or every
-        lease ever made with ``include_history``, by id."""
-        return self.store.leases(include_history)
+    def leases(
+        self, include_history: bool = False, now: datetime | None = None
+    ) -> list[model.Lease]:
+        """Return the active leases and those past their end not yet reclaimed, or every
+        lease ever made with ``include_history``, by id, each as it stands at ``now``
+        (None: the current time): one past its end and not reclaimed is ``expired``
+        with ``ended`` None (``Lease.as_of``)."""
+        moment = _moment(now)
+        return [lease.as_of(moment) for lease in self.store.leases(include_history)]
 
     def lease_of(self, node_name: str) -> model.Lease | None:
         """Return the node's active lease (possibly past its end, see
@@ -303,8 +310,9 @@ class Allocator:
 
         Returns:
             The leases that held it then, each with the node's IPv6 address at that
-            instant (a roaming node's address is followed through its moves); empty
-            when none did. A whole-address lease holds every port.
+            instant (a roaming node's address is followed through its moves) and its
+            state now (``Lease.as_of``); empty when none did. A whole-address lease
+            holds every port; a lease past its end holds its address until reclaimed.
 
         Raises:
             ValueError: ``ipv4`` or ``port`` is malformed, or ``at`` is naive.
@@ -316,8 +324,9 @@ class Allocator:
         address = model.to_int(ipv4)
         with self.store.read() as tx:
             found = tx.holders(address, _moment(at))
+        now = model.utcnow()
         return [
-            holding
+            Holding(holding.lease.as_of(now), holding.node_ipv6)
             for holding in found
             if port is None
             or holding.lease.port_set is None
@@ -394,7 +403,11 @@ class Allocator:
         current = tx.lease_of(node.name)
         if current is not None:
             if current.is_current(now):
-                return self._move(tx, current, now, node_ipv6)
+                current = self._move(tx, current, now, node_ipv6)
+                if lifetime is None or current.end is None:
+                    return current
+                owner = self.domain.pools.get(current.pool) or pool
+                return tx.extend(current, now, _lifetime(owner, node.name, lifetime))
             tx.finish(current, model.LeaseState.EXPIRED, current.end, now)
             walks.pop(current.pool, None)
         ipv6 = node.ipv6 if node_ipv6 is None else node_ipv6
@@ -435,10 +448,17 @@ class Allocator:
                 f" x {pool.port_sets_per_address} port sets"
                 f" ({space.size * pool.port_sets_per_address} port sets)"
             )
+        waiting = tx.count_due(pool.name, now)
+        unreclaimed = (
+            f"; {waiting} lease{'s have' if waiting != 1 else ' has'} ended and"
+            f" wait{'' if waiting != 1 else 's'} for reclamation: run `dstm-orch expire`"
+            if waiting
+            else ""
+        )
         raise PoolExhaustedError(
             f"pool {pool.name!r} is exhausted: none of its {what} is free at"
             f" {_iso(now)} (all leased, reserved, or within the {pool.policy.hold_time} s"
-            " hold time after their last lease)"
+            f" hold time after their last lease){unreclaimed}"
         )
 
     def _candidates(

@@ -704,6 +704,15 @@ class Transaction:
             -1 if limit is None else limit,
         )
 
+    def count_due(self, pool: str, now: datetime) -> int:
+        """Count the pool's active leases whose end is at or before ``now``: ended, not
+        reclaimed yet, still holding their address or port set."""
+        return self._db.execute(
+            "SELECT count(*) FROM leases INDEXED BY leases_due"
+            " WHERE state = 'active' AND end_at <= ? AND pool = ?",
+            (_epoch(now), pool),
+        ).fetchone()[0]
+
     def leases(self, include_history: bool = False) -> list[model.Lease]:
         """Return the active leases, or all of them with ``include_history``, by id."""
         where = "" if include_history else " WHERE state = 'active'"
@@ -734,9 +743,10 @@ class Transaction:
         """Return who held an address at an instant, from the lease history.
 
         A lease held its address (and port set) from its ``start`` until it ended
-        (revoke or reclamation) or, while still active, until its ``end``; a static
-        lease until revoked. The IPv6 address is the node's at ``at``: the one the
-        last event up to then recorded, so a roaming node's moves are followed.
+        (revoke or reclamation); while active, past its ``end`` too until reclaimed
+        (the address is not free before); a static lease until revoked. The IPv6
+        address is the node's at ``at``: the one the last event up to then recorded,
+        so a roaming node's moves are followed.
 
         Args:
             ipv4: the address (int, str or address object).
@@ -748,10 +758,9 @@ class Transaction:
         moment = _epoch(at)
         found = self._all(
             f"SELECT {_COLUMNS} FROM leases INDEXED BY leases_ipv4 WHERE ipv4 = ?"
-            " AND start_at <= ? AND coalesce(ended_at, end_at, ?) > ? ORDER BY psid, id",
+            " AND start_at <= ? AND (state = 'active' OR ended_at > ?) ORDER BY psid, id",
             model.to_int(ipv4),
             moment,
-            moment + 1,
             moment,
         )
         return [Holding(lease, self._ipv6_at(lease, moment)) for lease in found]
