@@ -20,7 +20,7 @@ from dstm_orch.domain.errors import (
     PoolExhaustedError,
     UnknownNodeError,
 )
-from dstm_orch.ipam.allocator import Allocator
+from dstm_orch.ipam.allocator import Allocator, Ipv6InUseError
 from dstm_orch.store import LeaseStore
 
 T0 = datetime(2025, 1, 1, tzinfo=UTC)
@@ -476,3 +476,28 @@ def test_first_fit_finds_an_address_freed_below_earlier_allocations(store, tmp_p
     with LeaseStore(tmp_path / "leases.sqlite") as other:
         allocator(other).revoke("n3", now=at(1000))
     assert alloc.allocate("n7", now=at(2000)).ipv4 == v4("198.51.100.3")
+
+
+def test_one_ipv6_address_never_maps_two_active_leases(store):
+    alloc = allocator(store)
+    n2_address = ipaddress.IPv6Address("2001:db8:e00::2")
+    # A roaming n1 renews from n2's inventory address while n2 has no lease: allowed.
+    alloc.allocate("n1", now=T0)
+    moved = alloc.renew("n1", now=at(10), node_ipv6=n2_address)
+    assert moved.node_ipv6 == n2_address
+    # Allocating n2 (at its inventory address) is then refused: the database's unique
+    # index over active leases' IPv6 addresses, with the other node named.
+    with pytest.raises(Ipv6InUseError, match=r"node 'n2' cannot take a lease at"
+                       r" 2001:db8:e00::2: the active lease of node 'n1'"):
+        alloc.allocate("n2", now=at(20))
+    # The move path: n3 holds a lease; n1 may not move onto n3's address.
+    alloc.allocate("n3", now=at(20))
+    with pytest.raises(Ipv6InUseError, match=r"node 'n1' cannot move its lease to"
+                       r" 2001:db8:e00::3: the active lease of node 'n3'"):
+        alloc.renew("n1", now=at(30), node_ipv6="2001:db8:e00::3")
+    with pytest.raises(Ipv6InUseError, match="node 'n1'"):
+        alloc.allocate("n1", now=at(30), node_ipv6="2001:db8:e00::3")
+    assert sorted(lease.node for lease in alloc.leases()) == ["n1", "n3"]
+    # Once n1 is revoked, n2 gets its lease.
+    alloc.revoke("n1", now=at(40))
+    assert alloc.allocate("n2", now=at(40)).node_ipv6 == n2_address

@@ -12,7 +12,7 @@ import pytest
 from dstm_orch.domain import model
 from dstm_orch.domain.errors import StoreError
 from dstm_orch.domain.portset import PortSet
-from dstm_orch.store import AddressTakenError, LeaseStore
+from dstm_orch.store import AddressTakenError, Ipv6TakenError, LeaseStore
 from dstm_orch.store.migrations import APPLICATION_ID, MIGRATIONS
 from dstm_orch.store.sqlite import SCHEMA_VERSION
 
@@ -21,10 +21,18 @@ NODE6 = ipaddress.IPv6Address("2001:db8:e00::11")
 TEP6 = ipaddress.IPv6Address("2001:db8:e00::a")
 
 
+def node_ipv6(node: str) -> ipaddress.IPv6Address:
+    """NODE6 for n1, another address for every other node (one active lease per IPv6
+    address)."""
+    if node == "n1":
+        return NODE6
+    return ipaddress.IPv6Address("2001:db8:e01::") + int.from_bytes(node.encode(), "big")
+
+
 def lease_fields(node: str = "n1", ipv4: str = "192.0.2.1", lifetime: int | None = 600) -> dict:
     return {
         "node": node,
-        "node_ipv6": NODE6,
+        "node_ipv6": node_ipv6(node),
         "ipv4": int(ipaddress.IPv4Address(ipv4)),
         "pool": "p",
         "tep": "t",
@@ -111,8 +119,8 @@ def test_the_database_refuses_two_active_leases_on_one_address(store, tmp_path):
 def test_the_database_refuses_two_active_leases_for_one_node(store):
     with store.write() as tx:
         tx.insert(**lease_fields("n1", "192.0.2.1"))
-    with pytest.raises(StoreError, match=r"UNIQUE.*leases\.node"), store.write() as tx:
-        tx.insert(**lease_fields("n1", "192.0.2.2"))
+    with pytest.raises(StoreError, match=r"UNIQUE.*leases\.node$"), store.write() as tx:
+        tx.insert(**{**lease_fields("n1", "192.0.2.2"), "node_ipv6": node_ipv6("other")})
     assert len(store.leases(include_history=True)) == 1
 
 
@@ -476,3 +484,41 @@ def test_an_empty_file_becomes_a_store(tmp_path):
     path.write_bytes(b"")
     with LeaseStore(path) as store:
         assert store.schema_version == SCHEMA_VERSION
+
+
+def test_a_migration_that_fails_is_refused_and_leaves_the_file_as_it_was(tmp_path):
+    # A version-3 store where two active leases map one IPv6 address (possible before
+    # version 4): the unique index of version 4 cannot be built.
+    path = tmp_path / "v3.sqlite"
+    raw = sqlite3.connect(path, isolation_level=None)
+    raw.execute("PRAGMA journal_mode = WAL")
+    for statements in MIGRATIONS[:3]:
+        for statement in statements:
+            raw.execute(statement)
+    raw.execute("PRAGMA user_version = 3")
+    for node, ipv4 in (("a", 1), ("b", 2)):
+        raw.execute(
+            "INSERT INTO leases (node, node_ipv6, ipv4, pool, tep, tep_ipv6, start_at, state)"
+            " VALUES (?, '2001:db8::1', ?, 'p', 't', '::a', 0, 'active')", (node, ipv4))
+    raw.close()
+    before = path.read_bytes()
+    with pytest.raises(StoreError) as caught:
+        LeaseStore(path)
+    message = str(caught.value)
+    assert str(path) in message and "cannot migrate schema from version 3 to 4" in message
+    assert "leases.node_ipv6" in message and "two active leases map one node IPv6" in message
+    assert path.read_bytes() == before
+
+
+def test_the_database_refuses_two_active_leases_on_one_ipv6_address(store):
+    with store.write() as tx:
+        first = tx.insert(**lease_fields("n1", "192.0.2.1"))
+        second = tx.insert(**lease_fields("n2", "192.0.2.2"))
+    with pytest.raises(Ipv6TakenError, match=r"leases\.node_ipv6"), store.write() as tx:
+        tx.insert(**{**lease_fields("n3", "192.0.2.3"), "node_ipv6": NODE6})
+    with pytest.raises(Ipv6TakenError, match=r"leases\.node_ipv6"), store.write() as tx:
+        tx.move(second, T0, NODE6)
+    with store.write() as tx:
+        tx.finish(first, model.LeaseState.REVOKED, T0, T0)
+        tx.insert(**{**lease_fields("n3", "192.0.2.3"), "node_ipv6": NODE6})
+    assert sorted(lease.node for lease in store.leases()) == ["n2", "n3"]

@@ -56,7 +56,13 @@ from dstm_orch.domain.errors import (
     UnknownNodeError,
 )
 from dstm_orch.ipam import space as pools
-from dstm_orch.store import AddressTakenError, Holding, LeaseStore, Transaction
+from dstm_orch.store import (
+    AddressTakenError,
+    Holding,
+    Ipv6TakenError,
+    LeaseStore,
+    Transaction,
+)
 
 Candidate = tuple[int, int]
 """An IPv4 address (integer) and a PSID (0 for a whole address)."""
@@ -381,13 +387,19 @@ class Allocator:
     ) -> model.Lease:
         if node_ipv6 is None or node_ipv6 == lease.node_ipv6:
             return lease
-        other = tx.ipv6_in_use(node_ipv6, lease.node)
-        if other is not None:
-            raise Ipv6InUseError(
-                f"node {lease.node!r} cannot move its lease to {node_ipv6}: the active lease"
-                f" of node {other!r} is mapped to that IPv6 address"
-            )
-        return tx.move(lease, now, node_ipv6)
+        try:
+            return tx.move(lease, now, node_ipv6)
+        except Ipv6TakenError:
+            raise self._ipv6_in_use(tx, lease.node, node_ipv6, "move its lease to") from None
+
+    @staticmethod
+    def _ipv6_in_use(tx: Transaction, node: str, ipv6: model.IPv6, what: str) -> Ipv6InUseError:
+        other = tx.ipv6_in_use(ipv6, node)
+        return Ipv6InUseError(
+            f"node {node!r} cannot {what} {ipv6}: the active lease of node {other!r} is"
+            " mapped to that IPv6 address (one active lease per IPv6 address; revoke it"
+            " first)"
+        )
 
     def _allocate(
         self,
@@ -411,11 +423,22 @@ class Allocator:
             tx.finish(current, model.LeaseState.EXPIRED, current.end, now)
             walks.pop(current.pool, None)
         ipv6 = node.ipv6 if node_ipv6 is None else node_ipv6
-        if node_ipv6 is not None and (other := tx.ipv6_in_use(ipv6, node.name)) is not None:
-            raise Ipv6InUseError(
-                f"node {node.name!r} cannot take a lease at {ipv6}: the active lease of node"
-                f" {other!r} is mapped to that IPv6 address"
-            )
+        try:
+            return self._insert(tx, node, pool, tep, ipv6, lifetime, now, walks)
+        except Ipv6TakenError:
+            raise self._ipv6_in_use(tx, node.name, ipv6, "take a lease at") from None
+
+    def _insert(
+        self,
+        tx: Transaction,
+        node: model.Node,
+        pool: model.Pool,
+        tep: model.Tep,
+        ipv6: model.IPv6,
+        lifetime: int | None,
+        now: datetime,
+        walks: dict[str, Iterator[Candidate]],
+    ) -> model.Lease:
         fields = {
             "node": node.name,
             "node_ipv6": ipv6,

@@ -152,9 +152,15 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
     # 4: the store identifies itself, and times are kept in order by the database: a
     # lease never ends before it starts and a lease's events never go back in time
     # (a writer reads the time once it holds the write lock, so a writer that waited
-    # never records a time older than what the holder committed).
+    # never records a time older than what the holder committed). One active lease
+    # per node IPv6 address: a TEP maps each IPv6 address to one lease.
     (
         f"PRAGMA application_id = {APPLICATION_ID}",
+        "DROP INDEX leases_active_node_ipv6",
+        """
+        CREATE UNIQUE INDEX leases_active_node_ipv6 ON leases (node_ipv6)
+        WHERE state = 'active'
+        """,
         f"""
         CREATE TRIGGER leases_end_after_start_insert BEFORE INSERT ON leases
         WHEN NEW.ended_at < NEW.start_at

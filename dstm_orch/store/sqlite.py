@@ -122,6 +122,21 @@ class AddressTakenError(Exception):
     """
 
 
+class Ipv6TakenError(Exception):
+    """The database refused a lease or a move: another active lease maps that node
+    IPv6 address (one active lease per IPv6 address). The allocator names the other
+    node."""
+
+
+def _refusal(exc: sqlite3.IntegrityError) -> Exception:
+    text = str(exc)
+    if "leases.ipv4" in text or LAYOUT_CONFLICT in text:
+        return AddressTakenError(text)
+    if "leases.node_ipv6" in text:
+        return Ipv6TakenError(text)
+    return exc
+
+
 class LeaseStore:
     """Leases in one SQLite file, one transaction per operation.
 
@@ -196,9 +211,15 @@ class LeaseStore:
             if db.in_transaction:
                 db.execute("ROLLBACK")
             if isinstance(exc, sqlite3.Error):
+                hint = (
+                    " (two active leases map one node IPv6 address; revoke one of them"
+                    " with the dstm-orch that wrote the store)"
+                    if "leases.node_ipv6" in str(exc)
+                    else ""
+                )
                 raise StoreError(
                     f"lease store {self.path}: cannot migrate schema from version {version}"
-                    f" to {SCHEMA_VERSION}: {exc}"
+                    f" to {SCHEMA_VERSION}: {exc}{hint}; the store is left as it was"
                 ) from exc
             raise
 
@@ -606,6 +627,7 @@ class Transaction:
         Raises:
             AddressTakenError: the database refuses it: an active lease already holds
                 that PSID of the address, or holds the address under another layout.
+            Ipv6TakenError: an active lease of another node maps ``node_ipv6``.
             sqlite3.IntegrityError: another constraint refuses it (the node already
                 has an active lease); the transaction turns it into ``StoreError``.
         """
@@ -635,9 +657,10 @@ class Transaction:
                 ),
             )
         except sqlite3.IntegrityError as exc:
-            if "leases.ipv4" in str(exc) or LAYOUT_CONFLICT in str(exc):
-                raise AddressTakenError(str(exc)) from exc
-            raise
+            refusal = _refusal(exc)
+            if refusal is exc:
+                raise
+            raise refusal from exc
         lease_id = cursor.lastrowid
         self._event(lease_id, start_at, "allocate", end_at, node_ipv6)
         lease = self.get(lease_id)
@@ -657,12 +680,22 @@ class Transaction:
     def move(self, lease: model.Lease, now: datetime, node_ipv6: model.IPv6) -> model.Lease:
         """Map an active lease to the node's new IPv6 address from ``now`` on; record a
         ``move`` event with the old and the new address (draft section 6, the VPN
-        scenario: a roaming node's IPv6 address changes, its lease stays)."""
+        scenario: a roaming node's IPv6 address changes, its lease stays).
+
+        Raises:
+            Ipv6TakenError: an active lease of another node maps ``node_ipv6``.
+        """
         at = _epoch(now)
-        self._db.execute(
-            "UPDATE leases SET node_ipv6 = ? WHERE id = ? AND state = 'active'",
-            (str(node_ipv6), lease.id),
-        )
+        try:
+            self._db.execute(
+                "UPDATE leases SET node_ipv6 = ? WHERE id = ? AND state = 'active'",
+                (str(node_ipv6), lease.id),
+            )
+        except sqlite3.IntegrityError as exc:
+            refusal = _refusal(exc)
+            if refusal is exc:
+                raise
+            raise refusal from exc
         self._event(
             lease.id,
             at,
