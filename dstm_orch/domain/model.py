@@ -19,7 +19,7 @@ from datetime import UTC, datetime, timedelta
 
 import netaddr
 
-from dstm_orch.domain.portset import DEFAULT_PSID_OFFSET, PortSet
+from dstm_orch.domain.portset import DEFAULT_PSID_OFFSET, PortSet, usable_psids
 
 IPv4 = ipaddress.IPv4Address
 IPv6 = ipaddress.IPv6Address
@@ -145,6 +145,12 @@ class Pool:
     def port_sets_per_address(self) -> int:
         """2^k: the sharing ratio (1 for whole addresses)."""
         return 1 << self.psid_len
+
+    @property
+    def usable_psids(self) -> range:
+        """The PSIDs the pool hands out: those whose port set holds a port a node can
+        use (``portset.USABLE_PORTS``, 1024-65534); ``range(1)`` for whole addresses."""
+        return usable_psids(*self.layout)
 
     def port_set(self, psid: int) -> PortSet | None:
         """Return the port set of ``psid`` under the pool's layout, None for a

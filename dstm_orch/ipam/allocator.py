@@ -55,6 +55,7 @@ from dstm_orch.domain.errors import (
     PoolExhaustedError,
     UnknownNodeError,
 )
+from dstm_orch.domain.portset import USABLE_PORTS
 from dstm_orch.ipam import space as pools
 from dstm_orch.store import (
     AddressTakenError,
@@ -467,10 +468,16 @@ class Allocator:
                 continue
         what = f"{space.size} addresses"
         if pool.shares_addresses:
-            what += (
-                f" x {pool.port_sets_per_address} port sets"
-                f" ({space.size * pool.port_sets_per_address} port sets)"
-            )
+            usable = len(pool.usable_psids)
+            kind = "usable port sets" if usable < pool.port_sets_per_address else "port sets"
+            what += f" x {usable} {kind} ({space.size * usable} port sets"
+            if usable < pool.port_sets_per_address:
+                what += (
+                    f"; {pool.port_sets_per_address - usable} of the"
+                    f" {pool.port_sets_per_address} per address have no port in"
+                    f" {USABLE_PORTS[0]}-{USABLE_PORTS[1]} and are never handed out"
+                )
+            what += ")"
         waiting = tx.count_due(pool.name, now)
         unreclaimed = (
             f"; {waiting} lease{'s have' if waiting != 1 else ' has'} ended and"
@@ -497,6 +504,7 @@ class Allocator:
         if (
             previous is not None
             and previous.layout == pool.layout
+            and previous.psid in pool.usable_psids
             and previous.ipv4 in space
             and not self._is_reserved(previous.ipv4)
             and not tx.is_active(previous.ipv4, pool.layout, previous.psid)

@@ -43,7 +43,7 @@ from pathlib import Path
 from dstm_orch.domain import model
 from dstm_orch.domain.errors import StoreError
 from dstm_orch.domain.model import WHOLE, Layout
-from dstm_orch.domain.portset import PortSet
+from dstm_orch.domain.portset import PortSet, usable_psids
 from dstm_orch.store.identity import SCHEMA_VERSION, check_store_file, too_new
 from dstm_orch.store.migrations import LAYOUT_CONFLICT, MIGRATIONS
 
@@ -423,18 +423,20 @@ class Transaction:
         self, first: int, last: int, layout: Layout = WHOLE, psid: int | None = 0
     ) -> int:
         """Count the active leases of ``layout`` on the addresses ``first`` to ``last``
-        (IPv4 integers, inclusive), only those of PSID ``psid`` unless it is None.
+        (IPv4 integers, inclusive), only those of PSID ``psid`` unless it is None,
+        then only those of the layout's usable PSIDs (``portset.usable_psids``).
 
         Counts entries of a covering index inside SQLite. One address holds at most
-        one active lease per PSID and PSIDs are below 2^k (unique index and trigger),
-        so with ``psid`` None an address is full at 2^k leases, otherwise at one.
+        one active lease per PSID (unique index), so with ``psid`` None an address is
+        full at as many leases as the layout has usable PSIDs, otherwise at one.
         """
         if psid is None:
+            usable = usable_psids(*layout)
             return self._db.execute(
                 "SELECT count(*) FROM leases INDEXED BY leases_active_layout"
                 " WHERE state = 'active' AND psid_offset = ? AND psid_len = ?"
-                " AND ipv4 BETWEEN ? AND ?",
-                (*layout, first, last),
+                " AND ipv4 BETWEEN ? AND ? AND psid BETWEEN ? AND ?",
+                (*layout, first, last, usable.start, usable.stop - 1),
             ).fetchone()[0]
         return self._db.execute(
             "SELECT count(*) FROM leases INDEXED BY leases_active_psid"
@@ -462,8 +464,8 @@ class Transaction:
         ``last + 1`` when none has.
 
         An address has room when no active lease of ``layout`` holds ``psid`` on it;
-        with ``psid`` None, when fewer than 2^k leases of ``layout`` (k its length)
-        hold it. Leases of other layouts are not counted: the caller checks those.
+        with ``psid`` None, when a usable PSID of ``layout`` (``usable_psids``) is
+        not held on it. Leases of other layouts are not counted: the caller checks those.
 
         Galloping search on index counts: ranges of 1, 2, 4, ... addresses are
         counted until one is not full, then that range is halved down to the
@@ -471,7 +473,7 @@ class Transaction:
         inside SQLite, and a logarithmic number of queries; the pool is never
         enumerated.
         """
-        capacity = 1 if psid is not None else 1 << layout[1]
+        capacity = 1 if psid is not None else len(usable_psids(*layout))
         key = (first, layout, psid)
         low = self._leased_up_to(key, first, last)
         span = 1
