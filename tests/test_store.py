@@ -12,9 +12,8 @@ import pytest
 from dstm_orch.domain import model
 from dstm_orch.domain.errors import StoreError
 from dstm_orch.domain.portset import PortSet
-from dstm_orch.store import AddressTakenError, Ipv6TakenError, LeaseStore
+from dstm_orch.store import SCHEMA_VERSION, AddressTakenError, Ipv6TakenError, LeaseStore
 from dstm_orch.store.migrations import APPLICATION_ID, MIGRATIONS
-from dstm_orch.store.sqlite import SCHEMA_VERSION
 
 T0 = datetime(2025, 1, 1, tzinfo=UTC)
 NODE6 = ipaddress.IPv6Address("2001:db8:e00::11")

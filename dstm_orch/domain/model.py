@@ -52,7 +52,7 @@ def to_int(address: object) -> int:
 
 
 class Driver(enum.StrEnum):
-    """Linux 4over6 data path (DESIGN.md, "Data path on Linux")."""
+    """Linux 4over6 data path (README, "The roles and the data path")."""
 
     IP6TNL = "ip6tnl"
     SEG6 = "seg6"
@@ -89,7 +89,7 @@ class LeasePolicy:
 
     ``default_lifetime`` is granted when a request names none; a request above
     ``max_lifetime`` is refused; ``hold_time`` keeps an ended lease's address out of
-    the free set so that a returning node finds it again (DESIGN.md invariant 4).
+    the free set so that a returning node finds it again.
     """
 
     default_lifetime: int = 3600
@@ -164,7 +164,7 @@ class Tep:
 
     ``ipv6`` is the tunnel end point address handed to nodes in every lease (draft
     section 4.4); ``management_ipv6`` is where the orchestrator reaches the device
-    (invariant 6: all orchestrator traffic is IPv6). ``kind`` is ``linux`` (Ansible)
+    (all orchestrator traffic is IPv6). ``kind`` is ``linux`` (Ansible)
     or ``netconf`` (router, RFC 8676 binding table).
     """
 
@@ -225,7 +225,7 @@ class Lease:
     for a static reservation (draft section 6, phase 1). ``ended`` is when the lease
     actually stopped (revoke or reclamation), ``None`` while it is active. The
     history of who held which address when is the set of leases with their
-    ``start`` and ``ended or end`` (DESIGN.md invariant 3). ``port_set`` is the PSID
+    ``start`` and ``ended or end``. ``port_set`` is the PSID
     and ports the node may use on ``ipv4`` (the ports option, RFC 7597 section 5.1),
     ``None`` when the lease holds the whole address. ``node_ipv6`` is the node's
     address now; a roaming node's earlier addresses are in the lease's events.

@@ -13,7 +13,7 @@ IPv4 address for a period of time, memorises the node's IPv6 address, includes
 the duration in its answer and the IPv6 address of the TEP in charge of the
 address, and the client renews to keep the address longer.
 
-Rules (DESIGN.md invariants 1, 3, 4):
+Rules:
 
 - An address is not free while an active lease holds it, even past its end and
   not yet reclaimed; nor while an ended lease of another node is within the
@@ -232,7 +232,7 @@ class Allocator:
         """End a node's active lease now (its address then enters the hold time).
 
         A lease already past its end is recorded as ended at its end, not at
-        ``now``: the node did not hold the address after that (invariant 3). A node
+        ``now``: the node did not hold the address after that (the history must tell). A node
         the domain no longer declares can still have its lease revoked.
 
         Args:
@@ -306,8 +306,9 @@ class Allocator:
     def who(
         self, ipv4: object, port: int | None = None, at: datetime | None = None
     ) -> list[Holding]:
-        """Answer who held an address, and a port of it, at an instant (DESIGN.md
-        invariant 3), from the lease history: past, expired and revoked leases too.
+        """Answer who held an address, and a port of it, at an instant (draft section 5:
+        the server memorises the IPv6-IPv4 mapping), from the lease history: past,
+        expired and revoked leases too.
 
         Args:
             ipv4: an IPv4 address (str, int or address object).

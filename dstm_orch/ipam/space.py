@@ -74,19 +74,6 @@ class AddressSpace:
     def __contains__(self, address: object) -> bool:
         return contains(self, address)
 
-    def free(self, used: Iterable[int]) -> Iterator[int]:
-        """Yield the addresses of the space that are not in ``used``, ascending, lazily.
-
-        Args:
-            used: IPv4 integers sorted ascending; duplicates and addresses outside
-                the space are allowed and skipped.
-
-        Returns:
-            An iterator over free IPv4 integers; it consumes ``used`` only as far as
-            the caller iterates.
-        """
-        return free_addresses(self.intervals, used)
-
 
 def contains(space: AddressSpace | model.Pool, address: object) -> bool:
     """Tell whether an IPv4 address belongs to a pool's allocatable set.
@@ -135,20 +122,6 @@ def free_addresses(intervals: Iterable[tuple[int, int]], used: Iterable[int]) ->
                 break
             yield from range(current, following)
             current = following + 1
-
-
-def free_candidates(pool: model.Pool, used: Iterable[int]) -> Iterator[int]:
-    """Propose a pool's free IPv4 integers in ascending order, lazily.
-
-    Args:
-        pool: the pool whose ``addresses`` IPSet is walked by merged intervals.
-        used: IPv4 integers sorted ascending that are not free (active leases,
-            addresses in their hold time, static reservations).
-
-    Returns:
-        An iterator over candidate IPv4 integers; the lease store decides.
-    """
-    return AddressSpace.of_pool(pool).free(used)
 
 
 class SlotIndex(Protocol):

@@ -136,7 +136,7 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
     ),
     (
         # Pushes to devices (NETCONF TEPs): applied or not, so that an unconfirmed
-        # commit that the device rolled back is on record (DESIGN.md invariant 8).
+        # commit that the device rolled back is on record.
         """
         CREATE TABLE device_pushes (
             id INTEGER PRIMARY KEY,
