@@ -40,10 +40,7 @@ so the history answers who held an address from which IPv6 address when.
 
 from __future__ import annotations
 
-import bisect
-import heapq
 import ipaddress
-import itertools
 from collections.abc import Iterable, Iterator
 from datetime import UTC, datetime
 
@@ -55,8 +52,9 @@ from dstm_orch.domain.errors import (
     PoolExhaustedError,
     UnknownNodeError,
 )
-from dstm_orch.domain.portset import USABLE_PORTS
 from dstm_orch.ipam import space as pools
+from dstm_orch.ipam import strategy
+from dstm_orch.ipam.strategy import Candidate
 from dstm_orch.store import (
     AddressTakenError,
     Holding,
@@ -64,9 +62,6 @@ from dstm_orch.store import (
     LeaseStore,
     Transaction,
 )
-
-Candidate = tuple[int, int]
-"""An IPv4 address (integer) and a PSID (0 for a whole address)."""
 
 
 class Ipv6InUseError(DstmError):
@@ -460,97 +455,17 @@ class Allocator:
         seconds = _lifetime(pool, node.name, lifetime)
         space = self._space(pool)
         since = _epoch(now) - pool.policy.hold_time
-        for ipv4, psid in self._candidates(tx, node, pool, space, since, walks):
+        proposals = strategy.candidates(tx, node, pool, space, since, self._reserved, walks)
+        for ipv4, psid in proposals:
             try:
                 return tx.insert(
                     ipv4=ipv4, lifetime=seconds, port_set=pool.port_set(psid), **fields
                 )
             except AddressTakenError:
                 continue
-        what = f"{space.size} addresses"
-        if pool.shares_addresses:
-            usable = len(pool.usable_psids)
-            kind = "usable port sets" if usable < pool.port_sets_per_address else "port sets"
-            what += f" x {usable} {kind} ({space.size * usable} port sets"
-            if usable < pool.port_sets_per_address:
-                what += (
-                    f"; {pool.port_sets_per_address - usable} of the"
-                    f" {pool.port_sets_per_address} per address have no port in"
-                    f" {USABLE_PORTS[0]}-{USABLE_PORTS[1]} and are never handed out"
-                )
-            what += ")"
-        waiting = tx.count_due(pool.name, now)
-        unreclaimed = (
-            f"; {waiting} lease{'s have' if waiting != 1 else ' has'} ended and"
-            f" wait{'' if waiting != 1 else 's'} for reclamation: run `dstm-orch expire`"
-            if waiting
-            else ""
-        )
         raise PoolExhaustedError(
-            f"pool {pool.name!r} is exhausted: none of its {what} is free at"
-            f" {_iso(now)} (all leased, reserved, or within the {pool.policy.hold_time} s"
-            f" hold time after their last lease){unreclaimed}"
+            strategy.exhausted(pool, space, _iso(now), tx.count_due(pool.name, now))
         )
-
-    def _candidates(
-        self,
-        tx: Transaction,
-        node: model.Node,
-        pool: model.Pool,
-        space: pools.AddressSpace,
-        since: int,
-        walks: dict[str, Iterator[Candidate]],
-    ) -> Iterator[Candidate]:
-        previous = tx.last_slot_of(node.name)
-        if (
-            previous is not None
-            and previous.layout == pool.layout
-            and previous.psid in pool.usable_psids
-            and previous.ipv4 in space
-            and not self._is_reserved(previous.ipv4)
-            and not tx.is_active(previous.ipv4, pool.layout, previous.psid)
-            and not tx.is_held_for_other(
-                previous.ipv4, since, node.name, pool.layout, previous.psid
-            )
-        ):
-            yield previous.ipv4, previous.psid
-        walk = walks.get(pool.name)
-        if walk is None:
-            walk = walks[pool.name] = self._walk(tx, pool, space, since)
-        # Not ``yield from``: closing this generator must not close the walk, which the
-        # next request of a batch continues.
-        for candidate in walk:  # noqa: UP028
-            yield candidate
-
-    def _walk(
-        self, tx: Transaction, pool: model.Pool, space: pools.AddressSpace, since: int
-    ) -> Iterator[Candidate]:
-        if not space.intervals:
-            return iter(())
-        first, last = space.intervals[0][0], space.intervals[-1][1]
-        layout = pool.layout
-        held = tx.held_slots(first, last, since)
-        # Addresses without a free slot for anyone: reserved, held by an active lease
-        # of another layout, or in the hold time of an ended lease of another layout.
-        closed = sorted(
-            set(self._reserved)
-            | set(tx.layout_conflicts(first, last, layout))
-            | {slot.ipv4 for slot in held if slot.layout != layout}
-        )
-        if not pool.shares_addresses:
-            unleased = itertools.chain.from_iterable(
-                tx.unleased_runs(low, high) for low, high in space.intervals
-            )
-            taken = heapq.merge(sorted({slot.ipv4 for slot in held}), closed)
-            return ((ipv4, 0) for ipv4 in pools.free_addresses(unleased, taken))
-        held_slots = [(slot.ipv4, slot.psid) for slot in held if slot.layout == layout]
-        if pool.port_set_fill is model.PortSetFill.SPREAD:
-            return pools.spread_slots(tx, space, layout, held_slots, closed)
-        return pools.pack_slots(tx, space, layout, held_slots, closed)
-
-    def _is_reserved(self, ipv4: int) -> bool:
-        index = bisect.bisect_left(self._reserved, ipv4)
-        return index < len(self._reserved) and self._reserved[index] == ipv4
 
 
 def _lifetime(pool: model.Pool, node_name: str, lifetime: int | None) -> int:
