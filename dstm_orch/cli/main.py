@@ -190,7 +190,11 @@ def _instant(text: str) -> datetime:
     except ValueError as exc:
         raise click.BadParameter(f"{text!r} is not an ISO 8601 time", param_hint="--at") from exc
     moment = moment.replace(microsecond=0)
-    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment
+    try:
+        return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+    except OverflowError as exc:
+        raise click.BadParameter(f"{text!r} is outside the range of UTC times",
+                                 param_hint="--at") from exc
 
 
 def _ports(lease: Lease) -> str:
