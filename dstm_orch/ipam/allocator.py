@@ -409,7 +409,8 @@ class Allocator:
     ) -> model.Lease:
         pool = self._pool(node)
         tep = self.domain.tep_of(node)
-        current = tx.lease_of(node.name)
+        latest = tx.latest_of(node.name)
+        current = latest if latest and latest.state is model.LeaseState.ACTIVE else None
         if current is not None:
             if current.is_current(now):
                 current = self._move(tx, current, now, node_ipv6)
@@ -421,7 +422,7 @@ class Allocator:
             walks.pop(current.pool, None)
         ipv6 = node.ipv6 if node_ipv6 is None else node_ipv6
         try:
-            return self._insert(tx, node, pool, tep, ipv6, lifetime, now, walks)
+            return self._insert(tx, node, latest, pool, tep, ipv6, lifetime, now, walks)
         except Ipv6TakenError:
             raise self._ipv6_in_use(tx, node.name, ipv6, "take a lease at") from None
 
@@ -429,6 +430,7 @@ class Allocator:
         self,
         tx: Transaction,
         node: model.Node,
+        previous: model.Lease | None,
         pool: model.Pool,
         tep: model.Tep,
         ipv6: model.IPv6,
@@ -455,7 +457,9 @@ class Allocator:
         seconds = _lifetime(pool, node.name, lifetime)
         space = self._space(pool)
         since = _epoch(now) - pool.policy.hold_time
-        proposals = strategy.candidates(tx, node, pool, space, since, self._reserved, walks)
+        proposals = strategy.candidates(
+            tx, node, previous, pool, space, since, self._reserved, walks
+        )
         for ipv4, psid in proposals:
             try:
                 return tx.insert(

@@ -20,7 +20,7 @@ from collections.abc import Iterator
 from dstm_orch.domain import model
 from dstm_orch.domain.portset import USABLE_PORTS
 from dstm_orch.ipam import space as pools
-from dstm_orch.store import Transaction
+from dstm_orch.store import Slot, Transaction
 
 Candidate = tuple[int, int]
 """An IPv4 address (integer) and a PSID (0 for a whole address)."""
@@ -29,6 +29,7 @@ Candidate = tuple[int, int]
 def candidates(
     tx: Transaction,
     node: model.Node,
+    previous: model.Lease | None,
     pool: model.Pool,
     space: pools.AddressSpace,
     since: int,
@@ -42,6 +43,7 @@ def candidates(
     Args:
         tx: the open transaction (index queries).
         node: the node asking.
+        previous: its most recent lease, ended (its slot is proposed first), or None.
         pool: its pool.
         space: the pool's addresses.
         since: epoch seconds; leases ended after this are within the hold time.
@@ -51,17 +53,17 @@ def candidates(
     Returns:
         An iterator over ``(ipv4, psid)``.
     """
-    previous = tx.last_slot_of(node.name)
+    slot = None if previous is None else _slot(previous)
     if (
-        previous is not None
-        and previous.layout == pool.layout
-        and previous.psid in pool.usable_psids
-        and previous.ipv4 in space
-        and not _is_reserved(reserved, previous.ipv4)
-        and not tx.is_active(previous.ipv4, pool.layout, previous.psid)
-        and not tx.is_held_for_other(previous.ipv4, since, node.name, pool.layout, previous.psid)
+        slot is not None
+        and slot.layout == pool.layout
+        and slot.psid in pool.usable_psids
+        and slot.ipv4 in space
+        and not _is_reserved(reserved, slot.ipv4)
+        and not tx.is_active(slot.ipv4, pool.layout, slot.psid)
+        and not tx.is_held_for_other(slot.ipv4, since, node.name, pool.layout, slot.psid)
     ):
-        yield previous.ipv4, previous.psid
+        yield slot.ipv4, slot.psid
     walk = walks.get(pool.name)
     if walk is None:
         walk = walks[pool.name] = _walk(tx, pool, space, since, reserved)
@@ -96,6 +98,13 @@ def _walk(
     if pool.port_set_fill is model.PortSetFill.SPREAD:
         return pools.spread_slots(tx, space, layout, held_slots, closed)
     return pools.pack_slots(tx, space, layout, held_slots, closed)
+
+
+def _slot(lease: model.Lease) -> Slot:
+    port_set = lease.port_set
+    if port_set is None:
+        return Slot(int(lease.ipv4), model.WHOLE, 0)
+    return Slot(int(lease.ipv4), (port_set.psid_offset, port_set.psid_len), port_set.psid)
 
 
 def _is_reserved(reserved: list[int], ipv4: int) -> bool:

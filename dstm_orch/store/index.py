@@ -50,15 +50,6 @@ class AllocationIndex:
     _marks: dict[_MarkKey, _Mark]
     new_marks: dict[_MarkKey, _Mark]
 
-    def last_slot_of(self, node: str) -> Slot | None:
-        """Return the address and port set of the node's most recent lease, or None."""
-        row = self._db.execute(
-            "SELECT ipv4, psid_offset, psid_len, psid FROM leases WHERE node = ?"
-            " ORDER BY id DESC LIMIT 1",
-            (node,),
-        ).fetchone()
-        return Slot(row[0], (row[1], row[2]), row[3]) if row else None
-
     def is_active(self, ipv4: int, layout: Layout = WHOLE, psid: int = 0) -> bool:
         """Tell whether the slot ``(ipv4, psid)`` of ``layout`` is taken: an active lease
         (reclaimed or not) holds that PSID, or holds the address under another layout.
@@ -227,7 +218,7 @@ class AllocationIndex:
         a pool of several intervals, which the walk never proposes).
         """
         found: set[int] = set()
-        other = self._next_layout((-1, -1))
+        other = self._next_layout(None)
         while other is not None:
             if other != tuple(layout):
                 found.update(
@@ -242,7 +233,13 @@ class AllocationIndex:
             other = self._next_layout(other)
         return sorted(found)
 
-    def _next_layout(self, after: Layout) -> Layout | None:
+    def _next_layout(self, after: Layout | None) -> Layout | None:
+        if after is None:
+            row = self._db.execute(
+                "SELECT psid_offset, psid_len FROM leases INDEXED BY leases_active_layout"
+                " WHERE state = 'active' ORDER BY psid_offset, psid_len LIMIT 1"
+            ).fetchone()
+            return (row[0], row[1]) if row else None
         # Two seeks (a row-value ">" would scan the rest of its first column's range).
         row = self._db.execute(
             "SELECT psid_offset, psid_len FROM leases INDEXED BY leases_active_layout"

@@ -13,6 +13,7 @@ integers; IPv6 addresses as compressed text.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import sqlite3
 from dataclasses import dataclass
@@ -96,6 +97,18 @@ class LeaseRows:
         """Return the node's active lease (possibly past its end), or None."""
         return self._one(f"SELECT {_COLUMNS} FROM leases WHERE node = ? AND state = 'active'", node)
 
+    def latest_of(self, node: str) -> model.Lease | None:
+        """Return the node's most recent lease, of any state, or None.
+
+        A node's active lease, when it has one, is its most recent (a new lease is
+        inserted only when none is active, and an ended lease never becomes active).
+        """
+        return self._one(
+            f"SELECT {_COLUMNS} FROM leases INDEXED BY leases_node WHERE node = ?"
+            " ORDER BY id DESC LIMIT 1",
+            node,
+        )
+
     def ipv6_in_use(self, node_ipv6: model.IPv6, node: str) -> str | None:
         """Return the name of another node whose active lease maps ``node_ipv6``, or None."""
         row = self._db.execute(
@@ -118,8 +131,8 @@ class LeaseRows:
         lifetime: int | None,
         port_set: PortSet | None = None,
     ) -> model.Lease:
-        """Insert an active lease starting at ``start`` for ``lifetime`` seconds (None:
-        static, no end) and record its ``allocate`` event.
+        """Insert an active lease starting at ``start`` (whole seconds) for ``lifetime``
+        seconds (None: static, no end); the database records its ``allocate`` event.
 
         Args:
             port_set: the lease's PSID and layout; None for the whole address.
@@ -143,14 +156,14 @@ class LeaseRows:
                 " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'active')",
                 (
                     node,
-                    str(node_ipv6),
+                    _text(node_ipv6),
                     ipv4,
                     offset,
                     length,
                     psid,
                     pool,
                     tep,
-                    str(tep_ipv6),
+                    _text(tep_ipv6),
                     start_at,
                     end_at,
                     lifetime,
@@ -161,11 +174,22 @@ class LeaseRows:
             if refusal is exc:
                 raise
             raise refusal from exc
-        lease_id = cursor.lastrowid
-        self._event(lease_id, start_at, "allocate", end_at, node_ipv6)
-        lease = self.get(lease_id)
-        assert lease is not None
-        return lease
+        # The row is not read back: the lease is what was written (its 'allocate'
+        # event is written by the trigger leases_allocate_event).
+        return model.Lease(
+            id=cursor.lastrowid,
+            node=node,
+            node_ipv6=node_ipv6,
+            ipv4=ipaddress.IPv4Address(ipv4),
+            pool=pool,
+            tep=tep,
+            tep_ipv6=tep_ipv6,
+            start=_moment(start_at),
+            end=None if end_at is None else _moment(end_at),
+            lifetime=lifetime,
+            state=model.LeaseState.ACTIVE,
+            port_set=port_set if length else None,
+        )
 
     def extend(self, lease: model.Lease, now: datetime, lifetime: int) -> model.Lease:
         """Set an active lease's end to ``now + lifetime`` seconds; record ``renew``."""
@@ -351,6 +375,11 @@ class LeaseRows:
         fresh = self.get(lease.id)
         assert fresh is not None
         return fresh
+
+
+@functools.lru_cache(maxsize=1 << 14)
+def _text(address: model.IPv6) -> str:
+    return str(address)
 
 
 def _epoch(moment: datetime) -> int:
