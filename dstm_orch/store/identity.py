@@ -78,22 +78,17 @@ def _check_schema(path: Path, header: bytes) -> None:
     # A WAL database without its -wal file holds everything in the main file: read it
     # as immutable, which creates no -wal or -shm beside another application's file.
     immutable = wal and not Path(f"{path}-wal").exists()
-    uri = f"file:{quote(str(path.resolve()))}?mode=ro" + ("&immutable=1" if immutable else "")
     try:
-        db = sqlite3.connect(uri, uri=True)
+        application_id, version, tables, columns = _read_schema(path, immutable)
     except sqlite3.Error as exc:
-        raise StoreError(f"lease store {path}: cannot open: {exc}") from exc
-    try:
-        application_id = db.execute("PRAGMA application_id").fetchone()[0]
-        version = db.execute("PRAGMA user_version").fetchone()[0]
-        tables = {name for (name,) in db.execute(
-            "SELECT name FROM sqlite_master WHERE type = 'table'")}
-        columns = {row[1] for row in db.execute("PRAGMA table_info(leases)")}
-    except sqlite3.Error as exc:
-        raise StoreError(f"lease store {path}: cannot read its schema ({exc}); it is"
-                         " corrupt or not a lease store, and is left as it is") from exc
-    finally:
-        db.close()
+        if not (immutable and Path(f"{path}-wal").exists()):
+            raise StoreError(_unreadable(path, exc)) from exc
+        # Another process opened the store meanwhile (its -wal appeared) and may be
+        # checkpointing into the file: read it again through the WAL, read-only.
+        try:
+            application_id, version, tables, columns = _read_schema(path, False)
+        except sqlite3.Error as again:
+            raise StoreError(_unreadable(path, again)) from again
     if application_id not in (0, APPLICATION_ID):
         raise StoreError(_foreign(path, f"its application_id is {application_id:#010x}"))
     if application_id == 0:
@@ -109,6 +104,25 @@ def _check_schema(path: Path, header: bytes) -> None:
             raise StoreError(_foreign(path, "its leases table is not a lease store's"))
     if version > SCHEMA_VERSION:
         raise StoreError(too_new(path, version))
+
+
+def _unreadable(path: Path, exc: sqlite3.Error) -> str:
+    return (f"lease store {path}: cannot read its schema ({exc}); it is corrupt or not a"
+            " lease store, and is left as it is")
+
+
+def _read_schema(path: Path, immutable: bool) -> tuple[int, int, set[str], set[str]]:
+    uri = f"file:{quote(str(path.resolve()))}?mode=ro" + ("&immutable=1" if immutable else "")
+    db = sqlite3.connect(uri, uri=True)
+    try:
+        return (
+            db.execute("PRAGMA application_id").fetchone()[0],
+            db.execute("PRAGMA user_version").fetchone()[0],
+            {name for (name,) in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")},
+            {row[1] for row in db.execute("PRAGMA table_info(leases)")},
+        )
+    finally:
+        db.close()
 
 
 def too_new(path: Path, version: int) -> str:
