@@ -227,7 +227,7 @@ class Allocator:
         """End a node's active lease now (its address then enters the hold time).
 
         A lease already past its end is recorded as ended at its end, not at
-        ``now``: the node did not hold the address after that (the history must tell). A node
+        ``now``: the node did not hold the address after that, as the history says. A node
         the domain no longer declares can still have its lease revoked.
 
         Args:
