@@ -20,7 +20,7 @@ from dstm_orch.domain.errors import (
     PoolExhaustedError,
     UnknownNodeError,
 )
-from dstm_orch.ipam.allocator import Allocator
+from dstm_orch.ipam.allocator import Allocator, Ipv6InUseError
 from dstm_orch.store import LeaseStore
 
 T0 = datetime(2025, 1, 1, tzinfo=UTC)
@@ -141,9 +141,24 @@ def test_each_pool_answers_with_its_own_tep(store):
 def test_allocate_is_idempotent_for_a_current_lease(store):
     alloc = allocator(store)
     first = alloc.allocate("n1", now=T0)
-    again = alloc.allocate("n1", lifetime=3600, now=at(100))
+    again = alloc.allocate("n1", now=at(100))
     assert again == first
     assert len(alloc.leases(include_history=True)) == 1
+    assert [e.event for e in store.events(first.id)] == ["allocate"]
+
+
+def test_allocate_with_a_lifetime_renews_a_current_lease(store):
+    alloc = allocator(store)
+    first = alloc.allocate("n1", now=T0)
+    assert first.end == at(600)
+    again = alloc.allocate("n1", lifetime=3600, now=at(100))
+    # The same lease (id, address), renewed: end = 100 s + 3600 s, lifetime 3600 s.
+    assert (again.id, again.ipv4) == (first.id, first.ipv4)
+    assert (again.end, again.lifetime) == (at(3700), 3600)
+    assert [(e.event, e.end) for e in store.events(first.id)] == [
+        ("allocate", at(600)), ("renew", at(3700))]
+    with pytest.raises(LifetimeError, match="3601"):
+        alloc.allocate("n1", lifetime=3601, now=at(200))
 
 
 def test_a_node_past_its_end_gets_a_new_lease_on_its_old_address(store):
@@ -161,12 +176,26 @@ def test_an_address_past_its_end_is_not_free_until_reclaimed_and_held(store):
     alloc = allocator(store, pool=SLASH30)
     alloc.allocate("n1", lifetime=60, now=T0)
     assert alloc.allocate("n2", now=at(120)).ipv4 == v4("192.0.2.2")
-    with pytest.raises(PoolExhaustedError):
+    with pytest.raises(PoolExhaustedError) as caught:
         alloc.allocate("n3", now=at(120))
+    assert str(caught.value).endswith(
+        "; 1 lease has ended and waits for reclamation: run `dstm-orch expire`")
     assert [lease.node for lease in alloc.expire(now=at(120))] == ["n1"]
-    with pytest.raises(PoolExhaustedError):
+    with pytest.raises(PoolExhaustedError) as caught:
         alloc.allocate("n3", now=at(359))
+    assert "reclamation" not in str(caught.value)
     assert alloc.allocate("n3", now=at(360)).ipv4 == v4("192.0.2.1")
+
+
+def test_the_exhaustion_message_counts_the_leases_that_wait_for_reclamation(store):
+    alloc = allocator(store, pool=SLASH30)
+    alloc.allocate("n1", lifetime=60, now=T0)
+    alloc.allocate("n2", lifetime=61, now=T0)
+    assert [lease.state for lease in alloc.leases(now=at(61))] == ["expired", "expired"]
+    assert [lease.ended for lease in alloc.leases(now=at(61))] == [None, None]
+    with pytest.raises(PoolExhaustedError, match=r"; 2 leases have ended and wait for"
+                       r" reclamation: run `dstm-orch expire`$"):
+        alloc.allocate("n3", now=at(61))
 
 
 def test_hold_time_keeps_a_revoked_address_from_others_until_ended_plus_hold(store):
@@ -447,3 +476,28 @@ def test_first_fit_finds_an_address_freed_below_earlier_allocations(store, tmp_p
     with LeaseStore(tmp_path / "leases.sqlite") as other:
         allocator(other).revoke("n3", now=at(1000))
     assert alloc.allocate("n7", now=at(2000)).ipv4 == v4("198.51.100.3")
+
+
+def test_one_ipv6_address_never_maps_two_active_leases(store):
+    alloc = allocator(store)
+    n2_address = ipaddress.IPv6Address("2001:db8:e00::2")
+    # A roaming n1 renews from n2's inventory address while n2 has no lease: allowed.
+    alloc.allocate("n1", now=T0)
+    moved = alloc.renew("n1", now=at(10), node_ipv6=n2_address)
+    assert moved.node_ipv6 == n2_address
+    # Allocating n2 (at its inventory address) is then refused: the database's unique
+    # index over active leases' IPv6 addresses, with the other node named.
+    with pytest.raises(Ipv6InUseError, match=r"node 'n2' cannot take a lease at"
+                       r" 2001:db8:e00::2: the active lease of node 'n1'"):
+        alloc.allocate("n2", now=at(20))
+    # The move path: n3 holds a lease; n1 may not move onto n3's address.
+    alloc.allocate("n3", now=at(20))
+    with pytest.raises(Ipv6InUseError, match=r"node 'n1' cannot move its lease to"
+                       r" 2001:db8:e00::3: the active lease of node 'n3'"):
+        alloc.renew("n1", now=at(30), node_ipv6="2001:db8:e00::3")
+    with pytest.raises(Ipv6InUseError, match="node 'n1'"):
+        alloc.allocate("n1", now=at(30), node_ipv6="2001:db8:e00::3")
+    assert sorted(lease.node for lease in alloc.leases()) == ["n1", "n3"]
+    # Once n1 is revoked, n2 gets its lease.
+    alloc.revoke("n1", now=at(40))
+    assert alloc.allocate("n2", now=at(40)).node_ipv6 == n2_address

@@ -337,3 +337,25 @@ def test_four_processes_never_share_a_port_set(tmp_path):
     assert sorted(rows) == sorted(
         (int(ipaddress.IPv4Address(f"192.0.2.{host}")), 0, 2, psid)
         for host in (1, 2) for psid in range(4))
+
+
+@pytest.mark.parametrize("fill", [PACK, SPREAD])
+def test_a_port_set_without_a_usable_port_is_never_handed_out(store, fill):
+    # a = 0, k = 6, m = 10 (RFC 7597 section 5.1): PSID p is ports p * 1024 to
+    # p * 1024 + 1023, so PSID 0 is 0-1023, no port a node can use (1024-65534);
+    # PSIDs 1 to 63 each hold usable ports. One address: 63 leases, then exhausted.
+    alloc = Allocator(make_domain(nodes=64, pool=SLASH32, psid_len=6, psid_offset=0,
+                                  fill=fill), store)
+    leases = [alloc.allocate(f"n{i}", now=T0) for i in range(1, 64)]
+    assert sorted(lease.port_set.psid for lease in leases) == list(range(1, 64))
+    assert leases[0].port_set.ranges() == [(1024, 2047)]
+    with pytest.raises(PoolExhaustedError) as caught:
+        alloc.allocate("n64", now=T0)
+    assert ("1 addresses x 63 usable port sets (63 port sets; 1 of the 64 per address have"
+            " no port in 1024-65534 and are never handed out)") in str(caught.value)
+
+
+def test_spread_starts_at_the_first_usable_psid_on_every_address(store):
+    alloc = Allocator(make_domain(psid_len=6, psid_offset=0, fill=SPREAD), store)
+    leases = [alloc.allocate(f"n{i}", now=T0) for i in range(1, 4)]
+    assert slots(leases) == [("192.0.2.1", 1), ("192.0.2.2", 1), ("192.0.2.1", 2)]

@@ -11,7 +11,14 @@ import itertools
 
 import pytest
 
-from dstm_orch.domain.portset import DEFAULT_PSID_OFFSET, PortSet, check_layout, psid_of
+from dstm_orch.domain.portset import (
+    DEFAULT_PSID_OFFSET,
+    USABLE_PORTS,
+    PortSet,
+    check_layout,
+    psid_of,
+    usable_psids,
+)
 
 
 def test_rfc_7597_appendix_a_example_1():
@@ -170,3 +177,26 @@ def test_check_layout_accepts_the_limits():
     check_layout(10, 6)
     with pytest.raises(ValueError, match="exceeds"):
         check_layout(10, 7)
+
+
+@pytest.mark.parametrize("offset, length, expected", [
+    # a = 0, k = 6, m = 10: PSID 0 is 0-1023 (none usable); PSID 63 is 64512-65535,
+    # which holds 64512-65534.
+    (0, 6, range(1, 64)),
+    # a = 0, k = 8, m = 8: PSIDs 0-3 are 0-255, ..., 768-1023; PSID 4 is 1024-1279.
+    (0, 8, range(4, 256)),
+    # a = 0, k = 16, m = 0: PSID p is port p alone: 1024 to 65534.
+    (0, 16, range(1024, 65535)),
+    # a = 0, k = 5, m = 11: PSID 0 is 0-2047, which holds 1024-2047.
+    (0, 5, range(32)),
+    # a = 1, k = 15, m = 0: PSID p is port 32768 + p alone; PSID 32767 is 65535.
+    (1, 15, range(32767)),
+    # a = 6, k = 6: every set is 63 runs from 1024 up, all usable.
+    (6, 6, range(64)),
+    # a = 8, k = 8, m = 0: PSID p is A * 256 + p for A = 1..255, e.g. 1024 + p.
+    (8, 8, range(256)),
+    (0, 0, range(1)),
+])
+def test_usable_psids_are_those_with_a_port_in_1024_to_65534(offset, length, expected):
+    assert USABLE_PORTS == (1024, 65534)
+    assert usable_psids(offset, length) == expected

@@ -12,19 +12,26 @@ import pytest
 from dstm_orch.domain import model
 from dstm_orch.domain.errors import StoreError
 from dstm_orch.domain.portset import PortSet
-from dstm_orch.store import AddressTakenError, LeaseStore
-from dstm_orch.store.migrations import MIGRATIONS
-from dstm_orch.store.sqlite import SCHEMA_VERSION
+from dstm_orch.store import SCHEMA_VERSION, AddressTakenError, Ipv6TakenError, LeaseStore
+from dstm_orch.store.migrations import APPLICATION_ID, MIGRATIONS
 
 T0 = datetime(2025, 1, 1, tzinfo=UTC)
 NODE6 = ipaddress.IPv6Address("2001:db8:e00::11")
 TEP6 = ipaddress.IPv6Address("2001:db8:e00::a")
 
 
+def node_ipv6(node: str) -> ipaddress.IPv6Address:
+    """NODE6 for n1, another address for every other node (one active lease per IPv6
+    address)."""
+    if node == "n1":
+        return NODE6
+    return ipaddress.IPv6Address("2001:db8:e01::") + int.from_bytes(node.encode(), "big")
+
+
 def lease_fields(node: str = "n1", ipv4: str = "192.0.2.1", lifetime: int | None = 600) -> dict:
     return {
         "node": node,
-        "node_ipv6": NODE6,
+        "node_ipv6": node_ipv6(node),
         "ipv4": int(ipaddress.IPv4Address(ipv4)),
         "pool": "p",
         "tep": "t",
@@ -111,8 +118,8 @@ def test_the_database_refuses_two_active_leases_on_one_address(store, tmp_path):
 def test_the_database_refuses_two_active_leases_for_one_node(store):
     with store.write() as tx:
         tx.insert(**lease_fields("n1", "192.0.2.1"))
-    with pytest.raises(StoreError, match=r"UNIQUE.*leases\.node"), store.write() as tx:
-        tx.insert(**lease_fields("n1", "192.0.2.2"))
+    with pytest.raises(StoreError, match=r"UNIQUE.*leases\.node$"), store.write() as tx:
+        tx.insert(**{**lease_fields("n1", "192.0.2.2"), "node_ipv6": node_ipv6("other")})
     assert len(store.leases(include_history=True)) == 1
 
 
@@ -234,25 +241,6 @@ def test_a_skip_mark_is_dropped_when_another_connection_ends_a_lease(store, tmp_
         assert tx.first_unleased(first, last) == ip("192.0.2.2")
 
 
-def test_a_failed_migration_is_refused_and_leaves_the_file_as_it_was(tmp_path):
-    path = tmp_path / "foreign.sqlite"
-    raw = sqlite3.connect(path)
-    raw.execute("CREATE TABLE leases (something TEXT)")
-    raw.commit()
-    raw.close()
-    with pytest.raises(StoreError) as caught:
-        LeaseStore(path)
-    assert str(path) in str(caught.value)
-    assert f"cannot migrate schema from version 0 to {SCHEMA_VERSION}" in str(caught.value)
-    raw = sqlite3.connect(path)
-    try:
-        assert raw.execute("PRAGMA user_version").fetchone()[0] == 0
-        names = {row[0] for row in raw.execute("SELECT name FROM sqlite_master")}
-        assert names == {"leases"}
-    finally:
-        raw.close()
-
-
 # --- the ports option and roaming (schema version 2) -----------------------------------
 
 
@@ -365,7 +353,7 @@ def test_a_version_1_store_is_migrated_keeping_its_history(tmp_path):
     path = tmp_path / "v1.sqlite"
     version_1_file(path)
     with LeaseStore(path) as store:
-        assert store.schema_version == SCHEMA_VERSION == 3
+        assert store.schema_version == SCHEMA_VERSION == 4
         leases = store.leases(include_history=True)
         assert [(lease.node, lease.state, lease.port_set) for lease in leases] == [
             ("old", model.LeaseState.REVOKED, None), ("now", model.LeaseState.ACTIVE, None)]
@@ -399,3 +387,137 @@ def test_pushes_are_recorded_with_their_outcome(tmp_path):
             (False, None, "commit not confirmed"), (True, 7, "")]
         assert rtr1[1].at == at + timedelta(seconds=5)
         assert len(store.pushes()) == 3
+
+
+def test_a_new_store_names_itself_with_its_application_id(tmp_path):
+    path = tmp_path / "s.sqlite"
+    LeaseStore(path).close()
+    raw = sqlite3.connect(path)
+    try:
+        assert raw.execute("PRAGMA application_id").fetchone()[0] == APPLICATION_ID
+    finally:
+        raw.close()
+    # 0x4453544D is "DSTM" in the big-endian 4 bytes at offset 68 of the header.
+    assert path.read_bytes()[68:72] == b"DSTM"
+
+
+def test_an_older_store_is_migrated_and_gets_the_application_id(tmp_path):
+    path = tmp_path / "v1.sqlite"
+    version_1_file(path)
+    LeaseStore(path).close()
+    raw = sqlite3.connect(path)
+    try:
+        assert raw.execute("PRAGMA application_id").fetchone()[0] == APPLICATION_ID
+        assert raw.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+    finally:
+        raw.close()
+
+
+def sqlite_file(path, *statements, wal=False) -> None:
+    raw = sqlite3.connect(path, isolation_level=None)
+    try:
+        if wal:
+            raw.execute("PRAGMA journal_mode = WAL")
+        for statement in statements:
+            raw.execute(statement)
+    finally:
+        raw.close()
+
+
+def own_store_of_version(version):
+    def make(path):
+        LeaseStore(path).close()
+        sqlite_file(path, f"PRAGMA user_version = {version}")
+    return make
+
+
+FOREIGN = {
+    "another application's tables": (
+        lambda p: sqlite_file(p, "CREATE TABLE customers (id INTEGER, name TEXT)",
+                              "INSERT INTO customers VALUES (1, 'a')"),
+        "it has tables customers"),
+    "another application's tables in WAL mode": (
+        lambda p: sqlite_file(p, "CREATE TABLE customers (id INTEGER)", wal=True),
+        "it has tables customers"),
+    "another application_id": (
+        lambda p: sqlite_file(p, "PRAGMA application_id = 1234", "CREATE TABLE t (x)"),
+        "application_id is 0x000004d2"),
+    "a foreign leases table": (
+        lambda p: sqlite_file(p, "CREATE TABLE leases (id INTEGER, who TEXT)"),
+        "is not a dstm-orch lease store"),
+    "a foreign leases table at version 2": (
+        lambda p: sqlite_file(p, "CREATE TABLE leases (id INTEGER, who TEXT)",
+                              "PRAGMA user_version = 2"),
+        "its leases table is not a lease store's"),
+    "user_version 42 of our own store": (own_store_of_version(42), "schema version 42 is newer"),
+    "user_version 42 without an id": (
+        lambda p: sqlite_file(p, "PRAGMA user_version = 42"), "schema version 42 is newer"),
+    "a file that is not SQLite": (
+        lambda p: p.write_bytes(b"customer,balance\n1,100\n" * 50), "is not an SQLite database"),
+    "an SQLite header on garbage": (
+        lambda p: p.write_bytes(b"SQLite format 3\x00" + bytes(range(256)) * 20),
+        "lease store"),
+}
+
+
+@pytest.mark.parametrize("make, reason", FOREIGN.values(), ids=FOREIGN.keys())
+def test_a_file_that_is_not_our_store_is_refused_and_left_byte_for_byte(tmp_path, make, reason):
+    path = tmp_path / "other.sqlite"
+    make(path)
+    before = path.read_bytes()
+    siblings = sorted(tmp_path.iterdir())
+    with pytest.raises(StoreError) as caught:
+        LeaseStore(path)
+    assert str(path) in str(caught.value) and reason in str(caught.value)
+    assert path.read_bytes() == before
+    assert sorted(tmp_path.iterdir()) == siblings
+
+
+def test_a_directory_is_refused_as_a_store(tmp_path):
+    with pytest.raises(StoreError, match=f"{tmp_path}: is a directory"):
+        LeaseStore(tmp_path)
+
+
+def test_an_empty_file_becomes_a_store(tmp_path):
+    path = tmp_path / "empty.sqlite"
+    path.write_bytes(b"")
+    with LeaseStore(path) as store:
+        assert store.schema_version == SCHEMA_VERSION
+
+
+def test_a_migration_that_fails_is_refused_and_leaves_the_file_as_it_was(tmp_path):
+    # A version-3 store where two active leases map one IPv6 address (possible before
+    # version 4): the unique index of version 4 cannot be built.
+    path = tmp_path / "v3.sqlite"
+    raw = sqlite3.connect(path, isolation_level=None)
+    raw.execute("PRAGMA journal_mode = WAL")
+    for statements in MIGRATIONS[:3]:
+        for statement in statements:
+            raw.execute(statement)
+    raw.execute("PRAGMA user_version = 3")
+    for node, ipv4 in (("a", 1), ("b", 2)):
+        raw.execute(
+            "INSERT INTO leases (node, node_ipv6, ipv4, pool, tep, tep_ipv6, start_at, state)"
+            " VALUES (?, '2001:db8::1', ?, 'p', 't', '::a', 0, 'active')", (node, ipv4))
+    raw.close()
+    before = path.read_bytes()
+    with pytest.raises(StoreError) as caught:
+        LeaseStore(path)
+    message = str(caught.value)
+    assert str(path) in message and "cannot migrate schema from version 3 to 4" in message
+    assert "leases.node_ipv6" in message and "two active leases map one node IPv6" in message
+    assert path.read_bytes() == before
+
+
+def test_the_database_refuses_two_active_leases_on_one_ipv6_address(store):
+    with store.write() as tx:
+        first = tx.insert(**lease_fields("n1", "192.0.2.1"))
+        second = tx.insert(**lease_fields("n2", "192.0.2.2"))
+    with pytest.raises(Ipv6TakenError, match=r"leases\.node_ipv6"), store.write() as tx:
+        tx.insert(**{**lease_fields("n3", "192.0.2.3"), "node_ipv6": NODE6})
+    with pytest.raises(Ipv6TakenError, match=r"leases\.node_ipv6"), store.write() as tx:
+        tx.move(second, T0, NODE6)
+    with store.write() as tx:
+        tx.finish(first, model.LeaseState.REVOKED, T0, T0)
+        tx.insert(**{**lease_fields("n3", "192.0.2.3"), "node_ipv6": NODE6})
+    assert sorted(lease.node for lease in store.leases()) == ["n2", "n3"]

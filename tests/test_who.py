@@ -92,9 +92,44 @@ def test_nobody_when_no_lease_held_it(state, inventory):
     assert holders(state, inventory, 1234, 100) == []
     assert holders(state, inventory, 1234, 500) == []
     assert holders(state, inventory, 1234, -1) == []
-    # n2's lease ended at 1060 s; not reclaimed, it still held the port only until then.
     assert holders(state, inventory, 1234, 1059) == [("n2", "2001:db8:e30::12")]
-    assert holders(state, inventory, 1234, 1060) == []
+
+
+def test_a_lease_past_its_end_holds_its_port_set_until_reclaimed(state, inventory):
+    # n2's lease reached its end at 1060 s but is not reclaimed: the port set is still
+    # not free (allocate would not hand it out), so who finds n2, as expired.
+    with LeaseStore(state) as store:
+        alloc = Allocator(load_inventory(inventory).domain, store)
+        (found,) = alloc.who(ADDRESS, 1234, at(5000))
+        assert (found.lease.node, found.lease.state, found.lease.ended) == ("n2", "expired", None)
+        # Reclaimed, it ended at its end (1060 s): nobody from then on.
+        alloc.expire(now=at(5000))
+        assert alloc.who(ADDRESS, 1234, at(1060)) == []
+        assert [h.lease.node for h in alloc.who(ADDRESS, 1234, at(1059))] == ["n2"]
+
+
+def test_cli_leases_shows_an_unreclaimed_lease_as_expired(state, inventory, capsys):
+    # Every lease of the fixture is in the past (2025): n2 (dynamic, not reclaimed) is
+    # expired, not reclaimed; n1 revoked; n3 past its end too; s1 static, active.
+    for argv in (["leases"], ["leases", "--all"]):
+        code, out, _ = run(capsys, *argv, "--json", "-i", str(inventory), "--state", str(state))
+        assert code == 0
+        states = {lease["node"]: (lease["state"], lease["ended"]) for lease in json.loads(out)}
+        assert states["n2"] == ("expired", None)
+        assert states["n3"] == ("expired", None)
+        assert states["s1"] == ("active", None)
+        assert ("n1" in states) == (argv == ["leases", "--all"])
+    code, out, _ = run(capsys, "leases", "-i", str(inventory), "--state", str(state))
+    (row,) = [line for line in out.splitlines() if line.split()[1] == "n2"]
+    assert row.split()[-3:] == ["expired", "not", "reclaimed"]
+
+
+def test_cli_who_finds_an_unreclaimed_lease_as_expired(state, inventory, capsys):
+    code, out, _ = run(capsys, "who", ADDRESS, "--port", "1234", "--json", "-i", str(inventory),
+                       "--state", str(state))
+    assert code == 0
+    (holder,) = json.loads(out)["holders"]
+    assert (holder["node"], holder["lease"]["state"]) == ("n2", "expired")
 
 
 def test_two_nodes_sharing_an_address_are_told_apart_by_port(state, inventory):

@@ -55,7 +55,7 @@ def common(func: Callable) -> Callable:
     @click.option("-i", "--inventory", envvar="DSTM_ORCH_INVENTORY", required=True,
                   type=click.Path(file_okay=False), help="Inventory directory "
                   "(env DSTM_ORCH_INVENTORY).")
-    @click.option("--state", envvar="DSTM_ORCH_STATE", type=click.Path(dir_okay=False),
+    @click.option("--state", envvar="DSTM_ORCH_STATE", type=click.Path(),
                   help="Lease store file (env DSTM_ORCH_STATE; default "
                   "/var/lib/dstm-orch/<domain>.sqlite).")
     @click.option("--json", "as_json", is_flag=True, help="Print data as JSON.")

@@ -22,7 +22,10 @@ from dstm_orch.domain.model import Lease, utcnow
 @LIFETIME
 @common
 def allocate(ctx: Context, node: str, lifetime: int | None) -> None:
-    """Lease an IPv4 address to NODE (draft section 5); a static node gets its reservation."""
+    """Lease an IPv4 address to NODE (draft section 5); a static node gets its reservation.
+
+    A node that already has a current lease gets it back unchanged, or renewed to now +
+    --lifetime when --lifetime is given."""
     _print_leases(ctx, [ctx.allocator.allocate(node, lifetime)], single=True)
 
 
@@ -47,10 +50,9 @@ def revoke(ctx: Context, node: str) -> None:
 @click.option("--all", "show_all", is_flag=True, help="Include ended leases (the history).")
 @common
 def leases(ctx: Context, show_all: bool) -> None:
-    """List the current leases (with --all, every lease ever granted)."""
-    allocator = ctx.allocator
-    found = allocator.leases(include_history=True) if show_all else allocator.active_leases()
-    _print_leases(ctx, found)
+    """List the active leases, those past their end not yet reclaimed as expired (with
+    --all, every lease ever granted)."""
+    _print_leases(ctx, ctx.allocator.leases(include_history=show_all))
 
 
 @click.command()
@@ -106,7 +108,11 @@ def _instant(text: str) -> datetime:
     except ValueError as exc:
         raise click.BadParameter(f"{text!r} is not an ISO 8601 time", param_hint="--at") from exc
     moment = moment.replace(microsecond=0)
-    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment
+    try:
+        return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+    except OverflowError as exc:
+        raise click.BadParameter(f"{text!r} is outside the range of UTC times",
+                                 param_hint="--at") from exc
 
 
 def _ports(lease: Lease) -> str:
@@ -127,7 +133,7 @@ def _print_leases(ctx: Context, found: list[Lease], single: bool = False) -> Non
         table.add_row(str(d["id"]), d["node"], d["node_ipv6"], d["ipv4"], _ports(lease),
                       d["tep_ipv6"], d["start"], d["end"] or "never",
                       "static" if d["lifetime"] is None else f"{d['lifetime']} s", d["state"],
-                      d["ended"] or "")
+                      d["ended"] or ("not reclaimed" if d["state"] == "expired" else ""))
     Console(width=300).print(table)
 
 

@@ -14,12 +14,12 @@ from __future__ import annotations
 
 import enum
 import ipaddress
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 
 import netaddr
 
-from dstm_orch.domain.portset import DEFAULT_PSID_OFFSET, PortSet
+from dstm_orch.domain.portset import DEFAULT_PSID_OFFSET, PortSet, usable_psids
 
 IPv4 = ipaddress.IPv4Address
 IPv6 = ipaddress.IPv6Address
@@ -146,6 +146,12 @@ class Pool:
         """2^k: the sharing ratio (1 for whole addresses)."""
         return 1 << self.psid_len
 
+    @property
+    def usable_psids(self) -> range:
+        """The PSIDs the pool hands out: those whose port set holds a port a node can
+        use (``portset.USABLE_PORTS``, 1024-65534); ``range(1)`` for whole addresses."""
+        return usable_psids(*self.layout)
+
     def port_set(self, psid: int) -> PortSet | None:
         """Return the port set of ``psid`` under the pool's layout, None for a
         whole-address pool."""
@@ -158,7 +164,7 @@ class Tep:
 
     ``ipv6`` is the tunnel end point address handed to nodes in every lease (draft
     section 4.4); ``management_ipv6`` is where the orchestrator reaches the device
-    (invariant 6: all orchestrator traffic is IPv6). ``kind`` is ``linux`` (Ansible)
+    (all orchestrator traffic is IPv6). ``kind`` is ``linux`` (Ansible)
     or ``netconf`` (router, RFC 8676 binding table).
     """
 
@@ -201,9 +207,6 @@ class Domain:
     pools: dict[str, Pool]
     teps: dict[str, Tep]
     nodes: dict[str, Node]
-
-    def pool_of(self, node: Node) -> Pool:
-        return self.pools[node.pool]
 
     def tep_of(self, node: Node) -> Tep:
         return self.teps[self.pools[node.pool].tep]
@@ -255,6 +258,15 @@ class Lease:
     def is_current(self, now: datetime) -> bool:
         """True while the lease is active and has not reached its end."""
         return self.state is LeaseState.ACTIVE and (self.end is None or self.end > now)
+
+    def as_of(self, now: datetime) -> Lease:
+        """Return the lease as it stands at ``now``: an active lease at or past its end
+        is ``expired`` with ``ended`` None, not reclaimed yet (it still holds its
+        address until reclamation, Kea's expired-reclaimed distinction); any other
+        lease is returned as stored."""
+        if self.state is LeaseState.ACTIVE and self.end is not None and self.end <= now:
+            return replace(self, state=LeaseState.EXPIRED)
+        return self
 
     def as_dict(self) -> dict:
         """Return the JSON shape of a lease (issue 2, "A lease in JSON")."""

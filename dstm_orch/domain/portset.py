@@ -25,11 +25,18 @@ is the single run ``PSID * 2^m`` to ``PSID * 2^m + 2^m - 1``. An address shares 
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 PORT_BITS = 16
 DEFAULT_PSID_OFFSET = 6
 """RFC 7597 section 5.1: "The default value of 'a' is 6", which excludes ports 0-1023."""
+
+
+USABLE_PORTS = (1024, 65534)
+"""The ports a node can use, inclusive: a Linux node's local port range cannot start below
+``net.ipv4.ip_unprivileged_port_start`` (1024), and a Linux TEP's policy rules cannot
+match ports 0 and 65535. A port set with no port in this range is never handed out."""
 
 
 def _check_int(name: str, value: object, low: int, high: int) -> int:
@@ -119,6 +126,10 @@ class PortSet:
             for block in range(1, 1 << self.psid_offset)
         ]
 
+    def has_port_in(self, first: int, last: int) -> bool:
+        """Tell whether the set holds a port from ``first`` to ``last`` (inclusive)."""
+        return any(max(low, first) <= min(high, last) for low, high in self.ranges())
+
     def contains(self, port: int) -> bool:
         """Tell whether a port number (0 to 65535) belongs to the set."""
         if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port < 1 << 16:
@@ -178,3 +189,29 @@ def psid_of(psid_offset: int, psid_len: int, port: int) -> int | None:
     if psid_offset and port >> (PORT_BITS - psid_offset) == 0:
         return None
     return (port >> (PORT_BITS - psid_offset - psid_len)) & ((1 << psid_len) - 1)
+
+
+@functools.cache
+def usable_psids(psid_offset: int, psid_len: int) -> range:
+    """Return the PSIDs of a layout whose port set holds a port in ``USABLE_PORTS``.
+
+    They are consecutive (RFC 7597 section 5.1): with a = 0 the sets are consecutive
+    ranges ascending with the PSID, so only the lowest PSIDs (all below 1024: PSID p
+    < 2^(10-m)) and, with m = 0, PSID 65535 (port 65535 alone) fall outside; with a > 0
+    every set is at or above 2^(16-a) and at least one of its 2^a - 1 runs lies in
+    1024-65534, except with a = 1 and m = 0, where PSID 2^k - 1 is port 65535 alone.
+    A whole address (k = 0) has PSID 0 only, usable.
+
+    Raises:
+        ValueError: the layout is invalid.
+    """
+    check_layout(psid_offset, psid_len)
+    if psid_len == 0:
+        return range(1)
+    low, high = USABLE_PORTS
+    first, last = 0, (1 << psid_len) - 1
+    while first <= last and not PortSet(psid_offset, psid_len, first).has_port_in(low, high):
+        first += 1
+    while last >= first and not PortSet(psid_offset, psid_len, last).has_port_in(low, high):
+        last -= 1
+    return range(first, last + 1)

@@ -41,10 +41,7 @@ so the history answers who held an address from which IPv6 address when.
 
 from __future__ import annotations
 
-import bisect
-import heapq
 import ipaddress
-import itertools
 from collections.abc import Iterable, Iterator
 from datetime import UTC, datetime
 
@@ -57,10 +54,15 @@ from dstm_orch.domain.errors import (
     UnknownNodeError,
 )
 from dstm_orch.ipam import space as pools
-from dstm_orch.store import AddressTakenError, Holding, LeaseStore, Transaction
-
-Candidate = tuple[int, int]
-"""An IPv4 address (integer) and a PSID (0 for a whole address)."""
+from dstm_orch.ipam import strategy
+from dstm_orch.ipam.strategy import Candidate
+from dstm_orch.store import (
+    AddressTakenError,
+    Holding,
+    Ipv6TakenError,
+    LeaseStore,
+    Transaction,
+)
 
 
 class Ipv6InUseError(DstmError):
@@ -100,8 +102,10 @@ class Allocator:
                 existing lease keeps whatever address it is mapped to.
 
         Returns:
-            The node's current lease when it has one (unchanged, the call is
-            idempotent, except that it moves to ``node_ipv6`` when that differs), else
+            The node's current lease when it has one: unchanged without ``lifetime``
+            (the call is idempotent), renewed to ``now + lifetime`` with it (a
+            ``renew`` event, as ``renew`` does; a static lease stays unchanged), and
+            moved to ``node_ipv6`` when that differs. Else
             a new lease: a static one (no end, no lifetime, the whole address) for a
             node with a static reservation, a dynamic one ending at ``now + lifetime``
             otherwise, with a port set in a pool with a PSID length. It carries the
@@ -129,11 +133,10 @@ class Allocator:
         The node need not be listed in ``domain.nodes``; its pool must be in
         ``domain.pools``.
         """
-        moment = _moment(now)
         self._check_lifetime(node, lifetime)
         moved_to = None if node_ipv6 is None else _ipv6(node_ipv6)
         with self.store.write() as tx:
-            return self._allocate(tx, node, lifetime, moment, {}, moved_to)
+            return self._allocate(tx, node, lifetime, _moment(now), {}, moved_to)
 
     def allocate_many(
         self,
@@ -155,12 +158,12 @@ class Allocator:
             UnknownNodeError, LifetimeError, PoolExhaustedError, StoreError: as for
                 ``allocate``; when raised, no lease of the batch was written.
         """
-        moment = _moment(now)
         batch = [self._node(node) if isinstance(node, str) else node for node in nodes]
         for node in batch:
             self._check_lifetime(node, lifetime)
         walks: dict[str, Iterator[Candidate]] = {}
         with self.store.write() as tx:
+            moment = _moment(now)
             leases = []
             for index, node in enumerate(batch, 1):
                 try:
@@ -203,9 +206,9 @@ class Allocator:
             ValueError: ``node_ipv6`` is not an IPv6 address.
         """
         node = self._node(node_name)
-        moment = _moment(now)
         moved_to = None if node_ipv6 is None else _ipv6(node_ipv6)
         with self.store.write() as tx:
+            moment = _moment(now)
             lease = tx.lease_of(node.name)
             if lease is None:
                 raise LeaseNotFoundError(f"node {node.name!r} holds no active lease to renew")
@@ -225,7 +228,7 @@ class Allocator:
         """End a node's active lease now (its address then enters the hold time).
 
         A lease already past its end is recorded as ended at its end, not at
-        ``now``: the node did not hold the address after that (invariant 3). A node
+        ``now``: the node did not hold the address after that, as the history says. A node
         the domain no longer declares can still have its lease revoked.
 
         Args:
@@ -239,8 +242,8 @@ class Allocator:
             UnknownNodeError: no lease and the domain declares no such node.
             LeaseNotFoundError: the node holds no active lease.
         """
-        moment = _moment(now)
         with self.store.write() as tx:
+            moment = _moment(now)
             lease = tx.lease_of(node_name)
             if lease is None:
                 self._node(node_name)
@@ -269,8 +272,8 @@ class Allocator:
         """
         if max_leases is not None and max_leases < 0:
             raise ValueError(f"max_leases must be 0 or more, not {max_leases}")
-        moment = _moment(now)
         with self.store.write() as tx:
+            moment = _moment(now)
             return [
                 tx.finish(lease, model.LeaseState.EXPIRED, lease.end, moment)
                 for lease in tx.due(moment, max_leases)
@@ -281,10 +284,15 @@ class Allocator:
         """Return the leases current at ``now``: active, and static or not yet ended."""
         return self.store.active_leases(_moment(now))
 
-    def leases(self, include_history: bool = False) -> list[model.Lease]:
-        """Return the active leases (also unreclaimed ones past their end), or every
-        lease ever made with ``include_history``, by id."""
-        return self.store.leases(include_history)
+    def leases(
+        self, include_history: bool = False, now: datetime | None = None
+    ) -> list[model.Lease]:
+        """Return the active leases and those past their end not yet reclaimed, or every
+        lease ever made with ``include_history``, by id, each as it stands at ``now``
+        (None: the current time): one past its end and not reclaimed is ``expired``
+        with ``ended`` None (``Lease.as_of``)."""
+        moment = _moment(now)
+        return [lease.as_of(moment) for lease in self.store.leases(include_history)]
 
     def lease_of(self, node_name: str) -> model.Lease | None:
         """Return the node's active lease (possibly past its end, see
@@ -294,8 +302,9 @@ class Allocator:
     def who(
         self, ipv4: object, port: int | None = None, at: datetime | None = None
     ) -> list[Holding]:
-        """Answer who held an address, and a port of it, at an instant (draft
-        section 5), from the lease history: past, expired and revoked leases too.
+        """Answer who held an address, and a port of it, at an instant (draft section 5:
+        the server memorises the IPv6-IPv4 mapping), from the lease history: past,
+        expired and revoked leases too.
 
         Args:
             ipv4: an IPv4 address (str, int or address object).
@@ -305,8 +314,9 @@ class Allocator:
 
         Returns:
             The leases that held it then, each with the node's IPv6 address at that
-            instant (a roaming node's address is followed through its moves); empty
-            when none did. A whole-address lease holds every port.
+            instant (a roaming node's address is followed through its moves) and its
+            state now (``Lease.as_of``); empty when none did. A whole-address lease
+            holds every port; a lease past its end holds its address until reclaimed.
 
         Raises:
             ValueError: ``ipv4`` or ``port`` is malformed, or ``at`` is naive.
@@ -318,8 +328,9 @@ class Allocator:
         address = model.to_int(ipv4)
         with self.store.read() as tx:
             found = tx.holders(address, _moment(at))
+        now = model.utcnow()
         return [
-            holding
+            Holding(holding.lease.as_of(now), holding.node_ipv6)
             for holding in found
             if port is None
             or holding.lease.port_set is None
@@ -374,13 +385,19 @@ class Allocator:
     ) -> model.Lease:
         if node_ipv6 is None or node_ipv6 == lease.node_ipv6:
             return lease
-        other = tx.ipv6_in_use(node_ipv6, lease.node)
-        if other is not None:
-            raise Ipv6InUseError(
-                f"node {lease.node!r} cannot move its lease to {node_ipv6}: the active lease"
-                f" of node {other!r} is mapped to that IPv6 address"
-            )
-        return tx.move(lease, now, node_ipv6)
+        try:
+            return tx.move(lease, now, node_ipv6)
+        except Ipv6TakenError:
+            raise self._ipv6_in_use(tx, lease.node, node_ipv6, "move its lease to") from None
+
+    @staticmethod
+    def _ipv6_in_use(tx: Transaction, node: str, ipv6: model.IPv6, what: str) -> Ipv6InUseError:
+        other = tx.ipv6_in_use(ipv6, node)
+        return Ipv6InUseError(
+            f"node {node!r} cannot {what} {ipv6}: the active lease of node {other!r} is"
+            " mapped to that IPv6 address (one active lease per IPv6 address; revoke it"
+            " first)"
+        )
 
     def _allocate(
         self,
@@ -393,18 +410,35 @@ class Allocator:
     ) -> model.Lease:
         pool = self._pool(node)
         tep = self.domain.tep_of(node)
-        current = tx.lease_of(node.name)
+        latest = tx.latest_of(node.name)
+        current = latest if latest and latest.state is model.LeaseState.ACTIVE else None
         if current is not None:
             if current.is_current(now):
-                return self._move(tx, current, now, node_ipv6)
+                current = self._move(tx, current, now, node_ipv6)
+                if lifetime is None or current.end is None:
+                    return current
+                owner = self.domain.pools.get(current.pool) or pool
+                return tx.extend(current, now, _lifetime(owner, node.name, lifetime))
             tx.finish(current, model.LeaseState.EXPIRED, current.end, now)
             walks.pop(current.pool, None)
         ipv6 = node.ipv6 if node_ipv6 is None else node_ipv6
-        if node_ipv6 is not None and (other := tx.ipv6_in_use(ipv6, node.name)) is not None:
-            raise Ipv6InUseError(
-                f"node {node.name!r} cannot take a lease at {ipv6}: the active lease of node"
-                f" {other!r} is mapped to that IPv6 address"
-            )
+        try:
+            return self._insert(tx, node, latest, pool, tep, ipv6, lifetime, now, walks)
+        except Ipv6TakenError:
+            raise self._ipv6_in_use(tx, node.name, ipv6, "take a lease at") from None
+
+    def _insert(
+        self,
+        tx: Transaction,
+        node: model.Node,
+        previous: model.Lease | None,
+        pool: model.Pool,
+        tep: model.Tep,
+        ipv6: model.IPv6,
+        lifetime: int | None,
+        now: datetime,
+        walks: dict[str, Iterator[Candidate]],
+    ) -> model.Lease:
         fields = {
             "node": node.name,
             "node_ipv6": ipv6,
@@ -424,83 +458,19 @@ class Allocator:
         seconds = _lifetime(pool, node.name, lifetime)
         space = self._space(pool)
         since = _epoch(now) - pool.policy.hold_time
-        for ipv4, psid in self._candidates(tx, node, pool, space, since, walks):
+        proposals = strategy.candidates(
+            tx, node, previous, pool, space, since, self._reserved, walks
+        )
+        for ipv4, psid in proposals:
             try:
                 return tx.insert(
                     ipv4=ipv4, lifetime=seconds, port_set=pool.port_set(psid), **fields
                 )
             except AddressTakenError:
                 continue
-        what = f"{space.size} addresses"
-        if pool.shares_addresses:
-            what += (
-                f" x {pool.port_sets_per_address} port sets"
-                f" ({space.size * pool.port_sets_per_address} port sets)"
-            )
         raise PoolExhaustedError(
-            f"pool {pool.name!r} is exhausted: none of its {what} is free at"
-            f" {_iso(now)} (all leased, reserved, or within the {pool.policy.hold_time} s"
-            " hold time after their last lease)"
+            strategy.exhausted(pool, space, _iso(now), tx.count_due(pool.name, now))
         )
-
-    def _candidates(
-        self,
-        tx: Transaction,
-        node: model.Node,
-        pool: model.Pool,
-        space: pools.AddressSpace,
-        since: int,
-        walks: dict[str, Iterator[Candidate]],
-    ) -> Iterator[Candidate]:
-        previous = tx.last_slot_of(node.name)
-        if (
-            previous is not None
-            and previous.layout == pool.layout
-            and previous.ipv4 in space
-            and not self._is_reserved(previous.ipv4)
-            and not tx.is_active(previous.ipv4, pool.layout, previous.psid)
-            and not tx.is_held_for_other(
-                previous.ipv4, since, node.name, pool.layout, previous.psid
-            )
-        ):
-            yield previous.ipv4, previous.psid
-        walk = walks.get(pool.name)
-        if walk is None:
-            walk = walks[pool.name] = self._walk(tx, pool, space, since)
-        # Not ``yield from``: closing this generator must not close the walk, which the
-        # next request of a batch continues.
-        for candidate in walk:  # noqa: UP028
-            yield candidate
-
-    def _walk(
-        self, tx: Transaction, pool: model.Pool, space: pools.AddressSpace, since: int
-    ) -> Iterator[Candidate]:
-        if not space.intervals:
-            return iter(())
-        first, last = space.intervals[0][0], space.intervals[-1][1]
-        layout = pool.layout
-        held = tx.held_slots(first, last, since)
-        # Addresses without a free slot for anyone: reserved, held by an active lease
-        # of another layout, or in the hold time of an ended lease of another layout.
-        closed = sorted(
-            set(self._reserved)
-            | set(tx.layout_conflicts(first, last, layout))
-            | {slot.ipv4 for slot in held if slot.layout != layout}
-        )
-        if not pool.shares_addresses:
-            unleased = itertools.chain.from_iterable(
-                tx.unleased_runs(low, high) for low, high in space.intervals
-            )
-            taken = heapq.merge(sorted({slot.ipv4 for slot in held}), closed)
-            return ((ipv4, 0) for ipv4 in pools.free_addresses(unleased, taken))
-        held_slots = [(slot.ipv4, slot.psid) for slot in held if slot.layout == layout]
-        if pool.port_set_fill is model.PortSetFill.SPREAD:
-            return pools.spread_slots(tx, space, layout, held_slots, closed)
-        return pools.pack_slots(tx, space, layout, held_slots, closed)
-
-    def _is_reserved(self, ipv4: int) -> bool:
-        index = bisect.bisect_left(self._reserved, ipv4)
-        return index < len(self._reserved) and self._reserved[index] == ipv4
 
 
 def _lifetime(pool: model.Pool, node_name: str, lifetime: int | None) -> int:
@@ -516,6 +486,12 @@ def _lifetime(pool: model.Pool, node_name: str, lifetime: int | None) -> int:
 
 
 def _moment(now: datetime | None) -> datetime:
+    """Return ``now`` in whole UTC seconds, the current time when None.
+
+    A write reads the current time inside its transaction, once the write lock is
+    held, so that a request that waited for the lock never records a time older
+    than what the holder committed (the database refuses events out of order).
+    """
     if now is None:
         now = model.utcnow()
     elif now.tzinfo is None:

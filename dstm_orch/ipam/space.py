@@ -30,6 +30,7 @@ import netaddr
 
 from dstm_orch.domain import model
 from dstm_orch.domain.model import Layout, to_int
+from dstm_orch.domain.portset import usable_psids
 
 
 @dataclass(frozen=True)
@@ -72,19 +73,6 @@ class AddressSpace:
 
     def __contains__(self, address: object) -> bool:
         return contains(self, address)
-
-    def free(self, used: Iterable[int]) -> Iterator[int]:
-        """Yield the addresses of the space that are not in ``used``, ascending, lazily.
-
-        Args:
-            used: IPv4 integers sorted ascending; duplicates and addresses outside
-                the space are allowed and skipped.
-
-        Returns:
-            An iterator over free IPv4 integers; it consumes ``used`` only as far as
-            the caller iterates.
-        """
-        return free_addresses(self.intervals, used)
 
 
 def contains(space: AddressSpace | model.Pool, address: object) -> bool:
@@ -136,20 +124,6 @@ def free_addresses(intervals: Iterable[tuple[int, int]], used: Iterable[int]) ->
             current = following + 1
 
 
-def free_candidates(pool: model.Pool, used: Iterable[int]) -> Iterator[int]:
-    """Propose a pool's free IPv4 integers in ascending order, lazily.
-
-    Args:
-        pool: the pool whose ``addresses`` IPSet is walked by merged intervals.
-        used: IPv4 integers sorted ascending that are not free (active leases,
-            addresses in their hold time, static reservations).
-
-    Returns:
-        An iterator over candidate IPv4 integers; the lease store decides.
-    """
-    return AddressSpace.of_pool(pool).free(used)
-
-
 class SlotIndex(Protocol):
     """What the slot walks ask of the lease store (``store.Transaction`` provides it)."""
 
@@ -186,11 +160,12 @@ def pack_slots(
         closed: addresses with no free slot (reserved, or held by another layout).
 
     Returns:
-        An iterator over ``(ipv4, psid)``; an address whose active leases use another
-        layout is skipped. Each address costs two index queries, full addresses
-        before it cost a galloping count.
+        An iterator over ``(ipv4, psid)`` of usable PSIDs only (``usable_psids``: a
+        port set without a port in 1024-65534 is never proposed); an address whose
+        active leases use another layout is skipped. Each address costs two index
+        queries, full addresses before it cost a galloping count.
     """
-    last_psid = (1 << layout[1]) - 1
+    usable = usable_psids(*layout)
     closed = set(closed)
     held_psids: dict[int, set[int]] = {}
     for ipv4, psid in held:
@@ -208,7 +183,7 @@ def pack_slots(
             if any(other != layout for other, _ in active):
                 continue
             taken = sorted({psid for _, psid in active} | held_psids.get(ipv4, set()))
-            for psid in free_addresses(((0, last_psid),), taken):
+            for psid in free_addresses(((usable.start, usable.stop - 1),), taken):
                 yield ipv4, psid
 
 
@@ -223,13 +198,13 @@ def spread_slots(
     PSID p + 1, lazily (arguments as for ``pack_slots``).
 
     Returns:
-        An iterator over ``(ipv4, psid)``. The addresses free for one PSID come from
-        runs of index counts, as for whole addresses; PSID p + 1 is asked for only
-        when no address has PSID p free.
+        An iterator over ``(ipv4, psid)`` of usable PSIDs only. The addresses free
+        for one PSID come from runs of index counts, as for whole addresses; PSID
+        p + 1 is asked for only when no address has PSID p free.
     """
     closed = sorted(set(closed))
     held = list(held)
-    for psid in range(1 << layout[1]):
+    for psid in usable_psids(*layout):
         unleased = itertools.chain.from_iterable(
             index.unleased_runs(low, high, layout, psid) for low, high in space.intervals
         )

@@ -1,25 +1,26 @@
 """The durable lease store: leases, their history and events, the allocation index and
 the push journal, with every uniqueness invariant enforced by the database.
 
+Modules: ``connection`` (the file, its transactions), ``identity`` (is an existing
+file ours), ``migrations`` (the schema), ``leases`` (leases and their history),
+``index`` (which addresses and port sets have room), ``journal`` (pushes to devices).
 Imports only :mod:`dstm_orch.domain`.
 """
 
-from dstm_orch.store.sqlite import (
-    WHOLE,
-    AddressTakenError,
-    Event,
-    Holding,
-    LeaseStore,
-    PushRecord,
-    Slot,
-    Transaction,
-)
+from dstm_orch.domain.model import WHOLE
+from dstm_orch.store.connection import LeaseStore, Transaction
+from dstm_orch.store.identity import SCHEMA_VERSION
+from dstm_orch.store.index import Slot
+from dstm_orch.store.journal import PushRecord
+from dstm_orch.store.leases import AddressTakenError, Event, Holding, Ipv6TakenError
 
 __all__ = [
+    "SCHEMA_VERSION",
     "WHOLE",
     "AddressTakenError",
     "Event",
     "Holding",
+    "Ipv6TakenError",
     "LeaseStore",
     "PushRecord",
     "Slot",

@@ -5,6 +5,12 @@ it shipped, only followed by a new one.
 """
 
 LAYOUT_CONFLICT = "the address has active leases of another port-set layout"
+EVENT_OUT_OF_ORDER = "an event of a lease is older than the start or the last event of its lease"
+END_BEFORE_START = "a lease cannot end before it starts"
+
+APPLICATION_ID = 0x4453544D
+"""``PRAGMA application_id`` of a dstm-orch lease store ("DSTM" in ASCII), set by
+migration 4; a file with another non-zero id belongs to another application."""
 
 MIGRATIONS: tuple[tuple[str, ...], ...] = (
     (
@@ -142,6 +148,54 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         )
         """,
         "CREATE INDEX device_pushes_device ON device_pushes (device, id)",
+    ),
+    # 4: the store identifies itself, and times are kept in order by the database: a
+    # lease never ends before it starts and a lease's events never go back in time
+    # (a writer reads the time once it holds the write lock, so a writer that waited
+    # never records a time older than what the holder committed). One active lease
+    # per node IPv6 address: a TEP maps each IPv6 address to one lease.
+    (
+        f"PRAGMA application_id = {APPLICATION_ID}",
+        # Only ended leases are looked up by their end: an active lease (ended_at NULL)
+        # costs no entry, so an allocation writes one index page less.
+        "DROP INDEX leases_ended",
+        "CREATE INDEX leases_ended ON leases (ended_at) WHERE ended_at IS NOT NULL",
+        # The 'allocate' event is written by the database with the lease itself.
+        """
+        CREATE TRIGGER leases_allocate_event AFTER INSERT ON leases
+        BEGIN
+            INSERT INTO lease_events (lease_id, at, event, end_at, node_ipv6)
+            VALUES (NEW.id, NEW.start_at, 'allocate', NEW.end_at, NEW.node_ipv6);
+        END
+        """,
+        "DROP INDEX leases_active_node_ipv6",
+        """
+        CREATE UNIQUE INDEX leases_active_node_ipv6 ON leases (node_ipv6)
+        WHERE state = 'active'
+        """,
+        f"""
+        CREATE TRIGGER leases_end_after_start_insert BEFORE INSERT ON leases
+        WHEN NEW.ended_at < NEW.start_at
+        BEGIN
+            SELECT RAISE(ABORT, '{END_BEFORE_START}');
+        END
+        """,
+        f"""
+        CREATE TRIGGER leases_end_after_start BEFORE UPDATE OF ended_at ON leases
+        WHEN NEW.ended_at < NEW.start_at
+        BEGIN
+            SELECT RAISE(ABORT, '{END_BEFORE_START}');
+        END
+        """,
+        f"""
+        CREATE TRIGGER lease_events_in_order BEFORE INSERT ON lease_events
+        WHEN NEW.at < (SELECT start_at FROM leases WHERE id = NEW.lease_id)
+             OR NEW.at < (SELECT at FROM lease_events INDEXED BY lease_events_lease
+                          WHERE lease_id = NEW.lease_id ORDER BY id DESC LIMIT 1)
+        BEGIN
+            SELECT RAISE(ABORT, '{EVENT_OUT_OF_ORDER}');
+        END
+        """,
     ),
 )
 """Schema migrations in order; migration N takes ``PRAGMA user_version`` from N-1 to N."""

@@ -1,0 +1,244 @@
+"""The lease store: one SQLite file, opened after checking it is ours, migrated, and
+used one transaction per operation.
+
+The database, not Python, guarantees uniqueness: partial unique indexes allow one
+active lease per (IPv4 address, PSID), one per node and one per node IPv6 address,
+across processes and after crashes. A lease holds a whole address (layout (0, 0),
+PSID 0) or one port set (RFC 7597 section 5.1: ``psid_offset``, ``psid_len``,
+``psid``); triggers keep the active leases of one address on one layout and freeze
+a lease's address and port set, so two active leases overlap exactly when they
+share (address, PSID), which the unique index refuses; other triggers keep times in
+order (no end before the start, no event older than its lease's last).
+
+Every operation is one transaction; writes take the write lock up front (``BEGIN
+IMMEDIATE``) so that a check and the insert that follows it are atomic, and read
+the time only once they hold it. Commits are durable (WAL, ``synchronous=FULL``).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import datetime
+from pathlib import Path
+
+from dstm_orch.domain import model
+from dstm_orch.domain.errors import StoreError
+from dstm_orch.store.identity import SCHEMA_VERSION, check_store_file, too_new
+from dstm_orch.store.index import AllocationIndex, _Mark, _MarkKey
+from dstm_orch.store.journal import PushJournal, PushRecord
+from dstm_orch.store.leases import Event, LeaseRows
+from dstm_orch.store.migrations import MIGRATIONS
+
+BUSY_TIMEOUT = 30.0
+"""Seconds a connection waits for another process's write lock before failing."""
+
+
+class LeaseStore:
+    """Leases in one SQLite file, one transaction per operation.
+
+    Args:
+        path: the database file; created (with its directory) with the current
+            schema when missing or empty, migrated when older. An existing file is
+            checked before anything writes to it (``identity.check_store_file``).
+
+    Raises:
+        StoreError: the file cannot be opened, is not a lease store (a directory,
+            not SQLite, another application's database), is newer than this code,
+            or cannot be migrated (the message names the file and the reason; a
+            refused file is left byte for byte as it was).
+    """
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self._marks: dict[_MarkKey, _Mark] = {}
+        check_store_file(self.path)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StoreError(
+                f"lease store {self.path}: cannot create its directory: {exc.strerror}"
+            ) from exc
+        try:
+            self._db = sqlite3.connect(
+                self.path, timeout=BUSY_TIMEOUT, isolation_level=None, check_same_thread=True
+            )
+        except sqlite3.Error as exc:
+            raise StoreError(f"lease store {self.path}: cannot open: {exc}") from exc
+        try:
+            self._configure()
+            self._migrate()
+        except StoreError:
+            self._db.close()
+            raise
+        except sqlite3.Error as exc:
+            self._db.close()
+            raise StoreError(f"lease store {self.path}: cannot open: {exc}") from exc
+
+    def _configure(self) -> None:
+        db = self._db
+        db.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT * 1000)}")
+        if db.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":
+            mode = db.execute("PRAGMA journal_mode = WAL").fetchone()[0].lower()
+            if mode != "wal":
+                raise StoreError(
+                    f"lease store {self.path}: cannot switch to WAL journal (got {mode!r})"
+                )
+        db.execute("PRAGMA synchronous = FULL")
+        db.execute("PRAGMA foreign_keys = ON")
+
+    def _migrate(self) -> None:
+        version = self._user_version()
+        if version > SCHEMA_VERSION:
+            raise StoreError(self._too_new(version))
+        if version == SCHEMA_VERSION:
+            return
+        db = self._db
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            version = self._user_version()
+            if version > SCHEMA_VERSION:
+                raise StoreError(self._too_new(version))
+            for number in range(version, SCHEMA_VERSION):
+                for statement in MIGRATIONS[number]:
+                    db.execute(statement)
+                db.execute(f"PRAGMA user_version = {number + 1}")
+            db.execute("COMMIT")
+        except BaseException as exc:
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+            if isinstance(exc, sqlite3.Error):
+                hint = (
+                    " (two active leases map one node IPv6 address; revoke one of them"
+                    " with the dstm-orch that wrote the store)"
+                    if "leases.node_ipv6" in str(exc)
+                    else ""
+                )
+                raise StoreError(
+                    f"lease store {self.path}: cannot migrate schema from version {version}"
+                    f" to {SCHEMA_VERSION}: {exc}{hint}; the store is left as it was"
+                ) from exc
+            raise
+
+    def _user_version(self) -> int:
+        return self._db.execute("PRAGMA user_version").fetchone()[0]
+
+    def _too_new(self, version: int) -> str:
+        return too_new(self.path, version)
+
+    @property
+    def schema_version(self) -> int:
+        """The schema version of the open file (``PRAGMA user_version``)."""
+        return self._user_version()
+
+    def close(self) -> None:
+        """Close the connection; committed leases are already on disk."""
+        self._db.close()
+
+    def __enter__(self) -> LeaseStore:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    @contextmanager
+    def write(self) -> Iterator[Transaction]:
+        """Run a block as one write transaction holding the database write lock.
+
+        ``BEGIN IMMEDIATE`` takes the lock before the first read, so everything the
+        block checks still holds when it writes. The block commits when it returns
+        and rolls back entirely when it raises: nothing is half-written.
+
+        Raises:
+            StoreError: the lock was not granted within ``BUSY_TIMEOUT`` seconds or
+                SQLite failed (the message names the file).
+        """
+        with self._transaction("BEGIN IMMEDIATE") as transaction:
+            yield transaction
+
+    @contextmanager
+    def read(self) -> Iterator[Transaction]:
+        """Run a block of queries on one consistent snapshot (a read transaction)."""
+        with self._transaction("BEGIN DEFERRED") as transaction:
+            yield transaction
+
+    @contextmanager
+    def _transaction(self, begin: str) -> Iterator[Transaction]:
+        db = self._db
+        try:
+            db.execute(begin)
+        except sqlite3.Error as exc:
+            raise StoreError(f"lease store {self.path}: cannot begin a transaction: {exc}") from exc
+        transaction = Transaction(db, self._marks)
+        try:
+            yield transaction
+        except BaseException as exc:
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+            if isinstance(exc, sqlite3.Error):
+                raise StoreError(f"lease store {self.path}: {exc}") from exc
+            raise
+        try:
+            db.execute("COMMIT")
+        except sqlite3.Error as exc:
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+            raise StoreError(f"lease store {self.path}: cannot commit: {exc}") from exc
+        self._marks.update(transaction.new_marks)
+
+    def leases(self, include_history: bool = False) -> list[model.Lease]:
+        """Return the active leases (also those past their end and not yet reclaimed),
+        or every lease ever made with ``include_history``, oldest first."""
+        with self.read() as tx:
+            return tx.leases(include_history)
+
+    def active_leases(self, now: datetime) -> list[model.Lease]:
+        """Return the current leases at ``now``: active and static or ending after ``now``."""
+        with self.read() as tx:
+            return tx.current_leases(now)
+
+    def lease_of(self, node: str) -> model.Lease | None:
+        """Return the node's active lease (possibly past its end), or None."""
+        with self.read() as tx:
+            return tx.lease_of(node)
+
+    def history(self, ipv4: object | None = None, node: str | None = None) -> list[model.Lease]:
+        """Return every lease of an address and/or a node, by start then id.
+
+        Args:
+            ipv4: an IPv4 address (int, str or address object) or None for any.
+            node: a node name or None for any.
+        """
+        with self.read() as tx:
+            return tx.history(ipv4, node)
+
+    def events(self, lease_id: int) -> list[Event]:
+        """Return the events of one lease in the order they happened."""
+        with self.read() as tx:
+            return tx.events(lease_id)
+
+    def record_push(self, device: str, at: datetime, *, applied: bool,
+                    version: int | None = None, detail: str = "") -> None:
+        """Record a push to ``device`` at ``at``: whether it took, the device's table
+        version after it (RFC 8676 binding-table-versioning) and a one-line detail."""
+        with self.write() as tx:
+            tx.record_push(device, at, applied, version, detail)
+
+    def pushes(self, device: str | None = None) -> list[PushRecord]:
+        """Return recorded pushes (of one device, or all), oldest first."""
+        with self.read() as tx:
+            return tx.pushes(device)
+
+
+
+class Transaction(LeaseRows, AllocationIndex, PushJournal):
+    """The queries and writes of the allocator, inside one open transaction.
+
+    Obtained from ``LeaseStore.write()`` or ``LeaseStore.read()``; never commits.
+    """
+
+    def __init__(self, db: sqlite3.Connection, marks: dict[_MarkKey, _Mark] | None = None):
+        self._db = db
+        self._marks = {} if marks is None else marks
+        self.new_marks: dict[_MarkKey, _Mark] = {}

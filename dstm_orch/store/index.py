@@ -1,0 +1,269 @@
+"""The allocation index: which addresses and port sets have room, from index counts.
+
+Finding the lowest address with room never enumerates a pool: it counts entries of
+the partial indexes over active leases inside SQLite (galloping search), and a store
+remembers, per start address, layout and PSID, how far the addresses were all full
+as of which event; the mark holds until a revoke or expire event touches that run,
+from any process (only those events make an active lease inactive), and marks of a
+rolled-back transaction are dropped. Only the layout's usable PSIDs count
+(``portset.usable_psids``: a port set without a port a node can use is never leased).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from dstm_orch.domain.model import WHOLE, Layout
+from dstm_orch.domain.portset import usable_psids
+
+
+@dataclass(frozen=True)
+class Slot:
+    """An address and one PSID of it under a layout (PSID 0 of layout (0, 0): the whole
+    address)."""
+
+    ipv4: int
+    layout: Layout
+    psid: int
+
+
+@dataclass(frozen=True)
+class _Mark:
+    """Every address in ``[first, upto)`` was full as of event ``event_id``."""
+
+    upto: int
+    event_id: int
+
+
+_MarkKey = tuple[int, Layout, int | None]
+"""A skip mark's start address, layout and PSID (None: any PSID, see ``first_unleased``)."""
+
+
+class AllocationIndex:
+    """The index queries of the allocator's strategies, on an open transaction's
+    connection ``_db`` (part of ``Transaction``); skip marks of this transaction go to
+    ``new_marks``, which the store keeps after a commit."""
+
+    _db: sqlite3.Connection
+    _marks: dict[_MarkKey, _Mark]
+    new_marks: dict[_MarkKey, _Mark]
+
+    def is_active(self, ipv4: int, layout: Layout = WHOLE, psid: int = 0) -> bool:
+        """Tell whether the slot ``(ipv4, psid)`` of ``layout`` is taken: an active lease
+        (reclaimed or not) holds that PSID, or holds the address under another layout.
+        """
+        return (
+            self._db.execute(
+                "SELECT 1 FROM leases INDEXED BY leases_active_ipv4"
+                " WHERE state = 'active' AND ipv4 = ?"
+                " AND (psid = ? OR psid_offset != ? OR psid_len != ?) LIMIT 1",
+                (ipv4, psid, *layout),
+            ).fetchone()
+            is not None
+        )
+
+    def is_held_for_other(
+        self, ipv4: int, since: int, node: str, layout: Layout = WHOLE, psid: int = 0
+    ) -> bool:
+        """Tell whether a lease of another node that ended after ``since`` holds the slot.
+
+        A lease of the same layout holds its own PSID; a lease of another layout (a
+        whole address, or port sets of a layout since changed) holds the whole address.
+
+        Args:
+            ipv4: the address as an integer.
+            since: epoch seconds; an end later than this is within the hold time.
+            node: the node asking; its own ended leases do not hold the slot.
+            layout: ``(psid_offset, psid_len)`` of the slot.
+            psid: the slot's PSID (0 for a whole address).
+        """
+        return (
+            self._db.execute(
+                "SELECT 1 FROM leases WHERE ipv4 = ? AND ended_at > ? AND node != ?"
+                " AND (psid = ? OR psid_offset != ? OR psid_len != ?) LIMIT 1",
+                (ipv4, since, node, psid, *layout),
+            ).fetchone()
+            is not None
+        )
+
+    def count_active(
+        self, first: int, last: int, layout: Layout = WHOLE, psid: int | None = 0
+    ) -> int:
+        """Count the active leases of ``layout`` on the addresses ``first`` to ``last``
+        (IPv4 integers, inclusive), only those of PSID ``psid`` unless it is None,
+        then only those of the layout's usable PSIDs (``portset.usable_psids``).
+
+        Counts entries of a covering index inside SQLite. One address holds at most
+        one active lease per PSID (unique index), so with ``psid`` None an address is
+        full at as many leases as the layout has usable PSIDs, otherwise at one.
+        """
+        if psid is None:
+            usable = usable_psids(*layout)
+            return self._db.execute(
+                "SELECT count(*) FROM leases INDEXED BY leases_active_layout"
+                " WHERE state = 'active' AND psid_offset = ? AND psid_len = ?"
+                " AND ipv4 BETWEEN ? AND ? AND psid BETWEEN ? AND ?",
+                (*layout, first, last, usable.start, usable.stop - 1),
+            ).fetchone()[0]
+        return self._db.execute(
+            "SELECT count(*) FROM leases INDEXED BY leases_active_psid"
+            " WHERE state = 'active' AND psid_offset = ? AND psid_len = ? AND psid = ?"
+            " AND ipv4 BETWEEN ? AND ?",
+            (*layout, psid, first, last),
+        ).fetchone()[0]
+
+    def next_active(
+        self, first: int, last: int, layout: Layout = WHOLE, psid: int = 0
+    ) -> int | None:
+        """Return the lowest address in ``[first, last]`` with an active lease of
+        ``layout`` and ``psid``, or None (one index seek)."""
+        return self._db.execute(
+            "SELECT min(ipv4) FROM leases INDEXED BY leases_active_psid"
+            " WHERE state = 'active' AND psid_offset = ? AND psid_len = ? AND psid = ?"
+            " AND ipv4 BETWEEN ? AND ?",
+            (*layout, psid, first, last),
+        ).fetchone()[0]
+
+    def first_unleased(
+        self, first: int, last: int, layout: Layout = WHOLE, psid: int | None = 0
+    ) -> int:
+        """Return the lowest address in ``[first, last]`` that still has room, or
+        ``last + 1`` when none has.
+
+        An address has room when no active lease of ``layout`` holds ``psid`` on it;
+        with ``psid`` None, when a usable PSID of ``layout`` (``usable_psids``) is
+        not held on it. Leases of other layouts are not counted: the caller checks those.
+
+        Galloping search on index counts: ranges of 1, 2, 4, ... addresses are
+        counted until one is not full, then that range is halved down to the
+        address. The work is about three index entries per lease skipped, counted
+        inside SQLite, and a logarithmic number of queries; the pool is never
+        enumerated.
+        """
+        capacity = 1 if psid is not None else len(usable_psids(*layout))
+        key = (first, layout, psid)
+        low = self._leased_up_to(key, first, last)
+        span = 1
+        while low <= last:
+            high = min(low + span - 1, last)
+            if self.count_active(low, high, layout, psid) < (high - low + 1) * capacity:
+                while low < high:
+                    middle = (low + high) // 2
+                    if self.count_active(low, middle, layout, psid) == (
+                        middle - low + 1
+                    ) * capacity:
+                        low = middle + 1
+                    else:
+                        high = middle
+                break
+            low, span = high + 1, span * 2
+        low = min(low, last + 1)
+        self.new_marks[key] = _Mark(low, self._last_event())
+        return low
+
+    def _leased_up_to(self, key: _MarkKey, first: int, last: int) -> int:
+        # Resume after a known full run from ``first`` if no lease in it has ended
+        # since (leases only stop being active by revoke or expire events).
+        mark = self._marks.get(key)
+        if mark is None or mark.upto <= first:
+            return first
+        ended = self._db.execute(
+            "SELECT 1 FROM lease_events AS e CROSS JOIN leases AS l ON l.id = e.lease_id"
+            " WHERE e.id > ? AND e.event IN ('revoke', 'expire')"
+            " AND l.ipv4 >= ? AND l.ipv4 < ? LIMIT 1",
+            (mark.event_id, first, mark.upto),
+        ).fetchone()
+        return first if ended else min(mark.upto, last + 1)
+
+    def _last_event(self) -> int:
+        return self._db.execute("SELECT coalesce(max(id), 0) FROM lease_events").fetchone()[0]
+
+    def unleased_runs(
+        self, first: int, last: int, layout: Layout = WHOLE, psid: int = 0
+    ) -> Iterator[tuple[int, int]]:
+        """Yield, ascending and lazily, the maximal runs ``(first, last)`` of addresses
+        in ``[first, last]`` where no active lease of ``layout`` holds ``psid`` (holds,
+        reservations and other layouts are the caller's to apply)."""
+        current = first
+        while current <= last:
+            start = self.first_unleased(current, last, layout, psid)
+            if start > last:
+                return
+            following = self.next_active(start + 1, last, layout, psid) if start < last else None
+            stop = last if following is None else following - 1
+            yield start, stop
+            current = stop + 1
+
+    def active_psids(self, ipv4: int) -> list[tuple[Layout, int]]:
+        """Return ``((psid_offset, psid_len), psid)`` of the active leases on an
+        address, by PSID (at most 2^k rows, one index range)."""
+        return [
+            ((offset, length), psid)
+            for psid, offset, length in self._db.execute(
+                "SELECT psid, psid_offset, psid_len FROM leases INDEXED BY leases_active_ipv4"
+                " WHERE state = 'active' AND ipv4 = ? ORDER BY psid",
+                (ipv4,),
+            )
+        ]
+
+    def layout_conflicts(self, first: int, last: int, layout: Layout) -> list[int]:
+        """Return, ascending, the addresses in ``[first, last]`` that active leases of
+        any layout other than ``layout`` hold (they have no room for ``layout``).
+
+        The layouts in use are found by index seeks, then each other layout's leases
+        in the range are read; outside a change of a pool's layout these are only the
+        static reservations inside the range (and leases of other pools in the gaps of
+        a pool of several intervals, which the walk never proposes).
+        """
+        found: set[int] = set()
+        other = self._next_layout(None)
+        while other is not None:
+            if other != tuple(layout):
+                found.update(
+                    ipv4
+                    for (ipv4,) in self._db.execute(
+                        "SELECT ipv4 FROM leases INDEXED BY leases_active_layout"
+                        " WHERE state = 'active' AND psid_offset = ? AND psid_len = ?"
+                        " AND ipv4 BETWEEN ? AND ?",
+                        (*other, first, last),
+                    )
+                )
+            other = self._next_layout(other)
+        return sorted(found)
+
+    def _next_layout(self, after: Layout | None) -> Layout | None:
+        if after is None:
+            row = self._db.execute(
+                "SELECT psid_offset, psid_len FROM leases INDEXED BY leases_active_layout"
+                " WHERE state = 'active' ORDER BY psid_offset, psid_len LIMIT 1"
+            ).fetchone()
+            return (row[0], row[1]) if row else None
+        # Two seeks (a row-value ">" would scan the rest of its first column's range).
+        row = self._db.execute(
+            "SELECT psid_offset, psid_len FROM leases INDEXED BY leases_active_layout"
+            " WHERE state = 'active' AND psid_offset = ? AND psid_len > ?"
+            " ORDER BY psid_len LIMIT 1",
+            after,
+        ).fetchone() or self._db.execute(
+            "SELECT psid_offset, psid_len FROM leases INDEXED BY leases_active_layout"
+            " WHERE state = 'active' AND psid_offset > ?"
+            " ORDER BY psid_offset, psid_len LIMIT 1",
+            (after[0],),
+        ).fetchone()
+        return (row[0], row[1]) if row else None
+
+    def held_slots(self, first: int, last: int, since: int) -> list[Slot]:
+        """Return, by address, the slots in ``[first, last]`` of leases ended after
+        ``since`` (epoch seconds): those still in their hold time."""
+        return [
+            Slot(ipv4, (offset, length), psid)
+            for ipv4, offset, length, psid in self._db.execute(
+                "SELECT DISTINCT ipv4, psid_offset, psid_len, psid"
+                " FROM leases INDEXED BY leases_ended"
+                " WHERE ended_at > ? AND ipv4 BETWEEN ? AND ?"
+                " ORDER BY ipv4, psid",
+                (since, first, last),
+            )
+        ]

@@ -1,0 +1,427 @@
+"""Leases and their history: rows of ``leases`` and ``lease_events``.
+
+Leases are never deleted: revocation and reclamation set their state and ``ended``,
+and every allocate, renew, move, revoke and expire appends a row to ``lease_events``
+with the node's IPv6 address after it (a ``move`` also with the address before), so
+who held which address and port set when, from which IPv6 address, can always be
+answered (draft-ietf-ngtrans-dstm-08 section 5, "The DSTM server MUST memorize the
+mapping between the IPv6 address of the node ... and the allocated IPv4 address").
+
+Times are stored as integer seconds since the epoch (UTC); IPv4 addresses as
+integers; IPv6 addresses as compressed text.
+"""
+
+from __future__ import annotations
+
+import functools
+import ipaddress
+import sqlite3
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from dstm_orch.domain import model
+from dstm_orch.domain.portset import PortSet
+from dstm_orch.store.migrations import LAYOUT_CONFLICT
+
+_COLUMNS = (
+    "id, node, node_ipv6, ipv4, pool, tep, tep_ipv6, start_at, end_at, lifetime, state, ended_at,"
+    " psid_offset, psid_len, psid"
+)
+
+
+@dataclass(frozen=True)
+class Event:
+    """One line of a lease's history: what happened to it, when, and its end after.
+
+    ``node_ipv6`` is the node's IPv6 address after the event (None for events
+    recorded before schema version 2); ``old_ipv6`` the address a ``move`` left.
+    """
+
+    lease_id: int
+    at: datetime
+    event: str
+    end: datetime | None
+    node_ipv6: model.IPv6 | None = None
+    old_ipv6: model.IPv6 | None = None
+
+
+@dataclass(frozen=True)
+class Holding:
+    """A lease that held an address at some instant, with the node's IPv6 address then."""
+
+    lease: model.Lease
+    node_ipv6: model.IPv6
+
+
+class AddressTakenError(Exception):
+    """The database refused a lease: its address already has an active lease.
+
+    Internal to the allocator's retry loop (the unique index is the last defence);
+    it never reaches an operator.
+    """
+
+
+class Ipv6TakenError(Exception):
+    """The database refused a lease or a move: another active lease maps that node
+    IPv6 address (one active lease per IPv6 address). The allocator names the other
+    node."""
+
+
+def _refusal(exc: sqlite3.IntegrityError) -> Exception:
+    text = str(exc)
+    if "leases.ipv4" in text or LAYOUT_CONFLICT in text:
+        return AddressTakenError(text)
+    if "leases.node_ipv6" in text:
+        return Ipv6TakenError(text)
+    return exc
+
+
+class LeaseRows:
+    """Writes and reads of leases and their events on an open transaction's
+    connection ``_db`` (part of ``Transaction``)."""
+
+    _db: sqlite3.Connection
+
+    def _one(self, sql: str, *args: object) -> model.Lease | None:
+        row = self._db.execute(sql, args).fetchone()
+        return _lease(row) if row else None
+
+    def _all(self, sql: str, *args: object) -> list[model.Lease]:
+        return [_lease(row) for row in self._db.execute(sql, args)]
+
+    def get(self, lease_id: int) -> model.Lease | None:
+        """Return the lease with this id, or None."""
+        return self._one(f"SELECT {_COLUMNS} FROM leases WHERE id = ?", lease_id)
+
+    def lease_of(self, node: str) -> model.Lease | None:
+        """Return the node's active lease (possibly past its end), or None."""
+        return self._one(f"SELECT {_COLUMNS} FROM leases WHERE node = ? AND state = 'active'", node)
+
+    def latest_of(self, node: str) -> model.Lease | None:
+        """Return the node's most recent lease, of any state, or None.
+
+        A node's active lease, when it has one, is its most recent (a new lease is
+        inserted only when none is active, and an ended lease never becomes active).
+        """
+        return self._one(
+            f"SELECT {_COLUMNS} FROM leases INDEXED BY leases_node WHERE node = ?"
+            " ORDER BY id DESC LIMIT 1",
+            node,
+        )
+
+    def ipv6_in_use(self, node_ipv6: model.IPv6, node: str) -> str | None:
+        """Return the name of another node whose active lease maps ``node_ipv6``, or None."""
+        row = self._db.execute(
+            "SELECT node FROM leases INDEXED BY leases_active_node_ipv6"
+            " WHERE state = 'active' AND node_ipv6 = ? AND node != ? LIMIT 1",
+            (str(node_ipv6), node),
+        ).fetchone()
+        return row[0] if row else None
+
+    def insert(
+        self,
+        *,
+        node: str,
+        node_ipv6: model.IPv6,
+        ipv4: int,
+        pool: str,
+        tep: str,
+        tep_ipv6: model.IPv6,
+        start: datetime,
+        lifetime: int | None,
+        port_set: PortSet | None = None,
+    ) -> model.Lease:
+        """Insert an active lease starting at ``start`` (whole seconds) for ``lifetime``
+        seconds (None: static, no end); the database records its ``allocate`` event.
+
+        Args:
+            port_set: the lease's PSID and layout; None for the whole address.
+
+        Raises:
+            AddressTakenError: the database refuses it: an active lease already holds
+                that PSID of the address, or holds the address under another layout.
+            Ipv6TakenError: an active lease of another node maps ``node_ipv6``.
+            sqlite3.IntegrityError: another constraint refuses it (the node already
+                has an active lease); the transaction turns it into ``StoreError``.
+        """
+        start_at = _epoch(start)
+        end_at = None if lifetime is None else start_at + lifetime
+        offset, length, psid = (
+            (port_set.psid_offset, port_set.psid_len, port_set.psid) if port_set else (0, 0, 0)
+        )
+        try:
+            cursor = self._db.execute(
+                "INSERT INTO leases (node, node_ipv6, ipv4, psid_offset, psid_len, psid, pool,"
+                " tep, tep_ipv6, start_at, end_at, lifetime, state)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'active')",
+                (
+                    node,
+                    _text(node_ipv6),
+                    ipv4,
+                    offset,
+                    length,
+                    psid,
+                    pool,
+                    tep,
+                    _text(tep_ipv6),
+                    start_at,
+                    end_at,
+                    lifetime,
+                ),
+            )
+        except sqlite3.IntegrityError as exc:
+            refusal = _refusal(exc)
+            if refusal is exc:
+                raise
+            raise refusal from exc
+        # The row is not read back: the lease is what was written (its 'allocate'
+        # event is written by the trigger leases_allocate_event).
+        return model.Lease(
+            id=cursor.lastrowid,
+            node=node,
+            node_ipv6=node_ipv6,
+            ipv4=ipaddress.IPv4Address(ipv4),
+            pool=pool,
+            tep=tep,
+            tep_ipv6=tep_ipv6,
+            start=_moment(start_at),
+            end=None if end_at is None else _moment(end_at),
+            lifetime=lifetime,
+            state=model.LeaseState.ACTIVE,
+            port_set=port_set if length else None,
+        )
+
+    def extend(self, lease: model.Lease, now: datetime, lifetime: int) -> model.Lease:
+        """Set an active lease's end to ``now + lifetime`` seconds; record ``renew``."""
+        at = _epoch(now)
+        self._db.execute(
+            "UPDATE leases SET end_at = ?, lifetime = ? WHERE id = ? AND state = 'active'",
+            (at + lifetime, lifetime, lease.id),
+        )
+        self._event(lease.id, at, "renew", at + lifetime, lease.node_ipv6)
+        return self._refetch(lease)
+
+    def move(self, lease: model.Lease, now: datetime, node_ipv6: model.IPv6) -> model.Lease:
+        """Map an active lease to the node's new IPv6 address from ``now`` on; record a
+        ``move`` event with the old and the new address (draft section 6, the VPN
+        scenario: a roaming node's IPv6 address changes, its lease stays).
+
+        Raises:
+            Ipv6TakenError: an active lease of another node maps ``node_ipv6``.
+        """
+        at = _epoch(now)
+        try:
+            self._db.execute(
+                "UPDATE leases SET node_ipv6 = ? WHERE id = ? AND state = 'active'",
+                (str(node_ipv6), lease.id),
+            )
+        except sqlite3.IntegrityError as exc:
+            refusal = _refusal(exc)
+            if refusal is exc:
+                raise
+            raise refusal from exc
+        self._event(
+            lease.id,
+            at,
+            "move",
+            _epoch(lease.end) if lease.end else None,
+            node_ipv6,
+            old_ipv6=lease.node_ipv6,
+        )
+        return self._refetch(lease)
+
+    def finish(
+        self, lease: model.Lease, state: model.LeaseState, ended: datetime, now: datetime
+    ) -> model.Lease:
+        """End an active lease: set ``state`` and ``ended``; record the event at ``now``.
+
+        Args:
+            lease: the active lease.
+            state: ``REVOKED`` or ``EXPIRED``.
+            ended: when the lease stopped (revocation time, or its end when reclaimed).
+            now: when the event is recorded.
+        """
+        event = {model.LeaseState.REVOKED: "revoke", model.LeaseState.EXPIRED: "expire"}[state]
+        self._db.execute(
+            "UPDATE leases SET state = ?, ended_at = ? WHERE id = ? AND state = 'active'",
+            (state.value, _epoch(ended), lease.id),
+        )
+        self._event(
+            lease.id, _epoch(now), event, _epoch(lease.end) if lease.end else None, lease.node_ipv6
+        )
+        return self._refetch(lease)
+
+    def due(self, now: datetime, limit: int | None) -> list[model.Lease]:
+        """Return active dynamic leases whose end is at or before ``now``, earliest first,
+        at most ``limit`` of them (None: all)."""
+        return self._all(
+            f"SELECT {_COLUMNS} FROM leases WHERE state = 'active' AND end_at <= ?"
+            " ORDER BY end_at, id LIMIT ?",
+            _epoch(now),
+            -1 if limit is None else limit,
+        )
+
+    def count_due(self, pool: str, now: datetime) -> int:
+        """Count the pool's active leases whose end is at or before ``now``: ended, not
+        reclaimed yet, still holding their address or port set."""
+        return self._db.execute(
+            "SELECT count(*) FROM leases INDEXED BY leases_due"
+            " WHERE state = 'active' AND end_at <= ? AND pool = ?",
+            (_epoch(now), pool),
+        ).fetchone()[0]
+
+    def leases(self, include_history: bool = False) -> list[model.Lease]:
+        """Return the active leases, or all of them with ``include_history``, by id."""
+        where = "" if include_history else " WHERE state = 'active'"
+        return self._all(f"SELECT {_COLUMNS} FROM leases{where} ORDER BY id")
+
+    def current_leases(self, now: datetime) -> list[model.Lease]:
+        """Return the leases current at ``now`` (active; static or ending after now)."""
+        return self._all(
+            f"SELECT {_COLUMNS} FROM leases WHERE state = 'active'"
+            " AND (end_at IS NULL OR end_at > ?) ORDER BY id",
+            _epoch(now),
+        )
+
+    def history(self, ipv4: object | None = None, node: str | None = None) -> list[model.Lease]:
+        """Return every lease of an address and/or node, by start then id."""
+        clauses: list[str] = []
+        args: list[object] = []
+        if ipv4 is not None:
+            clauses.append("ipv4 = ?")
+            args.append(model.to_int(ipv4))
+        if node is not None:
+            clauses.append("node = ?")
+            args.append(node)
+        where = f" WHERE {' AND '.join(clauses)}" if clauses else ""
+        return self._all(f"SELECT {_COLUMNS} FROM leases{where} ORDER BY start_at, id", *args)
+
+    def holders(self, ipv4: object, at: datetime) -> list[Holding]:
+        """Return who held an address at an instant, from the lease history.
+
+        A lease held its address (and port set) from its ``start`` until it ended
+        (revoke or reclamation); while active, past its ``end`` too until reclaimed
+        (the address is not free before); a static lease until revoked. The IPv6
+        address is the node's at ``at``: the one the last event up to then recorded,
+        so a roaming node's moves are followed.
+
+        Args:
+            ipv4: the address (int, str or address object).
+            at: the instant (timezone-aware).
+
+        Returns:
+            The holdings by PSID then lease id; several when the address was shared.
+        """
+        moment = _epoch(at)
+        found = self._all(
+            f"SELECT {_COLUMNS} FROM leases INDEXED BY leases_ipv4 WHERE ipv4 = ?"
+            " AND start_at <= ? AND (state = 'active' OR ended_at > ?) ORDER BY psid, id",
+            model.to_int(ipv4),
+            moment,
+            moment,
+        )
+        return [Holding(lease, self._ipv6_at(lease, moment)) for lease in found]
+
+    def _ipv6_at(self, lease: model.Lease, at: int) -> model.IPv6:
+        row = self._db.execute(
+            "SELECT node_ipv6 FROM lease_events WHERE lease_id = ? AND at <= ?"
+            " AND node_ipv6 IS NOT NULL ORDER BY id DESC LIMIT 1",
+            (lease.id, at),
+        ).fetchone()
+        if row is None:
+            # No event up to then names it (history written before schema 2, or an
+            # instant before the first event): the address before the first move.
+            row = self._db.execute(
+                "SELECT old_ipv6 FROM lease_events WHERE lease_id = ? AND event = 'move'"
+                " ORDER BY id LIMIT 1",
+                (lease.id,),
+            ).fetchone()
+        return ipaddress.IPv6Address(row[0]) if row else lease.node_ipv6
+
+    def events(self, lease_id: int) -> list[Event]:
+        """Return the events of one lease, oldest first."""
+        return [
+            Event(
+                lease_id,
+                _moment(at),
+                event,
+                None if end_at is None else _moment(end_at),
+                None if node_ipv6 is None else ipaddress.IPv6Address(node_ipv6),
+                None if old_ipv6 is None else ipaddress.IPv6Address(old_ipv6),
+            )
+            for at, event, end_at, node_ipv6, old_ipv6 in self._db.execute(
+                "SELECT at, event, end_at, node_ipv6, old_ipv6 FROM lease_events"
+                " WHERE lease_id = ? ORDER BY id",
+                (lease_id,),
+            )
+        ]
+
+    def _event(
+        self,
+        lease_id: int,
+        at: int,
+        event: str,
+        end_at: int | None,
+        node_ipv6: model.IPv6,
+        old_ipv6: model.IPv6 | None = None,
+    ) -> None:
+        self._db.execute(
+            "INSERT INTO lease_events (lease_id, at, event, end_at, node_ipv6, old_ipv6)"
+            " VALUES (?, ?, ?, ?, ?, ?)",
+            (lease_id, at, event, end_at, str(node_ipv6), old_ipv6 and str(old_ipv6)),
+        )
+
+    def _refetch(self, lease: model.Lease) -> model.Lease:
+        fresh = self.get(lease.id)
+        assert fresh is not None
+        return fresh
+
+
+@functools.lru_cache(maxsize=1 << 14)
+def _text(address: model.IPv6) -> str:
+    return str(address)
+
+
+def _epoch(moment: datetime) -> int:
+    if moment.tzinfo is None:
+        raise ValueError(f"naive datetime {moment!r}: lease times must be timezone-aware UTC")
+    return int(moment.timestamp() // 1)
+
+
+def _moment(epoch: int) -> datetime:
+    return datetime.fromtimestamp(epoch, UTC)
+
+
+def _lease(row: tuple) -> model.Lease:
+    (
+        lease_id,
+        node,
+        node_ipv6,
+        ipv4,
+        pool,
+        tep,
+        tep_ipv6,
+        start_at,
+        end_at,
+        lifetime,
+        state,
+        ended_at,
+        psid_offset,
+        psid_len,
+        psid,
+    ) = row
+    return model.Lease(
+        id=lease_id,
+        node=node,
+        node_ipv6=ipaddress.IPv6Address(node_ipv6),
+        ipv4=ipaddress.IPv4Address(ipv4),
+        pool=pool,
+        tep=tep,
+        tep_ipv6=ipaddress.IPv6Address(tep_ipv6),
+        start=_moment(start_at),
+        end=None if end_at is None else _moment(end_at),
+        lifetime=lifetime,
+        state=model.LeaseState(state),
+        ended=None if ended_at is None else _moment(ended_at),
+        port_set=PortSet(psid_offset, psid_len, psid) if psid_len else None,
+    )
