@@ -62,7 +62,7 @@ def test_membership_and_groups(tmp_path):
     assert inv.group_hosts("parent") == ["h1", "h2"]
     assert inv.group_hosts("child") == ["h1", "h2"]
     assert inv.group_hosts("other") == ["h2", "h3"]
-    assert inv.group_hosts("all") == ["h1", "h2", "h3"]
+    assert sorted(inv.group_hosts("all")) == ["h1", "h2", "h3"]
     assert inv.group_hosts("nope") == []
     assert inv.path == tmp_path
 
@@ -210,14 +210,14 @@ def test_empty_vars_file_is_no_vars(tmp_path):
 def test_missing_directory(tmp_path):
     problem = the_problem(tmp_path / "nope")
     assert (problem.file, problem.key) == (str(tmp_path / "nope"), "-")
-    assert "inventory directory not found" in problem.reason
+    assert "inventory not found" in problem.reason
 
 
 def test_missing_hosts_yml(tmp_path):
     write(tmp_path, {"group_vars/all.yml": {"v": 1}})
     problem = the_problem(tmp_path)
     assert (problem.file, problem.key) == (str(tmp_path), "-")
-    assert "no hosts.yml" in problem.reason
+    assert "no inventory source Ansible can read" in problem.reason
 
 
 def test_invalid_yaml_in_hosts_yml_names_the_line(tmp_path):
@@ -246,22 +246,23 @@ def test_vars_file_that_is_not_a_mapping(tmp_path):
 def test_unknown_key_in_a_group(tmp_path):
     write(tmp_path, {"hosts.yml": {"all": {"children": {"g": {"host": {"h1": None}}}}}})
     problem = the_problem(tmp_path)
-    assert (problem.file, problem.key) == (str(tmp_path / "hosts.yml"), "all.children.g.host")
-    assert "unknown key" in problem.reason
+    # Ansible only warns ("Skipping unexpected key"); dstm-orch refuses, naming the file.
+    assert problem.file == str(tmp_path / "hosts.yml")
+    assert "unexpected key (host) in group (g)" in problem.reason
 
 
 def test_hosts_that_are_a_list(tmp_path):
     write(tmp_path, {"hosts.yml": {"all": {"children": {"g": {"hosts": ["h1"]}}}}})
     problem = the_problem(tmp_path)
-    assert (problem.file, problem.key) == (str(tmp_path / "hosts.yml"),
-                                           "all.children.g.hosts")
-    assert "expected a mapping" in problem.reason
+    assert problem.file == str(tmp_path / "hosts.yml")
+    assert 'Invalid "hosts" entry for "g" group, requires a dictionary' in problem.reason
 
 
 def test_hosts_yml_that_is_not_a_mapping(tmp_path):
     write(tmp_path, {"hosts.yml": "- h1\n"})
     problem = the_problem(tmp_path)
-    assert (problem.file, problem.key) == (str(tmp_path / "hosts.yml"), "all")
+    assert problem.file == str(tmp_path / "hosts.yml")
+    assert "invalid structure, it should be a dictionary" in problem.reason
 
 
 VAULT_TEXT = ("$ANSIBLE_VAULT;1.1;AES256\n"
@@ -286,7 +287,7 @@ def test_whole_file_vaulted_vars_file_is_named(tmp_path):
     })
     problem = the_problem(tmp_path)
     assert problem.file == str(tmp_path / "host_vars" / "n1.yml")
-    assert "whole-file vaulted" in problem.reason
+    assert "encrypted with ansible-vault and no vault password" in problem.reason
 
 
 def test_a_host_declared_twice_is_refused(tmp_path):

@@ -223,7 +223,7 @@ def test_lab_host_vars_validate_against_the_host_vars_schema():
 
 def test_missing_hosts_yml(tmp_path):
     (tmp_path / "group_vars").mkdir()
-    check(the_problem(tmp_path), tmp_path, "-", "no hosts.yml")
+    check(the_problem(tmp_path), tmp_path, "-", "no inventory source Ansible can read")
 
 
 def test_missing_inventory_directory(tmp_path):
