@@ -130,7 +130,6 @@ def _read(path: Path) -> AnsibleInventory:
     if not path.exists():
         raise InventoryError([Problem(str(path), "-", "inventory not found")])
     from ansible.errors import AnsibleError
-    from ansible.vars.manager import VariableManager
 
     from dstm_orch.config.guarded_loader import GuardedLoader
 
@@ -153,12 +152,12 @@ def _read(path: Path) -> AnsibleInventory:
                                 "example hosts.yml or hosts.ini)"))
     if problems:
         raise InventoryError(problems)
-    variables = VariableManager(loader=loader, inventory=manager)
+    variables = _HostVariables(manager, loader)
     converter = _Plain()
     hosts: dict[str, HostEntry] = {}
     for host in manager.get_hosts("all"):
         try:
-            raw = variables.get_vars(host=host, include_hostvars=False, stage="all")
+            raw = variables.of(host)
         except AnsibleError as exc:
             problems.extend(_error_problems(loader, exc, source, as_given))
             continue
@@ -166,8 +165,6 @@ def _read(path: Path) -> AnsibleInventory:
                                            if g.name != "all"),
                           source=as_given(str(host.vars.get("inventory_file") or source)))
         for var, value in raw.items():
-            if var in _internal_vars():
-                continue
             entry.vars[var] = converter(value)
             where = _origin(value)
             if where:
@@ -177,7 +174,7 @@ def _read(path: Path) -> AnsibleInventory:
         hosts[host.name] = entry
     all_vars, all_origin, all_lines = {}, {}, {}
     try:
-        raw_all = _all_group_vars(manager, loader)
+        raw_all = variables.of_all()
     except AnsibleError as exc:
         problems.extend(_error_problems(loader, exc, source, as_given))
         raw_all = {}
@@ -193,20 +190,64 @@ def _read(path: Path) -> AnsibleInventory:
     return AnsibleInventory(path, hosts, groups, all_vars, all_origin, all_lines, manager)
 
 
-def _all_group_vars(manager, loader) -> dict[str, Any]:
-    """The group ``all``'s variables: inventory, then vars plugins (``group_vars/all``)."""
-    from ansible.utils.vars import combine_vars
-    from ansible.vars.plugins import get_vars_from_inventory_sources
+class _HostVariables:
+    """A host's variables as ``VariableManager.get_vars(host=...)`` combines them without
+    a play (what ``ansible-inventory --host`` prints): the layers of Ansible's
+    ``VARIABLE_PRECEDENCE`` (groups sorted by depth, ``ansible_group_priority`` and name),
+    then the host's inventory variables and its vars plugins (``host_vars``). The group
+    layers are computed once per set of groups, not once per host."""
 
-    group = manager.groups["all"]
-    return combine_vars(group.get_vars(), get_vars_from_inventory_sources(
-        loader, manager._sources, [group], "all"))
+    def __init__(self, manager, loader):
+        from ansible import constants
 
+        self.manager, self.loader = manager, loader
+        self.precedence = list(constants.VARIABLE_PRECEDENCE)
+        self.internal = frozenset(constants.INTERNAL_STATIC_VARS)
+        self.by_groups: dict[tuple[str, ...], dict[str, Any]] = {}
 
-def _internal_vars() -> frozenset[str]:
-    from ansible import constants
+    def _plugins(self, entities) -> dict[str, Any]:
+        from ansible.vars.plugins import get_vars_from_inventory_sources
 
-    return frozenset(constants.INTERNAL_STATIC_VARS)
+        return get_vars_from_inventory_sources(self.loader, self.manager._sources, entities,
+                                               "all")
+
+    def _groups_layers(self, groups) -> dict[str, Any]:
+        from ansible.inventory.helpers import get_group_vars
+        from ansible.utils.vars import combine_vars
+
+        all_group = self.manager.groups["all"]
+        layers = {
+            "all_inventory": all_group.get_vars,
+            "all_plugins_inventory": lambda: self._plugins([all_group]),
+            "groups_inventory": lambda: get_group_vars(groups),
+            "groups_plugins_inventory": lambda: self._plugins(groups),
+            "plugins_by_groups": lambda: {},   # as Ansible: not a valid entry on its own
+        }
+        out: dict[str, Any] = {}
+        for entry in self.precedence:   # *_plugins_play: no play, so no playbook dir
+            if entry in layers:
+                out = combine_vars(out, layers[entry]())
+        return out
+
+    def of(self, host) -> dict[str, Any]:
+        """Every variable of ``host`` (Ansible's internal ones left out), raw."""
+        from ansible.inventory.helpers import sort_groups
+        from ansible.utils.vars import combine_vars
+
+        groups = sort_groups([g for g in host.get_groups() if g.name != "all"])
+        key = tuple(g.name for g in groups)
+        if key not in self.by_groups:
+            self.by_groups[key] = self._groups_layers(groups)
+        out = combine_vars(self.by_groups[key], host.get_vars())
+        out = combine_vars(out, self._plugins([host]))
+        return {k: v for k, v in out.items() if k not in self.internal}
+
+    def of_all(self) -> dict[str, Any]:
+        """The group ``all``'s variables: inventory, then vars plugins (``group_vars/all``)."""
+        from ansible.utils.vars import combine_vars
+
+        group = self.manager.groups["all"]
+        return combine_vars(group.get_vars(), self._plugins([group]))
 
 
 def _error_problems(loader, exc, source: str, as_given) -> list[Problem]:

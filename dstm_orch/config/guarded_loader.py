@@ -51,6 +51,7 @@ class GuardedLoader(DataLoader):
         super().__init__()
         self.problems: dict[Problem, None] = {}   # an ordered set
         self.name_file = name_file
+        self.checked: set[tuple[str, int]] = set()   # (file, hash of its text) checked
 
     def refuse(self, file: str, where: str, reason: str) -> NoReturn:
         """Record a problem and raise it to Ansible as an ``AnsibleParserError``."""
@@ -93,8 +94,10 @@ class GuardedLoader(DataLoader):
                             "files are read")
         return super()._get_dir_vars_files(path, extensions)
 
-    def load_from_file(self, file_name: str, *args: Any, **kwargs: Any) -> Any:
-        data = super().load_from_file(file_name, *args, **kwargs)
+    def load_from_file(self, file_name: str, cache: str = "all", unsafe: bool = False,
+                       **kwargs: Any) -> Any:
+        # Data read without caching is held by no one else: copying it protects nothing.
+        data = super().load_from_file(file_name, cache, unsafe or cache == "none", **kwargs)
         path = self.path_dwim(file_name)
         if (data is not None and not isinstance(data, dict)
                 and _VARS_DIRS & set(os.path.normpath(path).split(os.sep)[:-1])):
@@ -104,8 +107,10 @@ class GuardedLoader(DataLoader):
     def load(self, data: str, file_name: str | None = None, show_content: bool = True,
              json_only: bool = False) -> Any:
         name = str(file_name or "<inventory data>")
-        if not json_only:
-            self._check_yaml(str.__str__(data), name)
+        text = str.__str__(data)
+        if not json_only and (name, hash(text)) not in self.checked:
+            self._check_yaml(text, name)
+            self.checked.add((name, hash(text)))
         try:
             return super().load(data, file_name, show_content, json_only)
         except RecursionError:
