@@ -133,6 +133,7 @@ def _read(path: Path) -> AnsibleInventory:
 
     from dstm_orch.config.guarded_loader import GuardedLoader
 
+    _collections()
     source = str(path)
     loader = GuardedLoader(as_given := _as_given(source))
     with _captured_warnings():
@@ -188,6 +189,16 @@ def _read(path: Path) -> AnsibleInventory:
         raise InventoryError(list(dict.fromkeys([*loader.problems, *problems])))
     groups = {name: [h.name for h in manager.get_hosts(name)] for name in manager.groups}
     return AnsibleInventory(path, hosts, groups, all_vars, all_origin, all_lines, manager)
+
+
+def _collections() -> None:
+    """Let Ansible find plugins in collections (``ansible.builtin.constructed``,
+    ``netbox.netbox.nb_inventory``), as its command line tools do at start."""
+    from ansible.plugins.loader import init_plugin_loader
+    from ansible.utils.collection_loader import AnsibleCollectionConfig
+
+    if AnsibleCollectionConfig.collection_finder is None:
+        init_plugin_loader()
 
 
 class _HostVariables:
