@@ -96,7 +96,7 @@ class _Builder:
         """Record a problem; its line is the key's when the key was set in ``file``."""
         where = self.lines.get(key)
         line = where[1] if where and where[0] == file else None
-        self.problems.append(Problem(file, key, shorten(reason), line))
+        self.problems.append(Problem(file, key, shorten(reason, 400), line))
 
     def build(self) -> Domain:
         domain_file = self.inv.all_origin.get("dstm_domain", str(self.inv.path / "group_vars/all"))
@@ -120,9 +120,9 @@ class _Builder:
         if HOST_NAME.fullmatch(host.name):
             return True
         self.problem(host.source or self._file(host), shorten(host.name, 80),
-                     "not a usable host name: letters, digits, '.', '_' and '-' only, starting "
-                     "with a letter or digit, at most 63 characters (it is used in --limit "
-                     "patterns, namespace and file names)")
+                     f"{shorten(repr(host.name), 80)} is not a usable host name: letters, "
+                     "digits, '.', '_' and '-' only, starting with a letter or digit, at most "
+                     "63 characters (it is used in --limit patterns, namespace and file names)")
         return False
 
     def _claim(self, host: HostEntry, var: str, address: ipaddress.IPv6Address) -> bool:
@@ -407,11 +407,14 @@ def _key_path(path) -> str:
 
 
 def _reason(err: jsonschema.ValidationError) -> str:
+    """What a schema error says, with the offending value cut to a readable length."""
+    value = repr(err.instance)
+    short = shorten(value, 80)
     if err.validator == "additionalProperties":
         return err.message.replace("Additional properties are not allowed", "unknown key(s)")
     if err.validator == "pattern":
         what = err.schema.get("title") or f"in the form {err.schema.get('pattern')}"
-        return f"{err.instance!r} is not {what}"
+        return f"{short} is not {what}"
     if err.validator == "anyOf" and "prefixes" in json.dumps(err.schema):
         return "a pool needs 'prefixes' or 'ranges'"
-    return err.message
+    return err.message.replace(value, short) if len(value) > len(short) else err.message
