@@ -86,7 +86,7 @@ def roaming_nodes(inv: AnsibleInventory, vault=None) -> dict[str, RoamingNode]:
     problems: list[Problem] = []
     for name in inv.group_hosts(NODES_GROUP):
         host = inv.hosts[name]
-        where = host.origin.get(ROAMING_VAR, str(inv.path / "hosts.yml"))
+        where = host.origin.get(ROAMING_VAR) or host.source or str(inv.path)
         roaming = host.vars.get(ROAMING_VAR, False)
         if not isinstance(roaming, bool):
             problems.append(Problem(where, f"{name}.{ROAMING_VAR}",
