@@ -1,4 +1,4 @@
-"""Load a DSTM domain from an Ansible inventory directory, validating it once.
+"""Load a DSTM domain from an Ansible inventory, validating it once.
 
 The domain (pools and lease policy) is ``dstm_domain`` in the inventory's group vars
 and is checked against ``schemas/domain.schema.json``; nodes and TEPs are the hosts of
@@ -73,7 +73,9 @@ def schema(name: str) -> dict:
 
 
 def load_inventory(path: str | Path) -> DstmInventory:
-    """Load and validate the DSTM domain of the inventory directory ``path``.
+    """Load and validate the DSTM domain of the Ansible inventory ``path`` (a directory,
+    file, script or plugin configuration, read by
+    :class:`~dstm_orch.config.ansible_inventory.AnsibleInventory`).
 
     Raises:
         InventoryError: with every problem found (file, key path, reason).
