@@ -136,17 +136,18 @@ def _read(path: Path) -> AnsibleInventory:
     _collections()
     source = str(path)
     loader = GuardedLoader(as_given := _as_given(source))
+    failure = "cannot be read"
     with _captured_warnings():
         try:
             manager = _manager_class()(loader=loader, sources=[source])
-        except AnsibleError:
-            manager = None
+        except AnsibleError as exc:
+            manager, failure = None, shorten(exc.message, 400)
     if manager is not None:
         processed = {as_given(p) for p in manager.processed}
         for problem in [p for p in loader.problems if p.file in processed]:
             del loader.problems[problem]
     if manager is None or loader.problems:
-        raise InventoryError(list(loader.problems) or [Problem(source, "-", "cannot be read")])
+        raise InventoryError(list(loader.problems) or [Problem(source, "-", failure)])
     problems = manager.unparsed_problems(loader, as_given)
     if not manager.parsed and not problems:
         problems.append(Problem(source, "-", "no inventory source Ansible can read (for "
@@ -187,7 +188,8 @@ def _read(path: Path) -> AnsibleInventory:
         _nested_lines(var, value, all_lines, as_given)
     if problems or loader.problems:
         raise InventoryError(list(dict.fromkeys([*loader.problems, *problems])))
-    groups = {name: [h.name for h in manager.get_hosts(name)] for name in manager.groups}
+    groups = {name: [h.name for h in group.get_hosts()]
+              for name, group in manager.groups.items()}
     return AnsibleInventory(path, hosts, groups, all_vars, all_origin, all_lines, manager)
 
 
