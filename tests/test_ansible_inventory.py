@@ -296,3 +296,19 @@ def test_a_host_declared_twice_is_refused(tmp_path):
     problem = the_problem(tmp_path)
     assert (problem.file, problem.key) == (str(tmp_path / "hosts.yml"), "line 5")
     assert "duplicate key 'n1' (first at line 3)" in problem.reason
+
+
+def test_the_file_of_a_boolean_or_null_value_is_named(tmp_path):
+    # Ansible tags strings and numbers with their origin, not booleans or nulls: their
+    # file is the one of the layer that sets them last (here group_vars/child, over
+    # group_vars/parent and the host's own line in hosts.yml for a lower layer).
+    write(tmp_path, {
+        "hosts.yml": NESTED,
+        "group_vars/parent.yml": "dstm_node_roaming: false\ndstm_node_pool: p1\n",
+        "group_vars/child.yml": "dstm_node_roaming: true\ndstm_node_pool: ~\n",
+    })
+    h1 = AnsibleInventory.load(tmp_path).hosts["h1"]
+    assert (h1.vars["dstm_node_roaming"], h1.vars["dstm_node_pool"]) == (True, None)
+    assert h1.origin["dstm_node_roaming"] == str(tmp_path / "group_vars/child.yml")
+    assert h1.origin["dstm_node_pool"] == str(tmp_path / "group_vars/child.yml")
+    assert h1.lines["dstm_node_pool"] == 2

@@ -32,6 +32,8 @@ _GENERIC_PLUGINS = ("host_list", "advanced_host_list", "auto", "yaml", "ini", "t
 _YAML_SUFFIXES = (".yml", ".yaml", ".json")
 _NOT_A_PLUGIN_CONFIG = "no root 'plugin' key"
 MAX_VALUE_CHARS = 200
+# Variables whose file is looked up even when Ansible cannot tag their value.
+_CHECKED_PREFIXES = ("dstm_", "ansible_host")
 
 
 def shorten(text: Any, limit: int = MAX_VALUE_CHARS) -> str:
@@ -169,6 +171,8 @@ def _read(path: Path) -> AnsibleInventory:
         for var, value in raw.items():
             entry.vars[var] = converter(value)
             where = _origin(value)
+            if where is None and var.startswith(_CHECKED_PREFIXES):
+                where = _origin(variables.setter(host, var))
             if where:
                 entry.origin[var] = as_given(where[0])
                 if where[1]:
@@ -254,6 +258,28 @@ class _HostVariables:
         out = combine_vars(self.by_groups[key], host.get_vars())
         out = combine_vars(out, self._plugins([host]))
         return {k: v for k, v in out.items() if k not in self.internal}
+
+    def setter(self, host, var: str) -> Any:
+        """The key ``var`` as the last layer that sets it holds it: its origin names the
+        file of a value Ansible cannot tag (a boolean, null). Per group and source, so
+        exact with one vars plugin (``host_group_vars``, Ansible's default)."""
+        from ansible.inventory.helpers import sort_groups
+
+        groups = sort_groups([g for g in host.get_groups() if g.name != "all"])
+        all_group = self.manager.groups["all"]
+        layers = {
+            "all_inventory": lambda: [all_group.get_vars()],
+            "all_plugins_inventory": lambda: [self._plugins([all_group])],
+            "groups_inventory": lambda: [g.get_vars() for g in groups],
+            "groups_plugins_inventory": lambda: [self._plugins([g]) for g in groups],
+        }
+        chain = [data for entry in self.precedence if entry in layers
+                 for data in layers[entry]()]
+        for data in reversed([*chain, host.get_vars(), self._plugins([host])]):
+            found = next((key for key in data if key == var), None)
+            if found is not None:
+                return found
+        return None
 
     def of_all(self) -> dict[str, Any]:
         """The group ``all``'s variables: inventory, then vars plugins (``group_vars/all``)."""
