@@ -287,7 +287,26 @@ def test_whole_file_vaulted_vars_file_is_named(tmp_path):
     })
     problem = the_problem(tmp_path)
     assert problem.file == str(tmp_path / "host_vars" / "n1.yml")
-    assert "encrypted with ansible-vault and no vault password" in problem.reason
+    assert "encrypted with ansible-vault and it cannot be decrypted" in problem.reason
+
+
+def test_whole_file_vaulted_vars_file_is_read_with_the_vault_password(tmp_path, monkeypatch):
+    # As ansible-playbook does with ANSIBLE_VAULT_PASSWORD_FILE.
+    from ansible.parsing.vault import VaultLib, VaultSecret
+
+    vault = VaultLib([("default", VaultSecret(b"correct horse"))])
+    (tmp_path / "pass").write_text("correct horse\n")
+    write(tmp_path / "inv", {
+        "hosts.yml": {"all": {"hosts": {"n1": {"ansible_host": "2001:db8::11"}}}},
+        "host_vars/n1.yml": vault.encrypt("dstm_node_uplink: ens3\n").decode(),
+    })
+    monkeypatch.setenv("ANSIBLE_VAULT_PASSWORD_FILE", str(tmp_path / "pass"))
+    host = AnsibleInventory.load(tmp_path / "inv").hosts["n1"]
+    assert host.vars["dstm_node_uplink"] == "ens3"
+    (tmp_path / "pass").write_text("wrong\n")
+    problem = the_problem(tmp_path / "inv")
+    assert problem.file == str(tmp_path / "inv" / "host_vars" / "n1.yml")
+    assert "cannot be decrypted" in problem.reason
 
 
 def test_a_host_declared_twice_is_refused(tmp_path):

@@ -134,10 +134,16 @@ def _read(path: Path) -> AnsibleInventory:
     from ansible.errors import AnsibleError
 
     from dstm_orch.config.guarded_loader import GuardedLoader
+    from dstm_orch.config.secrets import vault_secrets
+    from dstm_orch.domain.protocol import RoamingError
 
     _collections()
     source = str(path)
     loader = GuardedLoader(as_given := _as_given(source))
+    try:   # whole-file vaulted vars files, as ansible-playbook reads them
+        loader.set_vault_secrets(vault_secrets())
+    except RoamingError as exc:
+        raise InventoryError([Problem(source, "-", str(exc))]) from None
     failure = "cannot be read"
     with _captured_warnings():
         try:

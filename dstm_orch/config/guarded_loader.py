@@ -73,8 +73,8 @@ class GuardedLoader(DataLoader):
         try:
             data, plain = super()._get_file_contents(file_name)
         except AnsibleVaultError:
-            self.refuse(path, "-", "encrypted with ansible-vault and no vault password is "
-                        "set; encrypt single values with `ansible-vault encrypt_string`")
+            self.refuse(path, "-", "encrypted with ansible-vault and it cannot be decrypted "
+                        "with the vault password given (ANSIBLE_VAULT_PASSWORD_FILE, if any)")
         try:
             bytes(data).decode("utf-8")
         except UnicodeDecodeError as exc:
