@@ -195,7 +195,8 @@ def _read(path: Path) -> AnsibleInventory:
         where = _origin(value)
         if where:
             all_origin[var] = as_given(where[0])
-        _nested_lines(var, value, all_lines, as_given)
+        if var.startswith(_CHECKED_PREFIXES):
+            _nested_lines(var, value, all_lines, as_given)
     if problems or loader.problems:
         raise InventoryError(list(dict.fromkeys([*loader.problems, *problems])))
     groups = {name: [h.name for h in group.get_hosts()]

@@ -36,7 +36,7 @@ from ansible.parsing.vault import AnsibleVaultError
 from dstm_orch.config.ansible_inventory import shorten
 from dstm_orch.domain.errors import Problem
 
-MAX_FILE_BYTES = 4 * 1024 * 1024
+MAX_FILE_BYTES = 2 * 1024 * 1024
 MAX_EXPANDED_NODES = 1_000_000
 _MERGE_TAG = "tag:yaml.org,2002:merge"
 _VARS_DIRS = {"group_vars", "host_vars"}
