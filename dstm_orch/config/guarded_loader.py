@@ -10,10 +10,10 @@ parses anything it refuses, naming the file (and line where there is one):
   than skipped;
 - a file above :data:`MAX_FILE_BYTES`;
 - bytes that are not UTF-8 (YAML 1.2 section 5.2; Ansible would escape them and warn);
-- YAML that is not valid, nested deeper than the parser allows, whose aliases expand to
-  more than :data:`MAX_EXPANDED_NODES` values ("billion laughs"), or that gives a key
-  twice in one mapping (YAML 1.2 section 3.2.1.1 requires unique keys; PyYAML keeps the
-  last). The check composes the YAML into nodes (aliases stay shared references) and
+- YAML or JSON that is not valid, nested more than :data:`MAX_DEPTH` levels, whose
+  aliases expand to more than :data:`MAX_EXPANDED_NODES` values ("billion laughs"), or
+  that gives a key twice in one mapping (YAML 1.2 section 3.2.1.1 requires unique keys;
+  PyYAML keeps the last). The check composes the YAML into nodes (aliases stay shared references) and
   counts the expanded size without expanding it.
 
 Each refusal is kept in :attr:`GuardedLoader.problems` and raised to Ansible as an
@@ -38,6 +38,7 @@ from dstm_orch.domain.errors import Problem
 
 MAX_FILE_BYTES = 2 * 1024 * 1024
 MAX_EXPANDED_NODES = 1_000_000
+MAX_DEPTH = 64
 _MERGE_TAG = "tag:yaml.org,2002:merge"
 _VARS_DIRS = {"group_vars", "host_vars"}
 _COMPOSER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
@@ -108,24 +109,29 @@ class GuardedLoader(DataLoader):
              json_only: bool = False) -> Any:
         name = str(file_name or "<inventory data>")
         text = str.__str__(data)
-        if not json_only and (name, hash(text)) not in self.checked:
-            self._check_yaml(text, name)
+        if (name, hash(text)) not in self.checked:
+            self._check_text(text, name, json_only)
             self.checked.add((name, hash(text)))
         try:
             return super().load(data, file_name, show_content, json_only)
         except RecursionError:
-            self.refuse(name, "-", "nested too deeply to be read")
+            self.refuse(name, "-", f"nested more than {MAX_DEPTH} levels deep")
 
-    def _check_yaml(self, text: str, name: str) -> None:
+    def _check_text(self, text: str, name: str, json_only: bool) -> None:
+        """Check JSON (a file or a script's output) or YAML before Ansible reads it."""
         try:
-            json.loads(text, object_pairs_hook=_unique_pairs)
-            return
+            data = json.loads(text, object_pairs_hook=_unique_pairs)
         except _DuplicateKey as exc:
             self.refuse(name, "-", f"duplicate key {exc.key!r} in a JSON object")
         except RecursionError:
-            self.refuse(name, "-", "nested too deeply to be read")
+            self.refuse(name, "-", f"nested more than {MAX_DEPTH} levels deep")
         except ValueError:
-            pass   # not JSON: read as YAML below
+            if json_only:
+                return   # Ansible says what is wrong with the JSON
+        else:
+            if _json_height(data) > MAX_DEPTH:
+                self.refuse(name, "-", f"nested more than {MAX_DEPTH} levels deep")
+            return
         try:
             root = yaml.compose(text, Loader=_COMPOSER)
         except yaml.MarkedYAMLError as exc:
@@ -135,14 +141,16 @@ class GuardedLoader(DataLoader):
         except yaml.YAMLError as exc:
             self.refuse(name, "-", f"not valid YAML: {exc}")
         except RecursionError:
-            self.refuse(name, "-", "nested too deeply to be read")
+            self.refuse(name, "-", f"nested more than {MAX_DEPTH} levels deep")
         if root is not None:
             self._check_nodes(root, name)
 
     def _check_nodes(self, root: yaml.Node, name: str) -> None:
-        """Refuse duplicate keys and aliases that expand beyond the bound, in one pass
-        over the node graph (each node once: aliases are shared nodes)."""
+        """Refuse duplicate keys, nesting deeper than :data:`MAX_DEPTH` and aliases that
+        expand beyond :data:`MAX_EXPANDED_NODES`, in one pass over the node graph (each
+        node once: aliases are shared nodes)."""
         size: dict[int, int] = {}
+        height: dict[int, int] = {}
         open_: set[int] = set()
         stack: list[tuple[yaml.Node, bool]] = [(root, False)]
         while stack:
@@ -165,6 +173,10 @@ class GuardedLoader(DataLoader):
                     stack.append((kid, False))
                 continue
             size[id(node)] = 1 + sum(size[id(k)] for k in kids)
+            height[id(node)] = 1 + max((height[id(k)] for k in kids), default=0)
+            if height[id(node)] > MAX_DEPTH:
+                self.refuse(name, f"line {node.start_mark.line + 1}",
+                            f"nested more than {MAX_DEPTH} levels deep")
             if size[id(node)] > MAX_EXPANDED_NODES:
                 self.refuse(name, f"line {node.start_mark.line + 1}",
                             f"YAML aliases expand to more than {MAX_EXPANDED_NODES} values")
@@ -194,6 +206,17 @@ def _unique_pairs(pairs: list[tuple[str, Any]]) -> dict:
             raise _DuplicateKey(key)
         out[key] = value
     return out
+
+
+def _json_height(data: Any) -> int:
+    """How deeply ``data`` (parsed JSON) nests: 1 for a scalar, stopping past MAX_DEPTH."""
+    deepest, stack = 0, [(data, 1)]
+    while stack and deepest <= MAX_DEPTH:
+        item, depth = stack.pop()
+        deepest = max(deepest, depth)
+        kids = item.values() if isinstance(item, dict) else item if isinstance(item, list) else ()
+        stack.extend((kid, depth + 1) for kid in kids)
+    return deepest
 
 
 def _children(node: yaml.Node) -> list[yaml.Node]:
