@@ -13,8 +13,8 @@ parses anything it refuses, naming the file (and line where there is one):
 - YAML or JSON that is not valid, nested more than :data:`MAX_DEPTH` levels, whose
   aliases expand to more than :data:`MAX_EXPANDED_NODES` values ("billion laughs"), or
   that gives a key twice in one mapping (YAML 1.2 section 3.2.1.1 requires unique keys;
-  PyYAML keeps the last). The check composes the YAML into nodes (aliases stay shared references) and
-  counts the expanded size without expanding it.
+  PyYAML keeps the last). The check composes the YAML into nodes (aliases stay shared
+  references) and counts the expanded size without expanding it.
 
 Each refusal is kept in :attr:`GuardedLoader.problems` and raised to Ansible as an
 ``AnsibleParserError``, so that the inventory source or vars file fails to load.
