@@ -130,7 +130,7 @@ def _bug(*args, **kwargs):
 
 def test_unexpected_error_points_to_the_traceback(tmp_path, monkeypatch):
     # A bug cannot be caused for real: a patched allocator method stands in for one.
-    monkeypatch.setattr(Allocator, "active_leases", _bug)
+    monkeypatch.setattr(Allocator, "leases", _bug)
     rc, out, err = run(tmp_path, "leases", "--json")
     assert rc == 3 and json.loads(out)["error"] == "unexpected"
     assert "Traceback" in err and "RuntimeError: a bug" in err

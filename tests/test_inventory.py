@@ -223,7 +223,7 @@ def test_lab_host_vars_validate_against_the_host_vars_schema():
 
 def test_missing_hosts_yml(tmp_path):
     (tmp_path / "group_vars").mkdir()
-    check(the_problem(tmp_path), tmp_path, "-", "no hosts.yml")
+    check(the_problem(tmp_path), tmp_path, "-", "no inventory source Ansible can read")
 
 
 def test_missing_inventory_directory(tmp_path):
@@ -746,3 +746,38 @@ def test_tep_next_hop_that_is_not_an_ipv4_address(tmp_path):
     write_inventory(tmp_path, hosts_with(tep1={"dstm_tep_ipv4_nexthop": "192.0.2.300"}))
     check(the_problem(tmp_path), tmp_path / "hosts.yml", "tep1.dstm_tep_ipv4_nexthop",
           "'192.0.2.300' is not an IPv4 address")
+
+
+def test_psid_len_16_is_refused_for_a_netconf_tep(tmp_path):
+    # RFC 8676, ietf-softwire-br port-set: psid-len is 0..15, so a router TEP cannot take
+    # k = 16 although RFC 7597 allows a + k = 16 (here a = 0).
+    hosts = hosts_with(tep1={"dstm_tep_kind": "netconf"})
+    write_inventory(tmp_path, hosts, with_pool(psid_len=16, psid_offset=0))
+    check(the_problem(tmp_path), tmp_path / DOMAIN_FILE, "dstm_domain.pools[0].psid_len",
+          "psid_len 16 exceeds 15, the most TEP 'tep1' (dstm_tep_kind netconf) accepts")
+    write_inventory(tmp_path, hosts, with_pool(psid_len=15, psid_offset=0))
+    assert load_inventory(tmp_path).domain.pools["p1"].layout == (0, 15)
+
+
+def test_a_problem_carries_the_line_of_the_value(tmp_path):
+    # Lines: 1 dstm_domain, 2 name, 3 pools, 4 - name, 5 tep, 6 prefixes, 7 its first item.
+    write_inventory(tmp_path, domain="dstm_domain:\n  name: t\n  pools:\n  - name: p1\n"
+                                     "    tep: tep1\n    prefixes:\n    - 198.51.100.1/24\n")
+    problem = the_problem(tmp_path)
+    check(problem, tmp_path / DOMAIN_FILE, "dstm_domain.pools[0].prefixes[0]",
+          "not a valid IPv4 block")
+    assert problem.line == 7
+    assert str(problem).startswith(f"{tmp_path / DOMAIN_FILE}:7: ")
+
+
+@pytest.mark.parametrize("name", ["n*,!tep1", "n 3", "nœud", "n$(reboot)", "-n3", "n" * 64])
+def test_a_host_name_that_cannot_be_used_everywhere_is_refused(tmp_path, name):
+    # The name of a node is a --limit pattern, a network namespace name and a file name.
+    write_inventory(tmp_path, hosts_with(**{name: {"ansible_host": "2001:db8:100::21"}}))
+    check(the_problem(tmp_path), tmp_path / "hosts.yml", name, "is not a usable host name")
+
+
+def test_plain_host_names_load(tmp_path):
+    write_inventory(tmp_path, hosts_with(**{"ws-01.campus.example": {
+        "ansible_host": "2001:db8:100::21"}, "n_4": {"ansible_host": "2001:db8:100::22"}}))
+    assert {"ws-01.campus.example", "n_4"} <= set(load_inventory(tmp_path).domain.nodes)

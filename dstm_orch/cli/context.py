@@ -53,8 +53,8 @@ def common(func: Callable) -> Callable:
     """Add ``-i/--inventory``, ``--state`` and ``--json`` to a command."""
 
     @click.option("-i", "--inventory", envvar="DSTM_ORCH_INVENTORY", required=True,
-                  type=click.Path(file_okay=False), help="Inventory directory "
-                  "(env DSTM_ORCH_INVENTORY).")
+                  type=click.Path(), help="Ansible inventory: a directory, file, script "
+                  "or plugin configuration, as for ansible -i (env DSTM_ORCH_INVENTORY).")
     @click.option("--state", envvar="DSTM_ORCH_STATE", type=click.Path(),
                   help="Lease store file (env DSTM_ORCH_STATE; default "
                   "/var/lib/dstm-orch/<domain>.sqlite).")

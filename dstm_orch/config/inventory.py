@@ -1,4 +1,4 @@
-"""Load a DSTM domain from an Ansible inventory directory, validating it once.
+"""Load a DSTM domain from an Ansible inventory, validating it once.
 
 The domain (pools and lease policy) is ``dstm_domain`` in the inventory's group vars
 and is checked against ``schemas/domain.schema.json``; nodes and TEPs are the hosts of
@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import re
 from dataclasses import dataclass
 from functools import cache
 from importlib import resources
@@ -21,13 +22,22 @@ from typing import Any
 import jsonschema
 import netaddr
 
-from dstm_orch.config.ansible_inventory import INVENTORY_FILES, AnsibleInventory, HostEntry
+from dstm_orch.config.ansible_inventory import AnsibleInventory, HostEntry, shorten
 from dstm_orch.domain.errors import InventoryError, Problem
 from dstm_orch.domain.model import Domain, Driver, LeasePolicy, Node, Pool, PortSetFill, Tep
 from dstm_orch.domain.portset import DEFAULT_PSID_OFFSET, PORT_BITS
 
 NODES_GROUP = "dstm_nodes"
 TEPS_GROUP = "dstm_teps"
+
+# A node or TEP name is used as an Ansible host pattern (``--limit``), in network
+# namespace and file names: letters, digits, ``.``, ``_`` and ``-`` only, starting with a
+# letter or digit, at most 63 characters (a DNS label's length, RFC 1035 section 2.3.4).
+HOST_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
+
+# The largest PSID length each TEP kind accepts (RFC 7597 section 5.1 allows 16 bits):
+# RFC 8676's ietf-softwire-br port-set limits psid-len to 0..15.
+PSID_LEN_MAX = {"netconf": 15}
 
 # RFC 4291 section 2.4: global unicast is everything but these (IPv4-mapped too,
 # section 2.5.5.2, and the deprecated site-local prefix, RFC 3879).
@@ -63,7 +73,9 @@ def schema(name: str) -> dict:
 
 
 def load_inventory(path: str | Path) -> DstmInventory:
-    """Load and validate the DSTM domain of the inventory directory ``path``.
+    """Load and validate the DSTM domain of the Ansible inventory ``path`` (a directory,
+    file, script or plugin configuration, read by
+    :class:`~dstm_orch.config.ansible_inventory.AnsibleInventory`).
 
     Raises:
         InventoryError: with every problem found (file, key path, reason).
@@ -77,11 +89,16 @@ class _Builder:
         self.inv = inv
         self.problems: list[Problem] = []
         self.ipv6_owner: dict[ipaddress.IPv6Address, str] = {}
-        self.hosts_file = next((str(inv.path / n) for n in INVENTORY_FILES
-                                if (inv.path / n).is_file()), str(inv.path / INVENTORY_FILES[0]))
+        self.lines = dict(inv.all_lines)   # key path -> (file, line)
+        for host in inv.hosts.values():
+            for var, line in host.lines.items():
+                self.lines[f"{host.name}.{var}"] = (host.origin[var], line)
 
     def problem(self, file: str, key: str, reason: str) -> None:
-        self.problems.append(Problem(file, key, reason))
+        """Record a problem; its line is the key's when the key was set in ``file``."""
+        where = self.lines.get(key)
+        line = where[1] if where and where[0] == file else None
+        self.problems.append(Problem(file, key, shorten(reason, 400), line))
 
     def build(self) -> Domain:
         domain_file = self.inv.all_origin.get("dstm_domain", str(self.inv.path / "group_vars/all"))
@@ -92,13 +109,23 @@ class _Builder:
         pools = self._pools(raw["dstm_domain"], domain_file, teps) if schema_ok else {}
         nodes = self._nodes(pools, teps) if schema_ok else {}
         if self.problems:
-            raise InventoryError(self.problems)
+            raise InventoryError(list(dict.fromkeys(self.problems)))
         return Domain(raw["dstm_domain"]["name"], pools, teps, nodes)
 
     def _file(self, host: HostEntry) -> str:
-        """Name the file to blame for a host: where its ``ansible_host`` is set, else
-        ``hosts.yml``, which declares every host (not a group file it happens to read)."""
-        return host.origin.get("ansible_host") or self.hosts_file
+        """Name the file to blame for a host: where its ``ansible_host`` is set, else the
+        inventory source that declares it (not a group file it happens to read)."""
+        return host.origin.get("ansible_host") or host.source or str(self.inv.path)
+
+    def _named(self, host: HostEntry) -> bool:
+        """Whether the host's name is one dstm-orch can use everywhere (:data:`HOST_NAME`)."""
+        if HOST_NAME.fullmatch(host.name):
+            return True
+        self.problem(host.source or self._file(host), shorten(host.name, 80),
+                     f"{shorten(repr(host.name), 80)} is not a usable host name: letters, "
+                     "digits, '.', '_' and '-' only, starting with a letter or digit, at most "
+                     "63 characters (it is used in --limit patterns, namespace and file names)")
+        return False
 
     def _claim(self, host: HostEntry, var: str, address: ipaddress.IPv6Address) -> bool:
         """Record ``address`` as ``host``'s; report it if another host already uses it."""
@@ -130,6 +157,8 @@ class _Builder:
         tep_schema = {**schema("host-vars.schema.json"), "$ref": "#/$defs/tep"}
         for name in self.inv.group_hosts(TEPS_GROUP):
             host = self.inv.hosts[name]
+            if not self._named(host):
+                continue
             if not self._schema(_dstm_vars(host), tep_schema, self._file(host), f"{name}.",
                                 host.origin):
                 continue
@@ -236,6 +265,12 @@ class _Builder:
                          f"psid_offset {offset}{given} + psid_len {length} = {offset + length} "
                          f"exceeds the {PORT_BITS} bits of a port (RFC 7597 section 5.1)")
         tep = teps.get(p["tep"])
+        most = PSID_LEN_MAX.get(tep.kind, PORT_BITS) if tep is not None else PORT_BITS
+        if length > most:
+            self.problem(file, f"{key}.psid_len",
+                         f"psid_len {length} exceeds {most}, the most TEP {tep.name!r} "
+                         f"(dstm_tep_kind {tep.kind}) accepts (RFC 8676: the "
+                         f"ietf-softwire-br psid-len is 0..{most})")
         if tep is not None and tep.driver is Driver.SEG6 and offset > 0:
             self.problem(file, f"{key}.psid_offset",
                          f"psid_offset {offset}{given} splits each port set into "
@@ -267,6 +302,8 @@ class _Builder:
         seen_static: dict[ipaddress.IPv4Address, str] = {}
         for name in self.inv.group_hosts(NODES_GROUP):
             host = self.inv.hosts[name]
+            if not self._named(host):
+                continue
             if name in teps:
                 self.problem(self._file(host), name,
                              f"host is in both {NODES_GROUP} and {TEPS_GROUP}")
@@ -372,11 +409,14 @@ def _key_path(path) -> str:
 
 
 def _reason(err: jsonschema.ValidationError) -> str:
+    """What a schema error says, with the offending value cut to a readable length."""
+    value = repr(err.instance)
+    short = shorten(value, 80)
     if err.validator == "additionalProperties":
         return err.message.replace("Additional properties are not allowed", "unknown key(s)")
     if err.validator == "pattern":
         what = err.schema.get("title") or f"in the form {err.schema.get('pattern')}"
-        return f"{err.instance!r} is not {what}"
+        return f"{short} is not {what}"
     if err.validator == "anyOf" and "prefixes" in json.dumps(err.schema):
         return "a pool needs 'prefixes' or 'ranges'"
-    return err.message
+    return err.message.replace(value, short) if len(value) > len(short) else err.message

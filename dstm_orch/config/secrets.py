@@ -51,9 +51,25 @@ def open_vault(password_file: str | os.PathLike | None = None):
     Raises:
         RoamingError: the file is missing or unreadable, or its script failed.
     """
+    from ansible.parsing.vault import VaultLib
+
+    secrets = vault_secrets(password_file)
+    return VaultLib(secrets) if secrets else None
+
+
+def vault_secrets(password_file: str | os.PathLike | None = None) -> list | None:
+    """Return Ansible's vault secrets (``[("default", secret)]``) read from the password
+    file, or None without one. An executable file is run and its output used.
+
+    Args:
+        password_file: the vault password file; None means ``$ANSIBLE_VAULT_PASSWORD_FILE``.
+
+    Raises:
+        RoamingError: the file is missing or unreadable, or its script failed.
+    """
     from ansible.errors import AnsibleError
     from ansible.parsing.dataloader import DataLoader
-    from ansible.parsing.vault import VaultLib, get_file_vault_secret
+    from ansible.parsing.vault import get_file_vault_secret
 
     path = password_file or os.environ.get(VAULT_PASSWORD_ENV)
     if not path:
@@ -66,7 +82,7 @@ def open_vault(password_file: str | os.PathLike | None = None):
         secret.load()
     except AnsibleError as exc:
         raise RoamingError(f"vault password file {path}: {exc.message}") from None
-    return VaultLib([("default", secret)])
+    return [("default", secret)]
 
 
 def roaming_nodes(inv: AnsibleInventory, vault=None) -> dict[str, RoamingNode]:
@@ -86,7 +102,7 @@ def roaming_nodes(inv: AnsibleInventory, vault=None) -> dict[str, RoamingNode]:
     problems: list[Problem] = []
     for name in inv.group_hosts(NODES_GROUP):
         host = inv.hosts[name]
-        where = host.origin.get(ROAMING_VAR, str(inv.path / "hosts.yml"))
+        where = host.origin.get(ROAMING_VAR) or host.source or str(inv.path)
         roaming = host.vars.get(ROAMING_VAR, False)
         if not isinstance(roaming, bool):
             problems.append(Problem(where, f"{name}.{ROAMING_VAR}",

@@ -17,14 +17,17 @@ class DstmError(Exception):
 
 @dataclass(frozen=True)
 class Problem:
-    """One thing wrong in the inventory: the file, the key path and the reason."""
+    """One thing wrong in the inventory: the file (and line, when known), the key path and
+    the reason."""
 
     file: str
     key: str
     reason: str
+    line: int | None = None
 
     def __str__(self) -> str:
-        return f"{self.file}: {self.key}: {self.reason}"
+        where = f"{self.file}:{self.line}" if self.line else self.file
+        return f"{where}: {self.key}: {self.reason}"
 
 
 class InventoryError(DstmError):

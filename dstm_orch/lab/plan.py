@@ -354,7 +354,8 @@ class _Planner:
         return names
 
     def _where(self, host: str, var: str) -> str:
-        return self.inv.hosts[host].origin.get(var) or self._hosts_file
+        entry = self.inv.hosts[host]
+        return entry.origin.get(var) or entry.source or self._hosts_file
 
     def _fail(self, host: str, var: str, reason: str):
         raise LabError(f"{self._where(host, var)}: {host}.{var}: {reason}")

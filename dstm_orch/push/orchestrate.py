@@ -13,7 +13,6 @@ a confirmed commit that was never confirmed is recorded as not applied, and the 
 
 from __future__ import annotations
 
-import fnmatch
 import logging
 import os
 from dataclasses import dataclass, field
@@ -53,31 +52,21 @@ class Report:
         return linux + sum(1 for d in self.netconf if d.get("changed"))
 
 
-def selected(inv: DstmInventory, host: str, limit: str | None) -> bool:
-    """Whether ``host`` matches an Ansible-style ``--limit`` (names, groups, globs,
-    separated by ``,`` or ``:``; a leading ``!`` excludes)."""
-    if not limit:
-        return True
-    names = {host, *inv.ansible.hosts[host].groups, "all"}
-    keep = False
-    for pattern in filter(None, (p.strip() for p in limit.replace(":", ",").split(","))):
-        negate = pattern.startswith("!")
-        pattern = pattern.lstrip("!&")
-        if any(fnmatch.fnmatchcase(n, pattern) for n in names):
-            if negate:
-                return False
-            keep = True
-    return keep
+def selected_hosts(inv: DstmInventory, limit: str | None) -> set[str]:
+    """The hosts an Ansible ``--limit`` pattern selects, resolved by Ansible itself: the
+    hosts ``ansible all --list-hosts --limit PATTERN`` lists (None: every host)."""
+    return set(inv.ansible.select(limit))
 
 
 def netconf_teps(inv: DstmInventory, limit: str | None) -> list[Tep]:
-    return [t for t in inv.domain.teps.values()
-            if t.kind == NETCONF and selected(inv, t.name, limit)]
+    chosen = selected_hosts(inv, limit)
+    return [t for t in inv.domain.teps.values() if t.kind == NETCONF and t.name in chosen]
 
 
 def linux_hosts(inv: DstmInventory, limit: str | None) -> list[str]:
+    chosen = selected_hosts(inv, limit)
     teps = {t.name for t in inv.domain.teps.values() if t.kind != NETCONF}
-    return [h for h in [*inv.domain.nodes, *teps] if selected(inv, h, limit)]
+    return [h for h in [*inv.domain.nodes, *teps] if h in chosen]
 
 
 def run(inv: DstmInventory, store: LeaseStore, intent: Intent, now: datetime, *,
