@@ -37,20 +37,22 @@ from pathlib import Path
 
 from ncclient import manager
 
+from dstm_orch.push.netconf.invariants import check_invariants
+from dstm_orch.push.netconf.payload import parse_table, render_edit, render_filter, utc_date
 from dstm_orch.push.netconf.pusher import NetconfPusher, NetconfTarget
 from dstm_orch.push.netconf.table import (
+    INSTANCE_DEFAULTS,
     Binding,
     BindInstance,
     DeviceTable,
-    check_invariants,
     compute_diff,
-    parse_table,
-    render_edit,
-    render_filter,
-    utc_date,
 )
 from dstm_orch.push.netconf.yang import checker_for
 from tests.netconf_server import NetconfServer
+
+# The IETF modules are not shipped: benchmarks validate against <repo>/../shared/yang.
+YANG_DIR = Path(os.environ.setdefault(
+    "DSTM_ORCH_YANG_DIR", str(Path(__file__).resolve().parents[1].parent / "shared" / "yang")))
 
 BR = ipaddress.IPv6Address("2001:db8:c00:200::a")
 POOLS = ["192.0.2.0/25", "192.0.2.128/25", "198.51.100.0/25", "198.51.100.128/25",
@@ -118,7 +120,7 @@ def bench_device(args: argparse.Namespace, workdir: Path) -> None:
     # A fresh server: netconfd's commit cost grows with the size of its datastore.
     loop_server = start_server(workdir, "b", 2)
     try:
-        instance = BindInstance()
+        instance = BindInstance(**INSTANCE_DEFAULTS)
         with raw_session(loop_server) as mgr:
             started = time.perf_counter()
             for i, b in enumerate(table(1, args.per_commit)):
@@ -148,8 +150,8 @@ def bench_device(args: argparse.Namespace, workdir: Path) -> None:
 
 
 def plan_all(desired: list[list[Binding]], device: list[DeviceTable]) -> int:
-    instance = BindInstance()
-    checker = checker_for()
+    instance = BindInstance(**INSTANCE_DEFAULTS)
+    checker = checker_for(YANG_DIR)
     sent = 0
     for tep, (want, have) in enumerate(zip(desired, device, strict=True)):
         check_invariants(want, [POOLS[tep]], instance)
@@ -170,8 +172,8 @@ def bench_plan(args: argparse.Namespace) -> None:
         entries = {b.key: b for b in want[: per_tep - per_tep // 100]}  # 1 % missing
         for b in table(t, per_tep + 50)[per_tep:]:  # 50 unexplained entries
             entries[b.key] = b
-        device.append(DeviceTable(BindInstance(), 7, None, entries))
-    checker_for()  # load the YANG context outside the timing
+        device.append(DeviceTable(BindInstance(**INSTANCE_DEFAULTS), 7, None, entries))
+    checker_for(YANG_DIR)  # load the YANG context outside the timing
     started = time.perf_counter()
     sent = plan_all(desired, device)
     seconds = time.perf_counter() - started

@@ -30,7 +30,7 @@ import time
 from pathlib import Path
 
 from dstm_orch.domain.errors import LabError
-from dstm_orch.push.netconf.yang import default_yang_dir
+from dstm_orch.push.netconf.yang import YANG_DIR_SETTING, configured_yang_dir
 
 NETCONFD = "/usr/sbin/netconfd"
 SSHD = "/usr/sbin/sshd"
@@ -54,8 +54,7 @@ class NetconfServer:
         address: the server's IPv6 interface address, e.g. ``2001:db8:c00:1::2/64``.
             The root-namespace end of the veth gets the first other host address of
             the same prefix.
-        yang_dir: directory holding the softwire modules (default: the project setting,
-            see :func:`dstm_orch.push.netconf.yang.default_yang_dir`).
+        yang_dir: directory holding the softwire modules (default: ``$DSTM_ORCH_YANG_DIR``).
         target: ``candidate`` (advertises :candidate, :confirmed-commit:1.1, :validate)
             or ``running`` (advertises :writable-running). One daemon cannot do both.
         port: TCP port of sshd (default 830, RFC 6242 section 3).
@@ -83,7 +82,11 @@ class NetconfServer:
         self.peer_address = ipaddress.IPv6Interface(
             f"{_peer_host(self.address)}/{self.address.network.prefixlen}"
         )
-        self.yang_dir = Path(yang_dir) if yang_dir else default_yang_dir()
+        yang_dir = yang_dir or configured_yang_dir()
+        if yang_dir is None:
+            raise LabError(f"netconf server {netns}: no YANG module directory "
+                           f"(pass yang_dir or set {YANG_DIR_SETTING})")
+        self.yang_dir = Path(yang_dir)
         self.target = target
         self.port = port
         self.startup_xml = startup_xml

@@ -25,6 +25,7 @@ from ncclient import manager
 from dstm_orch.domain.errors import PushError
 from dstm_orch.domain.model import Domain, Lease, LeaseState, Node, Pool, Tep
 from dstm_orch.push.intent import render_intent
+from dstm_orch.push.netconf.payload import render_filter
 from dstm_orch.push.netconf.pusher import (
     CommitNotConfirmedError,
     DeviceLockedError,
@@ -35,7 +36,7 @@ from dstm_orch.push.netconf.pusher import (
     PayloadRefusedError,
     PendingCommit,
 )
-from dstm_orch.push.netconf.table import BR_NS, Binding, binding_from_dict, render_filter
+from dstm_orch.push.netconf.table import BR_NS, Binding, binding_from_dict
 from tests.netconf_server import NetconfServer
 
 pytestmark = [
