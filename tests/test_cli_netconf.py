@@ -11,6 +11,12 @@ import contextlib
 import io
 import json
 import os
+import signal
+import subprocess
+import sys
+import time
+from datetime import UTC, datetime
+from pathlib import Path
 
 import pytest
 import yaml
@@ -18,6 +24,7 @@ from ncclient import manager
 
 from dstm_orch.cli.main import main
 from dstm_orch.store import LeaseStore
+from dstm_orch.store.journal import PushJournal
 from tests.conftest import needs_root
 from tests.netconf_server import NetconfServer
 
@@ -154,3 +161,59 @@ def test_apply_to_a_locked_router_fails_and_is_recorded_as_not_applied(router, i
     assert push.applied is False and "locked" in push.detail
     assert cli(inventory, tmp_path, "apply", "--limit", "rtr1")[0] == 0   # converges
     assert device_entries(router) == {"2001:db8:c0f:2::11": "203.0.113.1"}
+
+
+def test_a_push_killed_before_its_confirming_commit_is_journaled_and_planned(
+        router, inventory, tmp_path):
+    """Issue 7 item 16: SIGKILL between the confirmed and the confirming commit (RFC 6241
+    section 8.4) leaves a pending row in the push journal, plan shows it, and the device
+    reverts by itself at the confirm timeout."""
+    hosts = yaml.safe_load((inventory / "hosts.yml").read_text())
+    hosts["all"]["children"]["dstm_teps"]["hosts"]["rtr1"][
+        "dstm_tep_netconf_confirm_timeout"] = 6
+    (inventory / "hosts.yml").write_text(yaml.safe_dump(hosts))
+    assert cli(inventory, tmp_path, "allocate", "n1")[0] == 0
+    marker = tmp_path / "paused"
+    env = {**os.environ, "DSTM_ORCH_TEST_PAUSE_BEFORE_CONFIRM": str(marker),
+           "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    proc = subprocess.Popen(
+        [sys.executable, "-c", "import sys; from dstm_orch.cli.main import main; "
+         "sys.exit(main(sys.argv[1:]))", "apply", "--limit", "rtr1", "-i", str(inventory),
+         "--state", str(tmp_path / "leases.sqlite")], env=env, stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE)
+    try:
+        while not marker.exists() and proc.poll() is None:
+            time.sleep(0.05)
+        assert marker.exists(), proc.communicate()
+        os.kill(proc.pid, signal.SIGKILL)
+    finally:
+        proc.kill()
+        proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    persist_id = marker.read_text()
+
+    with LeaseStore(tmp_path / "leases.sqlite") as store:
+        (row,) = PushJournal(store).pending("rtr1")
+        assert [p.applied for p in store.pushes("rtr1")] == [False]
+    assert (row.device, row.version, row.persist_id) == ("rtr1", 1, persist_id)
+    assert len(persist_id) == 32
+    assert device_entries(router) == {"2001:db8:c0f:2::11": "203.0.113.1"}   # not confirmed
+
+    rc, out = cli(inventory, tmp_path, "plan", "--limit", "rtr1", "--json")
+    assert rc == 0, out
+    (device,) = json.loads(out)["netconf"]
+    assert device["changed"] is True
+    assert [(p["version"], p["persist_id"]) for p in device["pending_commits"]] == \
+        [(1, persist_id)]
+    rc, out = cli(inventory, tmp_path, "plan", "--limit", "rtr1")
+    assert "pending confirmed commit: version 1" in out and "never confirmed" in out
+
+    time.sleep(max(0.0, (row.deadline - datetime.now(UTC)).total_seconds()) + 2)
+    assert device_entries(router) == {}                     # the device went back by itself
+    assert cli(inventory, tmp_path, "apply", "--limit", "rtr1")[0] == 0
+    assert device_entries(router) == {"2001:db8:c0f:2::11": "203.0.113.1"}
+    with LeaseStore(tmp_path / "leases.sqlite") as store:
+        assert PushJournal(store).pending("rtr1") == []
+        first, second = store.pushes("rtr1")
+    assert not first.applied and "ended before the confirming commit" in first.detail
+    assert second.applied

@@ -142,6 +142,11 @@ def _netconf(inv: DstmInventory, store: LeaseStore, intent: Intent, tep: Tep,
         plan = pusher.plan(desired)
         pending = [p for p in journal.pending(tep.name) if p.deadline > now]
         return _with_pending({**plan.as_dict(), "text": plan.text()}, pending)
+    for stale in journal.pending(tep.name):
+        if stale.deadline <= now:
+            journal.settle(stale.id, applied=False, detail=(
+                f"not confirmed: the pushing process ended before the confirming commit; "
+                f"the device reverted version {stale.version} at {stale.deadline.isoformat()}"))
     recorder = _Recorder(journal, tep.name, now)
     try:
         result = pusher.push(desired, replace=replace, journal=recorder,
