@@ -217,3 +217,27 @@ def test_a_push_killed_before_its_confirming_commit_is_journaled_and_planned(
         first, second = store.pushes("rtr1")
     assert not first.applied and "ended before the confirming commit" in first.detail
     assert second.applied
+
+
+def test_a_malformed_known_hosts_line_is_refused_naming_file_and_line(router, inventory,
+                                                                        tmp_path):
+    """Issue 7 item 17: exit 1 naming the file and the line, not paramiko's traceback."""
+    known_hosts = tmp_path / "known_hosts"
+    good = router.known_hosts.read_text().strip()
+    known_hosts.write_text(f"# routers\n{good}\n[2001:db8:c0e:1::9]:830 ssh-ed25519 AAAAB\n")
+    hosts = yaml.safe_load((inventory / "hosts.yml").read_text())
+    hosts["all"]["children"]["dstm_teps"]["hosts"]["rtr1"][
+        "dstm_tep_netconf_known_hosts"] = str(known_hosts)
+    (inventory / "hosts.yml").write_text(yaml.safe_dump(hosts))
+    assert cli(inventory, tmp_path, "allocate", "n1")[0] == 0
+    for command in ("plan", "apply"):
+        err = io.StringIO()
+        with contextlib.redirect_stderr(err):
+            rc, _ = cli(inventory, tmp_path, command, "--limit", "rtr1")
+        assert rc == 1, err.getvalue()
+        assert f"{known_hosts} line 3: malformed known_hosts entry" in err.getvalue()
+        assert "Traceback" not in err.getvalue()
+    assert device_entries(router) == {}
+    with LeaseStore(tmp_path / "leases.sqlite") as store:
+        (push,) = store.pushes("rtr1")
+    assert push.applied is False and "line 3" in push.detail
