@@ -35,7 +35,9 @@ from dstm_orch.push.netconf.pusher import (
     NetconfTarget,
     PayloadRefusedError,
     PendingCommit,
+    RollbackUnavailableError,
 )
+from dstm_orch.push.netconf.session import CAP, ROLLBACK_ON_ERROR
 from dstm_orch.push.netconf.table import BR_NS, Binding, binding_from_dict
 from tests.netconf_server import NetconfServer
 
@@ -63,11 +65,11 @@ def make_server(tmp_path):
     """Start netconfd servers on demand; stop them all at the end, even on failure."""
     servers: list[NetconfServer] = []
 
-    def make(target: str = "candidate") -> NetconfServer:
+    def make(target: str = "candidate", **options) -> NetconfServer:
         n = next(_serial)
         server = NetconfServer(
             tmp_path / f"server{n}", f"dstm-nc-{os.getpid()}-{n}",
-            f"2001:db8:c{os.getpid() % 256:02x}:{n:x}::2/64", target=target,
+            f"2001:db8:c{os.getpid() % 256:02x}:{n:x}::2/64", target=target, **options,
         )
         servers.append(server)
         server.start()
@@ -396,6 +398,25 @@ def test_writable_running_without_candidate(make_server, tmp_path):
     # rollback-on-error: nothing of the refused edit stayed
     assert device_entries(server) == {k: v for k, v in TABLE.items()
                                       if k != "2001:db8:c00:100::11"}
+
+
+def test_writable_running_without_rollback_on_error_is_refused_unless_accepted(make_server,
+                                                                             tmp_path):
+    """Issue 7 item 18: without :rollback-on-error (RFC 6241 section 8.5) a refused edit
+    of <running> can stay half-applied, so the push is refused before anything is sent,
+    unless the operator accepts that explicitly."""
+    server = make_server(target="running", hide_capabilities=(ROLLBACK_ON_ERROR,))
+    with raw_session(server) as m:
+        assert ROLLBACK_ON_ERROR not in set(m.server_capabilities)
+        assert f"{CAP}writable-running:1.0" in set(m.server_capabilities)
+    edits = log_count(server, "edit-transaction")
+    with pytest.raises(RollbackUnavailableError, match="does not offer :rollback-on-error"):
+        pusher_for(server, tmp_path).push(bindings(LEASES))
+    assert log_count(server, "edit-transaction") == edits
+    assert device_entries(server) == {}
+
+    result = pusher_for(server, tmp_path, running_without_rollback=True).push(bindings(LEASES))
+    assert result.method == "running" and device_entries(server) == TABLE
 
 
 def test_ipv4_management_address_refused():
