@@ -241,3 +241,71 @@ def test_a_malformed_known_hosts_line_is_refused_naming_file_and_line(router, in
     with LeaseStore(tmp_path / "leases.sqlite") as store:
         (push,) = store.pushes("rtr1")
     assert push.applied is False and "line 3" in push.detail
+
+
+def set_instance_by_hand(router, num_max: int, mtu: int, mru: int) -> None:
+    config = f"""<config xmlns="urn:ietf:params:xml:ns:netconf:base:1.0">
+ <br-instances xmlns="urn:ietf:params:xml:ns:yang:ietf-softwire-br"><binding><bind-instance>
+  <name>dstm</name><softwire-num-max>{num_max}</softwire-num-max>
+  <softwire-payload-mtu>{mtu}</softwire-payload-mtu><softwire-path-mru>{mru}</softwire-path-mru>
+ </bind-instance></binding></br-instances></config>"""
+    with session(router) as m:
+        m.edit_config(target="candidate", config=config)
+        m.commit()
+
+
+def device_instance(router) -> tuple[str, str, str]:
+    """(softwire-num-max, softwire-payload-mtu, softwire-path-mru) of bind-instance dstm."""
+    with session(router) as m:
+        data = m.get_config("running").data_ele
+    ns = {"br": "urn:ietf:params:xml:ns:yang:ietf-softwire-br"}
+    inst = data.find(".//br:bind-instance", ns)
+    return tuple(inst.findtext(f"br:{leaf}", namespaces=ns) for leaf in (
+        "softwire-num-max", "softwire-payload-mtu", "softwire-path-mru"))
+
+
+def set_host_vars(inventory, **values) -> None:
+    hosts = yaml.safe_load((inventory / "hosts.yml").read_text())
+    rtr1 = hosts["all"]["children"]["dstm_teps"]["hosts"]["rtr1"]
+    rtr1.update(values)
+    for key in [k for k, v in values.items() if v is None]:
+        del rtr1[key]
+    (inventory / "hosts.yml").write_text(yaml.safe_dump(hosts))
+
+
+def test_softwire_settings_come_from_host_vars_and_are_left_alone_when_unset(
+        router, inventory, tmp_path):
+    """Issue 7 item 19: RFC 8676 bind-instance settings from the TEP's host vars; unset,
+    the device's own values stay; more bindings than softwire-num-max are refused before
+    sending, with both numbers."""
+    set_instance_by_hand(router, 100, 1400, 1480)
+    assert cli(inventory, tmp_path, "allocate", "n1")[0] == 0
+    assert cli(inventory, tmp_path, "allocate", "n2")[0] == 0
+    assert cli(inventory, tmp_path, "apply", "--limit", "rtr1")[0] == 0
+    assert len(device_entries(router)) == 2
+    assert device_instance(router) == ("100", "1400", "1480")       # not overwritten
+
+    set_host_vars(inventory, dstm_tep_softwire_payload_mtu=1280)
+    rc, out = cli(inventory, tmp_path, "plan", "--limit", "rtr1", "--json")
+    assert rc == 0, out
+    assert json.loads(out)["netconf"][0]["changes"]["instance"]["after"] == {
+        "name": "dstm", "softwire_num_max": 100, "softwire_payload_mtu": 1280,
+        "softwire_path_mru": 1480}
+    assert cli(inventory, tmp_path, "apply", "--limit", "rtr1")[0] == 0
+    assert device_instance(router) == ("100", "1280", "1480")
+
+    set_host_vars(inventory, dstm_tep_softwire_num_max=1)
+    for command in ("plan", "apply"):
+        err = io.StringIO()
+        with contextlib.redirect_stderr(err):
+            assert cli(inventory, tmp_path, command, "--limit", "rtr1")[0] == 1
+        assert "2 entries exceed softwire-num-max 1 (from the inventory's " \
+               "dstm_tep_softwire_num_max)" in err.getvalue()
+    assert device_instance(router) == ("100", "1280", "1480")
+
+    set_host_vars(inventory, dstm_tep_softwire_num_max=None)
+    set_instance_by_hand(router, 1, 1280, 1480)
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        assert cli(inventory, tmp_path, "plan", "--limit", "rtr1")[0] == 1
+    assert "2 entries exceed softwire-num-max 1 (the device's value" in err.getvalue()

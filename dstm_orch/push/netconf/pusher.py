@@ -275,9 +275,11 @@ class NetconfPusher:
 
     def _check(self, desired: Sequence[Binding]) -> None:
         try:
-            check_invariants(desired, self.pools, self.instance)
+            check_invariants(desired, self.pools)
         except BindingTableError as exc:
             raise PayloadRefusedError(f"{self.target.name}: {exc}") from exc
+        if self.instance.softwire_num_max is not None:   # known before reading the device
+            self._check_capacity(desired, DeviceTable(None))
 
     def _check_capacity(self, desired: Sequence[Binding], current: DeviceTable) -> None:
         instance = self.instance.resolved(current.instance)
