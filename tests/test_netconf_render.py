@@ -191,6 +191,28 @@ def test_parse_round_trip_and_defaults():
     assert dict(parse_table(no_offset, "dstm").entries) == {e.key: e for e in entries}
 
 
+@pytest.mark.parametrize(("data", "named"), [
+    ("<br-instances><binding><bind-instance><name>dstm</name></bind-instance></binding>"
+     "</br-instances>", "<br-instances> is in no namespace"),
+    (f'<data xmlns="{NC}"><br-instances xmlns="urn:example:other"><binding><bind-instance>'
+     "<name>dstm</name></bind-instance></binding></br-instances></data>",
+     "<br-instances> is in namespace urn:example:other"),
+    (f'<data xmlns="{NC}"><interfaces xmlns="urn:ietf:params:xml:ns:yang:ietf-interfaces"/>'
+     "</data>", "<interfaces> is in namespace urn:ietf:params:xml:ns:yang:ietf-interfaces"),
+])
+def test_parse_refuses_data_outside_the_softwire_namespace(data, named):
+    """Issue 7 item 20: such data used to read as an empty table (a push would then
+    re-add every entry, and plan would report no drift)."""
+    from dstm_orch.domain.errors import DstmError
+
+    with pytest.raises(DstmError, match=f"device data: {named}, not ietf-softwire-br's"):
+        parse_table(data, "dstm")
+
+
+def test_parse_of_empty_data_is_a_missing_instance():
+    assert parse_table(f'<data xmlns="{NC}"/>', "dstm") == DeviceTable(None)
+
+
 def test_filter_selects_one_instance():
     root = etree.fromstring(render_filter("tep<1>").encode())
     assert root.tag == f"{{{BR_NS}}}br-instances"
