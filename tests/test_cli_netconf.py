@@ -309,3 +309,33 @@ def test_softwire_settings_come_from_host_vars_and_are_left_alone_when_unset(
     with contextlib.redirect_stderr(err):
         assert cli(inventory, tmp_path, "plan", "--limit", "rtr1")[0] == 1
     assert "2 entries exceed softwire-num-max 1 (the device's value" in err.getvalue()
+
+
+def test_a_lease_outside_its_narrowed_pool_is_an_orphan_and_the_others_are_pushed(
+        router, inventory, tmp_path):
+    """Issue 7 item 9: after the pool is narrowed, the lease left outside it is reported
+    with the command that ends it, and every other binding of the TEP is pushed."""
+    assert cli(inventory, tmp_path, "allocate", "n1")[0] == 0      # 203.0.113.1
+    assert cli(inventory, tmp_path, "allocate", "n2")[0] == 0      # 203.0.113.2
+    domain_file = inventory / "group_vars" / "all" / "dstm.yml"
+    domain = yaml.safe_load(domain_file.read_text())
+    domain["dstm_domain"]["pools"][0]["ranges"] = ["203.0.113.2-203.0.113.6"]
+    domain_file.write_text(yaml.safe_dump(domain))
+
+    rc, out = cli(inventory, tmp_path, "plan", "--limit", "rtr1", "--json")
+    assert rc == 0, out
+    report = json.loads(out)
+    (orphan,) = report["orphans"]
+    assert (orphan["node"], orphan["ipv4"], orphan["action"]) == \
+        ("n1", "203.0.113.1", "dstm-orch revoke n1")
+    assert "no longer inside its pool p1 (203.0.113.2-203.0.113.6)" in orphan["reason"]
+    assert report["netconf"][0]["drift"]["missing"] == ["2001:db8:c0f:2::12"]
+
+    rc, out = cli(inventory, tmp_path, "apply", "--limit", "rtr1")
+    assert rc == 0, out
+    assert "orphan: lease 1 of n1 (203.0.113.1)" in out and "run `dstm-orch revoke n1`" in out
+    assert device_entries(router) == {"2001:db8:c0f:2::12": "203.0.113.2"}
+
+    assert cli(inventory, tmp_path, "revoke", "n1")[0] == 0
+    rc, out = cli(inventory, tmp_path, "plan", "--limit", "rtr1", "--json")
+    assert json.loads(out)["orphans"] == [] and json.loads(out)["changed"] == 0
