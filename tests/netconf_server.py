@@ -67,7 +67,7 @@ while b"]]>]]>" not in buffered and (data := os.read(out, 65536)):
 hello, end, rest = buffered.partition(b"]]>]]>")
 for uri in drop:
     hello = re.sub(rb"<(\w+:)?capability>\s*" + re.escape(uri.encode()) +
-                   rb"\s*</(\w+:)?capability>", b"", hello)
+                   rb"[^<]*</(\w+:)?capability>", b"", hello)
 os.write(1, hello + end + rest)
 while data := os.read(out, 65536):
     os.write(1, data)
@@ -90,7 +90,8 @@ class NetconfServer:
             or ``running`` (advertises :writable-running). One daemon cannot do both.
         port: TCP port of sshd (default 830, RFC 6242 section 3).
         startup_xml: content of the startup datastore (default: empty config).
-        hide_capabilities: capability URIs to take out of the server's ``<hello>``
+        hide_capabilities: capabilities to take out of the server's ``<hello>`` (each
+            removes the URIs that start with it)
             (a real device that lacks them; netconfd itself cannot turn them off).
             sshd then runs the subsystem through a filter that rewrites the hello
             and copies every other byte unchanged.

@@ -37,7 +37,8 @@ from dstm_orch.push.netconf.pusher import (
     PendingCommit,
     RollbackUnavailableError,
 )
-from dstm_orch.push.netconf.session import CAP, ROLLBACK_ON_ERROR
+from dstm_orch.push.netconf.schemas import SchemaUnavailableError
+from dstm_orch.push.netconf.session import CAP, MONITORING_NS, ROLLBACK_ON_ERROR
 from dstm_orch.push.netconf.table import BR_NS, Binding, binding_from_dict
 from tests.netconf_server import NetconfServer
 
@@ -353,6 +354,33 @@ def test_device_schemas_are_fetched_and_cached(server, tmp_path):
     assert log_count(server, "get-schema") == requests  # served from the cache
     configured = pusher_for(server, tmp_path, device_schemas=False).plan(bindings(LEASES))
     assert configured.schema_source.endswith("shared/yang")
+
+
+def test_without_device_modules_or_a_yang_dir_the_push_stops_before_sending(
+        make_server, tmp_path, monkeypatch):
+    """Issue 8 section 2: the modules come from the device (get-schema) or a directory the
+    operator names; with neither, nothing is sent and the message says how to fix it."""
+    server = make_server(hide_capabilities=(MONITORING_NS,))   # no <get-schema>
+    yang_dir = os.environ["DSTM_ORCH_YANG_DIR"]
+    monkeypatch.delenv("DSTM_ORCH_YANG_DIR")
+    edits, sessions = log_count(server, "edit-transaction"), log_count(server, "New session")
+    with pytest.raises(SchemaUnavailableError) as err:
+        pusher_for(server, tmp_path).push(bindings(LEASES))
+    assert "YANG module ietf-softwire-br is missing: the device does not offer " \
+           "<get-schema>" in str(err.value)
+    assert "set DSTM_ORCH_YANG_DIR or the host var dstm_tep_netconf_yang_dir" in str(err.value)
+    with pytest.raises(SchemaUnavailableError, match="device modules are turned off and no "
+                                                     "module directory is configured"):
+        pusher_for(server, tmp_path, device_schemas=False).plan(bindings(LEASES))
+    assert log_count(server, "New session") == sessions + 1     # the plan did not connect
+    empty = tmp_path / "empty-yang"
+    empty.mkdir()
+    with pytest.raises(SchemaUnavailableError, match=f"{empty} does not hold it"):
+        pusher_for(server, tmp_path, yang_dir=empty).push(bindings(LEASES))
+    assert log_count(server, "edit-transaction") == edits and device_entries(server) == {}
+
+    result = pusher_for(server, tmp_path, yang_dir=yang_dir).push(bindings(LEASES))
+    assert result.schema_source == yang_dir and device_entries(server) == TABLE
 
 
 def test_host_key_mismatch_is_refused(server, tmp_path):
