@@ -186,6 +186,30 @@ def test_push_revoke_and_idempotence(server, tmp_path):
     assert log_count(server, "edit-transaction") == edits  # nothing was sent
 
 
+def rpc_requests(caplog) -> list[str]:
+    """The RPCs ncclient sent, by its own log ("Requesting 'EditConfig'")."""
+    return [r.getMessage().split("Requesting '")[1].split("'")[0] for r in caplog.records
+            if "Requesting '" in r.getMessage()]
+
+
+def test_a_large_change_goes_in_bounded_edits_and_one_confirmed_commit(server, tmp_path,
+                                                                        caplog):
+    """Issue 10 section 3: edits of at most edit_size entries, one confirmed commit."""
+    pusher = pusher_for(server, tmp_path, edit_size=2)
+    with caplog.at_level(logging.INFO, logger="ncclient.operations.rpc"):
+        result = pusher.push(bindings(LEASES))
+    assert rpc_requests(caplog).count("EditConfig") == 2           # 3 entries: 2 + 1
+    assert rpc_requests(caplog).count("Commit") == 2               # confirmed + confirming
+    assert result.version == 1 and device_entries(server) == TABLE
+
+    add_by_hand(server, "2001:db8:c00:100::99", "198.51.100.99")
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="ncclient.operations.rpc"):
+        result = pusher.push(bindings(LEASES), replace=True)
+    assert rpc_requests(caplog).count("EditConfig") == 2           # replace 2, merge 1
+    assert device_entries(server) == TABLE and device_version(server) == "2"
+
+
 def test_changed_entry_is_replaced_whole(server, tmp_path):
     pusher = pusher_for(server, tmp_path)
     pusher.push(bindings(LEASES))

@@ -279,6 +279,14 @@ def test_yang_needs_binding_mode_feature():
         YangChecker(YANG_DIR, features={"ietf-softwire-br": ()}).validate(xml)
 
 
+def test_confirm_timeout_is_sized_to_the_table():
+    from dstm_orch.push.netconf.commit import sized_timeout
+
+    assert sized_timeout(60, 12.0, 250_000, 1_000_000) == 192    # 4 * 48 s
+    assert sized_timeout(60, 0.05, 3, 4) == 60                    # small: as configured
+    assert sized_timeout(60, 1.0, 0, 100_000) == 400    # empty device: 1 s per 1,000
+
+
 # -- capabilities ---------------------------------------------------------------------------
 
 

@@ -17,8 +17,9 @@ outcome afterwards, so that a crash in between is on record.
 from __future__ import annotations
 
 import logging
+import math
 import secrets
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Protocol
@@ -79,6 +80,22 @@ class CommitJournal(Protocol):
         """Called once the commit was confirmed (``confirmed``) or will revert."""
 
 
+def sized_timeout(configured: int, read_seconds: float, read_entries: int,
+                  entries: int) -> int:
+    """The confirm timeout for a table of ``entries``: at least ``configured``, and long
+    enough for the read-back and the confirming session to finish well before the
+    device reverts.
+
+    The read-back is estimated from the read that began the push (``read_seconds``
+    for ``read_entries``, counted as at least 1,000: the read of a nearly empty table
+    is mostly session overhead), scaled to ``entries``; the timeout is four times that.
+    Example: 12 s to read 250,000 entries, 10^6 to push: estimate 48 s, timeout
+    max(60, 4 * 48) = 192 s.
+    """
+    estimate = read_seconds * max(1.0, entries / max(1000, read_entries))
+    return max(int(configured), math.ceil(4 * estimate))
+
+
 class CommitProtocol:
     """Send one edit to a device and commit it as its capabilities allow.
 
@@ -137,16 +154,21 @@ class CommitProtocol:
         except DstmError as exc:
             raise PushError(f"{self.device.label}: get-config {source}: {exc}") from exc
 
-    def candidate(self, mgr: manager.Manager, caps: Capabilities, payload: str,
+    def candidate(self, mgr: manager.Manager, caps: Capabilities, payloads: Iterable[str],
                   desired: Sequence[Binding], instance: BindInstance, version: int,
-                  journal: CommitJournal | None) -> PendingCommit | None:
-        """Edit the candidate and commit it; return the pending confirmed commit, if any.
+                  journal: CommitJournal | None,
+                  timeout: int | None = None) -> PendingCommit | None:
+        """Edit the candidate (one ``<edit-config>`` per payload) and commit it once;
+        return the pending confirmed commit, if any.
 
         The journal hears of the confirmed commit before it is sent; when it fails
         here (commit refused, read-back differs) the journal hears it settled.
+        ``timeout`` (default the configured one) is the confirm timeout, seconds.
         """
+        timeout = timeout or self.confirm_timeout
         rpc = self.device.rpc
-        rpc("edit-config candidate", mgr.edit_config, target="candidate", config=payload)
+        for payload in payloads:
+            rpc("edit-config candidate", mgr.edit_config, target="candidate", config=payload)
         validate = self.validate_candidate
         if validate is None:
             validate = caps.validate and not caps.is_yuma
@@ -161,13 +183,12 @@ class CommitProtocol:
             return None
         pending = PendingCommit(self.device.target.name, version,
                                 secrets.token_hex(16) if mode == "1.1" else None,
-                                self.confirm_timeout,
-                                datetime.now(UTC) + timedelta(seconds=self.confirm_timeout))
+                                timeout, datetime.now(UTC) + timedelta(seconds=timeout))
         if journal is not None:
             journal.pending(pending)
         try:
-            rpc(f"commit confirmed (timeout {self.confirm_timeout} s)", mgr.commit,
-                confirmed=True, timeout=str(self.confirm_timeout), persist=pending.persist_id)
+            rpc(f"commit confirmed (timeout {timeout} s)", mgr.commit,
+                confirmed=True, timeout=str(timeout), persist=pending.persist_id)
             self.read_back(mgr, desired, instance, version, cancel=pending)
         except BaseException as exc:
             if journal is not None:

@@ -9,7 +9,8 @@ Payloads are rendered from the Jinja2 templates under ``templates/ietf-softwire-
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Sequence
+import itertools
+from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
 from functools import lru_cache
 from pathlib import Path
@@ -29,6 +30,8 @@ from dstm_orch.push.netconf.table import (
 NETCONF_BASE_NS = "urn:ietf:params:xml:ns:netconf:base:1.0"
 TEMPLATE_DIR = Path(__file__).resolve().parent / "templates" / "ietf-softwire-br"
 _BR_CLARK = f"{{{BR_NS}}}"
+EDIT_SIZE = 10_000
+"""Entries per ``<edit-config>`` by default (the change is still one commit)."""
 
 
 def _environment(template_dir: Path) -> jinja2.Environment:
@@ -90,6 +93,48 @@ def render_edit(
     return _template(template_dir, "edit-config.xml.j2").render(
         instance=instance, version=version, date=date, **context
     )
+
+
+def render_edits(
+    diff: TableDiff,
+    instance: BindInstance,
+    *,
+    version: int,
+    date: str,
+    replace_with: Sequence[Binding] | None = None,
+    size: int | None = EDIT_SIZE,
+) -> Iterator[str]:
+    """Yield the payloads of bounded edits (``<edit-config>``) that together apply ``diff``.
+
+    Each carries at most ``size`` entries (``None``: one payload for everything) and
+    the instance leaves and versioning, so each is valid on its own and the device
+    never parses one huge document; sent to the candidate and committed once, they
+    make one change (RFC 6241 section 8.3). With ``replace_with`` the first payload
+    replaces the ``binding-table`` and the others merge the rest of its entries.
+    """
+    if size is not None and size < 1:
+        raise ValueError(f"edit size {size} is not a positive number of entries")
+    kwargs = {"version": version, "date": date}
+    if replace_with is not None:
+        step = size or max(1, len(replace_with))
+        yield render_edit(TableDiff(), instance, replace_with=replace_with[:step], **kwargs)
+        for start in range(step, len(replace_with), step):
+            added = tuple(replace_with[start:start + step])
+            yield render_edit(TableDiff(added=added), instance, **kwargs)
+        return
+    parts = itertools.chain((("added", b) for b in diff.added),
+                            (("changed", c) for c in diff.changed),
+                            (("removed", b) for b in diff.removed))
+    first = True
+    while chunk := list(itertools.islice(parts, size)):
+        picked: dict[str, list] = {"added": [], "changed": [], "removed": []}
+        for kind, item in chunk:
+            picked[kind].append(item)
+        yield render_edit(TableDiff(tuple(picked["added"]), tuple(picked["changed"]),
+                                    tuple(picked["removed"])), instance, **kwargs)
+        first = False
+    if first:   # only the instance leaves change
+        yield render_edit(diff, instance, **kwargs)
 
 
 def render_filter(instance_name: str, template_dir: Path = TEMPLATE_DIR) -> str:

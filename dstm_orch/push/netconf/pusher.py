@@ -23,7 +23,7 @@ from __future__ import annotations
 import ipaddress
 import logging
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 
 import netaddr
@@ -35,9 +35,10 @@ from dstm_orch.push.netconf.commit import (
     CommitProtocol,
     PendingCommit,
     RollbackUnavailableError,
+    sized_timeout,
 )
 from dstm_orch.push.netconf.invariants import check_capacity, check_invariants
-from dstm_orch.push.netconf.payload import render_edit, utc_date
+from dstm_orch.push.netconf.payload import EDIT_SIZE, render_edits, utc_date
 from dstm_orch.push.netconf.results import DevicePlan, Plan, PushResult
 from dstm_orch.push.netconf.schemas import SchemaSource, SchemaUnavailableError
 from dstm_orch.push.netconf.session import (
@@ -80,7 +81,8 @@ class NetconfPusher:
             and validate against them.
         schema_cache: where fetched modules are kept (default
             ``$XDG_CACHE_HOME/dstm-orch/yang`` or ``~/.cache/dstm-orch/yang``).
-        confirm_timeout: seconds before an unconfirmed commit reverts.
+        confirm_timeout: seconds before an unconfirmed commit reverts, at least; a large
+            table gets more (:func:`~dstm_orch.push.netconf.commit.sized_timeout`).
         validate_candidate: send ``<validate>`` before the commit. ``None``: when the
             device has ``:validate``, except on yuma123 netconfd 2.13, which loses the
             candidate's changes when ``<validate>`` precedes ``<commit>`` (verified;
@@ -92,6 +94,9 @@ class NetconfPusher:
         running_without_rollback: push to a writable-running device that lacks
             ``:rollback-on-error`` (refused by default: a refused edit may stay
             half-applied).
+        edit_size: entries per ``<edit-config>`` to the candidate; a larger change is
+            sent in several edits and still committed once. ``<running>`` is edited
+            in one piece (several edits there would not be one change).
     """
 
     def __init__(
@@ -107,12 +112,14 @@ class NetconfPusher:
         validate_candidate: bool | None = None,
         confirm_mode: str = "auto",
         running_without_rollback: bool = False,
+        edit_size: int = EDIT_SIZE,
     ):
         self.target = target
         self.device = Device(target)
         self.pools = pools if pools is None or isinstance(pools, netaddr.IPSet) else \
             netaddr.IPSet(str(p) for p in pools)
         self.instance = instance or BindInstance()
+        self.edit_size = edit_size
         self.schemas = SchemaSource(self.device, yang_dir=yang_dir,
                                     device_schemas=device_schemas, cache=schema_cache)
         self.commit = CommitProtocol(self.device, self.instance,
@@ -151,8 +158,9 @@ class NetconfPusher:
         self._check_capacity(desired, current)
         diff = compute_diff(current, desired, self.instance)
         if not diff.empty:
-            self._validate(checker, render_edit(
-                diff, instance, version=(current.version or 0) + 1, date=utc_date()))
+            for payload in render_edits(diff, instance, version=(current.version or 0) + 1,
+                                        date=utc_date(), size=self.edit_size):
+                self._validate(checker, payload)
         return DevicePlan(
             device=self.target.name, host=f"[{self.target.host}]:{self.target.port}",
             instance=self.instance.name, device_version=current.version,
@@ -215,7 +223,10 @@ class NetconfPusher:
                 self.schemas.checker(mgr, caps)
             rpc(f"lock {method}", mgr.lock, target=method)
             try:
+                reading = time.monotonic()
                 current = commit.read(mgr)
+                timeout = sized_timeout(commit.confirm_timeout, time.monotonic() - reading,
+                                        len(current.entries), len(desired))
                 instance = self.instance.resolved(current.instance)
                 diff = compute_diff(current, desired, self.instance, replace=replace)
                 if expect is not None and diff != expect:
@@ -232,19 +243,25 @@ class NetconfPusher:
                                       seconds=time.monotonic() - started)
                 new_version = version if version is not None else (current.version or 0) + 1
                 date = utc_date()
-                payload = render_edit(diff, instance, version=new_version, date=date,
-                                      replace_with=desired if replace else None)
+
+                def payloads(size: int | None) -> Iterator[str]:
+                    return render_edits(diff, instance, version=new_version, date=date,
+                                        replace_with=desired if replace else None, size=size)
+
+                size = self.edit_size if method == "candidate" else None
                 if checker is not None:
-                    self._validate(checker, payload)
+                    for payload in payloads(size):   # all of them before anything is sent
+                        self._validate(checker, payload)
                 if method == "candidate":
-                    pending = commit.candidate(mgr, caps, payload, desired, instance,
-                                               new_version, journal)
+                    pending = commit.candidate(mgr, caps, payloads(size), desired, instance,
+                                               new_version, journal, timeout)
                     if pending is not None and pending.persist_id is None:
                         here = pending
                         _notify(on_pending, here)
                         commit.settle(here, journal, lambda: commit.confirm_here(mgr, here))
                 else:
-                    commit.running(mgr, caps, payload, desired, instance, new_version)
+                    commit.running(mgr, caps, next(payloads(None)), desired, instance,
+                                   new_version)
             except BaseException:
                 if method == "candidate":
                     quietly("discard-changes", mgr.discard_changes)
