@@ -3,8 +3,7 @@
 netconfd does no networking of its own: it listens on a UNIX socket, and sshd runs the
 ``netconf`` subsystem (``netconf-subsystem``), which connects to that socket. sshd listens
 on the namespace's IPv6 address, port 830 (RFC 6242 section 3), so clients reach the
-server over IPv6 only (DESIGN.md invariant 6). The recipe and its pitfalls are in
-``../shared/REAL-STACK.md`` sections 2 and 3.
+server over IPv6 only (the domain is IPv6-only, draft-ietf-ngtrans-dstm-08 section 5).
 
 The server loads ``ietf-softwire-br`` (RFC 8676) from a temporary copy of the module
 directory, patched for yuma123, which cannot evaluate the YANG 1.1 expression

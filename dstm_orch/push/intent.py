@@ -25,9 +25,10 @@ so that ``apply`` leaves it alone, and its TEP binding carries ``"roaming": true
 that return traffic goes to its current IPv6 address rather than a decap address.
 
 ``valid_until`` is the lease's end in epoch seconds (``None`` for a static lease): the
-node turns it into the address's ``valid_lft`` (DESIGN.md invariant 5). A TEP's
-bindings are exactly its current leases (invariant 7; draft section 5, "the DSTM
-Server MAY be in charge of configuring the IPv4/IPv6 mapping table at the TEP").
+node turns it into the address's ``valid_lft``, so an address leaves the node when its
+lease ends (draft section 5: an address is allocated "for a fixed amount of time"). A
+TEP's bindings are exactly its current leases (draft section 5, "the DSTM Server MAY
+be in charge of configuring the IPv4/IPv6 mapping table at the TEP").
 """
 
 from __future__ import annotations

@@ -25,6 +25,8 @@ from dstm_orch.push.netconf.table import (
     BindInstance,
     DeviceTable,
     TableDiff,
+    parse_ipv4,
+    parse_ipv6,
 )
 
 NETCONF_BASE_NS = "urn:ietf:params:xml:ns:netconf:base:1.0"
@@ -193,31 +195,32 @@ def parse_table(data: str | bytes | etree._Element, instance_name: str) -> Devic
     )
 
 
-def _leaves(element: etree._Element, into: dict[str, str]) -> dict[str, str]:
-    """Collect the leaf texts below ``element`` by local name (faster than findtext)."""
-    for child in element:
-        if not isinstance(child.tag, str) or not child.tag.startswith(_BR_CLARK):
-            continue
-        if len(child):
-            _leaves(child, into)
-        else:
-            into[child.tag[len(_BR_CLARK):]] = (child.text or "").strip()
-    return into
+def _leaves(element: etree._Element) -> dict[str, str]:
+    """The texts of the ``ietf-softwire-br`` elements at or below ``element``, by local
+    name (one C-level walk; containers map to their blank text)."""
+    cut = len(_BR_CLARK)
+    return {child.tag[cut:]: (child.text or "").strip()
+            for child in element.iter(etree.Element) if child.tag.startswith(_BR_CLARK)}
 
 
 def _entry(e: etree._Element) -> Binding:
-    leaves = _leaves(e, {})
+    leaves = _leaves(e)
     key = leaves.get("binding-ipv6info", "")
     ipv4 = leaves.get("binding-ipv4-addr")
     br = leaves.get("br-ipv6-addr")
     return Binding(
-        node_ipv6=ipaddress.IPv6Network(key) if "/" in key else ipaddress.IPv6Address(key),
-        ipv4=ipaddress.IPv4Address(ipv4) if ipv4 else None,
-        br_ipv6=ipaddress.IPv6Address(br) if br else None,
+        node_ipv6=ipaddress.IPv6Network(key) if "/" in key else parse_ipv6(key),
+        ipv4=parse_ipv4(ipv4) if ipv4 else None,
+        br_ipv6=_br_ipv6(br) if br else None,
         psid_offset=int(leaves.get("psid-offset") or 0),
         psid_len=int(leaves.get("psid-len") or 0),
         psid=int(leaves.get("psid") or 0),
     )
+
+
+@lru_cache(maxsize=64)
+def _br_ipv6(text: str) -> ipaddress.IPv6Address:
+    return parse_ipv6(text)   # one or a few BR addresses for a whole table
 
 
 def _xml(data: str | bytes | etree._Element) -> etree._Element:

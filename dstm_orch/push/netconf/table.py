@@ -18,9 +18,10 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
+import socket
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from functools import cached_property
+from functools import cached_property, lru_cache
 
 from dstm_orch.domain.errors import DstmError
 
@@ -67,7 +68,7 @@ class Binding:
     @cached_property
     def key(self) -> str:
         """The list key as the device prints it (compressed IPv6 text)."""
-        return str(self.node_ipv6)
+        return ipv6_text(self.node_ipv6)
 
     def port_text(self) -> str:
         """Describe the port set, e.g. ``all ports`` or ``psid 1/8 offset 0``."""
@@ -213,13 +214,42 @@ def binding_from_dict(entry: Mapping, br_ipv6: ipaddress.IPv6Address | str) -> B
     """
     ports = entry.get("port_set") or {}
     return Binding(
-        node_ipv6=ipaddress.IPv6Address(entry["node_ipv6"]),
-        ipv4=ipaddress.IPv4Address(entry["ipv4"]),
-        br_ipv6=ipaddress.IPv6Address(br_ipv6),
+        node_ipv6=parse_ipv6(entry["node_ipv6"]),
+        ipv4=parse_ipv4(str(entry["ipv4"])),
+        br_ipv6=br_ipv6 if isinstance(br_ipv6, ipaddress.IPv6Address) else parse_ipv6(br_ipv6),
         psid_offset=int(ports.get("psid_offset", 0)),
         psid_len=int(ports.get("psid_len", 0)),
         psid=int(ports.get("psid", 0)),
     )
+
+
+# -- addresses (the standard library's types, built through the C socket functions) ---
+
+
+def parse_ipv6(text: str | ipaddress.IPv6Address) -> ipaddress.IPv6Address:
+    """Return ``text`` as an address; ``inet_pton`` (RFC 4291 section 2.2 text forms)
+    does the parsing, ``ipaddress`` whatever it refuses (and raises its usual error)."""
+    try:
+        return ipaddress.IPv6Address(int.from_bytes(socket.inet_pton(socket.AF_INET6, text)))
+    except (OSError, TypeError):
+        return ipaddress.IPv6Address(text)
+
+
+@lru_cache(maxsize=1 << 16)
+def parse_ipv4(text: str) -> ipaddress.IPv4Address:
+    """Return ``text`` as an IPv4 address (cached: port sets share addresses)."""
+    return ipaddress.IPv4Address(text)
+
+
+def ipv6_text(address: IPv6Key) -> str:
+    """The RFC 5952 text of ``address``, as ``str()`` gives it, from ``inet_ntop``.
+
+    ``inet_ntop`` writes addresses with 80 leading zero bits (IPv4-mapped and
+    -compatible) in dotted form, unlike ``ipaddress``; those go through ``str()``.
+    """
+    if isinstance(address, ipaddress.IPv6Address) and int(address) >> 48:
+        return socket.inet_ntop(socket.AF_INET6, address.packed)
+    return str(address)
 
 
 # -- diff -------------------------------------------------------------------------------
