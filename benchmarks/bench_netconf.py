@@ -13,6 +13,11 @@ Rows printed:
   which flatters it: netconfd's commit cost grows with the size of its datastore);
 - one push per binding: ``--per-push`` more bindings, each a full ``push`` (two
   sessions, confirmed commit), scaled the same way;
+- ``--scale N`` (issue 10 section 3): plan for one TEP holding N bindings (10^6 is
+  Snabb's million-subscriber table: 15,874 addresses with psid-len 6), from the
+  intent's binding dicts to the validated bounded edits, with the device's table
+  parsed from its XML (N - 0.1 % entries, a few unexplained); time and peak RSS
+  against the targets (5 s, 1 GiB), in a process of its own;
 - plan for ``--leases`` leases across ``--teps`` TEPs: invariant checks, diff, edit
   rendering and libyang validation of each TEP's change (the device tables are built
   in memory, 99 % in sync plus a few unexplained entries); peak Python memory from
@@ -27,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import ipaddress
+import itertools
 import os
 import resource
 import sys
@@ -37,20 +43,22 @@ from pathlib import Path
 
 from ncclient import manager
 
+from dstm_orch.push.netconf.invariants import check_invariants
+from dstm_orch.push.netconf.payload import parse_table, render_edit, render_filter, utc_date
 from dstm_orch.push.netconf.pusher import NetconfPusher, NetconfTarget
 from dstm_orch.push.netconf.table import (
+    INSTANCE_DEFAULTS,
     Binding,
     BindInstance,
     DeviceTable,
-    check_invariants,
     compute_diff,
-    parse_table,
-    render_edit,
-    render_filter,
-    utc_date,
 )
 from dstm_orch.push.netconf.yang import checker_for
 from tests.netconf_server import NetconfServer
+
+# The IETF modules are not shipped: benchmarks validate against <repo>/../shared/yang.
+YANG_DIR = Path(os.environ.setdefault(
+    "DSTM_ORCH_YANG_DIR", str(Path(__file__).resolve().parents[1].parent / "shared" / "yang")))
 
 BR = ipaddress.IPv6Address("2001:db8:c00:200::a")
 POOLS = ["192.0.2.0/25", "192.0.2.128/25", "198.51.100.0/25", "198.51.100.128/25",
@@ -118,7 +126,7 @@ def bench_device(args: argparse.Namespace, workdir: Path) -> None:
     # A fresh server: netconfd's commit cost grows with the size of its datastore.
     loop_server = start_server(workdir, "b", 2)
     try:
-        instance = BindInstance()
+        instance = BindInstance(**INSTANCE_DEFAULTS)
         with raw_session(loop_server) as mgr:
             started = time.perf_counter()
             for i, b in enumerate(table(1, args.per_commit)):
@@ -148,8 +156,8 @@ def bench_device(args: argparse.Namespace, workdir: Path) -> None:
 
 
 def plan_all(desired: list[list[Binding]], device: list[DeviceTable]) -> int:
-    instance = BindInstance()
-    checker = checker_for()
+    instance = BindInstance(**INSTANCE_DEFAULTS)
+    checker = checker_for(YANG_DIR)
     sent = 0
     for tep, (want, have) in enumerate(zip(desired, device, strict=True)):
         check_invariants(want, [POOLS[tep]], instance)
@@ -170,8 +178,8 @@ def bench_plan(args: argparse.Namespace) -> None:
         entries = {b.key: b for b in want[: per_tep - per_tep // 100]}  # 1 % missing
         for b in table(t, per_tep + 50)[per_tep:]:  # 50 unexplained entries
             entries[b.key] = b
-        device.append(DeviceTable(BindInstance(), 7, None, entries))
-    checker_for()  # load the YANG context outside the timing
+        device.append(DeviceTable(BindInstance(**INSTANCE_DEFAULTS), 7, None, entries))
+    checker_for(YANG_DIR)  # load the YANG context outside the timing
     started = time.perf_counter()
     sent = plan_all(desired, device)
     seconds = time.perf_counter() - started
@@ -187,6 +195,67 @@ def bench_plan(args: argparse.Namespace) -> None:
     row("process peak RSS (tables + plan)", f"{rss:.0f} MiB")
 
 
+SCALE_POOL = ipaddress.IPv4Network("198.18.0.0/18")  # RFC 2544 benchmarking range
+SCALE_K = 6   # psid-len 6: 64 port sets per address; 15,625 addresses for 10^6
+
+
+def bench_scale(count: int) -> None:
+    """Plan one TEP of ``count`` bindings; print time and peak RSS against the targets."""
+    from dstm_orch.push.netconf.payload import render_edits
+    from dstm_orch.push.netconf.table import BR_NS, binding_from_dict
+
+    instance = BindInstance(**{**INSTANCE_DEFAULTS, "softwire_num_max": max(count, 65536)})
+    intent = [{"node_ipv6": f"2001:db8:d{i >> 16:03x}::{i & 0xffff:x}",
+               "ipv4": str(SCALE_POOL[i >> SCALE_K]),
+               "port_set": {"psid_offset": 6, "psid_len": SCALE_K, "psid": i % (1 << SCALE_K)}}
+              for i in range(count)]
+    kept = count - count // 1000
+    with tempfile.TemporaryDirectory(prefix="dstm-bench-scale-") as workdir:
+        device_xml = Path(workdir) / "device.xml"
+        with device_xml.open("w") as out:   # the device's table, as get-config data
+            out.write(f'<data xmlns="urn:ietf:params:xml:ns:netconf:base:1.0"><br-instances '
+                      f'xmlns="{BR_NS}"><binding><bind-instance><name>dstm</name>'
+                      "<binding-table-versioning><version>7</version></binding-table-versioning>"
+                      f"<softwire-num-max>{instance.softwire_num_max}</softwire-num-max>"
+                      "<softwire-payload-mtu>1460</softwire-payload-mtu>"
+                      "<softwire-path-mru>1500</softwire-path-mru><binding-table>\n")
+            for e in intent[:kept]:
+                ports = e["port_set"]
+                out.write(f"<binding-entry><binding-ipv6info>{e['node_ipv6']}</binding-ipv6info>"
+                          f"<binding-ipv4-addr>{e['ipv4']}</binding-ipv4-addr><port-set>"
+                          f"<psid-offset>{ports['psid_offset']}</psid-offset><psid-len>"
+                          f"{ports['psid_len']}</psid-len><psid>{ports['psid']}</psid>"
+                          f"</port-set><br-ipv6-addr>{BR}</br-ipv6-addr></binding-entry>\n")
+            out.write("</binding-table></bind-instance></binding></br-instances></data>\n")
+        checker = checker_for(YANG_DIR)
+        marks = [("start", time.perf_counter(), time.process_time())]
+
+        def mark(stage: str) -> None:
+            marks.append((stage, time.perf_counter(), time.process_time()))
+
+        desired = [binding_from_dict(e, BR) for e in intent]
+        mark("bindings")
+        check_invariants(desired, [str(SCALE_POOL)], instance)
+        mark("invariants")
+        have = parse_table(device_xml.read_bytes(), "dstm")
+        mark("parse")
+        diff = compute_diff(have, desired, instance)
+        mark("diff")
+        edits = 0
+        for payload in render_edits(diff, instance, version=8, date=utc_date()):
+            checker.validate(payload)
+            edits += 1
+        mark(f"{edits} edit(s) + libyang")
+    seconds, cpu = marks[-1][1] - marks[0][1], marks[-1][2] - marks[0][2]
+    stages = ", ".join(f"{name} {c1 - c0:.2f}" for (_, _, c0), (name, _, c1)
+                       in itertools.pairwise(marks))
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    row(f"plan, one TEP of {count:,} bindings", f"{seconds:.2f} s",
+        f"target 5 s: {seconds / 5:.1f}x; CPU {cpu:.2f} s ({cpu / 5:.1f}x): {stages}")
+    row("plan, peak RSS", f"{rss:.0f} MiB", f"target 1024 MiB: {rss / 1024:.2f}x; "
+        f"{sum(diff.counts().values()):,} entries to send")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--bulk", type=int, default=10_000)
@@ -195,7 +264,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--leases", type=int, default=100_000)
     parser.add_argument("--teps", type=int, default=4)
     parser.add_argument("--no-device", action="store_true", help="only the plan figures")
+    parser.add_argument("--scale", type=int, default=0,
+                        help="only: plan one TEP of this many bindings (e.g. 1000000)")
     args = parser.parse_args(argv)
+    if args.scale:
+        bench_scale(args.scale)
+        return 0
     bench_plan(args)
     if not args.no_device:
         with tempfile.TemporaryDirectory(prefix="dstm-bench-nc-") as workdir:

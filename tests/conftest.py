@@ -11,6 +11,9 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 LAB_INVENTORY = ROOT / "inventories" / "lab"
+YANG_DIR = Path(os.environ.get("DSTM_ORCH_YANG_DIR") or ROOT.parent / "shared" / "yang")
+"""The IETF modules tests validate against (not shipped: operators name their own)."""
+os.environ["DSTM_ORCH_YANG_DIR"] = str(YANG_DIR)
 
 
 @pytest.fixture(autouse=True)

@@ -25,11 +25,12 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import time
 from pathlib import Path
 
 from dstm_orch.domain.errors import LabError
-from dstm_orch.push.netconf.yang import default_yang_dir
+from dstm_orch.push.netconf.yang import YANG_DIR_SETTING, configured_yang_dir
 
 NETCONFD = "/usr/sbin/netconfd"
 SSHD = "/usr/sbin/sshd"
@@ -41,6 +42,36 @@ EMPTY_CONFIG = (
     '<?xml version="1.0" encoding="UTF-8"?>\n'
     '<config xmlns="urn:ietf:params:xml:ns:netconf:base:1.0"/>\n'
 )
+HELLO_FILTER = r'''"""Run a NETCONF subsystem; drop capabilities (argv[1]) from its hello."""
+import os
+import re
+import subprocess
+import sys
+import threading
+
+drop, command = sys.argv[1].split(","), sys.argv[2:]
+child = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, bufsize=0)
+
+
+def upstream():
+    while data := os.read(0, 65536):
+        child.stdin.write(data)
+    child.stdin.close()
+
+
+threading.Thread(target=upstream, daemon=True).start()
+out, buffered = child.stdout.fileno(), b""
+while b"]]>]]>" not in buffered and (data := os.read(out, 65536)):
+    buffered += data
+hello, end, rest = buffered.partition(b"]]>]]>")
+for uri in drop:
+    hello = re.sub(rb"<(\w+:)?capability>\s*" + re.escape(uri.encode()) +
+                   rb"[^<]*</(\w+:)?capability>", b"", hello)
+os.write(1, hello + end + rest)
+while data := os.read(out, 65536):
+    os.write(1, data)
+sys.exit(child.wait())
+'''
 YUMA_PATCH = ('if-feature "map-e or map-t";', 'if-feature "map-e";')
 
 
@@ -53,12 +84,16 @@ class NetconfServer:
         address: the server's IPv6 interface address, e.g. ``2001:db8:c00:1::2/64``.
             The root-namespace end of the veth gets the first other host address of
             the same prefix.
-        yang_dir: directory holding the softwire modules (default: the project setting,
-            see :func:`dstm_orch.push.netconf.yang.default_yang_dir`).
+        yang_dir: directory holding the softwire modules (default: ``$DSTM_ORCH_YANG_DIR``).
         target: ``candidate`` (advertises :candidate, :confirmed-commit:1.1, :validate)
             or ``running`` (advertises :writable-running). One daemon cannot do both.
         port: TCP port of sshd (default 830, RFC 6242 section 3).
         startup_xml: content of the startup datastore (default: empty config).
+        hide_capabilities: capabilities to take out of the server's ``<hello>`` (each
+            removes the URIs that start with it)
+            (a real device that lacks them; netconfd itself cannot turn them off).
+            sshd then runs the subsystem through a filter that rewrites the hello
+            and copies every other byte unchanged.
     """
 
     def __init__(
@@ -71,6 +106,7 @@ class NetconfServer:
         target: str = "candidate",
         port: int = 830,
         startup_xml: str = EMPTY_CONFIG,
+        hide_capabilities: tuple[str, ...] = (),
     ):
         if not netns.startswith(NETNS_PREFIX):
             raise LabError(f"netns {netns!r}: the name must start with {NETNS_PREFIX!r}")
@@ -82,10 +118,15 @@ class NetconfServer:
         self.peer_address = ipaddress.IPv6Interface(
             f"{_peer_host(self.address)}/{self.address.network.prefixlen}"
         )
-        self.yang_dir = Path(yang_dir) if yang_dir else default_yang_dir()
+        yang_dir = yang_dir or configured_yang_dir()
+        if yang_dir is None:
+            raise LabError(f"netconf server {netns}: no YANG module directory "
+                           f"(pass yang_dir or set {YANG_DIR_SETTING})")
+        self.yang_dir = Path(yang_dir)
         self.target = target
         self.port = port
         self.startup_xml = startup_xml
+        self.hide_capabilities = tuple(hide_capabilities)
         tag = hashlib.sha1(netns.encode()).hexdigest()[:8]
         self.host_ifname = f"dnc{tag}h"
         self.ns_ifname = f"dnc{tag}n"
@@ -206,6 +247,7 @@ class NetconfServer:
             text = module.read_text()
             (self.modpath / module.name).write_text(text.replace(*YUMA_PATCH))
         self.startup_file.write_text(self.startup_xml)
+        (self.workdir / "hello_filter.py").write_text(HELLO_FILTER)
         (self.workdir / "sshd_config").write_text(self._sshd_config())
 
     def _sshd_config(self) -> str:
@@ -221,11 +263,17 @@ class NetconfServer:
             "UsePAM no",
             "StrictModes no",
             # netconf-subsystem needs PORT@PATH: a bare path closes every session at once.
-            f"Subsystem netconf {NETCONF_SUBSYSTEM} "
-            f"--ncxserver-sockname={self.port}@{self.socket_path}",
+            f"Subsystem netconf {self._subsystem()}",
             "LogLevel VERBOSE",
             "",
         ])
+
+    def _subsystem(self) -> str:
+        command = f"{NETCONF_SUBSYSTEM} --ncxserver-sockname={self.port}@{self.socket_path}"
+        if not self.hide_capabilities:
+            return command
+        return (f"{sys.executable} {self.workdir / 'hello_filter.py'} "
+                f"{','.join(self.hide_capabilities)} {command}")
 
     def _build_netns(self) -> None:
         if self.netns in _run(["ip", "netns", "list"]).split():

@@ -25,6 +25,7 @@ from ncclient import manager
 from dstm_orch.domain.errors import PushError
 from dstm_orch.domain.model import Domain, Lease, LeaseState, Node, Pool, Tep
 from dstm_orch.push.intent import render_intent
+from dstm_orch.push.netconf.payload import render_filter
 from dstm_orch.push.netconf.pusher import (
     CommitNotConfirmedError,
     DeviceLockedError,
@@ -34,8 +35,11 @@ from dstm_orch.push.netconf.pusher import (
     NetconfTarget,
     PayloadRefusedError,
     PendingCommit,
+    RollbackUnavailableError,
 )
-from dstm_orch.push.netconf.table import BR_NS, Binding, binding_from_dict, render_filter
+from dstm_orch.push.netconf.schemas import SchemaUnavailableError
+from dstm_orch.push.netconf.session import CAP, MONITORING_NS, ROLLBACK_ON_ERROR
+from dstm_orch.push.netconf.table import BR_NS, Binding, binding_from_dict
 from tests.netconf_server import NetconfServer
 
 pytestmark = [
@@ -62,11 +66,11 @@ def make_server(tmp_path):
     """Start netconfd servers on demand; stop them all at the end, even on failure."""
     servers: list[NetconfServer] = []
 
-    def make(target: str = "candidate") -> NetconfServer:
+    def make(target: str = "candidate", **options) -> NetconfServer:
         n = next(_serial)
         server = NetconfServer(
             tmp_path / f"server{n}", f"dstm-nc-{os.getpid()}-{n}",
-            f"2001:db8:c{os.getpid() % 256:02x}:{n:x}::2/64", target=target,
+            f"2001:db8:c{os.getpid() % 256:02x}:{n:x}::2/64", target=target, **options,
         )
         servers.append(server)
         server.start()
@@ -180,6 +184,30 @@ def test_push_revoke_and_idempotence(server, tmp_path):
     result = pusher.push(bindings(revoked))
     assert (result.changed, result.applied, result.version) == (False, True, 2)
     assert log_count(server, "edit-transaction") == edits  # nothing was sent
+
+
+def rpc_requests(caplog) -> list[str]:
+    """The RPCs ncclient sent, by its own log ("Requesting 'EditConfig'")."""
+    return [r.getMessage().split("Requesting '")[1].split("'")[0] for r in caplog.records
+            if "Requesting '" in r.getMessage()]
+
+
+def test_a_large_change_goes_in_bounded_edits_and_one_confirmed_commit(server, tmp_path,
+                                                                        caplog):
+    """Issue 10 section 3: edits of at most edit_size entries, one confirmed commit."""
+    pusher = pusher_for(server, tmp_path, edit_size=2)
+    with caplog.at_level(logging.INFO, logger="ncclient.operations.rpc"):
+        result = pusher.push(bindings(LEASES))
+    assert rpc_requests(caplog).count("EditConfig") == 2           # 3 entries: 2 + 1
+    assert rpc_requests(caplog).count("Commit") == 2               # confirmed + confirming
+    assert result.version == 1 and device_entries(server) == TABLE
+
+    add_by_hand(server, "2001:db8:c00:100::99", "198.51.100.99")
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="ncclient.operations.rpc"):
+        result = pusher.push(bindings(LEASES), replace=True)
+    assert rpc_requests(caplog).count("EditConfig") == 2           # replace 2, merge 1
+    assert device_entries(server) == TABLE and device_version(server) == "2"
 
 
 def test_changed_entry_is_replaced_whole(server, tmp_path):
@@ -352,6 +380,33 @@ def test_device_schemas_are_fetched_and_cached(server, tmp_path):
     assert configured.schema_source.endswith("shared/yang")
 
 
+def test_without_device_modules_or_a_yang_dir_the_push_stops_before_sending(
+        make_server, tmp_path, monkeypatch):
+    """Issue 8 section 2: the modules come from the device (get-schema) or a directory the
+    operator names; with neither, nothing is sent and the message says how to fix it."""
+    server = make_server(hide_capabilities=(MONITORING_NS,))   # no <get-schema>
+    yang_dir = os.environ["DSTM_ORCH_YANG_DIR"]
+    monkeypatch.delenv("DSTM_ORCH_YANG_DIR")
+    edits, sessions = log_count(server, "edit-transaction"), log_count(server, "New session")
+    with pytest.raises(SchemaUnavailableError) as err:
+        pusher_for(server, tmp_path).push(bindings(LEASES))
+    assert "YANG module ietf-softwire-br is missing: the device does not offer " \
+           "<get-schema>" in str(err.value)
+    assert "set DSTM_ORCH_YANG_DIR or the host var dstm_tep_netconf_yang_dir" in str(err.value)
+    with pytest.raises(SchemaUnavailableError, match="device modules are turned off and no "
+                                                     "module directory is configured"):
+        pusher_for(server, tmp_path, device_schemas=False).plan(bindings(LEASES))
+    assert log_count(server, "New session") == sessions + 1     # the plan did not connect
+    empty = tmp_path / "empty-yang"
+    empty.mkdir()
+    with pytest.raises(SchemaUnavailableError, match=f"{empty} does not hold it"):
+        pusher_for(server, tmp_path, yang_dir=empty).push(bindings(LEASES))
+    assert log_count(server, "edit-transaction") == edits and device_entries(server) == {}
+
+    result = pusher_for(server, tmp_path, yang_dir=yang_dir).push(bindings(LEASES))
+    assert result.schema_source == yang_dir and device_entries(server) == TABLE
+
+
 def test_host_key_mismatch_is_refused(server, tmp_path):
     other = tmp_path / "other_key"
     subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(other)],
@@ -395,6 +450,25 @@ def test_writable_running_without_candidate(make_server, tmp_path):
     # rollback-on-error: nothing of the refused edit stayed
     assert device_entries(server) == {k: v for k, v in TABLE.items()
                                       if k != "2001:db8:c00:100::11"}
+
+
+def test_writable_running_without_rollback_on_error_is_refused_unless_accepted(make_server,
+                                                                             tmp_path):
+    """Issue 7 item 18: without :rollback-on-error (RFC 6241 section 8.5) a refused edit
+    of <running> can stay half-applied, so the push is refused before anything is sent,
+    unless the operator accepts that explicitly."""
+    server = make_server(target="running", hide_capabilities=(ROLLBACK_ON_ERROR,))
+    with raw_session(server) as m:
+        assert ROLLBACK_ON_ERROR not in set(m.server_capabilities)
+        assert f"{CAP}writable-running:1.0" in set(m.server_capabilities)
+    edits = log_count(server, "edit-transaction")
+    with pytest.raises(RollbackUnavailableError, match="does not offer :rollback-on-error"):
+        pusher_for(server, tmp_path).push(bindings(LEASES))
+    assert log_count(server, "edit-transaction") == edits
+    assert device_entries(server) == {}
+
+    result = pusher_for(server, tmp_path, running_without_rollback=True).push(bindings(LEASES))
+    assert result.method == "running" and device_entries(server) == TABLE
 
 
 def test_ipv4_management_address_refused():

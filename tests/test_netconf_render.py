@@ -15,23 +15,24 @@ import netaddr
 import pytest
 from lxml import etree
 
+from dstm_orch.push.netconf.invariants import check_invariants, port_mask
+from dstm_orch.push.netconf.payload import parse_table, render_edit, render_filter
 from dstm_orch.push.netconf.pusher import Capabilities, DevicePlan, Plan
 from dstm_orch.push.netconf.table import (
     BR_NS,
+    INSTANCE_DEFAULTS,
     Binding,
     BindingTableError,
     BindInstance,
     DeviceTable,
     TableDiff,
     binding_from_dict,
-    check_invariants,
     compute_diff,
-    parse_table,
-    port_mask,
-    render_edit,
-    render_filter,
 )
-from dstm_orch.push.netconf.yang import YangChecker, YangValidationError, default_yang_dir
+from dstm_orch.push.netconf.yang import YangChecker, YangValidationError, configured_yang_dir
+
+YANG_DIR = configured_yang_dir()
+FULL = BindInstance(**INSTANCE_DEFAULTS)
 
 BR = ipaddress.IPv6Address("2001:db8:c00:200::a")
 POOLS = [ipaddress.IPv4Network("198.51.100.0/24")]
@@ -124,7 +125,7 @@ def test_invariants_leave_yang_ranges_to_yang():
 
 
 def test_diff_added_changed_removed_sorted_by_key():
-    have = DeviceTable(BindInstance(), 4, None, {
+    have = DeviceTable(FULL, 4, None, {
         "2001:db8::1": b("2001:db8::1", "198.51.100.1"),
         "2001:db8::2": b("2001:db8::2", "198.51.100.2"),
         "2001:db8::9": b("2001:db8::9", "198.51.100.9"),
@@ -141,7 +142,9 @@ def test_diff_added_changed_removed_sorted_by_key():
 
 def test_diff_of_missing_instance_creates_it():
     diff = compute_diff(DeviceTable(None), [], BindInstance())
-    assert diff.instance == (None, BindInstance()) and not diff.empty
+    assert diff.instance == (None, FULL) and not diff.empty
+    assert BindInstance(softwire_num_max=65536, softwire_payload_mtu=1460,
+                                softwire_path_mru=1500) == FULL
 
 
 # -- XML ------------------------------------------------------------------------------------
@@ -180,12 +183,34 @@ def test_parse_round_trip_and_defaults():
                       version=3, date="2026-11-29T12:00:00Z")
     table = parse_table(xml, "dstm")
     assert table.version == 3 and table.date == "2026-11-29T12:00:00Z"
-    assert table.instance == BindInstance()
+    assert table.instance == FULL
     assert dict(table.entries) == {e.key: e for e in entries}
     assert parse_table(xml, "other").instance is None
     # psid-offset left out on the device: the YANG default 0 (refine in RFC 8676 5.1)
     no_offset = xml.replace("<psid-offset>0</psid-offset>", "")
     assert dict(parse_table(no_offset, "dstm").entries) == {e.key: e for e in entries}
+
+
+@pytest.mark.parametrize(("data", "named"), [
+    ("<br-instances><binding><bind-instance><name>dstm</name></bind-instance></binding>"
+     "</br-instances>", "<br-instances> is in no namespace"),
+    (f'<data xmlns="{NC}"><br-instances xmlns="urn:example:other"><binding><bind-instance>'
+     "<name>dstm</name></bind-instance></binding></br-instances></data>",
+     "<br-instances> is in namespace urn:example:other"),
+    (f'<data xmlns="{NC}"><interfaces xmlns="urn:ietf:params:xml:ns:yang:ietf-interfaces"/>'
+     "</data>", "<interfaces> is in namespace urn:ietf:params:xml:ns:yang:ietf-interfaces"),
+])
+def test_parse_refuses_data_outside_the_softwire_namespace(data, named):
+    """Issue 7 item 20: such data used to read as an empty table (a push would then
+    re-add every entry, and plan would report no drift)."""
+    from dstm_orch.domain.errors import DstmError
+
+    with pytest.raises(DstmError, match=f"device data: {named}, not ietf-softwire-br's"):
+        parse_table(data, "dstm")
+
+
+def test_parse_of_empty_data_is_a_missing_instance():
+    assert parse_table(f'<data xmlns="{NC}"/>', "dstm") == DeviceTable(None)
 
 
 def test_filter_selects_one_instance():
@@ -208,20 +233,20 @@ def test_binding_from_intent_entry():
     assert binding_from_dict(entry, BR).port_text() == "psid 3/4 offset 0"
 
 
-# -- YANG (libyang against ../shared/yang) ---------------------------------------------------
+# -- YANG (libyang against $DSTM_ORCH_YANG_DIR) ---------------------------------------------------
 
 
 def test_yang_dir_setting(monkeypatch, tmp_path):
     monkeypatch.setenv("DSTM_ORCH_YANG_DIR", str(tmp_path))
-    assert default_yang_dir() == tmp_path
+    assert configured_yang_dir() == tmp_path
     monkeypatch.delenv("DSTM_ORCH_YANG_DIR")
-    assert default_yang_dir() == Path(__file__).resolve().parents[2] / "shared" / "yang"
+    assert configured_yang_dir() is None   # nothing relative to the checkout
 
 
 def test_yang_accepts_rendered_edit_with_deletes():
     diff = TableDiff(added=(b("2001:db8::3", "198.51.100.3", 0, 15, 32767),),
                      removed=(b("2001:db8::9", "198.51.100.9"),))
-    YangChecker().validate(render_edit(diff, BindInstance(), version=2**64 - 1,
+    YangChecker(YANG_DIR).validate(render_edit(diff, BindInstance(), version=2**64 - 1,
                                        date="2026-11-29T12:00:00Z"))
 
 
@@ -236,7 +261,7 @@ def test_yang_accepts_rendered_edit_with_deletes():
 def test_yang_refuses_invalid_payloads(entry, version, date, expected):
     xml = render_edit(TableDiff(added=(entry,)), BindInstance(), version=version, date=date)
     with pytest.raises(YangValidationError, match=expected):
-        YangChecker().validate(xml)
+        YangChecker(YANG_DIR).validate(xml)
 
 
 def test_yang_refuses_missing_mandatory_leaf():
@@ -244,14 +269,22 @@ def test_yang_refuses_missing_mandatory_leaf():
                       version=1, date="2026-11-29T12:00:00Z")
     xml = xml.replace("<softwire-path-mru>1500</softwire-path-mru>", "")
     with pytest.raises(YangValidationError, match="softwire-path-mru"):
-        YangChecker().validate(xml)
+        YangChecker(YANG_DIR).validate(xml)
 
 
 def test_yang_needs_binding_mode_feature():
     xml = render_edit(TableDiff(added=(b("2001:db8::3", "198.51.100.3"),)), BindInstance(),
                       version=1, date="2026-11-29T12:00:00Z")
     with pytest.raises(YangValidationError, match='"binding" not found'):
-        YangChecker(features={"ietf-softwire-br": ()}).validate(xml)
+        YangChecker(YANG_DIR, features={"ietf-softwire-br": ()}).validate(xml)
+
+
+def test_confirm_timeout_is_sized_to_the_table():
+    from dstm_orch.push.netconf.commit import sized_timeout
+
+    assert sized_timeout(60, 12.0, 250_000, 1_000_000) == 192    # 4 * 48 s
+    assert sized_timeout(60, 0.05, 3, 4) == 60                    # small: as configured
+    assert sized_timeout(60, 1.0, 0, 100_000) == 400    # empty device: 1 s per 1,000
 
 
 # -- capabilities ---------------------------------------------------------------------------

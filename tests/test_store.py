@@ -353,7 +353,7 @@ def test_a_version_1_store_is_migrated_keeping_its_history(tmp_path):
     path = tmp_path / "v1.sqlite"
     version_1_file(path)
     with LeaseStore(path) as store:
-        assert store.schema_version == SCHEMA_VERSION == 4
+        assert store.schema_version == SCHEMA_VERSION == 5
         leases = store.leases(include_history=True)
         assert [(lease.node, lease.state, lease.port_set) for lease in leases] == [
             ("old", model.LeaseState.REVOKED, None), ("now", model.LeaseState.ACTIVE, None)]
@@ -504,7 +504,7 @@ def test_a_migration_that_fails_is_refused_and_leaves_the_file_as_it_was(tmp_pat
     with pytest.raises(StoreError) as caught:
         LeaseStore(path)
     message = str(caught.value)
-    assert str(path) in message and "cannot migrate schema from version 3 to 4" in message
+    assert str(path) in message and f"cannot migrate schema from version 3 to {SCHEMA_VERSION}" in message
     assert "leases.node_ipv6" in message and "two active leases map one node IPv6" in message
     assert path.read_bytes() == before
 

@@ -53,7 +53,7 @@ def _run(ctx: Context, **options) -> None:
             "hosts": [h.as_dict() for h in linux],
             "netconf": [{k: v for k, v in d.items() if k != "text"} for d in report.netconf],
             "errors": report.errors,
-            "orphans": [lease.as_dict() for lease in intent.orphans],
+            "orphans": [orphan.as_dict() for orphan in intent.orphans],
         }, indent=2))
     else:
         console = Console(width=200, soft_wrap=True)
@@ -71,9 +71,8 @@ def _run(ctx: Context, **options) -> None:
                           f"{'changed' if device['changed'] else 'changed=0'}", highlight=False)
             if report.check or device["changed"]:
                 console.print(device["text"], highlight=False, markup=False)
-        for lease in intent.orphans:
-            console.print(f"warning: lease of {lease.node} ({lease.ipv4}) names a node or TEP "
-                          "that is no longer in the inventory", highlight=False)
+        for orphan in intent.orphans:
+            console.print(f"warning: {orphan.text()}", highlight=False, markup=False)
     if not report.ok:
         failed = sorted(h.host for h in linux if h.failed or h.unreachable)
         reasons = [*([f"ansible failed on {', '.join(failed)}"] if failed else []),

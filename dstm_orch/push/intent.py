@@ -25,9 +25,10 @@ so that ``apply`` leaves it alone, and its TEP binding carries ``"roaming": true
 that return traffic goes to its current IPv6 address rather than a decap address.
 
 ``valid_until`` is the lease's end in epoch seconds (``None`` for a static lease): the
-node turns it into the address's ``valid_lft`` (README, "Leases"). A TEP's
-bindings are exactly its current leases (draft section 5, "the DSTM
-Server MAY be in charge of configuring the IPv4/IPv6 mapping table at the TEP").
+node turns it into the address's ``valid_lft``, so an address leaves the node when its
+lease ends (draft section 5: an address is allocated "for a fixed amount of time"). A
+TEP's bindings are exactly its current leases (draft section 5, "the DSTM Server MAY
+be in charge of configuring the IPv4/IPv6 mapping table at the TEP").
 """
 
 from __future__ import annotations
@@ -39,13 +40,36 @@ from datetime import datetime
 from dstm_orch.domain.model import Domain, Lease
 
 
+@dataclass(frozen=True)
+class Orphan:
+    """A current lease the inventory no longer explains, left out of every device.
+
+    ``reason`` says why (its node, TEP or pool left the inventory, or its address left
+    its pool); ``action`` is the command that ends it.
+    """
+
+    lease: Lease
+    reason: str
+
+    @property
+    def action(self) -> str:
+        return f"dstm-orch revoke {self.lease.node}"
+
+    def text(self) -> str:
+        return (f"orphan: lease {self.lease.id} of {self.lease.node} ({self.lease.ipv4}): "
+                f"{self.reason}; not pushed to any device; run `{self.action}`")
+
+    def as_dict(self) -> dict:
+        return {**self.lease.as_dict(), "reason": self.reason, "action": self.action}
+
+
 @dataclass
 class Intent:
     """Desired state per device, plus the leases that could not be placed."""
 
     nodes: dict[str, dict | None]
     teps: dict[str, dict]
-    orphans: list[Lease] = field(default_factory=list)
+    orphans: list[Orphan] = field(default_factory=list)
 
     def as_extravars(self) -> dict:
         return {"dstm_intent": {"nodes": self.nodes, "teps": self.teps}}
@@ -62,8 +86,10 @@ def render_intent(domain: Domain, leases: Iterable[Lease], now: datetime) -> Int
     Returns:
         An :class:`Intent`. Every node of the domain appears (``None`` when it holds
         no current lease, so the role removes its address and routes); every TEP
-        appears with all its pools and its current bindings. Leases whose node or TEP
-        left the inventory are returned in ``orphans``.
+        appears with all its pools and its current bindings. Leases whose node, TEP
+        or pool left the inventory, or whose address is no longer inside its pool (a
+        pool narrowed), are returned in ``orphans`` and left out of every device, so
+        that they do not stop the other bindings of their TEP.
     """
     nodes: dict[str, dict | None] = {
         name: {"roaming": True} if node.roaming else None for name, node in domain.nodes.items()
@@ -77,15 +103,15 @@ def render_intent(domain: Domain, leases: Iterable[Lease], now: datetime) -> Int
         }
         for name, tep in domain.teps.items()
     }
-    orphans: list[Lease] = []
+    orphans: list[Orphan] = []
     for lease in sorted(leases, key=_order):
         if not lease.is_current(now):
             continue
-        node = domain.nodes.get(lease.node)
-        tep = domain.teps.get(lease.tep)
-        if node is None or tep is None:
-            orphans.append(lease)
+        reason = _orphaned(domain, lease)
+        if reason is not None:
+            orphans.append(Orphan(lease, reason))
             continue
+        node, tep = domain.nodes[lease.node], domain.teps[lease.tep]
         port_set = lease.port_set.as_dict() if lease.port_set else None
         nodes[lease.node] = {
             "ipv4": str(lease.ipv4),
@@ -104,6 +130,21 @@ def render_intent(domain: Domain, leases: Iterable[Lease], now: datetime) -> Int
             "roaming": node.roaming,
         })
     return Intent(nodes, teps, orphans)
+
+
+def _orphaned(domain: Domain, lease: Lease) -> str | None:
+    """Why the inventory no longer explains ``lease``, or ``None``."""
+    for kind, name, known in (("node", lease.node, domain.nodes),
+                              ("TEP", lease.tep, domain.teps), ("pool", lease.pool, domain.pools)):
+        if name not in known:
+            return f"its {kind} {name} is no longer in the inventory"
+    pool = domain.pools[lease.pool]
+    if pool.tep != lease.tep:
+        return f"its pool {pool.name} is now served by TEP {pool.tep}, not {lease.tep}"
+    if lease.ipv4 not in pool:
+        return (f"its address is no longer inside its pool {pool.name} "
+                f"({', '.join(str(r) for r in pool.addresses.iter_ipranges())})")
+    return None
 
 
 def _order(lease: Lease) -> tuple[int, int, int]:

@@ -6,15 +6,18 @@ binding table (:mod:`dstm_orch.push.netconf.pusher`). Both start from one intent
 from the leases current at one instant (:func:`dstm_orch.push.intent.render_intent`), so a
 TEP's mapping table is made equal to its active leases (draft-ietf-ngtrans-dstm-08 section 5).
 
-Every NETCONF push is recorded in the lease store (:meth:`LeaseStore.record_push`):
-a confirmed commit that was never confirmed is recorded as not applied, and the next
-``apply`` converges from whatever the device holds (invariant 8).
+Every NETCONF push is recorded in the lease store: a confirmed commit is journaled as
+pending before it is sent (:class:`~dstm_orch.store.journal.PendingCommits`) and settled
+afterwards, so a crash in between stays on record and ``plan`` shows it; a commit that
+was never confirmed is recorded as not applied, and the next ``apply`` converges from
+whatever the device holds.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import time
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -27,6 +30,7 @@ from dstm_orch.domain.errors import DstmError, PushError
 from dstm_orch.domain.model import Tep
 from dstm_orch.push.intent import Intent
 from dstm_orch.store import LeaseStore
+from dstm_orch.store.journal import PendingCommits, PendingPush
 
 log = logging.getLogger(__name__)
 
@@ -109,30 +113,89 @@ def run(inv: DstmInventory, store: LeaseStore, intent: Intent, now: datetime, *,
 
 def _netconf(inv: DstmInventory, store: LeaseStore, intent: Intent, tep: Tep,
              now: datetime, *, check: bool, replace: bool, hostkey_verify: bool) -> dict:
-    from dstm_orch.push.netconf.pusher import CommitNotConfirmedError, NetconfPusher
+    from dstm_orch.push.netconf.pusher import NetconfPusher
     from dstm_orch.push.netconf.table import binding_from_dict
 
     wanted = intent.teps[tep.name]
     desired = [binding_from_dict(b, tep.ipv6) for b in wanted["bindings"]]
+    v = inv.host_vars(tep.name)
     pusher = NetconfPusher(netconf_target(inv, tep, hostkey_verify), pools=wanted["pools"],
                            instance=_instance(inv, tep),
-                           confirm_timeout=int(inv.host_vars(tep.name).get(
-                               "dstm_tep_netconf_confirm_timeout", 60)))
+                           yang_dir=_path(v.get("dstm_tep_netconf_yang_dir")),
+                           confirm_timeout=int(v.get("dstm_tep_netconf_confirm_timeout", 60)),
+                           running_without_rollback=bool(
+                               v.get("dstm_tep_netconf_running_without_rollback", False)))
+    journal = PendingCommits(store)
     if check:
         plan = pusher.plan(desired)
-        return {**plan.as_dict(), "text": plan.text()}
+        pending = [p for p in journal.pending(tep.name) if p.deadline > now]
+        return _with_pending({**plan.as_dict(), "text": plan.text()}, pending)
+    for stale in journal.pending(tep.name):
+        if stale.deadline <= now:
+            journal.settle(stale.id, applied=False, detail=(
+                f"not confirmed: the pushing process ended before the confirming commit; "
+                f"the device reverted version {stale.version} at {stale.deadline.isoformat()}"))
+    recorder = _Recorder(journal, tep.name, now)
     try:
-        result = pusher.push(desired, replace=replace)
-    except CommitNotConfirmedError as exc:
-        store.record_push(tep.name, now, applied=False, detail=str(exc))
-        raise
+        result = pusher.push(desired, replace=replace, journal=recorder,
+                             on_pending=_pause_hook())
     except PushError as exc:
-        store.record_push(tep.name, now, applied=False, detail=str(exc))
+        if recorder.row is None:
+            store.record_push(tep.name, now, applied=False, detail=str(exc))
         raise
     if result.changed:
-        store.record_push(tep.name, now, applied=result.applied, version=result.version,
-                          detail=f"{result.method}: {result.diff.counts()}")
+        detail = f"{result.method}: {result.diff.counts()}"
+        if recorder.row is None:
+            store.record_push(tep.name, now, applied=result.applied, version=result.version,
+                              detail=detail)
+        else:
+            journal.settle(recorder.row, applied=result.applied, detail=detail)
     return {**result.as_dict(), "text": "\n".join(result.diff.lines()) or "no changes"}
+
+
+class _Recorder:
+    """The push journal of one device for one push (a ``CommitJournal``)."""
+
+    def __init__(self, journal: PendingCommits, device: str, now: datetime):
+        self.journal, self.device, self.now = journal, device, now
+        self.row: int | None = None
+
+    def pending(self, commit) -> None:
+        self.row = self.journal.begin(self.device, self.now, version=commit.version,
+                                      persist_id=commit.persist_id, deadline=commit.deadline)
+
+    def settled(self, commit, confirmed: bool, detail: str) -> None:
+        if self.row is not None:
+            self.journal.settle(self.row, applied=confirmed, detail=detail)
+
+
+def _with_pending(plan: dict, pending: list[PendingPush]) -> dict:
+    """Add the device's unsettled confirmed commits to its plan: while one is pending,
+    the device's table is the unconfirmed one and goes back by itself at its deadline."""
+    if not pending:
+        return {**plan, "pending_commits": []}
+    lines = [f"  pending confirmed commit: version {p.version} sent at {p.at:%Y-%m-%d %H:%M:%S}"
+             f"Z was never confirmed (persist id {p.persist_id or 'none: same session'}); "
+             f"the device reverts to its previous table by {p.deadline:%Y-%m-%d %H:%M:%S}Z, "
+             "then apply pushes the change again" for p in pending]
+    return {**plan, "changed": True, "text": "\n".join([plan["text"], *lines]),
+            "pending_commits": [{"version": p.version, "persist_id": p.persist_id,
+                                 "at": p.at.isoformat(), "deadline": p.deadline.isoformat()}
+                                for p in pending]}
+
+
+def _pause_hook():
+    """``DSTM_ORCH_TEST_PAUSE_BEFORE_CONFIRM=FILE`` (tests only): between the confirmed
+    and the confirming commit, write the persist id to FILE and wait to be killed."""
+    marker = os.environ.get("DSTM_ORCH_TEST_PAUSE_BEFORE_CONFIRM")
+    if not marker:
+        return None
+
+    def pause(commit) -> None:
+        Path(marker).write_text(str(commit.persist_id))
+        time.sleep(commit.timeout * 4)
+
+    return pause
 
 
 def netconf_target(inv: DstmInventory, tep: Tep, hostkey_verify: bool = True):
@@ -162,10 +225,22 @@ def netconf_target(inv: DstmInventory, tep: Tep, hostkey_verify: bool = True):
 
 
 def _instance(inv: DstmInventory, tep: Tep):
+    """The bind-instance of ``tep``: ``dstm_tep_netconf_instance`` (default ``dstm``) and
+    ``dstm_tep_softwire_num_max``, ``dstm_tep_softwire_payload_mtu``,
+    ``dstm_tep_softwire_path_mru`` (RFC 8676 section 5.1); unset ones are left as the
+    device has them."""
     from dstm_orch.push.netconf.table import BindInstance
 
-    return BindInstance(name=str(inv.host_vars(tep.name).get("dstm_tep_netconf_instance",
-                                                             "dstm")))
+    v = inv.host_vars(tep.name)
+
+    def setting(name: str) -> int | None:
+        value = v.get(f"dstm_tep_{name}")
+        return None if value is None else int(value)
+
+    return BindInstance(name=str(v.get("dstm_tep_netconf_instance", "dstm")),
+                        softwire_num_max=setting("softwire_num_max"),
+                        softwire_payload_mtu=setting("softwire_payload_mtu"),
+                        softwire_path_mru=setting("softwire_path_mru"))
 
 
 def _templated(hostvars: dict) -> dict:

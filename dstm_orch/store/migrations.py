@@ -197,5 +197,18 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         END
         """,
     ),
+    # 5: the push journal (dstm_orch.store.journal). A confirmed commit (RFC 6241
+    # section 8.4) is written as pending, with its persist id and the instant the
+    # device reverts on its own, before it is sent; it is settled (applied or not)
+    # afterwards. A pending row that outlives its process is the record of the crash.
+    (
+        "ALTER TABLE device_pushes ADD COLUMN persist_id TEXT",
+        "ALTER TABLE device_pushes ADD COLUMN deadline INTEGER",
+        """
+        ALTER TABLE device_pushes ADD COLUMN pending INTEGER NOT NULL DEFAULT 0
+            CHECK (pending IN (0, 1) AND (pending = 0 OR (applied = 0 AND deadline NOT NULL)))
+        """,
+        "CREATE INDEX device_pushes_pending ON device_pushes (device) WHERE pending = 1",
+    ),
 )
 """Schema migrations in order; migration N takes ``PRAGMA user_version`` from N-1 to N."""

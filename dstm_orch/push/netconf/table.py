@@ -4,9 +4,10 @@ A TEP's mapping table (draft-ietf-ngtrans-dstm-08 section 5) is pushed as the bi
 table of RFC 8676 ``ietf-softwire-br`` (section 5.1): ``br-instances/binding/
 bind-instance[name]/binding-table/binding-entry``, keyed by ``binding-ipv6info``, with
 ``binding-ipv4-addr``, ``port-set`` and ``br-ipv6-addr``. This module knows nothing of
-the transport: it turns bindings into XML (Jinja2 templates under
-``templates/netconf/ietf-softwire-br/``), XML from ``<get-config>`` back into bindings,
-and two tables into a diff. ``dstm_orch.push.netconf.pusher`` moves the bytes.
+the transport: it holds the entries and the bind-instance settings and turns two
+tables into a diff; :mod:`~dstm_orch.push.netconf.invariants` checks a desired table,
+:mod:`~dstm_orch.push.netconf.payload` turns tables into XML and back, and
+:mod:`~dstm_orch.push.netconf.pusher` moves the bytes.
 
 ``port-set`` is a non-presence container with mandatory leaves, hence a mandatory node
 (RFC 7950 section 3): every entry carries one, and a lease without a port set has the
@@ -15,26 +16,22 @@ whole port range, ``psid-len`` 0 (RFC 7597 section 5.1, k = 0).
 
 from __future__ import annotations
 
-import bisect
+import dataclasses
 import ipaddress
+import socket
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from functools import cached_property, lru_cache
-from pathlib import Path
-
-import jinja2
-import netaddr
-from lxml import etree
 
 from dstm_orch.domain.errors import DstmError
 
 BR_NS = "urn:ietf:params:xml:ns:yang:ietf-softwire-br"
-_BR_CLARK = f"{{{BR_NS}}}"
-TEMPLATE_DIR = Path(__file__).resolve().parent / "templates" / "ietf-softwire-br"
 PORT_BITS = 16  # RFC 7597 section 5.1: transport-layer ports are 16 bits
 PSID_OFFSET_MAX = 16  # ietf-softwire-br port-set/psid-offset range 0..16
 PSID_LEN_MAX = 15  # ietf-softwire-br port-set/psid-len range 0..15
+INSTANCE_DEFAULTS = {"softwire_num_max": 65536, "softwire_payload_mtu": 1460,
+                     "softwire_path_mru": 1500}
+"""Values a new bind-instance gets for the settings the inventory leaves unset."""
 
 IPv6Key = ipaddress.IPv6Address | ipaddress.IPv6Network
 
@@ -71,7 +68,7 @@ class Binding:
     @cached_property
     def key(self) -> str:
         """The list key as the device prints it (compressed IPv6 text)."""
-        return str(self.node_ipv6)
+        return ipv6_text(self.node_ipv6)
 
     def port_text(self) -> str:
         """Describe the port set, e.g. ``all ports`` or ``psid 1/8 offset 0``."""
@@ -98,6 +95,10 @@ class Binding:
 class BindInstance:
     """The ``bind-instance`` the table lives in and its mandatory leaves (RFC 8676 5.1).
 
+    A setting left ``None`` is the device's business: :meth:`resolved` keeps the
+    device's value, and only a bind-instance that does not exist yet gets
+    :data:`INSTANCE_DEFAULTS`.
+
     Attributes:
         name: the list key (default ``dstm``).
         softwire_num_max: maximum number of softwires (entries) on the instance.
@@ -106,9 +107,19 @@ class BindInstance:
     """
 
     name: str = "dstm"
-    softwire_num_max: int = 65536
-    softwire_payload_mtu: int = 1460
-    softwire_path_mru: int = 1500
+    softwire_num_max: int | None = None
+    softwire_payload_mtu: int | None = None
+    softwire_path_mru: int | None = None
+
+    def resolved(self, device: BindInstance | None) -> BindInstance:
+        """Fill each unset setting from ``device`` (when it has it), else the default."""
+        values = {}
+        for name, default in INSTANCE_DEFAULTS.items():
+            value = getattr(self, name)
+            if value is None and device is not None:
+                value = getattr(device, name)
+            values[name] = default if value is None else value
+        return dataclasses.replace(self, **values)
 
 
 @dataclass(frozen=True)
@@ -203,131 +214,42 @@ def binding_from_dict(entry: Mapping, br_ipv6: ipaddress.IPv6Address | str) -> B
     """
     ports = entry.get("port_set") or {}
     return Binding(
-        node_ipv6=ipaddress.IPv6Address(entry["node_ipv6"]),
-        ipv4=ipaddress.IPv4Address(entry["ipv4"]),
-        br_ipv6=ipaddress.IPv6Address(br_ipv6),
+        node_ipv6=parse_ipv6(entry["node_ipv6"]),
+        ipv4=parse_ipv4(str(entry["ipv4"])),
+        br_ipv6=br_ipv6 if isinstance(br_ipv6, ipaddress.IPv6Address) else parse_ipv6(br_ipv6),
         psid_offset=int(ports.get("psid_offset", 0)),
         psid_len=int(ports.get("psid_len", 0)),
         psid=int(ports.get("psid", 0)),
     )
 
 
-# -- product invariants (what the YANG model cannot express) --------------------------
+# -- addresses (the standard library's types, built through the C socket functions) ---
 
 
-@lru_cache(maxsize=4096)
-def port_mask(psid_offset: int, psid_len: int, psid: int) -> int:
-    """Return the port set as a 65536-bit integer, bit ``p`` set for port ``p``.
+def parse_ipv6(text: str | ipaddress.IPv6Address) -> ipaddress.IPv6Address:
+    """Return ``text`` as an address; ``inet_pton`` (RFC 4291 section 2.2 text forms)
+    does the parsing, ``ipaddress`` whatever it refuses (and raises its usual error)."""
+    try:
+        return ipaddress.IPv6Address(int.from_bytes(socket.inet_pton(socket.AF_INET6, text)))
+    except (OSError, TypeError):
+        return ipaddress.IPv6Address(text)
 
-    RFC 7597 section 5.1: a port is ``A | PSID | j`` with ``a`` offset bits, ``k`` PSID
-    bits and ``m = 16 - a - k`` bits of ``j``; for ``a > 0`` the value ``A = 0`` is
-    excluded (ports ``0 .. 2^(16-a) - 1``). ``k = 0`` (and ``a = 0``) is every port.
 
-    Raises:
-        ValueError: ``a + k > 16`` or ``psid`` does not fit in ``k`` bits.
+@lru_cache(maxsize=1 << 16)
+def parse_ipv4(text: str) -> ipaddress.IPv4Address:
+    """Return ``text`` as an IPv4 address (cached: port sets share addresses)."""
+    return ipaddress.IPv4Address(text)
+
+
+def ipv6_text(address: IPv6Key) -> str:
+    """The RFC 5952 text of ``address``, as ``str()`` gives it, from ``inet_ntop``.
+
+    ``inet_ntop`` writes addresses with 80 leading zero bits (IPv4-mapped and
+    -compatible) in dotted form, unlike ``ipaddress``; those go through ``str()``.
     """
-    if psid_offset < 0 or psid_len < 0 or psid_offset + psid_len > PORT_BITS:
-        raise ValueError(f"psid-offset {psid_offset} + psid-len {psid_len} exceeds 16 bits")
-    if not 0 <= psid < (1 << psid_len):
-        raise ValueError(f"psid {psid} does not fit in psid-len {psid_len} bits")
-    m = PORT_BITS - psid_offset - psid_len
-    unit_len = 1 << (PORT_BITS - psid_offset)  # the ports of one value of A
-    mask = ((1 << (1 << m)) - 1) << (psid << m)
-    length = unit_len
-    while length < (1 << PORT_BITS):
-        mask |= mask << length
-        length <<= 1
-    if psid_offset > 0:
-        mask &= ~((1 << unit_len) - 1)
-    return mask
-
-
-def check_invariants(
-    bindings: Sequence[Binding],
-    pools: netaddr.IPSet | Iterable[ipaddress.IPv4Network | str] | None,
-    instance: BindInstance | None = None,
-) -> None:
-    """Check the rules of a desired table that ``ietf-softwire-br`` cannot express.
-
-    - one entry per node IPv6 address (the list key);
-    - every entry has an IPv4 address inside the TEP's pools and a BR address;
-    - a valid port set (RFC 7597 section 5.1: ``a + k <= 16``, PSID < 2^k); values
-      outside the YANG ranges are left to the YANG validation, which names them;
-    - no two entries with the same IPv4 address and overlapping port sets (draft
-      section 5: unique for a period; RFC 8676's model has no ``unique`` statement for it);
-    - no more entries than ``softwire-num-max``.
-
-    Args:
-        bindings: the desired table.
-        pools: the TEP's pools (``None`` skips the pool check).
-        instance: the bind-instance settings, for ``softwire-num-max``.
-
-    Raises:
-        BindingTableError: listing every problem found.
-    """
-    problems: list[str] = []
-    pool_set = None if pools is None else (
-        pools if isinstance(pools, netaddr.IPSet) else netaddr.IPSet(str(p) for p in pools)
-    )
-    in_pools = _membership(pool_set)
-    seen_keys: dict[str, Binding] = {}
-    by_ipv4: dict[ipaddress.IPv4Address, list[tuple[Binding, int]]] = {}
-    for b in bindings:
-        if b.key in seen_keys:
-            problems.append(f"{b.key}: two entries for this node IPv6 address "
-                            f"({seen_keys[b.key].ipv4} and {b.ipv4})")
-            continue
-        seen_keys[b.key] = b
-        if b.ipv4 is None or b.br_ipv6 is None:
-            problems.append(f"{b.key}: binding-ipv4-addr and br-ipv6-addr are required")
-            continue
-        if pool_set is not None and not in_pools(int(b.ipv4)):
-            problems.append(f"{b.key}: IPv4 {b.ipv4} is not in the TEP's pools "
-                            f"({', '.join(str(c) for c in pool_set.iter_cidrs())})")
-        if not (0 <= b.psid_offset <= PSID_OFFSET_MAX and 0 <= b.psid_len <= PSID_LEN_MAX):
-            continue  # outside the YANG ranges: the YANG validation refuses it
-        try:
-            mask = port_mask(b.psid_offset, b.psid_len, b.psid)
-        except ValueError as exc:
-            problems.append(f"{b.key}: port-set: {exc}")
-            continue
-        by_ipv4.setdefault(b.ipv4, []).append((b, mask))
-    for ipv4, group in by_ipv4.items():
-        if len(group) > 1:
-            problems += _overlaps(ipv4, group)
-    if instance is not None and len(seen_keys) > instance.softwire_num_max:
-        problems.append(f"bind-instance {instance.name}: {len(seen_keys)} entries exceed "
-                        f"softwire-num-max {instance.softwire_num_max}")
-    if problems:
-        raise BindingTableError(problems)
-
-
-def _membership(pool_set: netaddr.IPSet | None):
-    """Return a fast ``int -> bool`` test for the set (bisect over its ranges)."""
-    if pool_set is None:
-        return lambda _: True
-    firsts, lasts = [], []
-    for r in pool_set.iter_ipranges():
-        firsts.append(r.first)
-        lasts.append(r.last)
-
-    def contains(address: int) -> bool:
-        i = bisect.bisect_right(firsts, address) - 1
-        return i >= 0 and address <= lasts[i]
-
-    return contains
-
-
-def _overlaps(ipv4: ipaddress.IPv4Address, group: list[tuple[Binding, int]]) -> list[str]:
-    problems = []
-    taken = 0
-    for i, (b, mask) in enumerate(group):
-        if taken & mask:
-            other = next(o for o, m in group[:i] if m & mask)
-            problems.append(f"{b.key}: IPv4 {ipv4} with {b.port_text()} overlaps the port set "
-                            f"of {other.key} ({other.port_text()})")
-        taken |= mask
-    return problems
+    if isinstance(address, ipaddress.IPv6Address) and int(address) >> 48:
+        return socket.inet_ntop(socket.AF_INET6, address.packed)
+    return str(address)
 
 
 # -- diff -------------------------------------------------------------------------------
@@ -345,7 +267,7 @@ def compute_diff(
     Args:
         current: what the device holds (:func:`parse_table`).
         desired: the desired entries (unique keys, see :func:`check_invariants`).
-        instance: the desired bind-instance settings.
+        instance: the desired bind-instance settings; unset ones keep the device's.
         replace: report the instance leaves as changed even when equal (a full
             replace rewrites them).
 
@@ -359,159 +281,7 @@ def compute_diff(
     changed = tuple((have[k], want[k]) for k in sorted(want.keys() & have.keys())
                     if have[k] != want[k])
     inst = None
+    instance = instance.resolved(current.instance)
     if replace or current.instance != instance:
         inst = (current.instance, instance)
     return TableDiff(added, changed, removed, inst)
-
-
-# -- XML ------------------------------------------------------------------------------
-
-
-def _environment(template_dir: Path) -> jinja2.Environment:
-    return jinja2.Environment(
-        loader=jinja2.FileSystemLoader(str(template_dir)),
-        undefined=jinja2.StrictUndefined,
-        autoescape=True,
-        trim_blocks=True,
-        lstrip_blocks=True,
-        keep_trailing_newline=True,
-    )
-
-
-@lru_cache(maxsize=8)
-def _template(template_dir: Path, name: str) -> jinja2.Template:
-    return _environment(template_dir).get_template(name)
-
-
-def _entry_context(b: Binding) -> dict:
-    return {"key": b.key, "ipv4": b.ipv4, "br_ipv6": b.br_ipv6,
-            "psid_offset": b.psid_offset, "psid_len": b.psid_len, "psid": b.psid}
-
-
-def utc_date(moment: datetime | None = None) -> str:
-    """Return ``moment`` (default now) as a YANG ``date-and-time`` in UTC (RFC 6991)."""
-    moment = (moment or datetime.now(UTC)).astimezone(UTC)
-    return moment.isoformat(timespec="seconds").replace("+00:00", "Z")
-
-
-def render_edit(
-    diff: TableDiff,
-    instance: BindInstance,
-    *,
-    version: int,
-    date: str,
-    replace_with: Sequence[Binding] | None = None,
-    template_dir: Path = TEMPLATE_DIR,
-) -> str:
-    """Render the ``<config>`` of one ``<edit-config>`` that applies ``diff``.
-
-    New entries are merged, changed ones replaced (so that no stale leaf of the old
-    entry survives), removed ones deleted with ``nc:operation="delete"`` (RFC 6241
-    section 7.2). The instance's mandatory leaves and ``binding-table-versioning``
-    (``version``, ``date``) are always merged. With ``replace_with``, the whole
-    ``binding-table`` is replaced by these entries instead.
-    """
-    if replace_with is not None:
-        context = {"replace": True, "merge": [], "put": [_entry_context(b) for b in replace_with],
-                   "delete": []}
-    else:
-        context = {
-            "replace": False,
-            "merge": [_entry_context(b) for b in diff.added],
-            "put": [_entry_context(after) for _, after in diff.changed],
-            "delete": [b.key for b in diff.removed],
-        }
-    return _template(template_dir, "edit-config.xml.j2").render(
-        instance=instance, version=version, date=date, **context
-    )
-
-
-def render_filter(instance_name: str, template_dir: Path = TEMPLATE_DIR) -> str:
-    """Render the subtree filter (RFC 6241 section 6) for one bind-instance's table."""
-    return _template(template_dir, "filter.xml.j2").render(name=instance_name)
-
-
-def parse_table(data: str | bytes | etree._Element, instance_name: str) -> DeviceTable:
-    """Parse ``<get-config>`` data into the :class:`DeviceTable` of one bind-instance.
-
-    Args:
-        data: the reply's ``<data>`` element (or its XML text), or any element below
-            which ``br-instances`` appears.
-        instance_name: the bind-instance to read.
-
-    Raises:
-        DstmError: the data cannot be parsed (malformed XML or values).
-    """
-    root = _xml(data)
-    ns = {"b": BR_NS}
-    found = root.xpath(
-        "descendant-or-self::b:br-instances/b:binding/b:bind-instance[b:name=$name]",
-        namespaces=ns, name=instance_name,
-    )
-    if not found:
-        return DeviceTable(instance=None)
-    node = found[0]
-
-    def text(element: etree._Element, path: str) -> str | None:
-        value = element.findtext(path, namespaces=ns)
-        return value.strip() if value is not None else None
-
-    try:
-        instance = BindInstance(
-            name=instance_name,
-            softwire_num_max=int(text(node, "b:softwire-num-max") or 0),
-            softwire_payload_mtu=int(text(node, "b:softwire-payload-mtu") or 0),
-            softwire_path_mru=int(text(node, "b:softwire-path-mru") or 0),
-        )
-        version = text(node, "b:binding-table-versioning/b:version")
-        entries = {}
-        for table in node.iterchildren(f"{{{BR_NS}}}binding-table"):
-            for e in table.iterchildren(f"{{{BR_NS}}}binding-entry"):
-                binding = _entry(e)
-                entries[binding.key] = binding
-    except ValueError as exc:
-        raise DstmError(f"bind-instance {instance_name}: unreadable device data: {exc}") from exc
-    return DeviceTable(
-        instance=instance,
-        version=int(version) if version else None,
-        date=text(node, "b:binding-table-versioning/b:date"),
-        entries=entries,
-    )
-
-
-def _leaves(element: etree._Element, into: dict[str, str]) -> dict[str, str]:
-    """Collect the leaf texts below ``element`` by local name (faster than findtext)."""
-    for child in element:
-        if not isinstance(child.tag, str) or not child.tag.startswith(_BR_CLARK):
-            continue
-        if len(child):
-            _leaves(child, into)
-        else:
-            into[child.tag[len(_BR_CLARK):]] = (child.text or "").strip()
-    return into
-
-
-def _entry(e: etree._Element) -> Binding:
-    leaves = _leaves(e, {})
-    key = leaves.get("binding-ipv6info", "")
-    ipv4 = leaves.get("binding-ipv4-addr")
-    br = leaves.get("br-ipv6-addr")
-    return Binding(
-        node_ipv6=ipaddress.IPv6Network(key) if "/" in key else ipaddress.IPv6Address(key),
-        ipv4=ipaddress.IPv4Address(ipv4) if ipv4 else None,
-        br_ipv6=ipaddress.IPv6Address(br) if br else None,
-        psid_offset=int(leaves.get("psid-offset") or 0),
-        psid_len=int(leaves.get("psid-len") or 0),
-        psid=int(leaves.get("psid") or 0),
-    )
-
-
-def _xml(data: str | bytes | etree._Element) -> etree._Element:
-    if isinstance(data, etree._Element):
-        return data
-    raw = data.encode() if isinstance(data, str) else data
-    parser = etree.XMLParser(remove_blank_text=True, resolve_entities=False, huge_tree=True)
-    try:
-        return etree.fromstring(raw, parser)
-    except etree.XMLSyntaxError as exc:
-        raise DstmError(f"device data is not well-formed XML: {exc}") from exc

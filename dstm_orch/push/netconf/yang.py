@@ -1,10 +1,9 @@
 """Validate NETCONF payloads against YANG modules with libyang before they are sent.
 
 libyang (the Python binding, pinned to 2.8.0 because Debian 12 ships the C library
-2.1.30, whose API the binding 2.8.0 matches) loads the modules from a directory:
-the project's module directory by default (setting ``DSTM_ORCH_YANG_DIR``, default
-``../shared/yang`` next to the repository), or a cache of the modules a device
-announced and served with ``<get-schema>`` (RFC 6022 section 3.1).
+2.1.30) loads the modules from a directory: a cache of the modules a device announced
+and served with ``<get-schema>`` (RFC 6022 section 3.1), or a directory the operator
+names (``DSTM_ORCH_YANG_DIR``). Nothing is looked up relative to the installation.
 
 libyang disables every YANG feature by default: the lw4o6 binding table of
 ``ietf-softwire-br`` (RFC 8676 section 5.1) sits under ``if-feature "binding-mode"``,
@@ -33,19 +32,17 @@ class YangValidationError(DstmError):
     """A payload does not conform to the YANG modules; the message is libyang's."""
 
 
-def default_yang_dir() -> Path:
-    """Return the module directory: ``$DSTM_ORCH_YANG_DIR`` or ``<repo>/../shared/yang``."""
+def configured_yang_dir() -> Path | None:
+    """Return the operator's module directory, ``$DSTM_ORCH_YANG_DIR``, or ``None``."""
     configured = os.environ.get(YANG_DIR_SETTING)
-    if configured:
-        return Path(configured)
-    return Path(__file__).resolve().parents[3].parent / "shared" / "yang"
+    return Path(configured) if configured else None
 
 
 class YangChecker:
     """A libyang context with a set of modules loaded, for validating config payloads.
 
     Args:
-        yang_dir: where the modules are (default :func:`default_yang_dir`).
+        yang_dir: where the modules are.
         modules: module names to load (their imports are found in ``yang_dir`` or are
             built into libyang: ietf-inet-types, ietf-yang-types).
         features: features to enable, by module name; ``None`` enables
@@ -57,11 +54,11 @@ class YangChecker:
 
     def __init__(
         self,
-        yang_dir: Path | str | None = None,
+        yang_dir: Path | str,
         modules: Iterable[str] = ("ietf-softwire-br",),
         features: Mapping[str, Iterable[str]] | None = None,
     ):
-        self.yang_dir = Path(yang_dir) if yang_dir else default_yang_dir()
+        self.yang_dir = Path(yang_dir)
         if not self.yang_dir.is_dir():
             raise YangValidationError(f"YANG module directory {self.yang_dir} does not exist "
                                       f"(set {YANG_DIR_SETTING})")
@@ -141,7 +138,7 @@ _CACHE_LOCK = threading.Lock()
 
 
 def checker_for(
-    yang_dir: Path | str | None = None,
+    yang_dir: Path | str,
     modules: Iterable[str] = ("ietf-softwire-br",),
     features: Mapping[str, Iterable[str]] | None = None,
 ) -> YangChecker:
@@ -150,7 +147,7 @@ def checker_for(
     A directory whose files change (a device schema cache refreshed) should use a new
     directory name, or build a ``YangChecker`` directly.
     """
-    path = Path(yang_dir) if yang_dir else default_yang_dir()
+    path = Path(yang_dir)
     key = (
         str(path.resolve()),
         tuple(modules),

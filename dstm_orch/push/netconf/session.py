@@ -1,0 +1,304 @@
+"""One NETCONF device over SSH (RFC 6241, RFC 6242): how to reach it, its capabilities,
+its host key, and RPCs whose failures become errors naming the device.
+
+This module and its siblings are the only ones that import ncclient. All traffic is
+IPv6 (draft-ietf-ngtrans-dstm-08 section 5: the domain is IPv6-only); host keys are
+verified against an OpenSSH known_hosts file unless explicitly turned off.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ipaddress
+import logging
+import re
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import parse_qs
+
+import paramiko
+from ncclient import NCClientError, manager
+from ncclient.operations import RPCError
+from ncclient.transport.errors import AuthenticationError, SSHUnknownHostError
+from paramiko.hostkeys import HostKeyEntry, InvalidHostKey
+
+from dstm_orch.domain.errors import PushError
+
+log = logging.getLogger("dstm_orch.push.netconf.pusher")
+
+CAP = "urn:ietf:params:netconf:capability:"
+CANDIDATE = CAP + "candidate:1.0"
+WRITABLE_RUNNING = CAP + "writable-running:1.0"
+CONFIRMED_COMMIT_1_0 = CAP + "confirmed-commit:1.0"
+CONFIRMED_COMMIT_1_1 = CAP + "confirmed-commit:1.1"
+VALIDATE = (CAP + "validate:1.0", CAP + "validate:1.1")
+ROLLBACK_ON_ERROR = CAP + "rollback-on-error:1.0"
+MONITORING_NS = "urn:ietf:params:xml:ns:yang:ietf-netconf-monitoring"
+YUMA_NS_PREFIXES = ("http://yuma123.org/ns/", "http://netconfcentral.org/ns/yuma")
+HOSTKEY_PREFERENCE = ("ssh-ed25519", "ecdsa-sha2-nistp256", "ecdsa-sha2-nistp384",
+                      "ecdsa-sha2-nistp521", "rsa-sha2-512", "rsa-sha2-256", "ssh-rsa")
+
+
+class DeviceRpcError(PushError):
+    """The device answered an RPC with ``<rpc-error>`` (RFC 6241 section 4.3)."""
+
+    def __init__(self, device: str, operation: str, tag: str | None, path: str | None,
+                 message: str | None, session_id: int | None = None):
+        self.device, self.operation, self.tag = device, operation, tag
+        self.path, self.error_message, self.session_id = path, message, session_id
+        where = f" at {path}" if path else ""
+        super().__init__(f"{device}: {operation}: {tag or 'rpc-error'}: {message or ''}{where}")
+
+
+class DeviceLockedError(DeviceRpcError):
+    """Another session holds the datastore lock (``lock-denied`` or ``in-use``)."""
+
+    def __init__(self, device: str, operation: str, tag: str | None, path: str | None,
+                 message: str | None, session_id: int | None = None):
+        super().__init__(device, operation, tag, path, message, session_id)
+        holder = f"locked by session {session_id}" if session_id else "locked by another session"
+        self.args = (f"{device}: {operation}: {holder} ({tag}: {message}); nothing was changed",)
+
+
+class HostKeyError(PushError):
+    """The device's SSH host key is unknown, does not match, or known_hosts is unreadable."""
+
+
+@dataclass(frozen=True)
+class NetconfTarget:
+    """How to reach one NETCONF device over SSH (RFC 6242).
+
+    Attributes:
+        name: the device's inventory name, used in every message.
+        host: its management IPv6 address (IPv4 is refused: the domain is IPv6-only).
+        port: SSH port (830, RFC 6242 section 3).
+        username: SSH user.
+        key_filename: private key for public-key authentication.
+        password: password (or key passphrase), e.g. from ansible-vault; never printed.
+        known_hosts: OpenSSH known_hosts file holding the device's key (default
+            ``~/.ssh/known_hosts``); the entry is ``[host]:port`` for ports other than 22.
+        hostkey_verify: verify the host key (default). ``False`` logs a warning.
+        timeout: seconds for the TCP/SSH connection.
+        rpc_timeout: seconds to wait for each RPC reply.
+    """
+
+    name: str
+    host: ipaddress.IPv6Address
+    port: int = 830
+    username: str = "root"
+    key_filename: Path | None = None
+    password: str | None = field(default=None, repr=False)
+    known_hosts: Path | None = None
+    hostkey_verify: bool = True
+    timeout: float = 15.0
+    rpc_timeout: float = 300.0
+
+    def __post_init__(self) -> None:
+        try:
+            host = ipaddress.ip_address(str(self.host))
+        except ValueError as exc:
+            raise PushError(f"{self.name}: host {self.host!r} is not an IP address") from exc
+        if host.version != 6:
+            raise PushError(f"{self.name}: host {host} is IPv4; devices are managed over "
+                            "IPv6 only (draft-ietf-ngtrans-dstm-08 section 5)")
+        object.__setattr__(self, "host", host)
+
+    @property
+    def label(self) -> str:
+        return f"{self.name} ([{self.host}]:{self.port})"
+
+
+@dataclass(frozen=True)
+class ModuleInfo:
+    """A module as announced in the ``<hello>`` (RFC 6020 section 5.6.4)."""
+
+    name: str
+    revision: str | None
+    features: tuple[str, ...] = ()
+    deviations: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """The server's capabilities, with the module list parsed out of them."""
+
+    uris: frozenset[str]
+
+    @classmethod
+    def of(cls, uris: Iterable[str]) -> Capabilities:
+        return cls(frozenset(u.strip() for u in uris))
+
+    def has(self, uri: str) -> bool:
+        return any(u == uri or u.startswith(uri + "?") for u in self.uris)
+
+    @property
+    def modules(self) -> dict[str, ModuleInfo]:
+        found = {}
+        for uri in self.uris:
+            if "?" not in uri:
+                continue
+            query = parse_qs(uri.split("?", 1)[1])
+            if "module" not in query:
+                continue
+            name = query["module"][0]
+            found[name] = ModuleInfo(
+                name=name,
+                revision=query.get("revision", [None])[0],
+                features=_csv(query.get("features")),
+                deviations=_csv(query.get("deviations")),
+            )
+        return found
+
+    @property
+    def confirmed_commit(self) -> str | None:
+        """``"1.1"``, ``"1.0"`` or ``None`` (RFC 6241 section 8.4)."""
+        if self.has(CONFIRMED_COMMIT_1_1):
+            return "1.1"
+        return "1.0" if self.has(CONFIRMED_COMMIT_1_0) else None
+
+    @property
+    def validate(self) -> bool:
+        """The device offers ``:validate`` (RFC 6241 section 8.6)."""
+        return any(self.has(v) for v in VALIDATE)
+
+    @property
+    def is_yuma(self) -> bool:
+        """True for yuma123's netconfd (known quirk: see ``NetconfPusher``)."""
+        return any(u.startswith(YUMA_NS_PREFIXES) for u in self.uris)
+
+
+def _csv(values: list[str] | None) -> tuple[str, ...]:
+    return tuple(",".join(values).split(",")) if values else ()
+
+
+class Device:
+    """Sessions and RPCs to one target; every failure is a :class:`PushError` naming it."""
+
+    def __init__(self, target: NetconfTarget):
+        self.target = target
+        self.label = target.label
+
+    @contextlib.contextmanager
+    def session(self) -> Iterator[manager.Manager]:
+        """Open a session, yield its manager, and close it (``<close-session>``)."""
+        mgr = self._connect()
+        try:
+            yield mgr
+        finally:
+            if mgr.connected:
+                self.quietly("close-session", mgr.close_session)
+
+    def rpc(self, operation: str, call: Callable, *args, **kwargs):
+        """Run one RPC; ``<rpc-error>`` becomes :class:`DeviceRpcError`."""
+        try:
+            return call(*args, **kwargs)
+        except RPCError as exc:
+            raise _rpc_error(self.label, operation, exc) from exc
+        except (NCClientError, OSError, paramiko.SSHException) as exc:
+            raise PushError(f"{self.label}: {operation}: {exc or type(exc).__name__}") from exc
+
+    def quietly(self, operation: str, call: Callable, **kwargs) -> None:
+        """Run a clean-up RPC; log instead of raising (the first error is the one to see)."""
+        try:
+            self.rpc(operation, call, **kwargs)
+        except PushError as exc:
+            log.warning("%s", exc)
+
+    def _connect(self) -> manager.Manager:
+        t = self.target
+        kwargs: dict = {
+            "host": str(t.host), "port": t.port, "username": t.username,
+            "timeout": t.timeout, "allow_agent": False, "look_for_keys": False,
+            "hostkey_verify": t.hostkey_verify, "device_params": {"name": "default"},
+            "manager_params": {"timeout": t.rpc_timeout},
+        }
+        if t.key_filename:
+            kwargs["key_filename"] = str(t.key_filename)
+        if t.password is not None:
+            kwargs["password"] = t.password
+        known_hosts = Path(t.known_hosts or Path("~/.ssh/known_hosts").expanduser())
+        keytype = "recorded"
+        if t.hostkey_verify:
+            kwargs["hostkey_b64"], keytype = known_key(t, known_hosts)
+        else:
+            log.warning("%s: SSH host key verification is OFF (hostkey_verify=False): the "
+                        "device's identity is not checked", t.label)
+        try:
+            mgr = manager.connect(**kwargs)
+        except SSHUnknownHostError as exc:
+            raise HostKeyError(
+                f"{t.label}: host key mismatch: the device presented a key with fingerprint "
+                f"{exc.fingerprint}, not the {keytype} key recorded for "
+                f"{known_hosts_name(t)} in {known_hosts}; refusing to connect (the device "
+                "was re-keyed or someone is impersonating it)") from exc
+        except AuthenticationError as exc:
+            raise PushError(f"{t.label}: connect: SSH authentication as {t.username} "
+                            f"failed: {exc}") from exc
+        except (NCClientError, OSError, paramiko.SSHException) as exc:
+            raise PushError(f"{t.label}: connect: {exc or type(exc).__name__}") from exc
+        mgr.huge_tree = True
+        return mgr
+
+
+def known_key(target: NetconfTarget, known_hosts: Path) -> tuple[str, str]:
+    """Return the base64 host key recorded for ``target`` and its key type.
+
+    Every line of the file is parsed first (OpenSSH sshd(8) "SSH_KNOWN_HOSTS FILE
+    FORMAT"), so that a malformed line is reported by number rather than by a
+    traceback.
+
+    Raises:
+        HostKeyError: the file cannot be read, a line is malformed, or it holds no
+            key for the device.
+    """
+    name = known_hosts_name(target)
+    try:
+        lines = known_hosts.read_text().splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise HostKeyError(f"{target.label}: cannot read known_hosts {known_hosts}: {exc}; "
+                           "refusing to connect") from exc
+    keys = paramiko.HostKeys()
+    for number, line in enumerate(lines, 1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        problem = None
+        if len(re.split(" |\t", line)) < 3:
+            problem = "expected 'hosts keytype base64-key'"
+        else:
+            try:
+                entry = HostKeyEntry.from_line(line, number)
+            except (InvalidHostKey, paramiko.SSHException, ValueError) as exc:
+                problem = f"the key does not decode: {exc.exc if hasattr(exc, 'exc') else exc}"
+        if problem:
+            raise HostKeyError(f"{known_hosts} line {number}: malformed known_hosts entry "
+                               f"({problem}); refusing to connect to {target.label}")
+        if entry is None:
+            continue  # a key type paramiko cannot use (as paramiko.HostKeys skips it)
+        for host in entry.hostnames:
+            keys.add(host, entry.key.get_name(), entry.key)
+    entry = keys.lookup(name)
+    if not entry:
+        raise HostKeyError(
+            f"{target.label}: no host key for {name} in {known_hosts}; refusing to connect "
+            "(add the device's key, or opt out with hostkey_verify=False)")
+    keytype = next((k for k in HOSTKEY_PREFERENCE if k in entry), next(iter(entry)))
+    return entry[keytype].get_base64(), keytype
+
+
+def known_hosts_name(target: NetconfTarget) -> str:
+    """The known_hosts name of the target: ``host`` on port 22, else ``[host]:port``."""
+    return str(target.host) if target.port == 22 else f"[{target.host}]:{target.port}"
+
+
+def _rpc_error(label: str, operation: str, exc: RPCError) -> DeviceRpcError:
+    errors = getattr(exc, "errors", None) or [exc]
+    first = errors[0]
+    message = "; ".join(str(e.message).strip() for e in errors if e.message) or str(exc)
+    session_id = None
+    match = re.search(r"<(?:\w+:)?session-id[^>]*>\s*(\d+)\s*<", first.info or "")
+    if match:
+        session_id = int(match.group(1))
+    cls = DeviceLockedError if first.tag in ("lock-denied", "in-use") else DeviceRpcError
+    return cls(label, operation, first.tag, first.path, message, session_id)
