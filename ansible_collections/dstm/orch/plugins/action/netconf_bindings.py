@@ -63,8 +63,8 @@ def table_diff(diff, desired) -> dict:
     from_device = {b.key: b for b in desired}
     for b in diff.added:
         from_device.pop(b.key)
-    for before, _ in diff.changed:
-        from_device[before.key] = before
+    for pair in diff.changed:
+        from_device[pair[0].key] = pair[0]
     for b in diff.removed:
         from_device[b.key] = b
     return {"before": table_lines(from_device.values()), "after": table_lines(desired),
@@ -87,7 +87,7 @@ class ActionModule(ActionBase):
     def run(self, tmp=None, task_vars=None):
         result = super().run(tmp, task_vars)
         task_vars = task_vars or {}
-        _, params = self.validate_argument_spec(argument_spec=ARGUMENT_SPEC)
+        params = self.validate_argument_spec(argument_spec=ARGUMENT_SPEC)[1]
         try:
             from dstm_orch.errors import DstmError
             from dstm_orch.netconf_render import BindInstance, binding_from_dict
@@ -140,7 +140,7 @@ class ActionModule(ActionBase):
                     "exception": traceback.format_exc()}
         drift = {"unexplained": [b.key for b in pushed.diff.removed],
                  "missing": [b.key for b in pushed.diff.added],
-                 "mismatched": [a.key for _, a in pushed.diff.changed]}
+                 "mismatched": [pair[1].key for pair in pushed.diff.changed]}
         return {**result, "changed": pushed.changed, "counts": pushed.diff.counts(),
                 "changes": pushed.diff.as_dict(), "drift": drift, "version": pushed.version,
                 "method": pushed.method, "applied": pushed.applied,

@@ -71,7 +71,7 @@ class Commands:
         if self.module.check_mode:
             return
         for argv in commands:
-            rc, _, err = self.run(argv)
+            rc, err = self.run(argv)[0::2]
             if rc != 0:
                 hint = "".join(f" ({text})" for key, text in (hints or {}).items() if key in err)
                 self.module.fail_json(msg=f"{' '.join(argv)} failed: {err.strip()}{hint}",

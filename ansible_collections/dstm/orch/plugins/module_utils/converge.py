@@ -74,6 +74,11 @@ def plan_owned(wanted: dict, current: dict, *, purge: bool,
     return plan
 
 
+def in_order(entries: dict) -> list:
+    """Return the values of ``entries`` in the order of their keys."""
+    return [entries[key] for key in sorted(entries)]
+
+
 def text(lines) -> str:
     """Return ``lines`` (strings, or one string) as a text of newline-ended lines."""
     if isinstance(lines, str):

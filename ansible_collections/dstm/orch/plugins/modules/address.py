@@ -3,17 +3,9 @@
 
 from __future__ import annotations
 
-import ipaddress
-import time
-
-from ansible.module_utils.basic import AnsibleModule
-
-from ansible_collections.dstm.orch.plugins.module_utils.command import Commands
-from ansible_collections.dstm.orch.plugins.module_utils.converge import exit_with, plan_owned
-
 DOCUMENTATION = r"""
 module: address
-author: dstm-orch
+author: dstm-orch (@dstm-orch)
 short_description: Manage the DSTM IPv4 addresses of one device, by label, with lease lifetimes
 description:
   - Makes the IPv4 addresses that carry O(label) on O(dev) exactly O(addresses), read with
@@ -87,6 +79,14 @@ commands:
   type: list
   elements: str
 """
+
+import ipaddress
+import time
+
+from ansible.module_utils.basic import AnsibleModule
+
+from ansible_collections.dstm.orch.plugins.module_utils.command import Commands
+from ansible_collections.dstm.orch.plugins.module_utils.converge import exit_with, plan_owned
 
 FOREVER = 0xFFFFFFFF
 """The kernel's "forever" lifetime (seconds), as ip -json reports it."""

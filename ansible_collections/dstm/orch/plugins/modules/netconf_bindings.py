@@ -5,7 +5,7 @@ from __future__ import annotations
 
 DOCUMENTATION = r"""
 module: netconf_bindings
-author: dstm-orch
+author: dstm-orch (@dstm-orch)
 short_description: Make a router TEP's RFC 8676 binding table equal the DSTM leases
 description:
   - Reads the O(instance) bind-instance of C(ietf-softwire-br) from the device with
@@ -119,8 +119,10 @@ options:
     type: path
 attributes:
   check_mode:
+    description: Reads the device's table and reports the entries that would change.
     support: full
   diff_mode:
+    description: Shows the device's table and the desired one, one entry a line.
     support: full
 """
 
@@ -163,4 +165,3 @@ applied:
   type: bool
   returned: always
 """
-

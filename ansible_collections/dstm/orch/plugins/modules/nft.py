@@ -3,17 +3,9 @@
 
 from __future__ import annotations
 
-import ipaddress
-import itertools
-
-from ansible.module_utils.basic import AnsibleModule
-
-from ansible_collections.dstm.orch.plugins.module_utils.command import Commands
-from ansible_collections.dstm.orch.plugins.module_utils.converge import exit_with
-
 DOCUMENTATION = r"""
 module: nft
-author: dstm-orch
+author: dstm-orch (@dstm-orch)
 short_description: Manage one nftables table that source-NATs into IPv4 port sets
 description:
   - Owns the nftables table O(family) O(table) as a whole - one chain C(postrouting)
@@ -106,6 +98,14 @@ commands:
   elements: str
 """
 
+import ipaddress
+import itertools
+
+from ansible.module_utils.basic import AnsibleModule
+
+from ansible_collections.dstm.orch.plugins.module_utils.command import Commands
+from ansible_collections.dstm.orch.plugins.module_utils.converge import exit_with
+
 CHAIN = "postrouting"
 CHAIN_SPEC = {"type": "nat", "hook": "postrouting", "prio": 100, "policy": "accept"}
 PROTOCOLS = ("tcp", "udp", "sctp", "dccp")
@@ -123,7 +123,7 @@ def canonical_wanted(index: int, item: dict) -> dict:
     """
     where = f"snat[{index}]"
     try:
-        address = str(ipaddress.IPv4Address(str(item["address"]).split("/")[0]))
+        address = str(ipaddress.IPv4Address(str(item["address"]).split("/", maxsplit=1)[0]))
     except ValueError:
         raise NftError(f"{where}.address: {item['address']!r} is not an IPv4 address") from None
     protocols = item.get("l4proto") or ["tcp", "udp"]
@@ -141,9 +141,9 @@ def canonical_wanted(index: int, item: dict) -> dict:
                            "0-65535 with first <= last")
         ranges.append((first, last))
     ranges.sort()
-    for (_, last), (first, _) in itertools.pairwise(ranges):
-        if first <= last:
-            raise NftError(f"{where}.ranges: the ranges overlap at port {first}")
+    for lower, upper in itertools.pairwise(ranges):
+        if upper[0] <= lower[1]:
+            raise NftError(f"{where}.ranges: the ranges overlap at port {upper[0]}")
     oifname = item.get("oifname") or None
     if oifname is not None and (len(oifname) > 15 or '"' in oifname):
         raise NftError(f"{where}.oifname: {oifname!r} is not a device name")
@@ -333,7 +333,7 @@ def main() -> None:
         done.append(f"nft delete table {family} {table}")
     if script:
         argv = ["nft", "-c", "-f", "-"] if module.check_mode else ["nft", "-f", "-"]
-        rc, _, err = commands.run(argv, data=script)
+        rc, err = commands.run(argv, data=script)[0::2]
         if rc != 0:
             module.fail_json(msg=f"nft {'refused' if module.check_mode else 'failed on'} the "
                                  f"table {family} {table}: {err.strip()}", commands=done)

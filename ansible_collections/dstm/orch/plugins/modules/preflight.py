@@ -3,16 +3,9 @@
 
 from __future__ import annotations
 
-import ipaddress
-
-from ansible.module_utils.basic import AnsibleModule
-
-from ansible_collections.dstm.orch.plugins.module_utils.command import Commands, read_links
-from ansible_collections.dstm.orch.plugins.module_utils.portset import PortSet
-
 DOCUMENTATION = r"""
 module: preflight
-author: dstm-orch
+author: dstm-orch (@dstm-orch)
 short_description: Check DSTM role inputs and the host's devices, changing nothing
 description:
   - Checks that addresses and prefixes are well formed and of the right family, and that
@@ -110,6 +103,13 @@ problems:
   elements: str
 """
 
+import ipaddress
+
+from ansible.module_utils.basic import AnsibleModule
+
+from ansible_collections.dstm.orch.plugins.module_utils.command import Commands, read_links
+from ansible_collections.dstm.orch.plugins.module_utils.portset import PortSet
+
 
 def host_problem(value: object, version: int) -> str | None:
     """Return why ``value`` is not an IPv``version`` host address, or None."""
@@ -151,7 +151,7 @@ def member_problems(members: dict, pools: list[str]) -> list[str]:
     problems = []
     for name, value in members.items():
         try:
-            ip = ipaddress.IPv4Address(str(value).split("/")[0])
+            ip = ipaddress.IPv4Address(str(value).split("/", maxsplit=1)[0])
         except ValueError:
             continue
         if not any(ip in net for net in nets):
@@ -203,7 +203,7 @@ def port_set_problems(entries: list[dict]) -> list[str]:
     for entry in entries:
         name = entry["name"]
         try:
-            ipv4 = str(ipaddress.IPv4Address(str(entry["ipv4"]).split("/")[0]))
+            ipv4 = str(ipaddress.IPv4Address(str(entry["ipv4"]).split("/", maxsplit=1)[0]))
         except ValueError:
             problems.append(f"{name}: {entry['ipv4']!r} is not an IPv4 address")
             continue

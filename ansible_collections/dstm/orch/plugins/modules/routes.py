@@ -3,16 +3,9 @@
 
 from __future__ import annotations
 
-import ipaddress
-
-from ansible.module_utils.basic import AnsibleModule
-
-from ansible_collections.dstm.orch.plugins.module_utils.command import Commands
-from ansible_collections.dstm.orch.plugins.module_utils.converge import exit_with, plan_owned
-
 DOCUMENTATION = r"""
 module: routes
-author: dstm-orch
+author: dstm-orch (@dstm-orch)
 short_description: Manage every route of one protocol number in one address family and table(s)
 description:
   - Makes the routes that carry O(protocol) in O(family) and O(table) exactly O(routes) -
@@ -174,6 +167,17 @@ commands:
   type: list
   elements: str
 """
+
+import ipaddress
+
+from ansible.module_utils.basic import AnsibleModule
+
+from ansible_collections.dstm.orch.plugins.module_utils.command import Commands
+from ansible_collections.dstm.orch.plugins.module_utils.converge import (
+    exit_with,
+    in_order,
+    plan_owned,
+)
 
 DEFAULT_METRIC = {"ipv4": 0, "ipv6": 1024}
 """Metric the kernel gives a route that names none."""
@@ -479,9 +483,9 @@ def main() -> None:
     header = (f"{family} routes proto {protocol} "
               + (f"tables {module.params['tables']}" if tables else f"table {table}"))
     exit_with(module, plan.commands, header=header,
-              before=[line(r) for _, r in sorted(current.items())],
-              after=[line(r) for _, r in sorted(plan.kept.items())],
-              routes=[line(r) for _, r in sorted(plan.kept.items())],
+              before=[line(r) for r in in_order(current)],
+              after=[line(r) for r in in_order(plan.kept)],
+              routes=[line(r) for r in in_order(plan.kept)],
               added=[k[1] for k in plan.added], replaced=[k[1] for k in plan.replaced],
               removed=[k[1] for k in plan.removed], **extra)
 

@@ -3,17 +3,9 @@
 
 from __future__ import annotations
 
-import ipaddress
-import json
-
-from ansible.module_utils.basic import AnsibleModule
-
-from ansible_collections.dstm.orch.plugins.module_utils.command import Commands
-from ansible_collections.dstm.orch.plugins.module_utils.converge import exit_with, plan_owned
-
 DOCUMENTATION = r"""
 module: rules
-author: dstm-orch
+author: dstm-orch (@dstm-orch)
 short_description: Manage every policy routing rule of one protocol number in one family
 description:
   - Makes the policy routing rules (C(ip rule)) that carry O(protocol) in O(family) exactly
@@ -107,6 +99,18 @@ commands:
   type: list
   elements: str
 """
+
+import ipaddress
+import json
+
+from ansible.module_utils.basic import AnsibleModule
+
+from ansible_collections.dstm.orch.plugins.module_utils.command import Commands
+from ansible_collections.dstm.orch.plugins.module_utils.converge import (
+    exit_with,
+    in_order,
+    plan_owned,
+)
 
 TABLE_NAMES = {"main": 254, "default": 253, "local": 255}
 """Tables the kernel names; ``ip -N`` prints their numbers."""
@@ -321,7 +325,7 @@ def main() -> None:
     commands.apply(plan.commands)
 
     def lines(rules: dict) -> list[str]:
-        return [" ".join(rule_args(r)) for _, r in sorted(rules.items())]
+        return [" ".join(rule_args(r)) for r in in_order(rules)]
 
     exit_with(module, plan.commands, header=f"{family} rules protocol {protocol}",
               before=lines(current), after=lines(plan.kept), rules=lines(plan.kept),

@@ -3,16 +3,9 @@
 
 from __future__ import annotations
 
-import re
-from pathlib import Path
-
-from ansible.module_utils.basic import AnsibleModule
-
-from ansible_collections.dstm.orch.plugins.module_utils.converge import exit_with
-
 DOCUMENTATION = r"""
 module: sysctl
-author: dstm-orch
+author: dstm-orch (@dstm-orch)
 short_description: Set network sysctls of the current network namespace through /proc/sys
 description:
   - Writes C(net.*) sysctls (for example C(net.ipv4.ip_forward), C(net.ipv6.conf.all.forwarding),
@@ -68,6 +61,13 @@ commands:
   type: list
   elements: str
 """
+
+import re
+from pathlib import Path
+
+from ansible.module_utils.basic import AnsibleModule
+
+from ansible_collections.dstm.orch.plugins.module_utils.converge import exit_with
 
 PROC_SYS = Path("/proc/sys")
 PART = re.compile(r"^[A-Za-z0-9_.:-]+$")
@@ -161,10 +161,10 @@ def main() -> None:
             got = normalise(path.read_text())
             if got != want:
                 module.fail_json(msg=f"sysctls.{name}: wrote {want!r} but the kernel kept {got!r}")
-    exit_with(module, [f"sysctl -w {name}='{want}'" for name, _, want in writes],
+    exit_with(module, [f"sysctl -w {write[0]}='{write[2]}'" for write in writes],
               header="sysctls", before=before, after=after,
               sysctls={line.split(" = ")[0]: line.split(" = ", 1)[1] for line in after},
-              changed_names=[name for name, _, _ in writes])
+              changed_names=[write[0] for write in writes])
 
 
 if __name__ == "__main__":

@@ -3,17 +3,9 @@
 
 from __future__ import annotations
 
-import ipaddress
-import re
-
-from ansible.module_utils.basic import AnsibleModule
-
-from ansible_collections.dstm.orch.plugins.module_utils.command import Commands, read_links
-from ansible_collections.dstm.orch.plugins.module_utils.converge import exit_with, plan_owned
-
 DOCUMENTATION = r"""
 module: tunnel
-author: dstm-orch
+author: dstm-orch (@dstm-orch)
 short_description: Manage the ip6tnl (4over6) tunnels whose names start with a prefix
 description:
   - Makes the ip6tnl links whose name starts with O(name_prefix) exactly O(tunnels) -
@@ -112,6 +104,18 @@ commands:
   type: list
   elements: str
 """
+
+import ipaddress
+import re
+
+from ansible.module_utils.basic import AnsibleModule
+
+from ansible_collections.dstm.orch.plugins.module_utils.command import Commands, read_links
+from ansible_collections.dstm.orch.plugins.module_utils.converge import (
+    exit_with,
+    in_order,
+    plan_owned,
+)
 
 IFNAME = re.compile(r"^[A-Za-z0-9_.-]{1,15}$")
 """Link names: at most 15 characters (IFNAMSIZ - 1), no slash, colon or blank."""
@@ -279,9 +283,9 @@ def main() -> None:
     commands.apply(plan.commands, hints={
         "Unknown device type": "this kernel has no ip6tnl driver; use the seg6 driver"})
     exit_with(module, plan.commands, header=f"ip6tnl links {prefix}*",
-              before=[line(t) for _, t in sorted(owned.items())],
-              after=[line(t) for _, t in sorted(plan.kept.items())],
-              tunnels=[line(t) for _, t in sorted(plan.kept.items())])
+              before=[line(t) for t in in_order(owned)],
+              after=[line(t) for t in in_order(plan.kept)],
+              tunnels=[line(t) for t in in_order(plan.kept)])
 
 
 if __name__ == "__main__":

@@ -34,7 +34,7 @@ def test_a_lifetime_within_tolerance_is_unchanged():
 def test_stale_address_goes_and_a_foreign_label_is_replaced():
     current = [{"local": "198.51.100.9", "prefixlen": 32, "label": "lo:dstm"},
                {"local": "198.51.100.10", "prefixlen": 32, "label": "lo"}]
-    plan, _, _ = plan_addresses("lo", "lo:dstm", 5, current, {"198.51.100.10": (32, None)})
+    plan = plan_addresses("lo", "lo:dstm", 5, current, {"198.51.100.10": (32, None)})[0]
     assert plan.commands == [
         ["ip", "-4", "addr", "del", "198.51.100.10/32", "dev", "lo"],
         ["ip", "-4", "addr", "replace", "198.51.100.10/32", "dev", "lo", "label", "lo:dstm",

@@ -19,7 +19,7 @@ SEG6 = {"dst": "default", "dev": "eth0", "src": "198.51.100.10",
 
 
 def test_wanted_route_is_canonical():
-    (key, route), = wanted_routes("ipv4", [SEG6], None, None).items()
+    [(key, route)] = list(wanted_routes("ipv4", [SEG6], None, None).items())
     assert key == (0, "0.0.0.0/0", 0)  # IPv4 routes get metric 0, as the kernel gives
     assert route["encap"] == {"type": "seg6", "mode": "encap.red", "segs": ["2001:db8:200::a"]}
 

@@ -20,7 +20,7 @@ def test_kernel_rule_equals_the_wanted_one():
                                        "ipproto": "ipproto-6", "dport_start": 16384,
                                        "dport_end": 32767, "table": "21116384",
                                        "protocol": "211"})
-    (key, want), = wanted_rules("ipv4", 2110, [RULE]).items()
+    [(key, want)] = list(wanted_rules("ipv4", 2110, [RULE]).items())
     assert kernel == want
     assert plan_rules("ipv4", 211, {key: want}, {key: kernel}, True).commands == []
 

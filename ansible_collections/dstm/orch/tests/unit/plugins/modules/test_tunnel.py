@@ -40,7 +40,7 @@ def test_create_binds_the_uplink_without_encapsulation_limit():
 
 
 def test_a_matching_tunnel_is_left_alone():
-    plan, _ = plan_tunnels(PARAMS, {**LINKS, "dstm0": kernel_link()})
+    plan = plan_tunnels(PARAMS, {**LINKS, "dstm0": kernel_link()})[0]
     assert plan.commands == []
 
 
@@ -49,18 +49,18 @@ def test_a_matching_tunnel_is_left_alone():
     {"ttl": 255}, {"link": "eth1"}, {"remote": "2001:db8:200::b"},
 ])
 def test_drift_in_what_needs_a_new_link_recreates_it(drift):
-    plan, _ = plan_tunnels(PARAMS, {**LINKS, "dstm0": kernel_link(**drift)})
+    plan = plan_tunnels(PARAMS, {**LINKS, "dstm0": kernel_link(**drift)})[0]
     assert plan.commands[0] == ["ip", "link", "del", "dstm0"]
     assert plan.commands[1][3:4] == ["dstm0"] and "encaplimit" in plan.commands[1]
 
 
 def test_mtu_drift_is_fixed_in_place():
-    plan, _ = plan_tunnels(PARAMS, {**LINKS, "dstm0": kernel_link(mtu=1452)})
+    plan = plan_tunnels(PARAMS, {**LINKS, "dstm0": kernel_link(mtu=1452)})[0]
     assert plan.commands == [["ip", "link", "set", "dstm0", "mtu", "1460", "up"]]
 
 
 def test_unset_mtu_is_not_compared():
-    plan, _ = plan_tunnels({**PARAMS, "mtu": None}, {**LINKS, "dstm0": kernel_link(mtu=1452)})
+    plan = plan_tunnels({**PARAMS, "mtu": None}, {**LINKS, "dstm0": kernel_link(mtu=1452)})[0]
     assert plan.commands == []
 
 
