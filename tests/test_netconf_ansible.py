@@ -37,10 +37,10 @@ BINDINGS = [
 ]
 
 
-def play(tmp_path: Path, server, bindings: list[dict], *, check: bool):
+def play(tmp_path: Path, server, bindings: list[dict], *, check: bool, **extra):
     task = {
         "name": "binding table",
-        "dstm.orch.netconf_bindings": {
+        "dstm.orch.netconf_bindings": {**extra,
             "device": "tep-nc", "known_hosts": str(server.known_hosts),
             "br_ipv6": "2001:db8:c00:200::a", "pools": ["198.51.100.0/24"],
             "bindings": bindings, "schema_cache": str(tmp_path / "yang-cache"),
@@ -107,3 +107,11 @@ def test_module_refuses_overlap_with_a_clear_message(make_server, tmp_path):  # 
     assert "overlaps the port set of 2001:db8:c00:100::11" in res["msg"]
     assert res["applied"] is False
     assert device_entries(server) == {}
+
+
+def test_password_is_not_a_task_argument(make_server, tmp_path):  # noqa: F811
+    server = make_server()
+    runner, res = play(tmp_path, server, BINDINGS, check=True, password="s3cret-pw")
+    assert runner.status == "failed"
+    assert "Unsupported parameters" in res["msg"] and "password" in res["msg"]
+    assert "s3cret-pw" not in json.dumps(res)
