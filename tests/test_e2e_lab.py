@@ -26,6 +26,7 @@ from dstm_orch.ipam.allocator import Allocator
 from dstm_orch.push.intent import render_intent
 from dstm_orch.store import LeaseStore
 from tests.conftest import ROOT, copy_lab_inventory, needs_root
+from tests.test_modules import MODULES
 
 pytestmark = [pytest.mark.lab, pytest.mark.slow, needs_root()]
 
@@ -64,8 +65,8 @@ def run_module(env, host, module, args) -> dict:
     with tempfile.NamedTemporaryFile("w", suffix=".json") as file:
         json.dump({"ANSIBLE_MODULE_ARGS": args}, file)
         file.flush()
-        proc = in_lab(env, host, sys.executable, str(ROOT / "library" / f"{module}.py"),
-                      file.name)
+        proc = in_lab(env, host, "env", f"PYTHONPATH={ROOT}", sys.executable,
+                      str(MODULES / f"{module}.py"), file.name)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     return json.loads(proc.stdout)
 
@@ -174,7 +175,7 @@ def test_lab_end_to_end(lab_env):
 
     # A 5 s lease disappears from the node by itself (valid_lft), orchestrator gone.
     # An Ansible push takes seconds of its own, so the lease's intent goes to n2 through
-    # the role's own module (library/dstm_address.py) run directly in n2's namespace.
+    # the role's own module (dstm.orch.address) run directly in n2's namespace.
     cli(env, "revoke", "n2")
     rc, out = cli(env, "allocate", "n2", "--lifetime", "5", "--json")
     assert rc == 0, out
@@ -187,7 +188,7 @@ def test_lab_end_to_end(lab_env):
         intent = render_intent(domain, Allocator(domain, store).active_leases(now), now)
     intent = intent.nodes["n2"]
     assert intent["valid_until"] == int(end)
-    result = run_module(env, "n2", "dstm_address", {
+    result = run_module(env, "n2", "address", {
         "dev": "lo", "label": "lo:dstm",
         "addresses": [{"address": f"{intent['ipv4']}/32", "valid_until": intent["valid_until"]}],
     })

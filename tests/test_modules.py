@@ -1,4 +1,4 @@
-"""The Ansible modules of library/ run for real inside throwaway network namespaces.
+"""The modules of the collection dstm.orch run for real inside throwaway network namespaces.
 
 Each test gets its own namespace (``dstm-tm-<pid>-<n>``) with a veth pair eth0/eth1 and
 2001:db8:a20::2/64 on eth0 (the Ansible helper's 2001:db8:a00::/40), and asserts the
@@ -23,7 +23,9 @@ import pytest
 from tests.conftest import needs_root
 
 ROOT = Path(__file__).resolve().parents[1]
-LIBRARY = ROOT / "library"
+MODULES = ROOT / "ansible_collections" / "dstm" / "orch" / "plugins" / "modules"
+MODULE_ENV = {**os.environ, "PYTHONPATH": str(ROOT)}
+"""Where a module run directly imports its module_utils (ansible_collections.dstm.orch)."""
 FOREVER = 4294967295
 _counter = itertools.count()
 
@@ -57,12 +59,13 @@ def netns():
 
 
 def run_module(ns: str, module: str, args: dict, tmp_path: Path, *, check: bool = False) -> dict:
-    """Run ``library/<module>.py`` in ``ns`` as Ansible would and return its JSON result."""
+    """Run the module ``dstm.orch.<module>`` in ``ns`` as Ansible would and return its JSON
+    result."""
     path = tmp_path / f"{module}-{next(_counter)}.json"
     path.write_text(json.dumps({"ANSIBLE_MODULE_ARGS": {
         **args, "_ansible_check_mode": check, "_ansible_diff": True}}))
-    proc = subprocess.run(["ip", "netns", "exec", ns, sys.executable, str(LIBRARY / f"{module}.py"),
-                           str(path)], capture_output=True, text=True, check=False)
+    proc = subprocess.run(["ip", "netns", "exec", ns, sys.executable, str(MODULES / f"{module}.py"),
+                           str(path)], capture_output=True, text=True, env=MODULE_ENV, check=False)
     assert proc.stdout, proc.stderr
     return json.loads(proc.stdout)
 
@@ -94,12 +97,12 @@ def test_address_lifetimes_follow_the_lease(netns, tmp_path):
         {"address": "198.51.100.12", "valid_until": now - 1},
     ]}
 
-    planned = run_module(netns, "dstm_address", args, tmp_path, check=True)
+    planned = run_module(netns, "address", args, tmp_path, check=True)
     assert planned["changed"] is True
     assert planned["expired"] == ["198.51.100.12/32"]
     assert set(dstm_addresses(netns)) == {"198.51.100.99"}  # check mode changed nothing
 
-    done = run_module(netns, "dstm_address", args, tmp_path)
+    done = run_module(netns, "address", args, tmp_path)
     assert done["changed"] is True
     assert without_lifetimes(done["commands"]) == without_lifetimes(planned["commands"]) == [
         "ip -4 addr replace 198.51.100.10/32 dev lo label lo:dstm valid_lft N preferred_lft N",
@@ -117,7 +120,7 @@ def test_address_lifetimes_follow_the_lease(netns, tmp_path):
     assert "-198.51.100.99/32 dev lo label lo:dstm valid_lft forever preferred_lft forever" in [
         f"-{line}" for line in done["diff"]["before"].splitlines()]
 
-    again = run_module(netns, "dstm_address", args, tmp_path)
+    again = run_module(netns, "address", args, tmp_path)
     assert again["changed"] is False and again["commands"] == []
 
     # 3 s off the kernel's countdown is within lifetime_tolerance (5 s); 10 s is not.
@@ -126,21 +129,21 @@ def test_address_lifetimes_follow_the_lease(netns, tmp_path):
         first = {"address": "198.51.100.10", "valid_until": int(time.time()) + left + seconds}
         return {**args, "addresses": [first, args["addresses"][1]]}
 
-    assert run_module(netns, "dstm_address", off_by(3), tmp_path)["changed"] is False
-    assert run_module(netns, "dstm_address", off_by(10), tmp_path)["changed"] is True
+    assert run_module(netns, "address", off_by(3), tmp_path)["changed"] is False
+    assert run_module(netns, "address", off_by(10), tmp_path)["changed"] is True
 
     # Renewal: the lease is extended to 1200 s from now; a static lease becomes finite.
     renewed = {"dev": "lo", "label": "lo:dstm", "addresses": [
         {"address": "198.51.100.10", "valid_until": now + 1200},
         {"address": "198.51.100.11", "valid_until": now + 300},
     ]}
-    assert run_module(netns, "dstm_address", renewed, tmp_path)["changed"] is True
+    assert run_module(netns, "address", renewed, tmp_path)["changed"] is True
     ours = dstm_addresses(netns)
     assert 1190 <= ours["198.51.100.10"]["valid_life_time"] <= 1200
     assert 290 <= ours["198.51.100.11"]["valid_life_time"] <= 300
 
     # Nothing wanted: every lo:dstm address goes, the unlabelled one stays.
-    emptied = run_module(netns, "dstm_address", {"dev": "lo", "label": "lo:dstm"}, tmp_path)
+    emptied = run_module(netns, "address", {"dev": "lo", "label": "lo:dstm"}, tmp_path)
     assert emptied["changed"] is True
     assert dstm_addresses(netns) == {}
     assert "198.51.100.50" in dstm_addresses(netns, label="lo")
@@ -150,10 +153,10 @@ def test_address_takes_over_an_address_with_another_label(netns, tmp_path):
     sh("ip", "-n", netns, "addr", "add", "198.51.100.10/32", "dev", "lo")
     args = {"dev": "lo", "label": "lo:dstm",
             "addresses": [{"address": "198.51.100.10/32", "valid_until": None}]}
-    assert run_module(netns, "dstm_address", args, tmp_path)["changed"] is True
+    assert run_module(netns, "address", args, tmp_path)["changed"] is True
     assert set(dstm_addresses(netns)) == {"198.51.100.10"}
     assert "198.51.100.10" not in dstm_addresses(netns, label="lo")
-    assert run_module(netns, "dstm_address", args, tmp_path)["changed"] is False
+    assert run_module(netns, "address", args, tmp_path)["changed"] is False
 
 
 @pytest.mark.parametrize(("args", "message"), [
@@ -167,18 +170,18 @@ def test_address_takes_over_an_address_with_another_label(netns, tmp_path):
      "dev: device 'nosuch0' does not exist"),
 ])
 def test_address_refuses_bad_input(netns, tmp_path, args, message):
-    result = run_module(netns, "dstm_address", args, tmp_path)
+    result = run_module(netns, "address", args, tmp_path)
     assert result.get("failed") is True
     assert message in result["msg"]
 
 
 def test_address_on_a_missing_device_is_planned_in_check_mode(netns, tmp_path):
     args = {"dev": "dstm0", "label": "dstm0", "addresses": [{"address": "198.51.100.10"}]}
-    planned = run_module(netns, "dstm_address", args, tmp_path, check=True)
+    planned = run_module(netns, "address", args, tmp_path, check=True)
     assert planned["changed"] is True
     assert planned["commands"] == ["ip -4 addr replace 198.51.100.10/32 dev dstm0 label dstm0 "
                                    "valid_lft forever preferred_lft forever"]
-    nothing = run_module(netns, "dstm_address", {"dev": "dstm0", "label": "dstm0"}, tmp_path)
+    nothing = run_module(netns, "address", {"dev": "dstm0", "label": "dstm0"}, tmp_path)
     assert nothing["changed"] is False
 
 
@@ -201,13 +204,13 @@ def test_routes_seg6_node_recipe(netns, tmp_path):
     v4 = {"family": "ipv4", "protocol": 211, "routes": NODE_IPV4_ROUTES}
     v6 = {"family": "ipv6", "routes": NODE_IPV6_ROUTES}
 
-    planned = run_module(netns, "dstm_routes", v4, tmp_path, check=True)
+    planned = run_module(netns, "routes", v4, tmp_path, check=True)
     assert planned["changed"] is True
     assert planned["added"] == ["0.0.0.0/0", "203.0.113.0/24"]
     assert kernel(netns, "-4", "route", "show", "proto", "211") == []
 
-    assert run_module(netns, "dstm_routes", v4, tmp_path)["changed"] is True
-    assert run_module(netns, "dstm_routes", v6, tmp_path)["changed"] is True
+    assert run_module(netns, "routes", v4, tmp_path)["changed"] is True
+    assert run_module(netns, "routes", v6, tmp_path)["changed"] is True
     assert kernel(netns, "-d", "-4", "route", "show", "proto", "211") == [
         {"type": "unicast", "dst": "default", "encap": "seg6", "mode": "encap.red",
          "segs": ["2001:db8:a10::a"], "dev": "eth0", "scope": "link",
@@ -221,8 +224,8 @@ def test_routes_seg6_node_recipe(netns, tmp_path):
          "action": "End.DX4", "nh4": "198.51.100.10", "dev": "eth0", "scope": "global",
          "metric": 1024, "flags": [], "pref": "medium"},
     ]
-    assert run_module(netns, "dstm_routes", v4, tmp_path)["changed"] is False
-    assert run_module(netns, "dstm_routes", v6, tmp_path)["changed"] is False
+    assert run_module(netns, "routes", v4, tmp_path)["changed"] is False
+    assert run_module(netns, "routes", v6, tmp_path)["changed"] is False
 
 
 def test_routes_mapping_table_purges_stale_and_replaces_changed(netns, tmp_path):
@@ -239,12 +242,12 @@ def test_routes_mapping_table_purges_stale_and_replaces_changed(netns, tmp_path)
         {"dst": "198.51.100.0/24", "type": "blackhole"},
         {"dst": "198.51.100.1/32", **binding},
     ]}
-    planned = run_module(netns, "dstm_routes", args, tmp_path, check=True)
+    planned = run_module(netns, "routes", args, tmp_path, check=True)
     assert (planned["added"], planned["replaced"], planned["removed"]) == (
         ["198.51.100.0/24"], ["198.51.100.1/32"], ["198.51.100.3/32"])
     assert len(kernel(netns, "-4", "route", "show", "proto", "211")) == 2  # untouched
 
-    done = run_module(netns, "dstm_routes", args, tmp_path)
+    done = run_module(netns, "routes", args, tmp_path)
     assert done["commands"] == planned["commands"]
     assert kernel(netns, "-d", "-4", "route", "show", "proto", "211") == [
         {"type": "blackhole", "dst": "198.51.100.0/24", "scope": "global", "flags": []},
@@ -253,15 +256,15 @@ def test_routes_mapping_table_purges_stale_and_replaces_changed(netns, tmp_path)
     ]
     assert kernel(netns, "-4", "route", "show", "proto", "static") == [
         {"dst": "203.0.113.0/24", "dev": "eth1", "scope": "link", "flags": []}]
-    assert run_module(netns, "dstm_routes", args, tmp_path)["changed"] is False
+    assert run_module(netns, "routes", args, tmp_path)["changed"] is False
 
     # purge false adds what is missing and keeps the rest.
     sh("ip", "-n", netns, "route", "add", "198.51.100.7/32", "dev", "eth0", "proto", "211")
-    kept = run_module(netns, "dstm_routes", {**args, "purge": False}, tmp_path)
+    kept = run_module(netns, "routes", {**args, "purge": False}, tmp_path)
     assert kept["changed"] is False
     assert "unicast 198.51.100.7/32 dev eth0 metric 0" in kept["routes"]
     # An empty set removes every route of the protocol, in one table only.
-    emptied = run_module(netns, "dstm_routes", {"family": "ipv4"}, tmp_path)
+    emptied = run_module(netns, "routes", {"family": "ipv4"}, tmp_path)
     assert emptied["removed"] == ["198.51.100.0/24", "198.51.100.1/32", "198.51.100.7/32"]
     assert kernel(netns, "-4", "route", "show", "proto", "211") == []
 
@@ -271,13 +274,13 @@ def test_routes_other_table_and_ipv6_blackhole(netns, tmp_path):
         {"dst": "2001:db8:a30::/48", "type": "blackhole"},
         {"dst": "2001:db8:a31::/48", "dev": "eth0", "via": "2001:db8:a20::1", "metric": 10},
     ]}
-    assert run_module(netns, "dstm_routes", args, tmp_path)["changed"] is True
+    assert run_module(netns, "routes", args, tmp_path)["changed"] is True
     routes = kernel(netns, "-6", "route", "show", "table", "100", "proto", "211")
     assert [(r["dst"], r.get("type", "unicast"), r["metric"]) for r in routes] == [
         ("2001:db8:a30::/48", "blackhole", 1024), ("2001:db8:a31::/48", "unicast", 10)]
     assert routes[1]["gateway"] == "2001:db8:a20::1"
     assert kernel(netns, "-6", "route", "show", "proto", "211") == []  # main table untouched
-    assert run_module(netns, "dstm_routes", args, tmp_path)["changed"] is False
+    assert run_module(netns, "routes", args, tmp_path)["changed"] is False
 
 
 @pytest.mark.parametrize(("args", "message"), [
@@ -303,7 +306,7 @@ def test_routes_other_table_and_ipv6_blackhole(netns, tmp_path):
      "routes[1].dst: 192.0.2.0/24 metric 0 is listed twice"),
 ])
 def test_routes_refuse_bad_input(netns, tmp_path, args, message):
-    result = run_module(netns, "dstm_routes", args, tmp_path, check=True)
+    result = run_module(netns, "routes", args, tmp_path, check=True)
     assert result.get("failed") is True
     assert message in result["msg"]
 
@@ -320,31 +323,36 @@ def kernel_has_ip6tnl(ns: str) -> bool:
 
 
 def test_tunnel_plan_and_apply(netns, tmp_path):
-    args = {"name_prefix": "dstm0", "tunnels": [TUNNEL]}
-    planned = run_module(netns, "dstm_tunnel", args, tmp_path, check=True)
+    # RFC 2473: no Tunnel Encapsulation Limit option (encaplimit none), so the IPv4
+    # packet follows the IPv6 header (next header 4); bound to the uplink eth0.
+    args = {"name_prefix": "dstm0", "link": "eth0", "mtu": 1460, "tunnels": [TUNNEL]}
+    planned = run_module(netns, "tunnel", args, tmp_path, check=True)
     assert planned["changed"] is True
     assert planned["commands"] == [
-        "ip link add dstm0 type ip6tnl mode ipip6 local 2001:db8:a20::2 remote 2001:db8:a12::a",
-        "ip link set dstm0 up"]
+        "ip link add dstm0 type ip6tnl mode ipip6 local 2001:db8:a20::2 remote 2001:db8:a12::a"
+        " dev eth0 encaplimit none hoplimit 64",
+        "ip link set dstm0 mtu 1460 up"]
     assert planned["diff"]["after"] == (
-        "dstm0 type ip6tnl mode ipip6 local 2001:db8:a20::2 remote 2001:db8:a12::a\n")
+        "dstm0 type ip6tnl mode ipip6 local 2001:db8:a20::2 remote 2001:db8:a12::a dev eth0"
+        " encaplimit none hoplimit 64 mtu 1460\n")
     if not kernel_has_ip6tnl(netns):
-        failed = run_module(netns, "dstm_tunnel", args, tmp_path)
+        failed = run_module(netns, "tunnel", args, tmp_path)
         assert failed.get("failed") is True
         assert "Unknown device type" in failed["msg"]
         assert "no ip6tnl driver; use the seg6 driver" in failed["msg"]
         return
-    assert run_module(netns, "dstm_tunnel", args, tmp_path)["changed"] is True
+    assert run_module(netns, "tunnel", args, tmp_path)["changed"] is True
     link = kernel(netns, "-d", "link", "show", "dev", "dstm0")[0]
-    assert link["linkinfo"]["info_data"]["proto"] == "ipip6"
-    assert link["linkinfo"]["info_data"]["remote"] == "2001:db8:a12::a"
-    assert run_module(netns, "dstm_tunnel", args, tmp_path)["changed"] is False
-    assert run_module(netns, "dstm_tunnel", {"name_prefix": "dstm0"}, tmp_path)["changed"]
+    data = link["linkinfo"]["info_data"]
+    assert (data["proto"], data["remote"], data["link"]) == ("ipip6", "2001:db8:a12::a", "eth0")
+    assert (data.get("ip6_tnl_f_ign_encap_limit"), data["ttl"], link["mtu"]) == (True, 64, 1460)
+    assert run_module(netns, "tunnel", args, tmp_path)["changed"] is False
+    assert run_module(netns, "tunnel", {"name_prefix": "dstm0"}, tmp_path)["changed"]
     assert kernel(netns, "link", "show", "dev", "dstm0") == []
 
 
 def test_tunnel_nothing_wanted_nothing_owned(netns, tmp_path):
-    result = run_module(netns, "dstm_tunnel", {"name_prefix": "d4o6-"}, tmp_path)
+    result = run_module(netns, "tunnel", {"name_prefix": "d4o6-"}, tmp_path)
     assert (result["changed"], result["commands"]) == (False, [])
 
 
@@ -355,9 +363,13 @@ def test_tunnel_nothing_wanted_nothing_owned(netns, tmp_path):
      "tunnels[0].name: 'd4o6-0123456789a' must start with 'd4o6-' and be at most 15"),
     ({"name_prefix": "dstm", "tunnels": [{**TUNNEL, "remote": "192.0.2.1"}]},
      "tunnels[0].remote: 192.0.2.1 is not an IPv6 address"),
+    ({"name_prefix": "dstm", "link": "eth9", "tunnels": [TUNNEL]},
+     "tunnels (dstm0).link: device 'eth9' does not exist on this host"),
+    ({"name_prefix": "dstm", "tunnels": [{**TUNNEL, "hop_limit": 256}]},
+     "tunnels[0].hop_limit: 256 is not in 1-255"),
 ])
 def test_tunnel_refuses_bad_input(netns, tmp_path, args, message):
-    result = run_module(netns, "dstm_tunnel", args, tmp_path, check=True)
+    result = run_module(netns, "tunnel", args, tmp_path, check=True)
     assert result.get("failed") is True
     assert message in result["msg"]
 
@@ -374,17 +386,17 @@ def test_sysctl_is_per_namespace(netns, tmp_path):
         path = "/proc/sys/" + name.replace(".", "/")
         return sh("ip", "netns", "exec", netns, "cat", path).stdout.split("\n")[0]
 
-    planned = run_module(netns, "dstm_sysctl", args, tmp_path, check=True)
+    planned = run_module(netns, "sysctl", args, tmp_path, check=True)
     assert planned["changed_names"] == ["net.ipv4.ip_forward", "net.ipv4.ip_local_port_range",
                                         "net.ipv6.conf.all.forwarding"]
     assert inside("net.ipv4.ip_forward") == "0"
 
-    assert run_module(netns, "dstm_sysctl", args, tmp_path)["changed"] is True
+    assert run_module(netns, "sysctl", args, tmp_path)["changed"] is True
     assert inside("net.ipv4.ip_forward") == "1"
     assert inside("net.ipv6.conf.all.forwarding") == "1"
     assert inside("net.ipv4.ip_local_port_range").split() == ["40000", "40999"]
     assert Path("/proc/sys/net/ipv4/ip_forward").read_text() == outside
-    assert run_module(netns, "dstm_sysctl", args, tmp_path)["changed"] is False
+    assert run_module(netns, "sysctl", args, tmp_path)["changed"] is False
 
 
 @pytest.mark.parametrize(("name", "message"), [
@@ -393,7 +405,7 @@ def test_sysctl_is_per_namespace(netns, tmp_path):
     ("net/../kernel/hostname", "unsafe part"),
 ])
 def test_sysctl_refuses_other_names(netns, tmp_path, name, message):
-    result = run_module(netns, "dstm_sysctl", {"sysctls": {name: "1"}}, tmp_path)
+    result = run_module(netns, "sysctl", {"sysctls": {name: "1"}}, tmp_path)
     assert result.get("failed") is True
     assert message in result["msg"]
 
@@ -410,7 +422,7 @@ def test_preflight_reports_every_problem(netns, tmp_path):
         "ipv4_pools": ["198.51.100.0/24"],
         "devices": {"dstm_node_uplink": "eth0", "dstm_tep_ipv4_interface": "eth9"},
     }
-    result = run_module(netns, "dstm_preflight", args, tmp_path, check=True)
+    result = run_module(netns, "preflight", args, tmp_path, check=True)
     assert result.get("failed") is True
     assert result["problems"] == [
         "dstm_node_ipv4: '198.51.100.10/24' is not a host address (/32)",
@@ -420,7 +432,7 @@ def test_preflight_reports_every_problem(netns, tmp_path):
         "dstm_tep_bindings[0].ipv4: 192.0.2.9 is in none of the pools 198.51.100.0/24",
         "dstm_tep_ipv4_interface: device 'eth9' does not exist on this host",
     ]
-    fine = run_module(netns, "dstm_preflight", {"devices": {"uplink": "eth1"}}, tmp_path)
+    fine = run_module(netns, "preflight", {"devices": {"uplink": "eth1"}}, tmp_path)
     assert (fine["changed"], fine["problems"]) == (False, [])
 
 
@@ -429,11 +441,12 @@ def test_preflight_reports_every_problem(netns, tmp_path):
 
 @pytest.mark.slow
 def test_module_through_ansible_adhoc(netns, tmp_path):
-    """ANSIBLE_LIBRARY + ``ansible localhost -m``, the remote interpreter /usr/bin/python3."""
+    """``ansible localhost -m dstm.orch.routes`` with the checkout's collection, the remote
+    interpreter /usr/bin/python3."""
     env = {**os.environ,
            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
            "ANSIBLE_CONFIG": str(ROOT / "ansible.cfg"),
-           "ANSIBLE_LIBRARY": str(LIBRARY),
+           "ANSIBLE_COLLECTIONS_PATH": str(ROOT),
            "ANSIBLE_LOCAL_TEMP": str(tmp_path / "ansible-tmp")}
     routes = json.dumps({"family": "ipv4", "routes": [
         {"dst": "198.51.100.0/24", "type": "blackhole"}]})
@@ -441,7 +454,7 @@ def test_module_through_ansible_adhoc(netns, tmp_path):
     def adhoc(*extra: str) -> dict:
         proc = subprocess.run(
             ["ip", "netns", "exec", netns, "ansible", "localhost", "-c", "local",
-             "-e", "ansible_python_interpreter=/usr/bin/python3", "-m", "dstm_routes",
+             "-e", "ansible_python_interpreter=/usr/bin/python3", "-m", "dstm.orch.routes",
              "-a", routes, "--one-line", *extra],
             capture_output=True, text=True, env=env, cwd=tmp_path, check=False)
         assert proc.returncode == 0, proc.stdout + proc.stderr

@@ -1,4 +1,4 @@
-"""The ports-option modules of library/ run for real inside throwaway network namespaces.
+"""The ports-option modules of the collection dstm.orch, run for real in throwaway namespaces.
 
 dstm_rules (policy rules steering by destination port), dstm_routes with a range of
 tables, dstm_nft (source NAT into a port set, with real traffic through it), and the
@@ -48,7 +48,7 @@ def test_rules_steer_by_destination_port(netns, tmp_path):
        "protocol", "99")                                                         # not ours
     args = {"rules": [TCP1, UDP1, TCP2]}
 
-    planned = run_module(netns, "dstm_rules", args, tmp_path, check=True)
+    planned = run_module(netns, "rules", args, tmp_path, check=True)
     assert planned["changed"] is True
     assert planned["added"] == [
         "priority 2110 to 198.51.100.1/32 ipproto tcp dport 16384-32767 lookup 21116384",
@@ -57,7 +57,7 @@ def test_rules_steer_by_destination_port(netns, tmp_path):
     assert planned["removed"] == ["priority 2110 to 198.51.100.1/32 ipproto tcp dport 80 lookup 7"]
     assert len(owned_rules(netns)) == 1  # check mode changed nothing
 
-    done = run_module(netns, "dstm_rules", args, tmp_path)
+    done = run_module(netns, "rules", args, tmp_path)
     assert done["commands"] == planned["commands"]
     assert done["commands"][0] == ("ip -4 rule add priority 2110 to 198.51.100.1/32 ipproto tcp "
                                    "dport 16384-32767 lookup 21116384 protocol 211")
@@ -77,18 +77,18 @@ def test_rules_steer_by_destination_port(netns, tmp_path):
     assert "-priority 2110 to 198.51.100.1/32 ipproto tcp dport 80 lookup 7" in [
         f"-{line}" for line in done["diff"]["before"].splitlines()]
 
-    again = run_module(netns, "dstm_rules", args, tmp_path)
+    again = run_module(netns, "rules", args, tmp_path)
     assert (again["changed"], again["commands"]) == (False, [])
 
     # The lease of PSID 2 ends: its rule goes, the others stay.
-    fewer = run_module(netns, "dstm_rules", {"rules": [TCP1, UDP1]}, tmp_path)
+    fewer = run_module(netns, "rules", {"rules": [TCP1, UDP1]}, tmp_path)
     assert fewer["removed"] == [
         "priority 2110 to 198.51.100.1/32 ipproto tcp dport 32768-49151 lookup 21132768"]
     assert len(owned_rules(netns)) == 2
     # purge false keeps what is not listed; an empty set removes every rule of ours.
-    assert run_module(netns, "dstm_rules", {"rules": [], "purge": False}, tmp_path)[
+    assert run_module(netns, "rules", {"rules": [], "purge": False}, tmp_path)[
         "changed"] is False
-    emptied = run_module(netns, "dstm_rules", {"rules": []}, tmp_path)
+    emptied = run_module(netns, "rules", {"rules": []}, tmp_path)
     assert len(emptied["removed"]) == 2 and owned_rules(netns) == []
 
 
@@ -96,20 +96,20 @@ def test_rules_ipv6_single_port_and_own_priority(netns, tmp_path):
     args = {"family": "ipv6", "rules": [
         {"to": "2001:db8:a30::/48", "ipproto": "udp", "dport": 53, "table": "main",
          "priority": 100}]}
-    assert run_module(netns, "dstm_rules", args, tmp_path)["changed"] is True
+    assert run_module(netns, "rules", args, tmp_path)["changed"] is True
     assert owned_rules(netns, "-6") == [
         {"priority": 100, "src": "all", "dst": "2001:db8:a30::", "dstlen": 48,
          "ipproto": "ipproto-17", "dport": 53, "table": "254", "protocol": "211"}]
-    assert run_module(netns, "dstm_rules", args, tmp_path)["changed"] is False
+    assert run_module(netns, "rules", args, tmp_path)["changed"] is False
     assert owned_rules(netns, "-4") == []
 
 
 def test_rules_refuse_a_rule_they_cannot_delete_exactly(netns, tmp_path):
     sh("ip", "-n", netns, "rule", "add", "to", SHARED, "fwmark", "0x10", "lookup", "7",
        "priority", "2110", "protocol", "211")
-    result = run_module(netns, "dstm_rules", {"rules": []}, tmp_path)
+    result = run_module(netns, "rules", {"rules": []}, tmp_path)
     assert result.get("failed") is True
-    assert "has fields dstm_rules does not manage (fwmark" in result["msg"]
+    assert "has fields dstm.orch.rules does not manage (fwmark" in result["msg"]
     assert len(owned_rules(netns)) == 1
 
 
@@ -130,7 +130,7 @@ def test_rules_refuse_a_rule_they_cannot_delete_exactly(netns, tmp_path):
     ({"rules": [TCP1, {**TCP1, "dport": [16384, 32767]}]}, "rules[1]: priority 2110 to"),
 ])
 def test_rules_refuse_bad_input(netns, tmp_path, args, message):
-    result = run_module(netns, "dstm_rules", args, tmp_path, check=True)
+    result = run_module(netns, "rules", args, tmp_path, check=True)
     assert result.get("failed") is True
     assert message in result["msg"]
 
@@ -152,10 +152,10 @@ def test_routes_own_a_range_of_tables(netns, tmp_path):
         {"dst": f"{SHARED}/32", "table": 21132768, "dev": "eth0",
          "encap": {"type": "seg6", "segs": ["2001:db8:a11::12"]}},
     ]}
-    planned = run_module(netns, "dstm_routes", args, tmp_path, check=True)
+    planned = run_module(netns, "routes", args, tmp_path, check=True)
     assert (planned["added"], planned["removed"]) == (
         ["198.51.100.1/32", "198.51.100.1/32"], ["198.51.100.9/32"])
-    done = run_module(netns, "dstm_routes", args, tmp_path)
+    done = run_module(netns, "routes", args, tmp_path)
     assert done["commands"] == [
         "ip -4 route replace unicast 198.51.100.1/32 encap seg6 mode encap.red segs "
         "2001:db8:a11::11 dev eth0 metric 0 proto 211 table 21116384",
@@ -170,8 +170,8 @@ def test_routes_own_a_range_of_tables(netns, tmp_path):
     # Tables outside the range and the main table are not ours here.
     assert kernel(netns, "-4", "route", "show", "table", "99") != []
     assert kernel(netns, "-4", "route", "show", "proto", "211") != []
-    assert run_module(netns, "dstm_routes", args, tmp_path)["changed"] is False
-    emptied = run_module(netns, "dstm_routes", {**args, "routes": []}, tmp_path)
+    assert run_module(netns, "routes", args, tmp_path)["changed"] is False
+    emptied = run_module(netns, "routes", {**args, "routes": []}, tmp_path)
     assert emptied["tables"] == [] and len(emptied["removed"]) == 2
 
 
@@ -186,7 +186,7 @@ def test_routes_own_a_range_of_tables(netns, tmp_path):
      "metric 0 table 1000 is listed twice"),
 ])
 def test_routes_tables_refuse_bad_input(netns, tmp_path, args, message):
-    result = run_module(netns, "dstm_routes", {"family": "ipv4", **args}, tmp_path, check=True)
+    result = run_module(netns, "routes", {"family": "ipv4", **args}, tmp_path, check=True)
     assert result.get("failed") is True
     assert message in result["msg"]
 
@@ -213,34 +213,34 @@ def nft_table(ns: str) -> str | None:
 
 
 def test_nft_table_plan_apply_replace_delete(netns, tmp_path):
-    planned = run_module(netns, "dstm_nft", NFT_ARGS, tmp_path, check=True)
+    planned = run_module(netns, "nft", NFT_ARGS, tmp_path, check=True)
     assert planned["changed"] is True
     assert planned["diff"]["before"] == "" and planned["diff"]["after"] == NFT_TEXT
     assert nft_table(netns) is None  # validated with nft -c, not created
 
-    done = run_module(netns, "dstm_nft", NFT_ARGS, tmp_path)
+    done = run_module(netns, "nft", NFT_ARGS, tmp_path)
     assert done["changed"] is True and done["ruleset"] == NFT_TEXT
     assert nft_table(netns) == NFT_TEXT  # what we render is what nft prints
-    assert run_module(netns, "dstm_nft", NFT_ARGS, tmp_path)["changed"] is False
+    assert run_module(netns, "nft", NFT_ARGS, tmp_path)["changed"] is False
 
     # One range: the plain form; a hand-added rule in our table is replaced.
     one = {"table": "dstm", "snat": [{"oifname": "eth0", "address": SHARED,
                                       "ranges": [[16384, 32767]]}]}
     sh("ip", "netns", "exec", netns, "nft", "add", "rule", "ip", "dstm", "postrouting",
        "counter")
-    replaced = run_module(netns, "dstm_nft", one, tmp_path)
+    replaced = run_module(netns, "nft", one, tmp_path)
     assert replaced["changed"] is True
-    assert "# and 1 chain(s) or rule(s) not written by dstm_nft" in replaced["diff"]["before"]
+    assert "# and 1 chain(s) or rule(s) not written by dstm.orch.nft" in replaced["diff"]["before"]
     assert ('oifname "eth0" meta l4proto { tcp, udp } snat to 198.51.100.1:16384-32767'
             in nft_table(netns))
-    assert run_module(netns, "dstm_nft", one, tmp_path)["changed"] is False
+    assert run_module(netns, "nft", one, tmp_path)["changed"] is False
 
     absent = {"table": "dstm", "state": "absent"}
-    assert run_module(netns, "dstm_nft", absent, tmp_path, check=True)["changed"] is True
+    assert run_module(netns, "nft", absent, tmp_path, check=True)["changed"] is True
     assert nft_table(netns) is not None
-    assert run_module(netns, "dstm_nft", absent, tmp_path)["changed"] is True
+    assert run_module(netns, "nft", absent, tmp_path)["changed"] is True
     assert nft_table(netns) is None
-    assert run_module(netns, "dstm_nft", absent, tmp_path)["changed"] is False
+    assert run_module(netns, "nft", absent, tmp_path)["changed"] is False
 
 
 @pytest.mark.parametrize(("snat", "message"), [
@@ -250,7 +250,7 @@ def test_nft_table_plan_apply_replace_delete(netns, tmp_path):
     ({"address": SHARED, "ranges": ["1-2"]}, "snat[0].ranges[0]: '1-2' is not [first, last]"),
 ])
 def test_nft_refuses_bad_input(netns, tmp_path, snat, message):
-    result = run_module(netns, "dstm_nft", {"snat": [snat]}, tmp_path, check=True)
+    result = run_module(netns, "nft", {"snat": [snat]}, tmp_path, check=True)
     assert result.get("failed") is True
     assert message in result["msg"]
 
@@ -297,7 +297,7 @@ def test_nft_snat_keeps_real_source_ports_in_a_non_contiguous_set(netns, tmp_pat
         sh("ip", "-n", netns, "addr", "add", "198.51.100.1/24", "dev", "eth0")
         sh("ip", "-n", peer, "addr", "add", "198.51.100.2/24", "dev", "eth1")
         sh("ip", "-n", peer, "link", "set", "eth1", "up")
-        assert run_module(netns, "dstm_nft", NFT_ARGS, tmp_path)["changed"] is True
+        assert run_module(netns, "nft", NFT_ARGS, tmp_path)["changed"] is True
         server = subprocess.Popen(["ip", "netns", "exec", peer, "python3", "-c", ECHO_SERVER],
                                   stdout=subprocess.PIPE, text=True)
         try:
@@ -329,14 +329,14 @@ def test_nft_snat_keeps_real_source_ports_in_a_non_contiguous_set(netns, tmp_pat
 ])
 def test_sysctl_refuses_a_port_range_the_kernel_would_refuse(netns, tmp_path, value, message):
     args = {"sysctls": {"net.ipv4.ip_local_port_range": value}}
-    result = run_module(netns, "dstm_sysctl", args, tmp_path, check=True)
+    result = run_module(netns, "sysctl", args, tmp_path, check=True)
     assert result.get("failed") is True
     assert message in result["msg"]
 
 
 def test_sysctl_sets_a_port_set_range(netns, tmp_path):
     args = {"sysctls": {"net.ipv4.ip_local_port_range": "16384 32767"}}
-    assert run_module(netns, "dstm_sysctl", args, tmp_path)["changed"] is True
+    assert run_module(netns, "sysctl", args, tmp_path)["changed"] is True
     got = sh("ip", "netns", "exec", netns, "cat", "/proc/sys/net/ipv4/ip_local_port_range")
     assert got.stdout.split() == ["16384", "32767"]
 
@@ -359,7 +359,7 @@ def test_preflight_accepts_disjoint_port_sets(netns, tmp_path):
         {"name": "b[5]", "ipv4": "198.51.100.5", "port_set": ps(4, 0, 0, [4096, 65535])},
         {"name": "b[6]", "ipv4": "198.51.100.6", "port_set": None},
     ]
-    result = run_module(netns, "dstm_preflight", {"ipv4_port_sets": entries,
+    result = run_module(netns, "preflight", {"ipv4_port_sets": entries,
                                                    "commands": {"nftables": "nft"}}, tmp_path)
     assert (result.get("failed"), result["problems"]) == (None, [])
 
@@ -376,7 +376,7 @@ def test_preflight_reports_every_port_set_problem(netns, tmp_path):
         {"name": "b[7]", "ipv4": "198.51.100.6", "port_set": {"psid_offset": 0, "psid_len": 2}},
         {"name": "b[8]", "ipv4": "198.51.100.7", "port_set": ps(2, 2, 1, [20480, 36864])},
     ]
-    result = run_module(netns, "dstm_preflight", {"ipv4_port_sets": entries,
+    result = run_module(netns, "preflight", {"ipv4_port_sets": entries,
                                                    "commands": {"x": "dstm-no-such-cmd"}},
                         tmp_path, check=True)
     assert result.get("failed") is True
@@ -385,8 +385,9 @@ def test_preflight_reports_every_port_set_problem(netns, tmp_path):
         "b[2]: every port of 198.51.100.1 (no port set) overlaps b[0]",
         "b[3].port_set: ranges: 32768-49151 is outside the ports of psid 1 with psid_offset 0 "
         "and psid_len 2 (RFC 7597 section 5.1: 16384-32767)",
-        "b[4].port_set: psid_offset 10 + psid_len 8 is more than 16",
-        "b[5].port_set: psid 4 does not fit in psid_len 2 bits",
+        "b[4].port_set: psid_offset 10 + psid_len 8 = 18 exceeds the 16 bits of a port number"
+        " (RFC 7597 section 5.1)",
+        "b[5].port_set: psid (with psid_len 2) 4 is out of range: it must be from 0 to 3",
         "b[6].port_set: ranges is not a non-empty list of [first, last]",
         "b[7].port_set: psid None is not a number in 0-65535",
         "b[8].port_set: ranges: 20480-36864 is outside the ports of psid 1 with psid_offset 2 "

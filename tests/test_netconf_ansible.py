@@ -1,8 +1,8 @@
-"""The dstm_netconf_bindings Ansible module against a real netconfd: check, diff, apply.
+"""The dstm.orch.netconf_bindings action against a real netconfd: check, diff, apply.
 
-The play runs on localhost with the project venv's python (the module imports
-dstm_orch) and reaches the namespace's netconfd over IPv6, as a playbook targeting a
-router TEP would.
+The action runs on the controller (it imports dstm_orch, in the Python that runs
+ansible-playbook) and reaches the namespace's netconfd over IPv6, as a playbook
+targeting a router TEP would; the play's host carries the connection variables.
 """
 
 from __future__ import annotations
@@ -37,12 +37,11 @@ BINDINGS = [
 ]
 
 
-def play(tmp_path: Path, server, bindings: list[dict], *, check: bool):
+def play(tmp_path: Path, server, bindings: list[dict], *, check: bool, **extra):
     task = {
         "name": "binding table",
-        "dstm_netconf_bindings": {
-            "host": str(server.host), "device": "tep-nc", "username": "root",
-            "key_filename": str(server.client_key), "known_hosts": str(server.known_hosts),
+        "dstm.orch.netconf_bindings": {**extra,
+            "device": "tep-nc", "known_hosts": str(server.known_hosts),
             "br_ipv6": "2001:db8:c00:200::a", "pools": ["198.51.100.0/24"],
             "bindings": bindings, "schema_cache": str(tmp_path / "yang-cache"),
             "confirm_timeout": 30,
@@ -50,16 +49,20 @@ def play(tmp_path: Path, server, bindings: list[dict], *, check: bool):
     }
     (tmp_path / "runner").mkdir(parents=True)
     playbook = tmp_path / "play.json"
-    playbook.write_text(json.dumps([{"hosts": "localhost", "gather_facts": False,
+    playbook.write_text(json.dumps([{"hosts": "tep-nc", "gather_facts": False,
                                      "tasks": [task]}]))
     runner = ansible_runner.run(
         private_data_dir=str(tmp_path / "runner"),
         playbook=str(playbook),
         cmdline="--diff" + (" --check" if check else ""),
-        inventory={"all": {"hosts": {"localhost": {
-            "ansible_connection": "local", "ansible_python_interpreter": sys.executable}}}},
+        # The router TEP's connection variables: where the action reaches the device.
+        inventory={"all": {"hosts": {"tep-nc": {
+            "ansible_host": str(server.host), "ansible_user": "root",
+            "ansible_ssh_private_key_file": str(server.client_key)}}}},
         # not binary=: with it, ansible-runner 2.4.3 leaves the playbook off the command
-        envvars={"ANSIBLE_LIBRARY": str(ROOT / "library"),
+        envvars={"ANSIBLE_COLLECTIONS_PATH": str(ROOT),
+                 "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT),
+                                                             os.environ.get("PYTHONPATH")])),
                  "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"},
         quiet=True,
     )
@@ -104,3 +107,11 @@ def test_module_refuses_overlap_with_a_clear_message(make_server, tmp_path):  # 
     assert "overlaps the port set of 2001:db8:c00:100::11" in res["msg"]
     assert res["applied"] is False
     assert device_entries(server) == {}
+
+
+def test_password_is_not_a_task_argument(make_server, tmp_path):  # noqa: F811
+    server = make_server()
+    runner, res = play(tmp_path, server, BINDINGS, check=True, password="s3cret-pw")
+    assert runner.status == "failed"
+    assert "Unsupported parameters" in res["msg"] and "password" in res["msg"]
+    assert "s3cret-pw" not in json.dumps(res)

@@ -113,7 +113,8 @@ def test_invariants_list_every_problem():
     problems = err.value.problems
     assert any("2001:db8::1: two entries" in p for p in problems)
     assert any("203.0.113.9 is not in the TEP's pools (198.51.100.0/24)" in p for p in problems)
-    assert any("2001:db8::4: port-set: psid-offset 6 + psid-len 11" in p for p in problems)
+    assert any("2001:db8::4: port-set: psid_offset 6 + psid_len 11 = 17 exceeds" in p
+               for p in problems)
     assert any("3 entries exceed softwire-num-max 2" in p for p in problems)
 
 

@@ -504,7 +504,8 @@ def test_a_migration_that_fails_is_refused_and_leaves_the_file_as_it_was(tmp_pat
     with pytest.raises(StoreError) as caught:
         LeaseStore(path)
     message = str(caught.value)
-    assert str(path) in message and f"cannot migrate schema from version 3 to {SCHEMA_VERSION}" in message
+    assert str(path) in message
+    assert f"cannot migrate schema from version 3 to {SCHEMA_VERSION}" in message
     assert "leases.node_ipv6" in message and "two active leases map one node IPv6" in message
     assert path.read_bytes() == before
 

@@ -129,6 +129,24 @@ def test_package_code_and_data_come_from_the_venv(installed):
     assert not [p for p in found["path"] if p and Path(p).resolve().is_relative_to(ROOT)]
 
 
+def test_the_collection_ships_in_the_wheel_and_ansible_finds_it(installed):
+    # The CLI's Ansible runs need dstm.orch: the wheel carries it, and Ansible finds it in
+    # site-packages without any ANSIBLE_COLLECTIONS_PATH.
+    venv, workdir = installed
+    env = _clean_env()
+    env.pop("ANSIBLE_COLLECTIONS_PATH", None)
+    proc = _run([str(venv / "bin" / "ansible-doc"), "dstm.orch.routes"], workdir, env)
+    assert proc.returncode == 0, proc.stderr
+    assert "dstm.orch.routes" in proc.stdout.replace("DSTM.ORCH.ROUTES", "dstm.orch.routes")
+    probe = ("from dstm_orch.push.ansible import collection_root\n"
+             "print(collection_root())")
+    proc = _run([str(venv / "bin" / "python"), "-c", probe], workdir, env)
+    assert proc.returncode == 0, proc.stderr
+    (site,) = (venv / "lib").glob("python3.*/site-packages")
+    root = Path(proc.stdout.strip())
+    assert root.is_relative_to(site) and (root / "playbooks" / "apply.yml").is_file()
+
+
 def test_every_module_imports_with_the_declared_dependencies_only(installed):
     # libyang, lxml, paramiko and ncclient are imported by the NETCONF pusher: the venv
     # holds only what pyproject.toml declares, so a missing dependency fails here.

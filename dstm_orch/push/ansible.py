@@ -1,7 +1,9 @@
 """Push the intent to Linux nodes and TEPs with Ansible, through ansible-runner.
 
-Runs ``playbooks/apply.yml`` (roles ``dstm_node`` and ``dstm_tep``) against the
-inventory directory itself, over SSH to each host's IPv6 address (draft section 5),
+Runs the playbook ``dstm.orch.apply`` of the Ansible collection dstm.orch (roles
+``dstm.orch.dstm_node`` and ``dstm.orch.dstm_tep``), found where Python finds the
+package ``ansible_collections.dstm.orch`` (the checkout, or the installed wheel),
+against the inventory directory itself, over SSH to each host's IPv6 address (draft section 5),
 with the intent as the ``dstm_intent`` extra variable. Check mode plus diff is the
 dry run of ``plan``; the result carries ``changed``, ``failed`` and ``diff`` per host.
 """
@@ -9,6 +11,7 @@ dry run of ``plan``; the result carries ``changed``, ``failed`` and ``diff`` per
 from __future__ import annotations
 
 import difflib
+import importlib.util
 import os
 import shutil
 import sys
@@ -22,11 +25,25 @@ from dstm_orch.domain.errors import PushError
 
 
 def project_home() -> Path:
-    """Return where ``playbooks/``, ``roles/`` and ``library/`` live.
+    """Return where ``ansible.cfg`` lives.
 
     ``DSTM_ORCH_HOME`` overrides; the default is the checkout this package runs from.
     """
     return Path(os.environ.get("DSTM_ORCH_HOME", Path(__file__).resolve().parents[2]))
+
+
+def collection_root() -> Path:
+    """Return the directory of the Ansible collection dstm.orch (``.../ansible_collections/
+    dstm/orch``), where Python imports ``ansible_collections.dstm.orch`` from.
+
+    Raises:
+        PushError: the collection is not importable (the package is broken).
+    """
+    spec = importlib.util.find_spec("ansible_collections.dstm.orch")
+    if spec is None or not spec.submodule_search_locations:
+        raise PushError("the Ansible collection dstm.orch is not installed beside dstm_orch "
+                        "(reinstall dstm-orch)")
+    return Path(next(iter(spec.submodule_search_locations)))
 
 
 @dataclass
@@ -65,7 +82,7 @@ class RunResult:
 
 def run_apply(inventory: Path, extravars: dict, *, check: bool = False,
               limit: str | None = None, playbook: str = "apply.yml") -> RunResult:
-    """Run ``playbooks/<playbook>`` on the inventory with ``extravars``.
+    """Run ``<collection>/playbooks/<playbook>`` on the inventory with ``extravars``.
 
     Args:
         inventory: the inventory directory.
@@ -80,15 +97,17 @@ def run_apply(inventory: Path, extravars: dict, *, check: bool = False,
         PushError: ansible-playbook cannot be found or the run could not start.
     """
     home = project_home()
+    collection = collection_root()
     binary = shutil.which("ansible-playbook") or str(
         Path(sys.executable).with_name("ansible-playbook"))
     if not Path(binary).exists():
         raise PushError("ansible-playbook not found on PATH nor beside the Python interpreter")
     cmdline = "--diff" + (" --check" if check else "")
     envvars = {
-        "ANSIBLE_CONFIG": str(home / "ansible.cfg"),
-        "ANSIBLE_LIBRARY": str(home / "library"),
-        "ANSIBLE_ROLES_PATH": str(home / "roles"),
+        # The collection found above, first: the playbook calls its roles and modules
+        # by their full names.
+        "ANSIBLE_COLLECTIONS_PATH": os.pathsep.join(filter(None, [
+            str(collection.parents[2]), os.environ.get("ANSIBLE_COLLECTIONS_PATH")])),
         # ansible-runner turns host key checking off unless told; keep Ansible's default.
         "ANSIBLE_HOST_KEY_CHECKING": "True",
         "ANSIBLE_NOCOLOR": "1",
@@ -97,10 +116,12 @@ def run_apply(inventory: Path, extravars: dict, *, check: bool = False,
         # the playbook argument).
         "PATH": f"{Path(binary).parent}{os.pathsep}{os.environ.get('PATH', '')}",
     }
+    if (home / "ansible.cfg").is_file():
+        envvars["ANSIBLE_CONFIG"] = str(home / "ansible.cfg")
     with tempfile.TemporaryDirectory(prefix="dstm-orch-runner-") as private:
         runner = ansible_runner.run(
             private_data_dir=private,
-            playbook=str(home / "playbooks" / playbook),
+            playbook=str(collection / "playbooks" / playbook),
             inventory=str(Path(inventory).resolve()),
             extravars=extravars,
             limit=limit,

@@ -1,7 +1,7 @@
 """Turn leases into the desired state of every device (the *intent*).
 
 The intent is plain data, shaped for the ``dstm_node`` and ``dstm_tep`` roles through
-``playbooks/apply.yml`` (the ``dstm_intent`` extra variable)::
+``dstm.orch.apply`` (the ``dstm_intent`` extra variable)::
 
     {"nodes": {"n1": {"ipv4": "198.51.100.1", "tep_ipv6": "2001:db8:200::a",
                       "valid_until": 1893456000, "driver": "seg6",

@@ -1,6 +1,6 @@
 """Plan and apply the current leases on every device of a domain.
 
-Linux nodes and TEPs go through Ansible (``playbooks/apply.yml``; check mode + diff is
+Linux nodes and TEPs go through Ansible (``dstm.orch.apply``; check mode + diff is
 their plan); router TEPs (``dstm_tep_kind: netconf``) through NETCONF, as an RFC 8676
 binding table (:mod:`dstm_orch.push.netconf.pusher`). Both start from one intent rendered
 from the leases current at one instant (:func:`dstm_orch.push.intent.render_intent`), so a

@@ -9,7 +9,7 @@ Server MAY be in charge of configuring the IPv4/IPv6 mapping table at the TEP"),
 TEP is converged before the answer, so the node can use its address at once.
 
 Pushes go through a :class:`Pusher`: :class:`AnsiblePusher` renders the intent of every
-current lease and runs ``playbooks/apply.yml`` limited to that TEP (the same role and
+current lease and runs ``dstm.orch.apply`` limited to that TEP (the same role and
 the same whole-table convergence as ``dstm-orch apply``, so the two never disagree);
 :class:`NoPusher` only records leases (benchmarks, tests, or a TEP converged by
 ``apply`` on a timer). Pushes to one TEP are serialised and coalesced: a request whose
@@ -81,7 +81,7 @@ class AnsiblePusher:
             that the role maps the lease to the node's current address itself.
     """
 
-    label = "ansible (roles/dstm_tep through playbooks/apply.yml, --limit <tep>)"
+    label = "ansible (dstm.orch.dstm_tep through dstm.orch.apply, --limit <tep>)"
 
     def __init__(self, inventory: Path, domain: Domain, store_path: Path,
                  roaming: Collection[str]):

@@ -10,45 +10,17 @@ from __future__ import annotations
 import bisect
 import ipaddress
 from collections.abc import Iterable, Sequence
-from functools import lru_cache
 
 import netaddr
 
+from dstm_orch.domain.portset import port_mask
 from dstm_orch.push.netconf.table import (
-    PORT_BITS,
     PSID_LEN_MAX,
     PSID_OFFSET_MAX,
     Binding,
     BindingTableError,
     BindInstance,
 )
-
-
-@lru_cache(maxsize=4096)
-def port_mask(psid_offset: int, psid_len: int, psid: int) -> int:
-    """Return the port set as a 65536-bit integer, bit ``p`` set for port ``p``.
-
-    RFC 7597 section 5.1: a port is ``A | PSID | j`` with ``a`` offset bits, ``k`` PSID
-    bits and ``m = 16 - a - k`` bits of ``j``; for ``a > 0`` the value ``A = 0`` is
-    excluded (ports ``0 .. 2^(16-a) - 1``). ``k = 0`` (and ``a = 0``) is every port.
-
-    Raises:
-        ValueError: ``a + k > 16`` or ``psid`` does not fit in ``k`` bits.
-    """
-    if psid_offset < 0 or psid_len < 0 or psid_offset + psid_len > PORT_BITS:
-        raise ValueError(f"psid-offset {psid_offset} + psid-len {psid_len} exceeds 16 bits")
-    if not 0 <= psid < (1 << psid_len):
-        raise ValueError(f"psid {psid} does not fit in psid-len {psid_len} bits")
-    m = PORT_BITS - psid_offset - psid_len
-    unit_len = 1 << (PORT_BITS - psid_offset)  # the ports of one value of A
-    mask = ((1 << (1 << m)) - 1) << (psid << m)
-    length = unit_len
-    while length < (1 << PORT_BITS):
-        mask |= mask << length
-        length <<= 1
-    if psid_offset > 0:
-        mask &= ~((1 << unit_len) - 1)
-    return mask
 
 
 def check_invariants(
