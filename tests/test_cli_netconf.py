@@ -31,6 +31,7 @@ from tests.netconf_server import NetconfServer
 pytestmark = [pytest.mark.lab, needs_root()]
 
 TEP_IPV6 = "2001:db8:c0f:1::a"      # tunnel end point handed to nodes (not on the server)
+PUSHED = "candidate+confirmed-commit"  # netconfd has :candidate and :confirmed-commit
 
 
 @pytest.fixture
@@ -123,7 +124,12 @@ def test_plan_and_apply_a_router_tep(router, inventory, tmp_path):
     assert rc == 0, out
     assert device_entries(router) == {"2001:db8:c0f:2::11": "203.0.113.1",
                                       "2001:db8:c0f:2::12": "203.0.113.2"}
+    # Nothing new: apply leaves the device alone (issue 10: no device contacted); with
+    # --refresh it reads the table back and finds nothing to change.
     rc, out = cli(inventory, tmp_path, "apply", "--limit", "rtr1", "--json")
+    assert rc == 0 and json.loads(out)["in_step"] == ["rtr1"], out
+    assert json.loads(out)["netconf"] == []
+    rc, out = cli(inventory, tmp_path, "apply", "--refresh", "--limit", "rtr1", "--json")
     assert rc == 0 and json.loads(out)["netconf"][0]["changed"] is False, out
 
     # Revoke n2: apply deletes its entry.
@@ -131,8 +137,13 @@ def test_plan_and_apply_a_router_tep(router, inventory, tmp_path):
     assert cli(inventory, tmp_path, "apply", "--limit", "rtr1")[0] == 0
     assert device_entries(router) == {"2001:db8:c0f:2::11": "203.0.113.1"}
 
-    # Drift: an entry added by hand shows in plan; apply removes it.
+    # Drift: an entry added by hand is not seen by apply (the last push matches the
+    # intent); plan reads the device, shows it and records the drift, so the next apply
+    # contacts the device and removes it.
     add_by_hand(router, "2001:db8:c0f:2::99", "203.0.113.5")
+    rc, out = cli(inventory, tmp_path, "apply", "--limit", "rtr1", "--json")
+    assert json.loads(out)["in_step"] == ["rtr1"]
+    assert "2001:db8:c0f:2::99" in device_entries(router)
     rc, out = cli(inventory, tmp_path, "plan", "--limit", "rtr1", "--json")
     (device,) = json.loads(out)["netconf"]
     assert device["drift"]["unexplained"] == ["2001:db8:c0f:2::99"]
@@ -141,7 +152,10 @@ def test_plan_and_apply_a_router_tep(router, inventory, tmp_path):
 
     with LeaseStore(tmp_path / "leases.sqlite") as store:
         pushes = store.pushes("rtr1")
-    assert [p.applied for p in pushes] == [True, True, True]
+    assert [(p.applied, p.detail.split(":")[0]) for p in pushes] == [
+        (True, PUSHED), (True, PUSHED), (False, "plan"), (True, PUSHED)]
+    assert pushes[0].intent_digest != pushes[1].intent_digest
+    assert pushes[2].intent_digest is None and pushes[3].intent_digest == pushes[1].intent_digest
 
 
 def test_apply_to_a_locked_router_fails_and_is_recorded_as_not_applied(router, inventory,

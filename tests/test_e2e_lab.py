@@ -35,6 +35,7 @@ POOL_FIRST = "198.51.100.1"  # first allocatable: 198.51.100.0 is excluded
 POOL_SECOND = "198.51.100.2"
 STATIC = "198.51.100.200"  # n3's reservation in inventories/lab
 KERNEL_EXPIRY_SLACK = 5.0  # seconds: the kernel's address check runs on a timer rounded up to 1 s
+IN_STEP = ["n1", "n2", "n3", "tep1"]  # every Linux device of inventories/lab
 
 
 @pytest.fixture(scope="module")
@@ -162,8 +163,13 @@ def test_lab_end_to_end(lab_env):
 
     assert tep_routes(env) >= {f"{POOL_FIRST}", f"{POOL_SECOND}", f"{STATIC}"}
 
-    rc, out = cli(env, "apply", "--json")
+    # Idempotent: contacting every device again changes nothing ...
+    rc, out = cli(env, "apply", "--refresh", "--json")
     assert rc == 0 and json.loads(out)["changed"] == 0, out
+    # ... and with nothing new, apply contacts no device at all (issue 10, 4).
+    rc, out = cli(env, "apply", "--json")
+    assert rc == 0, out
+    assert json.loads(out)["hosts"] == [] and json.loads(out)["in_step"] == IN_STEP, out
 
     # Revoke n2: after apply it loses its address and the TEP its mapping entry.
     assert cli(env, "revoke", "n2")[0] == 0

@@ -43,6 +43,7 @@ FLOWS = 6  # TCP connections and UDP flows per node
 SERVICE_PORT = 7000
 RULE_PRIORITY = 2110
 TABLE_BASE = 21100000
+IN_STEP = ["n1", "n2", "tep1"]  # every Linux device of HOSTS
 
 HOSTS = {"all": {"children": {
     "dstm_teps": {"hosts": {"tep1": {
@@ -282,8 +283,13 @@ def test_two_nodes_share_one_address_by_port(ports_lab):
     ping = in_lab(env, "n1", "ping", "-n", "-c", "1", "-W", "2", IPV4_HOST)
     assert ping.returncode != 0, ping.stdout
 
-    rc, out = cli(env, "apply", "--json")
+    # Idempotent: contacting every device again changes nothing ...
+    rc, out = cli(env, "apply", "--refresh", "--json")
     assert rc == 0 and json.loads(out)["changed"] == 0, out
+    # ... and with nothing new, apply contacts no device at all (issue 10, 4).
+    rc, out = cli(env, "apply", "--json")
+    assert rc == 0, out
+    assert json.loads(out)["hosts"] == [] and json.loads(out)["in_step"] == IN_STEP, out
 
     # Revoke n2: its rules and table leave the TEP, its range leaves the node; n1 works on.
     assert cli(env, "revoke", "n2")[0] == 0

@@ -353,7 +353,7 @@ def test_a_version_1_store_is_migrated_keeping_its_history(tmp_path):
     path = tmp_path / "v1.sqlite"
     version_1_file(path)
     with LeaseStore(path) as store:
-        assert store.schema_version == SCHEMA_VERSION == 5
+        assert store.schema_version == SCHEMA_VERSION == 6
         leases = store.leases(include_history=True)
         assert [(lease.node, lease.state, lease.port_set) for lease in leases] == [
             ("old", model.LeaseState.REVOKED, None), ("now", model.LeaseState.ACTIVE, None)]

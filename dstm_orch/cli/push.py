@@ -19,12 +19,19 @@ from dstm_orch.domain.model import utcnow
 @click.option("--limit", metavar="PATTERN", help="Ansible host pattern to restrict the run.")
 @click.option("--replace", is_flag=True,
               help="NETCONF TEPs: replace the whole binding table instead of sending changes.")
+@click.option("--refresh", is_flag=True,
+              help="Contact every device, also those whose last push matches the intent.")
 @HOSTKEY
 @common
-def apply(ctx: Context, check: bool, limit: str | None, replace: bool,
+def apply(ctx: Context, check: bool, limit: str | None, replace: bool, refresh: bool,
           no_host_key_check: bool) -> None:
-    """Push the current leases to every node and TEP (Ansible and NETCONF, over IPv6)."""
-    _run(ctx, check=check, limit=limit, replace=replace, hostkey_verify=not no_host_key_check)
+    """Push the current leases to every node and TEP (Ansible and NETCONF, over IPv6).
+
+    A device whose last recorded push brought it the intent it should hold now is left
+    out (it is "in step"); --refresh contacts it anyway, and plan always reads it.
+    """
+    _run(ctx, check=check, limit=limit, replace=replace, refresh=refresh,
+         hostkey_verify=not no_host_key_check)
 
 
 @click.command()
@@ -53,6 +60,7 @@ def _run(ctx: Context, **options) -> None:
             "hosts": [h.as_dict() for h in linux],
             "netconf": [{k: v for k, v in d.items() if k != "text"} for d in report.netconf],
             "errors": report.errors,
+            "in_step": report.in_step,
             "orphans": [orphan.as_dict() for orphan in intent.orphans],
         }, indent=2))
     else:
@@ -71,6 +79,9 @@ def _run(ctx: Context, **options) -> None:
                           f"{'changed' if device['changed'] else 'changed=0'}", highlight=False)
             if report.check or device["changed"]:
                 console.print(device["text"], highlight=False, markup=False)
+        for device in report.in_step:
+            console.print(f"{device:<16} in step (the last push matches the intent; "
+                          "--refresh to contact it)", highlight=False)
         for orphan in intent.orphans:
             console.print(f"warning: {orphan.text()}", highlight=False, markup=False)
     if not report.ok:

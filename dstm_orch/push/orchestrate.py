@@ -11,6 +11,11 @@ pending before it is sent (:class:`~dstm_orch.store.journal.PendingCommits`) and
 afterwards, so a crash in between stays on record and ``plan`` shows it; a commit that
 was never confirmed is recorded as not applied, and the next ``apply`` converges from
 whatever the device holds.
+
+Every push that brings a device in step is recorded with the digest of the intent it
+now holds (:mod:`dstm_orch.push.digest`); ``apply`` leaves out the devices whose current
+intent has that digest, so an apply with nothing new contacts no device (``refresh``
+contacts them all, and ``plan`` always reads them).
 """
 
 from __future__ import annotations
@@ -28,9 +33,10 @@ import jinja2
 from dstm_orch.config.inventory import DstmInventory
 from dstm_orch.domain.errors import DstmError, PushError
 from dstm_orch.domain.model import Tep
+from dstm_orch.push.digest import device_digest, linux_pusher, netconf_pusher
 from dstm_orch.push.intent import Intent
 from dstm_orch.store import LeaseStore
-from dstm_orch.store.journal import PendingCommits, PendingPush
+from dstm_orch.store.journal import PendingCommits, PendingPush, PushRecord
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +51,7 @@ class Report:
     linux: Any = None                      # pushers.ansible.RunResult or None
     netconf: list[dict] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
+    in_step: list[str] = field(default_factory=list)   # skipped: last push matches intent
 
     @property
     def ok(self) -> bool:
@@ -75,7 +82,7 @@ def linux_hosts(inv: DstmInventory, limit: str | None) -> list[str]:
 
 def run(inv: DstmInventory, store: LeaseStore, intent: Intent, now: datetime, *,
         check: bool, limit: str | None = None, replace: bool = False,
-        hostkey_verify: bool = True) -> Report:
+        hostkey_verify: bool = True, refresh: bool = False) -> Report:
     """Plan (``check``) or apply ``intent`` on the devices ``limit`` selects.
 
     Args:
@@ -86,33 +93,85 @@ def run(inv: DstmInventory, store: LeaseStore, intent: Intent, now: datetime, *,
         limit: an Ansible host pattern.
         replace: NETCONF: replace the whole binding table instead of sending changes.
         hostkey_verify: NETCONF: verify host keys (turning it off logs a warning).
+        refresh: apply only: contact every selected device, also those whose last
+            recorded push matches their intent.
 
     Returns:
         A :class:`Report`; a device that failed is listed in ``errors``, the others
-        still ran.
+        still ran; devices left out because they are in step are in ``in_step``.
     """
-    from dstm_orch.push.ansible import run_apply
+    from dstm_orch.push.ansible import collection_root, run_apply
 
     report = Report(check=check)
     hosts, routers = linux_hosts(inv, limit), netconf_teps(inv, limit)
     if limit and not hosts and not routers:
         raise DstmError(f"--limit {limit!r} matches no node or TEP of the inventory")
+    linux = linux_pusher(collection_root()) if hosts else ""
+    digests = {h: device_digest(_part(intent, h), inv.host_vars(h), linux) for h in hosts}
+    digests |= {t.name: device_digest(intent.teps[t.name], inv.host_vars(t.name),
+                                      netconf_pusher()) for t in routers}
+    last = store.last_pushes()
+    if not check and not refresh:
+        pending = {p.device for p in PendingCommits(store).pending()}
+        report.in_step = sorted(d for d, digest in digests.items() if d not in pending
+                                and d in last and last[d].applied
+                                and last[d].intent_digest == digest)
+        hosts = [h for h in hosts if h not in report.in_step]
+        routers = [t for t in routers if t.name not in report.in_step]
     if hosts:
         report.linux = run_apply(inv.path, intent.as_extravars(), check=check,
                                  limit=",".join(hosts))
         if report.linux.status == "canceled":
             raise InterruptedError("interrupted while Ansible ran")
+        if not check:
+            _record_linux(store, report.linux, digests, now)
     for tep in routers:
         try:
             report.netconf.append(_netconf(inv, store, intent, tep, now, check=check,
-                                           replace=replace, hostkey_verify=hostkey_verify))
+                                           replace=replace, hostkey_verify=hostkey_verify,
+                                           digest=digests[tep.name], last=last.get(tep.name)))
         except DstmError as exc:
             report.errors.append(str(exc))
+    if check:
+        _record_drift(store, report, digests, last, now)
     return report
 
 
+def _record_drift(store: LeaseStore, report: Report, digests: dict[str, str],
+                  last: dict[str, PushRecord], now: datetime) -> None:
+    """A device that ``plan`` finds out of step although its last push matches its intent
+    changed behind dstm-orch's back: record it, so that the next ``apply`` contacts it."""
+    linux = report.linux.hosts.values() if report.linux else ()
+    changed = {h.host for h in linux if h.changed} | {
+        d["device"] for d in report.netconf if d.get("changed")}
+    for device in sorted(changed):
+        record = last.get(device)
+        if record and record.applied and record.intent_digest == digests.get(device):
+            store.record_push(device, now, applied=False,
+                              detail="plan: the device drifted from its last push")
+
+
+def _part(intent: Intent, host: str) -> Any:
+    """A Linux host's entry of the intent: its node entry, or its TEP entry."""
+    return intent.nodes[host] if host in intent.nodes else intent.teps[host]
+
+
+def _record_linux(store: LeaseStore, result, digests: dict[str, str], now: datetime) -> None:
+    """Record the Ansible push on each host it brought in step (a failed or unreachable
+    host gets a row without digest, so the next apply contacts it again)."""
+    for host in result.hosts.values():
+        if host.host not in digests:
+            continue
+        ok = not (host.failed or host.unreachable)
+        store.record_push(host.host, now, applied=ok,
+                          detail=f"ansible: {host.changed} tasks changed" if ok
+                          else "ansible: " + "; ".join(host.messages)[:500],
+                          intent_digest=digests[host.host] if ok else None)
+
+
 def _netconf(inv: DstmInventory, store: LeaseStore, intent: Intent, tep: Tep,
-             now: datetime, *, check: bool, replace: bool, hostkey_verify: bool) -> dict:
+             now: datetime, *, check: bool, replace: bool, hostkey_verify: bool,
+             digest: str, last: PushRecord | None) -> dict:
     from dstm_orch.push.netconf.pusher import NetconfPusher
     from dstm_orch.push.netconf.table import binding_from_dict
 
@@ -143,13 +202,18 @@ def _netconf(inv: DstmInventory, store: LeaseStore, intent: Intent, tep: Tep,
         if recorder.row is None:
             store.record_push(tep.name, now, applied=False, detail=str(exc))
         raise
+    in_step = digest if result.applied else None
     if result.changed:
         detail = f"{result.method}: {result.diff.counts()}"
         if recorder.row is None:
             store.record_push(tep.name, now, applied=result.applied, version=result.version,
-                              detail=detail)
+                              detail=detail, intent_digest=in_step)
         else:
-            journal.settle(recorder.row, applied=result.applied, detail=detail)
+            journal.settle(recorder.row, applied=result.applied, detail=detail,
+                           intent_digest=in_step)
+    elif last is None or last.intent_digest != digest:
+        store.record_push(tep.name, now, applied=True, version=result.version,
+                          detail="in step: nothing to change", intent_digest=digest)
     return {**result.as_dict(), "text": "\n".join(result.diff.lines()) or "no changes"}
 
 

@@ -219,17 +219,23 @@ class LeaseStore:
             return tx.events(lease_id)
 
     def record_push(self, device: str, at: datetime, *, applied: bool,
-                    version: int | None = None, detail: str = "") -> None:
+                    version: int | None = None, detail: str = "",
+                    intent_digest: str | None = None) -> None:
         """Record a push to ``device`` at ``at``: whether it took, the device's table
-        version after it (RFC 8676 binding-table-versioning) and a one-line detail."""
+        version after it (RFC 8676 binding-table-versioning), a one-line detail and, when
+        the device was brought in step, the digest of the intent it now holds."""
         with self.write() as tx:
-            tx.record_push(device, at, applied, version, detail)
+            tx.record_push(device, at, applied, version, detail, intent_digest)
 
     def pushes(self, device: str | None = None) -> list[PushRecord]:
         """Return recorded pushes (of one device, or all), oldest first."""
         with self.read() as tx:
             return tx.pushes(device)
 
+    def last_pushes(self) -> dict[str, PushRecord]:
+        """Return each device's latest settled push, by device name."""
+        with self.read() as tx:
+            return tx.last_pushes()
 
 
 class Transaction(LeaseRows, AllocationIndex, PushJournal):

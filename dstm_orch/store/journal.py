@@ -23,6 +23,7 @@ class PushRecord:
     applied: bool
     version: int | None
     detail: str
+    intent_digest: str | None = None
 
 
 class PushJournal:
@@ -32,17 +33,27 @@ class PushJournal:
     _db: sqlite3.Connection
 
     def record_push(self, device: str, at: datetime, applied: bool, version: int | None,
-                    detail: str) -> None:
+                    detail: str, intent_digest: str | None = None) -> None:
         self._db.execute(
-            "INSERT INTO device_pushes (device, at, applied, version, detail) "
-            "VALUES (?, ?, ?, ?, ?)", (device, int(at.timestamp()), int(applied), version, detail))
+            "INSERT INTO device_pushes (device, at, applied, version, detail, intent_digest) "
+            "VALUES (?, ?, ?, ?, ?, ?)",
+            (device, int(at.timestamp()), int(applied), version, detail, intent_digest))
 
     def pushes(self, device: str | None) -> list[PushRecord]:
         where, args = ("WHERE device = ? ", (device,)) if device else ("", ())
-        rows = self._db.execute("SELECT device, at, applied, version, detail FROM device_pushes "
-                                f"{where}ORDER BY id", args).fetchall()
-        return [PushRecord(d, datetime.fromtimestamp(at, UTC), bool(ok), v, text)
-                for d, at, ok, v, text in rows]
+        rows = self._db.execute("SELECT device, at, applied, version, detail, intent_digest "
+                                f"FROM device_pushes {where}ORDER BY id", args).fetchall()
+        return [PushRecord(d, datetime.fromtimestamp(at, UTC), bool(ok), v, text, digest)
+                for d, at, ok, v, text, digest in rows]
+
+    def last_pushes(self) -> dict[str, PushRecord]:
+        """Return each device's latest push that is not pending, by device name."""
+        rows = self._db.execute(
+            "SELECT device, at, applied, version, detail, intent_digest FROM device_pushes "
+            "WHERE id IN (SELECT max(id) FROM device_pushes WHERE pending = 0 "
+            "GROUP BY device)").fetchall()
+        return {d: PushRecord(d, datetime.fromtimestamp(at, UTC), bool(ok), v, text, digest)
+                for d, at, ok, v, text, digest in rows}
 
 
 @dataclass(frozen=True)
@@ -77,11 +88,14 @@ class PendingCommits:
                 (device, int(at.timestamp()), version, persist_id, int(deadline.timestamp())),
             ).lastrowid
 
-    def settle(self, push_id: int, *, applied: bool, detail: str) -> None:
-        """Mark a journaled commit confirmed (``applied``) or not, with a one-line detail."""
+    def settle(self, push_id: int, *, applied: bool, detail: str,
+               intent_digest: str | None = None) -> None:
+        """Mark a journaled commit confirmed (``applied``) or not, with a one-line detail
+        and the digest of the intent the device holds after it (None: not known)."""
         with self.store.write() as tx:
-            tx._db.execute("UPDATE device_pushes SET pending = 0, applied = ?, detail = ? "
-                           "WHERE id = ?", (int(applied), detail, push_id))
+            tx._db.execute("UPDATE device_pushes SET pending = 0, applied = ?, detail = ?, "
+                           "intent_digest = ? WHERE id = ?",
+                           (int(applied), detail, intent_digest, push_id))
 
     def pending(self, device: str | None = None) -> list[PendingPush]:
         """Return the commits still pending (of one device, or all), oldest first."""

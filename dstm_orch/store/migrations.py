@@ -210,5 +210,10 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         """,
         "CREATE INDEX device_pushes_pending ON device_pushes (device) WHERE pending = 1",
     ),
+    # 6: what each push made the device hold, as a digest of the device's intent
+    # (dstm_orch.push.digest), so that an apply with nothing new for a device skips it.
+    (
+        "ALTER TABLE device_pushes ADD COLUMN intent_digest TEXT",
+    ),
 )
 """Schema migrations in order; migration N takes ``PRAGMA user_version`` from N-1 to N."""
