@@ -48,7 +48,7 @@ from tests.role_tasks import role_tasks
 pytestmark = [
     pytest.mark.kernel, pytest.mark.slow, pytest.mark.lab,
     pytest.mark.skipif(qemu_kernel.missing() is not None,
-                       reason=f"needs root: {qemu_kernel.missing()}"),
+                       reason=f"needs root, QEMU and Debian's kernel: {qemu_kernel.missing()}"),
 ]
 
 IPV4_HOST = "192.0.2.10"
