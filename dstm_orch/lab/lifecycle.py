@@ -205,6 +205,14 @@ def _preflight(plan: LabPlan) -> None:
 
 def _build_network(plan: LabPlan) -> None:
     """Create namespaces, veths, the bridge, addresses and routes: one ``ip`` per namespace."""
+    for ns, lines in network_batches(plan):
+        netns.ip_batch(lines, ns)
+
+
+def network_batches(plan: LabPlan) -> list[tuple[str | None, list[str]]]:
+    """Return the ``ip -b`` batches that build ``plan``'s network, in order, as
+    ``(namespace or None for the root namespace, lines)``: namespaces and veths, the
+    switch's bridge, then each host's addresses and routes."""
     root = [f"netns add {ns}" for ns in plan.namespaces]
     for veth in plan.veths:
         where = f" netns {veth.ns}" if veth.ns else ""
@@ -212,14 +220,14 @@ def _build_network(plan: LabPlan) -> None:
                     f"peer name {veth.peer_name} netns {veth.peer_ns}")
     ctl = plan.controller_if
     root += [f"addr add {plan.controller} dev {ctl} nodad", f"link set {ctl} up"]
-    netns.ip_batch(root)
+    batches: list[tuple[str | None, list[str]]] = [(None, root)]
 
     switch = ["link set lo up", f"link add {BRIDGE} type bridge mcast_snooping 0",
               f"link set {BRIDGE} addrgenmode none", f"link set {BRIDGE} up"]
     for port in plan.switch_ports:
         switch += [f"link set {port} addrgenmode none", f"link set {port} master {BRIDGE}",
                    f"link set {port} up"]
-    netns.ip_batch(switch, plan.switch_ns)
+    batches.append((plan.switch_ns, switch))
 
     for host in plan.hosts:
         lines = ["link set lo up"]
@@ -232,7 +240,8 @@ def _build_network(plan: LabPlan) -> None:
                           f"link set {ifname} addrgenmode none"]
         lines += [f"link set {ifname} up" for ifname in dict.fromkeys(i for i, _ in host.addresses)]
         lines += [route.command() for route in host.routes]
-        netns.ip_batch(lines, host.namespace)
+        batches.append((host.namespace, lines))
+    return batches
 
 
 # -- tearing down ----------------------------------------------------------------------
