@@ -218,6 +218,18 @@ class LeaseStore:
         with self.read() as tx:
             return tx.events(lease_id)
 
+    def last_event_id(self) -> int:
+        """Return the id of the newest lease event, 0 without one (see
+        :meth:`LeaseRows.last_event_id`)."""
+        with self.read() as tx:
+            return tx.last_event_id()
+
+    def changes_since(self, event_id: int, limit: int = 10000) -> list[tuple[int, str, str]]:
+        """Return ``(event id, TEP, event)`` after ``event_id``, oldest first (at most
+        ``limit``)."""
+        with self.read() as tx:
+            return tx.changes_since(event_id, limit)
+
     def record_push(self, device: str, at: datetime, *, applied: bool,
                     version: int | None = None, detail: str = "") -> None:
         """Record a push to ``device`` at ``at``: whether it took, the device's table
