@@ -34,7 +34,9 @@ import asyncio
 import hmac
 import json
 import logging
+import os
 import signal
+import socket
 import ssl
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -74,6 +76,22 @@ class Options:
     policy: ReclaimPolicy
 
 
+def notify(state: str) -> None:
+    """Tell systemd (``Type=notify``) the service's state, when started by it: one
+    datagram to ``$NOTIFY_SOCKET`` (sd_notify(3) protocol); nothing otherwise."""
+    address = os.environ.get("NOTIFY_SOCKET")
+    if not address:
+        return
+    if address.startswith("@"):
+        address = "\0" + address[1:]
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+            sock.connect(address)
+            sock.sendall(state.encode())
+    except OSError as exc:
+        log.warning("cannot notify systemd (%s): %s", state, exc)
+
+
 class Daemon:
     """The server (see the module docstring).
 
@@ -103,6 +121,13 @@ class Daemon:
     def reload(self) -> str | None:
         """Re-read the inventory; keep the old one if the new one is broken. Return
         None, or the error that kept the old inventory."""
+        notify("RELOADING=1")
+        try:
+            return self._reload()
+        finally:
+            notify("READY=1")
+
+    def _reload(self) -> str | None:
         try:
             loaded = self._load()
             if loaded.state != self.loaded.state:
@@ -151,11 +176,13 @@ class Daemon:
             sites.append((self._api_app(), self.api_socket, None))
         runners = await start_sites(sites)
         self.lifecycle.start()
+        notify("READY=1")
         node, api = self.urls
         log.info("serving %d node(s) on %s, operator API %s, push: %s",
                  len(self.service.guard.nodes), node, api or "off", self.service.pusher.label)
         try:
             await self._stop.wait()
+            notify("STOPPING=1")
             log.info("stopping: answering in-flight requests")
         finally:
             for runner in runners:
