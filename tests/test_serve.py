@@ -290,3 +290,31 @@ def test_sighup_reloads_and_a_broken_inventory_keeps_the_old_one(server):
     assert renewed[0] == 200
     assert "reload refused, still serving the previous inventory" in server.log.read_text()
     assert "hold_time" in server.log.read_text()
+
+
+@pytest.mark.slow
+def test_the_agent_renews_at_half_the_lifetime_and_releases_on_sigterm(server):
+    argv = ["ip", "netns", "exec", server.netns, sys.executable, "-m", "dstm_orch", "client",
+            "run", "--server", NODE_API, "--node", "ws-02", "--ipv6", NODES["ws-02"],
+            "--no-configure", "--lifetime", "4"]
+    agent_log = server.log.with_name("agent.log")
+    with agent_log.open("w") as out:
+        agent = subprocess.Popen(argv, stdout=out, stderr=out, env=server.env())
+    try:
+        def events() -> list[str]:
+            with LeaseStore(server.state) as store:
+                leases = [lease for lease in store.leases(True) if lease.node == "ws-02"]
+                return [e.event for lease in leases for e in store.events(lease.id)]
+
+        # Two renewals of the 4 s lease (each after half of the time left), one lease.
+        server.wait_for(lambda: events()[:3] == ["allocate", "renew", "renew"],
+                        "the agent renewed twice")
+        agent.send_signal(signal.SIGTERM)
+        assert agent.wait(timeout=60) == 0, agent_log.read_text()
+        (lease,) = [lease for lease in store_leases(server.state, True) if lease.node == "ws-02"]
+        assert lease.state.value == "revoked" and events()[-1] == "revoke"
+        assert lease.lifetime == 4
+    finally:
+        if agent.poll() is None:
+            agent.kill()
+            agent.wait()

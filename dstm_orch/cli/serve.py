@@ -229,3 +229,44 @@ def _run(action: str, *, server: str, node: str, secret_file: str | None, ipv6: 
                    f"{left} (until {answer['end'] or 'never'})")
     for change in changes:
         click.echo(f"  {change}")
+
+
+@client.command("run")
+@_client_options
+@LIFETIME
+def run_agent(server: str, node: str, secret_file: str | None, ipv6: str | None, uplink: str,
+              cafile: str | None, timeout: float, no_configure: bool, as_json: bool,
+              lifetime: int | None) -> None:
+    """Keep this node's lease as a service: request, renew at half the time left,
+    release and unconfigure on SIGTERM."""
+    import signal
+    import threading
+
+    from dstm_orch.agent.client import RoamingClient, read_secret, uplink_ipv6
+    from dstm_orch.agent.keeper import LeaseKeeper
+    from dstm_orch.agent.node import NodeConfig
+    from dstm_orch.service.httpd import parse_listen
+
+    address = parse_listen(server)
+    if ipv6:
+        try:
+            fixed = ipaddress.IPv6Address(ipv6)
+        except ValueError as exc:
+            raise click.BadParameter(str(exc), param_hint="--ipv6") from None
+
+        def current() -> ipaddress.IPv6Address:
+            return fixed
+    else:
+        def current() -> ipaddress.IPv6Address:
+            return uplink_ipv6(uplink, toward=address[0])
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    logging.getLogger("dstm_orch.agent").addHandler(handler)
+    logging.getLogger("dstm_orch.agent").setLevel(logging.INFO)
+    stop = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
+    secret = read_secret(secret_file) if secret_file else None
+    with RoamingClient(address, node, secret, cafile=cafile, timeout=timeout) as conn:
+        LeaseKeeper(conn, current, lifetime, None if no_configure else NodeConfig(uplink),
+                    stop).run()
