@@ -110,6 +110,14 @@ class Guard:
         self._buckets: dict[str, TokenBucket] = {}
         self._nonces: dict[str, dict[str, int]] = {}
 
+    def adopt(self, previous: Guard) -> None:
+        """Take over the nonces seen and the rate buckets of the guard this one replaces
+        (an inventory reload), so that a reload opens no replay window."""
+        with previous._lock:
+            self._nonces = previous._nonces
+            self._buckets = previous._buckets
+            self._global = previous._global
+
     def admit(self, action: str, method: str, path: str, body: bytes,
               signature: str | None,
               peer: ipaddress.IPv6Address | None = None) -> LeaseRequest:

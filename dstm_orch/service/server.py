@@ -105,7 +105,9 @@ class RoamingService:
         """
         _check_nodes(domain, guard)
         with self._write:
+            # Nonces and rate buckets carry over: a reload must not open a replay window.
             guard.started_at = self.guard.started_at
+            guard.adopt(self.guard)
             self.domain, self.guard, self.pusher = domain, guard, pusher
 
     def sync(self, tep: str) -> TepSync:
