@@ -35,4 +35,4 @@ def test_unit_passes_systemd_analyze_verify(unit, tmp_path):
 
 
 def test_units_exist():
-    assert [u.name for u in UNITS] == ["dstm-orch.service"]
+    assert [u.name for u in UNITS] == ["dstm-orch-client.service", "dstm-orch.service"]
