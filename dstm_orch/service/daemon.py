@@ -123,11 +123,14 @@ class Daemon:
         None, or the error that kept the old inventory."""
         notify("RELOADING=1")
         try:
-            return self._reload()
+            return self._reload_inventory()
+        except Exception as exc:  # a signal handler's job: never lose the error
+            log.exception("reload failed")
+            return str(exc)
         finally:
             notify("READY=1")
 
-    def _reload(self) -> str | None:
+    def _reload_inventory(self) -> str | None:
         try:
             loaded = self._load()
             if loaded.state != self.loaded.state:
