@@ -80,8 +80,7 @@ async def _node_request(request: web.Request) -> web.Response:
             request.headers.get(SIGNATURE_HEADER), peer)
     except DstmError as exc:
         log.exception("request failed")
-        status, answer = Refusal(Reason.INTERNAL, str(exc)).status, \
-            Refusal(Reason.INTERNAL, str(exc)).as_dict()
+        return _refusal(Refusal(Reason.INTERNAL, str(exc)))
     return json_response(status, answer)
 
 
