@@ -272,6 +272,21 @@ def test_replayed_nonce_is_refused(servers):
     assert history(servers.state) == before
 
 
+def test_an_inventory_reload_keeps_the_nonces_seen(servers):
+    server = servers.start()
+    with servers.client(server) as conn:
+        req = request_of()
+        assert post(conn, req, SECRETS["r1"])[0] == 200
+        service = server.service
+        service.replace(service.domain, Guard({"r1": RoamingNode("r1", SECRETS["r1"])}),
+                        NoPusher())
+        status, answer = post(conn, req, SECRETS["r1"])
+        assert (status, answer["error"]) == (401, "replayed_nonce")
+        # The reloaded inventory no longer has r2: it is refused.
+        status, answer = post(conn, request_of(node="r2"), SECRETS["r2"])
+        assert (status, answer["error"]) == (401, "unknown_node")
+
+
 def test_refused_request_does_not_burn_its_nonce(servers):
     server = servers.start()
     nonce = os.urandom(16).hex()

@@ -114,7 +114,7 @@ def roam_lab(tmp_path_factory):
             server = subprocess.Popen(
                 [sys.executable, "-m", "dstm_orch", "serve", "-i", str(inventory),
                  "--state", str(state), "--listen", f"[{CONTROLLER}]:{port}",
-                 "--vault-password-file", str(password)],
+                 "--vault-password-file", str(password), "--api-listen", "off"],
                 cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
         wait_listening(CONTROLLER, port, server, log)
         yield {"raw": raw, "port": port, "secret": secret, "state": state, "log": log}

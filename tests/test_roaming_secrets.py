@@ -130,3 +130,36 @@ def test_roaming_must_be_a_boolean_and_needs_a_secret(tmp_path, password_file):
     reasons = {p.key: p.reason for p in info.value.problems}
     assert "not a boolean" in reasons["r1.dstm_node_roaming"]
     assert reasons["r2.dstm_node_secret"].startswith("missing")
+
+
+def test_every_node_gets_an_authentication_mode(tmp_path, password_file):
+    from dstm_orch.config.secrets import node_auths
+
+    inv = write_inventory(tmp_path / "inv", "dstm_node_roaming: true\n"
+                          + block("dstm_node_secret", vault_text(SECRET)),
+                          block("dstm_node_secret", vault_text(SECRET)))
+    addresses = {"r1": "2001:db8:e01::11", "r2": "2001:db8:e01::12", "n1": "2001:db8:e01::13"}
+    auths = node_auths(inv, addresses, open_vault(password_file))
+    # Default: secret when the node has one (r1 roaming, r2 fixed), else the source (n1).
+    assert {n: (a.auth, a.roaming) for n, a in auths.items()} == {
+        "r1": ("secret", True), "r2": ("secret", False), "n1": ("source", False)}
+    assert auths["r1"].secret == SECRET.encode() and auths["n1"].ipv6 == "2001:db8:e01::13"
+
+
+def test_bad_authentication_modes_are_named(tmp_path, password_file):
+    from dstm_orch.config.secrets import node_auths
+
+    inv = write_inventory(tmp_path / "inv", "dstm_node_roaming: true\ndstm_node_auth: source\n",
+                          "dstm_node_auth: password\n")
+    with pytest.raises(InventoryError) as info:
+        node_auths(inv, {}, open_vault(password_file))
+    reasons = {p.key: (p.file, p.reason) for p in info.value.problems}
+    assert reasons["r1.dstm_node_auth"][0].endswith("host_vars/r1.yml")
+    assert "roaming node is authenticated by its shared secret" in reasons[
+        "r1.dstm_node_auth"][1]
+    assert "'password' is not one of secret, source" in reasons["r2.dstm_node_auth"][1]
+    inv = write_inventory(tmp_path / "inv2", "dstm_node_auth: secret\n")
+    with pytest.raises(InventoryError) as info:
+        node_auths(inv, {}, open_vault(password_file))
+    (problem,) = info.value.problems
+    assert problem.key == "r1.dstm_node_secret" and problem.reason.startswith("missing")

@@ -99,14 +99,15 @@ class RoamingClient:
     Args:
         server: the server's IPv6 address and port.
         node: this node's inventory name.
-        secret: the shared secret.
+        secret: the shared secret; None for a node the server authenticates by its
+            source address (``dstm_node_auth: source``): requests go unsigned.
         cafile: CA certificate file; given, the exchange uses HTTPS and checks the
             server's certificate (its IP address must be in the certificate).
         timeout: seconds to wait for an answer (a push to the TEP takes seconds).
         clock: epoch seconds (tests pass their own).
     """
 
-    def __init__(self, server: tuple[str, int], node: str, secret: bytes, *,
+    def __init__(self, server: tuple[str, int], node: str, secret: bytes | None, *,
                  cafile: str | os.PathLike | None = None, timeout: float = 120.0,
                  clock: Callable[[], float] = time.time):
         self.server = server
@@ -155,8 +156,8 @@ class RoamingClient:
         path = path_of(action)
         if source is None and _is_local(ipv6):
             source = str(ipv6)
-        status, answer = self.send(path, body, sign(self.secret, "POST", path, body),
-                                   source=source)
+        signature = sign(self.secret, "POST", path, body) if self.secret else None
+        status, answer = self.send(path, body, signature, source=source)
         if status != 200:
             try:
                 reason = Reason(answer.get("error"))

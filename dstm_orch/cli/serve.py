@@ -8,9 +8,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import logging
-import signal
 import sys
-import threading
 from collections.abc import Callable
 
 import click
@@ -18,6 +16,8 @@ import click
 from dstm_orch.domain.protocol import RoamingError
 from dstm_orch.service.guard import Limits
 from dstm_orch.service.httpd import DEFAULT_PORT
+
+API_PORT = 3787
 
 
 class _Rate(click.ParamType):
@@ -49,11 +49,14 @@ RATE = _Rate()
 @click.option("--state", envvar="DSTM_ORCH_STATE", type=click.Path(dir_okay=False),
               help="Lease store file (env DSTM_ORCH_STATE).")
 @click.option("--listen", required=True, metavar="[IPV6]:PORT",
-              help=f"IPv6 address and port to listen on (IPv6 only; default port "
+              help=f"IPv6 address and port of the node API (IPv6 only; default port "
               f"{DEFAULT_PORT}).")
+@click.option("--api-listen", default=f"[::1]:{API_PORT}", show_default=True,
+              metavar="[IPV6]:PORT|off", help="Operator API, /metrics, /healthz and "
+              "/readyz (keep it on loopback); 'off' disables it.")
 @click.option("--vault-password-file", envvar="ANSIBLE_VAULT_PASSWORD_FILE",
-              type=click.Path(dir_okay=False), help="Decrypts dstm_node_secret (env "
-              "ANSIBLE_VAULT_PASSWORD_FILE).")
+              type=click.Path(dir_okay=False), help="Decrypts dstm_node_secret and "
+              "dstm_server_api_token (env ANSIBLE_VAULT_PASSWORD_FILE).")
 @click.option("--window", type=click.IntRange(min=1), default=30, show_default=True,
               metavar="SECONDS", help="Clock window of a request's timestamp, +-seconds.")
 @click.option("--node-rate", type=RATE, default="20/60", show_default=True,
@@ -61,60 +64,77 @@ RATE = _Rate()
 @click.option("--global-rate", type=RATE, default="500/1", show_default=True,
               help="Requests of all clients per period.")
 @click.option("--max-leases", type=click.IntRange(min=0), metavar="N",
-              help="Cap on the leases all roaming nodes hold together (default: none).")
-@click.option("--push", type=click.Choice(["ansible", "none"]), default="ansible",
-              show_default=True, help="How TEPs are updated; 'none' records leases only "
-              "(benchmarks, or TEPs converged by `apply`).")
+              help="Cap on the leases all nodes hold together through the node API "
+              "(default: none).")
+@click.option("--push", type=click.Choice(["teps", "none", "ansible"]), default="teps",
+              show_default=True, help="How TEPs are updated: 'teps' pushes each TEP whose "
+              "leases changed (Ansible or NETCONF, as `apply`); 'none' records leases only. "
+              "'ansible' is the old name of 'teps'.")
+@click.option("--reclaim-interval", type=click.FloatRange(min=0.1), default=5.0,
+              show_default=True, metavar="SECONDS", help="Seconds between reclamation "
+              "cycles of ended leases.")
+@click.option("--max-reclaim-leases", type=click.IntRange(min=0), default=100,
+              show_default=True, metavar="N", help="Leases reclaimed per cycle at most "
+              "(0: no bound).")
+@click.option("--max-reclaim-time", type=click.FloatRange(min=0), default=0.25,
+              show_default=True, metavar="SECONDS", help="Time a cycle may spend "
+              "reclaiming (0: no bound).")
 @click.option("--no-source-check", is_flag=True, help="Accept a claimed IPv6 address "
               "that is not the request's source (behind a proxy; weaker).")
 @click.option("--cert", type=click.Path(dir_okay=False, exists=True),
-              help="TLS certificate (PEM); with --key the server speaks HTTPS.")
+              help="TLS certificate (PEM); with --key the node API speaks HTTPS.")
 @click.option("--key", type=click.Path(dir_okay=False, exists=True), help="TLS private key.")
-def serve(inventory: str, state: str | None, listen: str, vault_password_file: str | None,
-          window: int, node_rate: tuple[int, float], global_rate: tuple[int, float],
-          max_leases: int | None, push: str, no_source_check: bool, cert: str | None,
-          key: str | None) -> None:
-    """Serve roaming nodes (draft section 6, VPN scenario) over HTTP on IPv6."""
-    from dstm_orch.service.httpd import RoamingHTTPServer, parse_listen, tls_context
-    from dstm_orch.service.server import service_from_inventory
+@click.option("--log-format", type=click.Choice(["text", "json"]), default="text",
+              show_default=True, help="One line per event on stderr, as text or JSON.")
+def serve(inventory: str, state: str | None, listen: str, api_listen: str,
+          vault_password_file: str | None, window: int, node_rate: tuple[int, float],
+          global_rate: tuple[int, float], max_leases: int | None, push: str,
+          reclaim_interval: float, max_reclaim_leases: int, max_reclaim_time: float,
+          no_source_check: bool, cert: str | None, key: str | None, log_format: str) -> None:
+    """Run the DSTM server of the domain (draft sections 5 and 6): lease requests of
+    every node over HTTP on IPv6, reclamation of ended leases, pushes to the TEPs,
+    operator API and metrics. SIGHUP reloads the inventory; SIGTERM stops gracefully."""
+    from dstm_orch.service.daemon import Daemon, Options
+    from dstm_orch.service.httpd import parse_listen, tls_context
+    from dstm_orch.service.lifecycle import ReclaimPolicy
 
     if bool(cert) != bool(key):
         raise click.UsageError("--cert and --key go together")
     limits = Limits(window=window, node_requests=node_rate[0], node_period=node_rate[1],
                     global_requests=global_rate[0], global_period=global_rate[1],
                     max_leases=max_leases)
-    service = service_from_inventory(inventory, state, vault_password_file=vault_password_file,
-                                     limits=limits, push=push,
-                                     source_check=not no_source_check)
-    address = parse_listen(listen)
+    _logging(log_format)
+    options = Options(
+        inventory=inventory, state=state, listen=parse_listen(listen),
+        api_listen=None if api_listen == "off" else parse_listen(api_listen, API_PORT),
+        vault_password_file=vault_password_file, limits=limits, push=push,
+        source_check=not no_source_check, tls=tls_context(cert, key) if cert else None,
+        policy=ReclaimPolicy(interval=reclaim_interval, max_leases=max_reclaim_leases,
+                             max_time=max_reclaim_time))
     try:
-        server = RoamingHTTPServer(address, service, tls_context(cert, key) if cert else None)
+        daemon = Daemon(options)
     except OSError as exc:
-        raise RoamingError(f"cannot listen on {listen}: {exc.strerror}") from None
+        raise RoamingError(f"cannot listen on {listen} / {api_listen}: {exc.strerror}") from None
+    node, api = daemon.urls
+    nodes = daemon.service.guard.nodes
+    click.echo(f"dstm-orch serve: {len(nodes)} node(s) on {node}; operator API "
+               f"{api or 'off'}; push: {daemon.service.pusher.label}", err=True)
+    daemon.run()
+
+
+class _JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        return json.dumps({"time": self.formatTime(record), "level": record.levelname,
+                           "logger": record.name, "message": record.getMessage()})
+
+
+def _logging(log_format: str) -> None:
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
-    logging.getLogger("dstm_orch.service").addHandler(handler)
-    logging.getLogger("dstm_orch.service").setLevel(logging.INFO)
-    stop = _stopper(server.shutdown)
-    previous = signal.signal(signal.SIGTERM, stop)
-    click.echo(f"dstm-orch serve: {len(service.guard.nodes)} roaming node(s) "
-               f"({', '.join(sorted(service.guard.nodes))}) on {server.url}; "
-               f"push: {service.pusher.label}", err=True)
-    try:
-        server.serve_forever()
-    except KeyboardInterrupt:
-        pass
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-        server.server_close()
-
-
-def _stopper(shutdown: Callable[[], None]):
-    # shutdown() waits for serve_forever() to return, so it must run in another thread.
-    def stop(signum, frame) -> None:
-        threading.Thread(target=shutdown, daemon=True).start()
-
-    return stop
+    handler.setFormatter(_JsonFormatter() if log_format == "json" else
+                         logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    for name in ("dstm_orch.service", "dstm_orch.push"):
+        logging.getLogger(name).addHandler(handler)
+        logging.getLogger(name).setLevel(logging.INFO)
 
 
 def _client_options(func: Callable) -> Callable:
@@ -122,8 +142,9 @@ def _client_options(func: Callable) -> Callable:
         click.option("--server", "server", envvar="DSTM_ORCH_SERVER", required=True,
                      metavar="[IPV6]:PORT", help="The DSTM server (env DSTM_ORCH_SERVER)."),
         click.option("--node", required=True, help="This node's inventory name."),
-        click.option("--secret-file", required=True, type=click.Path(dir_okay=False),
-                     help="File holding the node's shared secret (mode 600)."),
+        click.option("--secret-file", type=click.Path(dir_okay=False),
+                     help="File holding the node's shared secret (mode 600); without it "
+                     "requests go unsigned (a node with dstm_node_auth: source)."),
         click.option("--ipv6", help="This node's current IPv6 address (default: read "
                      "from --uplink)."),
         click.option("--uplink", default="eth0", show_default=True,
@@ -173,7 +194,7 @@ def release(**options) -> None:
     _run("release", lifetime=None, **options)
 
 
-def _run(action: str, *, server: str, node: str, secret_file: str, ipv6: str | None,
+def _run(action: str, *, server: str, node: str, secret_file: str | None, ipv6: str | None,
          uplink: str, cafile: str | None, timeout: float, no_configure: bool, as_json: bool,
          lifetime: int | None) -> None:
     from dstm_orch.agent.client import RoamingClient, read_secret, uplink_ipv6
@@ -188,7 +209,8 @@ def _run(action: str, *, server: str, node: str, secret_file: str, ipv6: str | N
             raise click.BadParameter(str(exc), param_hint="--ipv6") from None
     else:
         current = uplink_ipv6(uplink, toward=address[0])
-    with RoamingClient(address, node, read_secret(secret_file), cafile=cafile,
+    secret = read_secret(secret_file) if secret_file else None
+    with RoamingClient(address, node, secret, cafile=cafile,
                        timeout=timeout) as conn:
         answer = conn.call(action, current, lifetime)
     changes: list[str] = []
@@ -207,3 +229,44 @@ def _run(action: str, *, server: str, node: str, secret_file: str, ipv6: str | N
                    f"{left} (until {answer['end'] or 'never'})")
     for change in changes:
         click.echo(f"  {change}")
+
+
+@client.command("run")
+@_client_options
+@LIFETIME
+def run_agent(server: str, node: str, secret_file: str | None, ipv6: str | None, uplink: str,
+              cafile: str | None, timeout: float, no_configure: bool, as_json: bool,
+              lifetime: int | None) -> None:
+    """Keep this node's lease as a service: request, renew at half the time left,
+    release and unconfigure on SIGTERM."""
+    import signal
+    import threading
+
+    from dstm_orch.agent.client import RoamingClient, read_secret, uplink_ipv6
+    from dstm_orch.agent.keeper import LeaseKeeper
+    from dstm_orch.agent.node import NodeConfig
+    from dstm_orch.service.httpd import parse_listen
+
+    address = parse_listen(server)
+    if ipv6:
+        try:
+            fixed = ipaddress.IPv6Address(ipv6)
+        except ValueError as exc:
+            raise click.BadParameter(str(exc), param_hint="--ipv6") from None
+
+        def current() -> ipaddress.IPv6Address:
+            return fixed
+    else:
+        def current() -> ipaddress.IPv6Address:
+            return uplink_ipv6(uplink, toward=address[0])
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    logging.getLogger("dstm_orch.agent").addHandler(handler)
+    logging.getLogger("dstm_orch.agent").setLevel(logging.INFO)
+    stop = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
+    secret = read_secret(secret_file) if secret_file else None
+    with RoamingClient(address, node, secret, cafile=cafile, timeout=timeout) as conn:
+        LeaseKeeper(conn, current, lifetime, None if no_configure else NodeConfig(uplink),
+                    stop).run()

@@ -30,6 +30,8 @@ from dstm_orch.domain.protocol import RoamingError
 NODES_GROUP = "dstm_nodes"
 ROAMING_VAR = "dstm_node_roaming"
 SECRET_VAR = "dstm_node_secret"
+AUTH_VAR = "dstm_node_auth"
+AUTH_MODES = ("secret", "source")
 MIN_SECRET_BYTES = 16
 VAULT_PASSWORD_ENV = "ANSIBLE_VAULT_PASSWORD_FILE"
 
@@ -40,6 +42,26 @@ class RoamingNode:
 
     name: str
     secret: bytes = field(repr=False)
+
+
+@dataclass(frozen=True)
+class NodeAuth:
+    """How ``dstm-orch serve`` authenticates one node (draft sections 5, 6 and 7).
+
+    ``secret`` set: the node signs its requests with it (``auth == "secret"``; always so
+    for a roaming node). ``secret`` None: ``auth == "source"``, the request's IPv6
+    source address must be ``ipv6``, the node's inventory address (intranet trust,
+    section 7).
+    """
+
+    name: str
+    secret: bytes | None = field(default=None, repr=False)
+    ipv6: Any = None
+    roaming: bool = False
+
+    @property
+    def auth(self) -> str:
+        return "secret" if self.secret is not None else "source"
 
 
 def open_vault(password_file: str | os.PathLike | None = None):
@@ -123,14 +145,24 @@ def roaming_nodes(inv: AnsibleInventory, vault=None) -> dict[str, RoamingNode]:
     return nodes
 
 
-def _secret(value: Any, vault) -> bytes:
+def secret_value(value: Any, vault, name: str = SECRET_VAR) -> bytes:
+    """Decrypt a vaulted secret variable (at least 16 bytes).
+
+    Raises:
+        ValueError: missing, plain text, no vault password, cannot decrypt, too short.
+    """
+    return _secret(value, vault, name)
+
+
+def _secret(value: Any, vault, name: str = SECRET_VAR) -> bytes:
     if value is None:
-        raise ValueError("missing: a roaming node needs a shared secret (draft section 6), "
+        raise ValueError("missing: a roaming node, or one with dstm_node_auth: secret, needs "
+                         "a shared secret (draft section 6), "
                          "encrypted with `ansible-vault encrypt_string`")
     ciphertext = vault_text(value)
     if ciphertext is None:
         raise ValueError("plain text; encrypt it with `ansible-vault encrypt_string "
-                         f"--name {SECRET_VAR}` (the inventory is kept in git)")
+                         f"--name {name}` (the inventory is kept in git)")
     if vault is None:
         raise ValueError("encrypted with ansible-vault, and no vault password was given "
                          f"(--vault-password-file or {VAULT_PASSWORD_ENV})")
@@ -164,3 +196,59 @@ def vault_text(value: Any) -> str | None:
     if isinstance(text, str) and is_encrypted(text.strip()):
         return text.strip()
     return None
+
+
+def node_auths(inv: AnsibleInventory, addresses: dict[str, Any],
+               vault=None) -> dict[str, NodeAuth]:
+    """Return how every node of ``dstm_nodes`` is authenticated, by name.
+
+    The host variable ``dstm_node_auth`` chooses: ``secret`` (the node signs with its
+    ``dstm_node_secret``) or ``source`` (the request must come from the node's inventory
+    address). Unset, it is ``secret`` when the node has a secret, else ``source``. A
+    roaming node (``dstm_node_roaming: true``) always uses its secret: its address
+    changes, and section 6 says the server MUST authenticate it by a shared secret.
+
+    Args:
+        inv: the raw inventory.
+        addresses: each node's inventory IPv6 address (``Domain.nodes[name].ipv6``).
+        vault: an Ansible ``VaultLib`` or None.
+
+    Raises:
+        InventoryError: every problem at once, each naming file, host variable and why.
+    """
+    nodes: dict[str, NodeAuth] = {}
+    problems: list[Problem] = []
+    for name in inv.group_hosts(NODES_GROUP):
+        host = inv.hosts[name]
+        where = host.source or str(inv.path)
+        roaming = host.vars.get(ROAMING_VAR, False)
+        if not isinstance(roaming, bool):
+            problems.append(Problem(host.origin.get(ROAMING_VAR, where), f"{name}.{ROAMING_VAR}",
+                                    f"{roaming!r} is not a boolean (true or false)"))
+            continue
+        has_secret = host.vars.get(SECRET_VAR) is not None
+        mode = host.vars.get(AUTH_VAR)
+        auth_file = host.origin.get(AUTH_VAR, where)
+        if mode is None:
+            mode = "secret" if has_secret or roaming else "source"
+        if mode not in AUTH_MODES:
+            problems.append(Problem(auth_file, f"{name}.{AUTH_VAR}",
+                                    f"{mode!r} is not one of {', '.join(AUTH_MODES)}"))
+            continue
+        if mode == "source" and roaming:
+            problems.append(Problem(auth_file, f"{name}.{AUTH_VAR}", "source: a roaming node "
+                                    "is authenticated by its shared secret (draft section 6)"))
+            continue
+        if mode == "source":
+            nodes[name] = NodeAuth(name, None, addresses.get(name), False)
+            continue
+        try:
+            secret = _secret(host.vars.get(SECRET_VAR), vault)
+        except ValueError as exc:
+            problems.append(Problem(host.origin.get(SECRET_VAR, where), f"{name}.{SECRET_VAR}",
+                                    str(exc)))
+            continue
+        nodes[name] = NodeAuth(name, secret, addresses.get(name), roaming)
+    if problems:
+        raise InventoryError(problems)
+    return nodes

@@ -59,6 +59,7 @@ class Reason(enum.StrEnum):
     MISSING_SIGNATURE = "missing_signature"
     UNKNOWN_NODE = "unknown_node"
     BAD_SIGNATURE = "bad_signature"
+    BAD_SOURCE = "bad_source"
     STALE_TIMESTAMP = "stale_timestamp"
     REPLAYED_NONCE = "replayed_nonce"
     IPV6_MISMATCH = "ipv6_mismatch"
@@ -79,6 +80,7 @@ STATUS = {
     Reason.MISSING_SIGNATURE: 401,
     Reason.UNKNOWN_NODE: 401,
     Reason.BAD_SIGNATURE: 401,
+    Reason.BAD_SOURCE: 401,
     Reason.STALE_TIMESTAMP: 401,
     Reason.REPLAYED_NONCE: 401,
     Reason.IPV6_MISMATCH: 403,

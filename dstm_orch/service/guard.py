@@ -1,4 +1,4 @@
-"""Admission of roaming requests: who is asking, is it fresh, and not too often.
+"""Admission of node requests: who is asking, is it fresh, and not too often.
 
 Checks, in order, each refusing with its own reason (:class:`protocol.Reason`) before
 anything is written (draft-ietf-ngtrans-dstm-08 sections 5 and 7: the server SHOULD,
@@ -8,9 +8,11 @@ denial of service):
 1. the global request rate (token bucket; refused requests count too, so a flood of
    forgeries is cut off before any HMAC is computed);
 2. the body's form (:meth:`protocol.LeaseRequest.parse`);
-3. a signature header of the right form;
-4. the node is a known roaming node;
-5. the HMAC-SHA256 signature, compared in constant time;
+3. the node is a known node of ``dstm_nodes``;
+4. a node authenticated by its secret: a signature header of the right form, and the
+   HMAC-SHA256 signature, compared in constant time; a node authenticated by its
+   address (``dstm_node_auth: source``, section 7's intranet trust): the request's IPv6
+   source is its inventory address;
 6. the timestamp is within ``window`` seconds of the server's clock, and not before
    the server started (nonces live in memory: a request signed before a restart is
    refused rather than risk its replay);
@@ -22,12 +24,13 @@ denial of service):
 
 from __future__ import annotations
 
+import ipaddress
 import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
-from dstm_orch.config.secrets import RoamingNode
+from dstm_orch.config.secrets import NodeAuth, RoamingNode
 from dstm_orch.domain.protocol import LeaseRequest, Reason, Refusal, is_signature
 from dstm_orch.domain.protocol import signature_matches as _matches
 
@@ -84,17 +87,18 @@ class TokenBucket:
 
 
 class Guard:
-    """Authenticate and rate-limit roaming requests (see the module docstring).
+    """Authenticate and rate-limit node requests (see the module docstring).
 
     Thread-safe: the HTTP server calls :meth:`admit` from one thread per connection.
 
     Args:
-        nodes: the roaming nodes and their secrets, by name.
+        nodes: the nodes and how each authenticates (:class:`NodeAuth`; a
+            :class:`RoamingNode` is a node with a secret), by name.
         limits: the admission limits.
         clock: returns the current time in epoch seconds (tests pass their own).
     """
 
-    def __init__(self, nodes: Mapping[str, RoamingNode], limits: Limits | None = None,
+    def __init__(self, nodes: Mapping[str, RoamingNode | NodeAuth], limits: Limits | None = None,
                  clock: Callable[[], float] = time.time):
         self.nodes = dict(nodes)
         self.limits = limits or Limits()
@@ -106,8 +110,17 @@ class Guard:
         self._buckets: dict[str, TokenBucket] = {}
         self._nonces: dict[str, dict[str, int]] = {}
 
+    def adopt(self, previous: Guard) -> None:
+        """Take over the nonces seen and the rate buckets of the guard this one replaces
+        (an inventory reload), so that a reload opens no replay window."""
+        with previous._lock:
+            self._nonces = previous._nonces
+            self._buckets = previous._buckets
+            self._global = previous._global
+
     def admit(self, action: str, method: str, path: str, body: bytes,
-              signature: str | None) -> LeaseRequest:
+              signature: str | None,
+              peer: ipaddress.IPv6Address | None = None) -> LeaseRequest:
         """Return the authenticated request, or refuse it.
 
         Raises:
@@ -122,17 +135,26 @@ class Guard:
                               f"{self.limits.global_requests} requests per "
                               f"{self.limits.global_period:g} s; retry later")
         request = LeaseRequest.parse(action, body)
-        if not signature:
+        node = self.nodes.get(request.node)
+        secret = getattr(node, "secret", None)
+        if node is not None and secret is None:
+            if peer is None or peer != node.ipv6:
+                raise Refusal(Reason.BAD_SOURCE, f"node {request.node!r} is authenticated by "
+                              f"its address {node.ipv6} (dstm_node_auth: source) but the "
+                              f"request came from {peer}")
+        elif not signature:
             raise Refusal(Reason.MISSING_SIGNATURE, "no X-DSTM-Signature header "
                           "(HMAC-SHA256 of the canonical request with the node's secret)")
-        node = self.nodes.get(request.node)
-        if node is None:
-            raise Refusal(Reason.UNKNOWN_NODE, f"node {request.node!r} is not a roaming "
-                          "node of this domain (dstm_node_roaming with a dstm_node_secret)")
-        if not is_signature(signature) or not _matches(node.secret, method, path, body,
-                                                       signature):
+        elif node is None:
+            raise Refusal(Reason.UNKNOWN_NODE, f"node {request.node!r} is not a node "
+                          "of this domain (dstm_nodes)")
+        elif not is_signature(signature) or not _matches(secret, method, path, body,
+                                                         signature):
             raise Refusal(Reason.BAD_SIGNATURE, f"the signature does not match node "
                           f"{request.node!r}'s secret for {method} {path}")
+        if node is None:
+            raise Refusal(Reason.UNKNOWN_NODE, f"node {request.node!r} is not a node "
+                          "of this domain (dstm_nodes)")
         window = self.limits.window
         skew = request.timestamp - int(now)
         if abs(skew) > window:

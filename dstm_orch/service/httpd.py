@@ -1,24 +1,28 @@
-"""The HTTP(S) side of ``dstm-orch serve``: one IPv6 address, one thread per connection.
+"""The HTTP(S) side of ``dstm-orch serve``, on aiohttp: one IPv6 socket per listener.
 
 Draft-ietf-ngtrans-dstm-08 section 5: "The communication between the DSTM client and
-the server MUST be in IPv6": the socket is ``AF_INET6`` with ``IPV6_V6ONLY`` set, and a
-listen address must be a bracketed IPv6 literal. Requests are ``POST
+the server MUST be in IPv6": sockets are ``AF_INET6`` with ``IPV6_V6ONLY`` set, and a
+listen address must be a bracketed IPv6 literal. Node requests are ``POST
 /dstm/v1/request|renew|release`` with a body of at most ``MAX_BODY`` bytes; the answer
-is JSON (:mod:`dstm_orch.domain.protocol`). TLS is optional (``--cert``/``--key``);
-its handshake runs in the connection's thread, so a silent client cannot hold up
-``accept``.
+is JSON (:mod:`dstm_orch.domain.protocol`). TLS is optional (``--cert``/``--key``).
+The service's blocking work (SQLite, pushes) runs in a bounded thread pool; connections
+are kept alive for ``KEEPALIVE`` seconds; on shutdown the listeners close first and
+in-flight requests are answered (up to ``SHUTDOWN_GRACE`` seconds).
 """
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import json
 import logging
 import socket
 import ssl
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from urllib.parse import urlsplit
+
+from aiohttp import web
 
 from dstm_orch.domain.errors import DstmError
 from dstm_orch.domain.protocol import (
@@ -34,103 +38,142 @@ from dstm_orch.service.server import RoamingService
 log = logging.getLogger("dstm_orch.service")
 
 DEFAULT_PORT = 3786
+KEEPALIVE = 30.0
+"""Seconds an idle kept-alive connection stays open."""
+SHUTDOWN_GRACE = 60.0
+"""Seconds in-flight requests have to finish after SIGTERM."""
+WORKERS = 8
+"""Threads running requests (each with its own SQLite connection)."""
+
+EXECUTOR = web.AppKey("executor", ThreadPoolExecutor)
+SERVICE = web.AppKey("service", RoamingService)
 
 
-class _Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    server_version = "dstm-orch-serve"
-    timeout = 30  # seconds a connection may stay silent (slow or idle clients)
-    # Headers and body go out in two writes: without TCP_NODELAY, Nagle's algorithm and
-    # the client's delayed ACK hold every answer back about 40 ms.
-    disable_nagle_algorithm = True
-
-    server: RoamingHTTPServer
-
-    def do_POST(self) -> None:
-        path = urlsplit(self.path).path
-        action = action_of(path)
-        if action is None or self.path != path:
-            self._send(*_refusal(Refusal(Reason.NOT_FOUND, f"no such resource {self.path!r} "
-                                         "(POST /dstm/v1/request|renew|release)")))
-            self.close_connection = True
-            return
-        length = self.headers.get("Content-Length", "")
-        if not length.isdigit() or int(length) > MAX_BODY:
-            self._send(*_refusal(Refusal(Reason.MALFORMED, f"Content-Length {length!r}: a "
-                                         f"body of 0 to {MAX_BODY} bytes is required")))
-            self.close_connection = True
-            return
-        body = self.rfile.read(int(length))
-        try:
-            status, answer = self.server.service.handle(
-                action, "POST", path, body, self.headers.get(SIGNATURE_HEADER),
-                self.client_address[0])
-        except DstmError as exc:
-            log.exception("request failed")
-            status, answer = _refusal(Refusal(Reason.INTERNAL, str(exc)))
-        self._send(status, answer)
-
-    def finish(self) -> None:
-        try:
-            super().finish()
-        finally:
-            self.server.service.release_thread()
-
-    def _send(self, status: int, answer: dict) -> None:
-        data = json.dumps(answer, sort_keys=True).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.send_header("Cache-Control", "no-store")
-        self.end_headers()
-        self.wfile.write(data)
-
-    def log_message(self, fmt: str, *args: object) -> None:
-        log.debug("%s %s", self.client_address[0], fmt % args)
+def json_response(status: int, answer: dict) -> web.Response:
+    return web.Response(status=status, text=json.dumps(answer, sort_keys=True),
+                        content_type="application/json", headers={"Cache-Control": "no-store"})
 
 
-def _refusal(refusal: Refusal) -> tuple[int, dict]:
-    return refusal.status, refusal.as_dict()
+def _refusal(refusal: Refusal) -> web.Response:
+    return json_response(refusal.status, refusal.as_dict())
 
 
-class RoamingHTTPServer(ThreadingHTTPServer):
-    """An HTTP(S) server bound to one IPv6 address only, one thread per connection."""
+async def _node_request(request: web.Request) -> web.Response:
+    action = action_of(request.path)
+    if request.method != "POST":
+        return json_response(501, {"error": "not_implemented",
+                                   "message": f"{request.method} is not supported (POST only)"})
+    if action is None or request.query_string:
+        return _refusal(Refusal(Reason.NOT_FOUND, f"no such resource {request.path_qs!r} "
+                                "(POST /dstm/v1/request|renew|release)"))
+    length = request.headers.get("Content-Length", "")
+    if not length.isdigit() or int(length) > MAX_BODY:
+        return _refusal(Refusal(Reason.MALFORMED, f"Content-Length {length!r}: a body of 0 "
+                                f"to {MAX_BODY} bytes is required"))
+    body = await request.read()
+    service = request.app[SERVICE]
+    peer = request.transport.get_extra_info("peername")[0] if request.transport else ""
+    loop = asyncio.get_running_loop()
+    try:
+        status, answer = await loop.run_in_executor(
+            request.app[EXECUTOR], service.handle, action, "POST", request.path, body,
+            request.headers.get(SIGNATURE_HEADER), peer)
+    except DstmError as exc:
+        log.exception("request failed")
+        return _refusal(Refusal(Reason.INTERNAL, str(exc)))
+    return json_response(status, answer)
 
-    address_family = socket.AF_INET6
-    daemon_threads = True
-    request_queue_size = 64
+
+def node_app(service: RoamingService, executor: ThreadPoolExecutor) -> web.Application:
+    """Return the aiohttp application of the node API (any path: wrong ones get 404)."""
+    app = web.Application(client_max_size=MAX_BODY)
+    app[SERVICE] = service
+    app[EXECUTOR] = executor
+    app.router.add_route("*", "/{tail:.*}", _node_request)
+    return app
+
+
+def ipv6_socket(listen: tuple[str, int]) -> socket.socket:
+    """Return a listening ``AF_INET6`` TCP socket, IPv6 only even on ``::`` (section 5).
+
+    Raises:
+        OSError: the address cannot be bound.
+    """
+    sock = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(listen)
+        sock.listen(128)
+    except OSError:
+        sock.close()
+        raise
+    sock.setblocking(False)
+    return sock
+
+
+async def start_sites(sites: list[tuple[web.Application, socket.socket,
+                                        ssl.SSLContext | None]]) -> list[web.AppRunner]:
+    """Start one aiohttp runner per ``(app, listening socket, TLS context)``."""
+    runners = []
+    for app, sock, tls in sites:
+        runner = web.AppRunner(app, access_log=None, keepalive_timeout=KEEPALIVE,
+                               shutdown_timeout=SHUTDOWN_GRACE)
+        await runner.setup()
+        await web.SockSite(runner, sock, ssl_context=tls).start()
+        runners.append(runner)
+    return runners
+
+
+class RoamingHTTPServer:
+    """The node API on one IPv6 address, for embedding (tests, benchmarks): the
+    :meth:`serve_forever` / :meth:`shutdown` / :meth:`server_close` interface of
+    ``socketserver``, on its own event loop in the thread that calls
+    :meth:`serve_forever`.
+
+    Raises:
+        OSError: the address cannot be bound.
+    """
 
     def __init__(self, listen: tuple[str, int], service: RoamingService,
                  tls: ssl.SSLContext | None = None):
         self.service = service
         self.tls = tls
-        super().__init__(listen, _Handler)
-
-    def server_bind(self) -> None:
-        # IPv6 only, even on "::" (draft section 5); and no reverse DNS lookup of the
-        # address, which HTTPServer.server_bind would do.
-        self.socket.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-        self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.socket.bind(self.server_address)
+        self.socket = ipv6_socket(listen)
         self.server_address = self.socket.getsockname()[:2]
         self.server_name, self.server_port = self.server_address
-        if self.tls is not None:
-            # The handshake runs in the connection's thread, not in accept().
-            self.socket = self.tls.wrap_socket(self.socket, server_side=True,
-                                               do_handshake_on_connect=False)
+        self._executor = ThreadPoolExecutor(WORKERS, thread_name_prefix="dstm-request")
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stop: asyncio.Event | None = None
+        self._started = threading.Event()
+        self._done = threading.Event()
 
-    def finish_request(self, request, client_address) -> None:
-        if isinstance(request, ssl.SSLSocket):
-            request.settimeout(_Handler.timeout)
-            try:
-                request.do_handshake()
-            except (ssl.SSLError, OSError) as exc:
-                log.info("TLS handshake with %s failed: %s", client_address[0], exc)
-                return
-        super().finish_request(request, client_address)
+    def serve_forever(self, poll_interval: float | None = None) -> None:
+        """Serve until :meth:`shutdown` (``poll_interval`` is ignored)."""
+        asyncio.run(self._serve())
+
+    async def _serve(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._stop = asyncio.Event()
+        runners = await start_sites([(node_app(self.service, self._executor), self.socket,
+                                      self.tls)])
+        self._started.set()
+        try:
+            await self._stop.wait()
+        finally:
+            for runner in runners:
+                await runner.cleanup()
+            self._done.set()
+
+    def shutdown(self) -> None:
+        """Stop serving (from another thread); return once in-flight requests ended."""
+        if self._started.wait(10) and self._loop is not None and self._stop is not None:
+            self._loop.call_soon_threadsafe(self._stop.set)
+            self._done.wait(SHUTDOWN_GRACE + 5)
 
     def server_close(self) -> None:
-        super().server_close()
+        self.socket.close()
+        self._executor.shutdown(wait=True)
         self.service.close()
 
     @property

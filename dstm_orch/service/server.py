@@ -1,20 +1,21 @@
-"""``dstm-orch serve``: the DSTM server's side of the roaming exchange (HTTP in ``httpd``).
+"""``dstm-orch serve``: the DSTM server's side of the node exchange (HTTP in ``httpd``).
 
-A request that passes admission (:mod:`dstm_orch.service.guard`) becomes one
-allocator call, keyed by the IPv6 address the node has *now* (draft-ietf-ngtrans-dstm-08
-section 6, VPN scenario): ``request`` allocates (or returns the current lease, moved to
-that address), ``renew`` extends it (and moves it), ``release`` revokes it. Then, when
+Every node of ``dstm_nodes`` may ask (draft-ietf-ngtrans-dstm-08 sections 4.1, 4.3 and
+5). A request that passes admission (:mod:`dstm_orch.service.guard`: the node's shared
+secret, or for an intranet node its inventory source address) becomes one allocator
+call, keyed by the IPv6 address the node has *now*: a roaming node's may change
+(section 6, VPN scenario), a fixed node's must be its inventory address. ``request``
+allocates (or returns the current lease, moved to that address), ``renew`` extends it
+(and moves it), ``release`` revokes it. Then, when
 the TEP's mapping table changed (a new, moved or ended binding; section 5: "the DSTM
 Server MAY be in charge of configuring the IPv4/IPv6 mapping table at the TEP"), the
 TEP is converged before the answer, so the node can use its address at once.
 
-Pushes go through a :class:`Pusher`: :class:`AnsiblePusher` renders the intent of every
-current lease and runs ``dstm.orch.apply`` limited to that TEP (the same role and
-the same whole-table convergence as ``dstm-orch apply``, so the two never disagree);
-:class:`NoPusher` only records leases (benchmarks, tests, or a TEP converged by
-``apply`` on a timer). Pushes to one TEP are serialised and coalesced: a request whose
-change is already covered by a push that started after it does not push again. The
-first request after start pushes once, whatever it changed (the TEP may be stale).
+Pushes go through a :class:`~dstm_orch.service.pushers.Pusher`, serialised and
+coalesced per TEP by the store's event sequence (:class:`~dstm_orch.service.pushers.TepSync`):
+a request whose change is already covered by a push that started after it does not
+push again. The first request after start pushes once, whatever it changed (the TEP
+may be stale).
 
 Security properties (section 7): the server listens on one IPv6 address only
 (:mod:`dstm_orch.service.httpd`); by default the address a request claims must be the
@@ -27,10 +28,10 @@ from __future__ import annotations
 import ipaddress
 import logging
 import threading
-from collections.abc import Collection
+from collections import Counter
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Protocol
 
 from dstm_orch.domain.errors import (
     LeaseNotFoundError,
@@ -43,135 +44,43 @@ from dstm_orch.domain.model import Domain, Lease, LeaseState, utcnow
 from dstm_orch.domain.protocol import LeaseRequest, Reason, Refusal, RoamingError
 from dstm_orch.ipam.allocator import Allocator, Ipv6InUseError
 from dstm_orch.service.guard import Guard, Limits
+from dstm_orch.service.metrics import Metrics
+from dstm_orch.service.pushers import (  # noqa: F401 (re-exported)
+    AnsiblePusher,
+    NoPusher,
+    Pusher,
+    TepPusher,
+    TepSync,
+    mark_roaming,
+)
 from dstm_orch.store import LeaseStore
 
 log = logging.getLogger("dstm_orch.service")
 
 
-class Pusher(Protocol):
-    """Converges one TEP's mapping table to the current leases."""
-
-    label: str
-
-    def push(self, tep: str) -> None:
-        """Converge TEP ``tep``.
-
-        Raises:
-            PushError: the TEP refused or could not be reached.
-        """
-
-
-class NoPusher:
-    """Push nothing: leases are recorded, TEPs are left to ``dstm-orch apply``."""
-
-    label = "none (leases only; TEPs are not configured)"
-
-    def push(self, tep: str) -> None:
-        return None
-
-
-class AnsiblePusher:
-    """Run the ``dstm_tep`` role on one TEP with the intent of every current lease.
-
-    Args:
-        inventory: the inventory directory (Ansible reads it as ``apply`` does).
-        domain: the validated domain.
-        store_path: the lease store file.
-        roaming: names of roaming nodes; their bindings carry ``roaming: true`` so
-            that the role maps the lease to the node's current address itself.
-    """
-
-    label = "ansible (dstm.orch.dstm_tep through dstm.orch.apply, --limit <tep>)"
-
-    def __init__(self, inventory: Path, domain: Domain, store_path: Path,
-                 roaming: Collection[str]):
-        self.inventory = Path(inventory)
-        self.domain = domain
-        self.store_path = Path(store_path)
-        self.roaming = frozenset(roaming)
-
-    def push(self, tep: str) -> None:
-        from dstm_orch.push.ansible import run_apply
-        from dstm_orch.push.intent import render_intent
-
-        now = utcnow()
-        with LeaseStore(self.store_path) as store:
-            leases = store.active_leases(now)
-        extravars = render_intent(self.domain, leases, now).as_extravars()
-        mark_roaming(extravars, self.roaming)
-        result = run_apply(self.inventory, extravars, limit=tep)
-        host = result.hosts.get(tep)
-        if not result.ok or host is None:
-            why = "; ".join(host.messages) if host else "the run did not reach it"
-            raise PushError(f"pushing the mapping table to TEP {tep!r} failed "
-                            f"(ansible status {result.status}, rc {result.rc}): {why}")
-
-
-def mark_roaming(extravars: dict, roaming: Collection[str]) -> dict:
-    """Mark the TEP bindings of roaming nodes with ``roaming: true`` (in place).
-
-    A roaming node's return traffic goes to the address in its lease (``node_ipv6``,
-    where the node is now), not to a fixed decapsulation address.
-    """
-    for tep in extravars["dstm_intent"]["teps"].values():
-        for binding in tep["bindings"]:
-            if binding["node"] in roaming:
-                binding["roaming"] = True
-    return extravars
-
-
-class _TepSync:
-    """Serialise and coalesce the pushes to one TEP (generation counters)."""
-
-    def __init__(self) -> None:
-        self._push = threading.Lock()
-        self._meta = threading.Lock()
-        self._changed = 1  # > _pushed: the TEP may be stale when the server starts
-        self._pushed = 0
-
-    def change(self) -> int:
-        with self._meta:
-            self._changed += 1
-            return self._changed
-
-    def current(self) -> int:
-        with self._meta:
-            return self._changed
-
-    def ensure(self, generation: int, pusher: Pusher, tep: str) -> bool:
-        """Push unless a push that covers ``generation`` has completed; tell whether
-        this call pushed."""
-        with self._push:
-            if self._pushed >= generation:
-                return False
-            target = self.current()
-            pusher.push(tep)
-            self._pushed = target
-            return True
-
-
 class RoamingService:
-    """The roaming exchange, independent of HTTP: admit, allocate, push, answer.
+    """The node exchange, independent of HTTP: admit, allocate, push, answer.
+
+    Thread-safe: the HTTP server calls :meth:`handle` from a pool of threads, the
+    lifecycle loop (:mod:`dstm_orch.service.lifecycle`) pushes from its own.
 
     Args:
-        domain: the validated domain (the roaming nodes are among its nodes).
+        domain: the validated domain (the guard's nodes are among its nodes).
         store_path: the lease store file (one SQLite connection per thread, plus one
             kept open until :meth:`close`).
+        guard: admission (secrets or source addresses, clock window, replay, rates).
+        pusher: how TEPs are converged.
+        source_check: require the claimed ``ipv6`` to be the request's source address.
+        metrics: where counters go (None: a new :class:`Metrics`).
 
     Raises:
         StoreError: the store cannot be opened.
-        RoamingError: a roaming node is not a node of the domain.
-        guard: admission (secrets, clock window, replay, rate limits).
-        pusher: how TEPs are converged.
-        source_check: require the claimed ``ipv6`` to be the request's source address.
+        RoamingError: a guarded node is not a node of the domain.
     """
 
     def __init__(self, domain: Domain, store_path: Path, guard: Guard, pusher: Pusher,
-                 source_check: bool = True):
-        missing = sorted(set(guard.nodes) - set(domain.nodes))
-        if missing:
-            raise RoamingError(f"roaming node(s) {', '.join(missing)} are not nodes of "
-                               f"domain {domain.name!r}")
+                 source_check: bool = True, metrics: Metrics | None = None):
+        _check_nodes(domain, guard)
         self.domain = domain
         self.store_path = Path(store_path)
         # Opens (creates, migrates) the store now, and keeps one connection open for the
@@ -182,8 +91,49 @@ class RoamingService:
         self.guard = guard
         self.pusher = pusher
         self.source_check = source_check
+        self.metrics = metrics or Metrics(self.lease_counts)
         self._write = threading.Lock()
-        self._sync = {name: _TepSync() for name in domain.teps}
+        self._sync: dict[str, TepSync] = {}
+        self._sync_lock = threading.Lock()
+
+    def replace(self, domain: Domain, guard: Guard, pusher: Pusher) -> None:
+        """Serve a reloaded inventory from now on (nodes removed keep their leases until
+        they end: they are not renewed).
+
+        Raises:
+            RoamingError: a guarded node is not a node of the domain.
+        """
+        _check_nodes(domain, guard)
+        with self._write:
+            # Nonces and rate buckets carry over: a reload must not open a replay window.
+            guard.started_at = self.guard.started_at
+            guard.adopt(self.guard)
+            self.domain, self.guard, self.pusher = domain, guard, pusher
+
+    def sync(self, tep: str) -> TepSync:
+        """Return the push coalescer of TEP ``tep``."""
+        with self._sync_lock:
+            sync = self._sync.get(tep)
+            if sync is None:
+                sync = self._sync[tep] = TepSync(tep, self.last_event_id, self._observe)
+            return sync
+
+    def syncs(self) -> list[TepSync]:
+        with self._sync_lock:
+            return list(self._sync.values())
+
+    def _observe(self, tep: str, seconds: float, ok: bool) -> None:
+        self.metrics.push_seconds.labels(tep).observe(seconds)
+        if not ok:
+            self.metrics.push_failures.labels(tep).inc()
+
+    def last_event_id(self) -> int:
+        return self._store().last_event_id()
+
+    def lease_counts(self) -> dict[str, int]:
+        """Return the number of current leases per pool of the domain (0 for none)."""
+        counts = Counter(lease.pool for lease in self._store().active_leases(utcnow()))
+        return {pool: counts.get(pool, 0) for pool in {*self.domain.pools, *counts}}
 
     def close(self) -> None:
         """Close the store connection the service keeps open."""
@@ -191,16 +141,19 @@ class RoamingService:
         self._keeper.close()
 
     def release_thread(self) -> None:
-        """Close the calling thread's store connection, if it has one (the HTTP server
-        calls this when a client's connection ends)."""
+        """Close the calling thread's store connection, if it has one."""
         store = getattr(self._local, "store", None)
         if store is not None:
             store.close()
             self._local.store = None
 
+    def store(self) -> LeaseStore:
+        """Return the calling thread's store connection (opened on first use)."""
+        return self._store()
+
     def _store(self) -> LeaseStore:
-        # One SQLite connection per thread, that is per kept-alive HTTP connection: a
-        # connection's first write costs about twice a later one.
+        # One SQLite connection per thread: a connection's first write costs about twice
+        # a later one.
         store = getattr(self._local, "store", None)
         if store is None:
             store = self._local.store = LeaseStore(self.store_path)
@@ -210,26 +163,36 @@ class RoamingService:
                signature: str | None, peer: str) -> tuple[int, dict]:
         """Answer one request: ``(HTTP status, JSON body)``; never raises a DstmError."""
         try:
-            return 200, self._handle(action, method, path, body, signature, peer)
+            answer = self._handle(action, method, path, body, signature, peer)
         except Refusal as refusal:
             log.info("refused %s from %s: %s", action, peer, refusal)
+            self.metrics.requests.labels(action, refusal.reason.value).inc()
             return refusal.status, refusal.as_dict()
+        self.metrics.requests.labels(action, "ok").inc()
+        return 200, answer
 
     def _handle(self, action: str, method: str, path: str, body: bytes,
                 signature: str | None, peer: str) -> dict:
-        request = self.guard.admit(action, method, path, body, signature)
-        if self.source_check:
-            source = _peer_address(peer)
-            if source != request.ipv6:
-                raise Refusal(Reason.IPV6_MISMATCH, f"node {request.node!r} claims ipv6 "
-                              f"{request.ipv6} but the request came from {source}")
+        source = _peer_address(peer)
+        guard = self.guard
+        request = guard.admit(action, method, path, body, signature, peer=source)
+        if self.source_check and source != request.ipv6:
+            raise Refusal(Reason.IPV6_MISMATCH, f"node {request.node!r} claims ipv6 "
+                          f"{request.ipv6} but the request came from {source}")
+        auth = guard.nodes[request.node]
+        fixed = self.domain.nodes[request.node].ipv6
+        if not getattr(auth, "roaming", True) and request.ipv6 != fixed:
+            raise Refusal(Reason.IPV6_MISMATCH, f"node {request.node!r} is not roaming: its "
+                          f"mapping is keyed by its inventory address {fixed}, not "
+                          f"{request.ipv6}")
         now = utcnow()
-        before, lease = self._lease_change(request, now)
-        sync = self._sync[lease.tep]
+        before, lease, event_id = self._lease_change(request, now)
+        self._count(action, before, lease)
+        sync = self.sync(lease.tep)
         changed = action == "release" or _moved(before, lease, now)
-        generation = sync.change() if changed else sync.current()
         try:
-            pushed = sync.ensure(generation, self.pusher, lease.tep)
+            pushed = (sync.ensure(event_id, self.pusher) if changed
+                      else sync.retry(self.pusher))
         except PushError as exc:
             raise Refusal(Reason.PUSH_FAILED, f"lease recorded but TEP {lease.tep!r} was "
                           f"not updated: {exc}; retry the request",
@@ -238,8 +201,18 @@ class RoamingService:
                  lease.ipv4, lease.id, ", TEP pushed" if pushed else "")
         return self._answer(lease) | {"pushed": pushed}
 
-    def _lease_change(self, request: LeaseRequest, now: datetime) -> tuple[Lease | None, Lease]:
-        """Run the allocator call of the request; return the node's lease before and after.
+    def _count(self, action: str, before: Lease | None, lease: Lease) -> None:
+        if action == "release":
+            self.metrics.releases.inc()
+        elif action == "renew" or (before is not None and before.id == lease.id):
+            self.metrics.renews.inc()
+        else:
+            self.metrics.allocations.inc()
+
+    def _lease_change(self, request: LeaseRequest,
+                      now: datetime) -> tuple[Lease | None, Lease, int]:
+        """Run the allocator call of the request; return the node's lease before and
+        after, and the store's newest event id after it.
 
         Requests of this server run one at a time here, so the lease read before and
         the change cannot interleave with another request's (the allocator's own
@@ -270,7 +243,7 @@ class RoamingService:
                 raise Refusal(Reason.UNKNOWN_NODE, str(exc)) from None
             except Ipv6InUseError as exc:
                 raise Refusal(Reason.IPV6_IN_USE, str(exc)) from None
-        return before, lease
+            return before, lease, store.last_event_id()
 
     def _check_lease_limit(self, store: LeaseStore, name: str, before: Lease | None,
                            now: datetime) -> None:
@@ -279,7 +252,7 @@ class RoamingService:
             return
         held = sum(1 for lease in store.active_leases(now) if lease.node in self.guard.nodes)
         if held >= cap:
-            raise Refusal(Reason.LEASE_LIMIT, f"roaming nodes hold {held} leases, the cap "
+            raise Refusal(Reason.LEASE_LIMIT, f"nodes hold {held} leases, the cap "
                           f"is {cap}; node {name!r} gets none until one is released")
 
     def _answer(self, lease: Lease) -> dict:
@@ -297,6 +270,13 @@ class RoamingService:
         return answer
 
 
+def _check_nodes(domain: Domain, guard: Guard) -> None:
+    missing = sorted(set(guard.nodes) - set(domain.nodes))
+    if missing:
+        raise RoamingError(f"node(s) {', '.join(missing)} are not nodes of "
+                           f"domain {domain.name!r}")
+
+
 def _moved(before: Lease | None, after: Lease, now: datetime) -> bool:
     """Tell whether the TEP's binding for the node differs from before."""
     if before is None or not before.is_current(now) or before.id != after.id:
@@ -311,46 +291,83 @@ def _peer_address(peer: str) -> ipaddress.IPv6Address | None:
         return None
 
 
-def service_from_inventory(inventory: str | Path, state: str | Path | None, *,
-                           vault_password_file: str | None = None,
-                           limits: Limits | None = None, push: str = "ansible",
-                           source_check: bool = True) -> RoamingService:
-    """Build the service of an inventory: its domain, roaming nodes, store and pusher.
+@dataclass
+class Loaded:
+    """What ``serve`` reads from an inventory (:func:`load`)."""
+
+    inventory: object  # DstmInventory
+    domain: Domain
+    guard: Guard
+    pusher: Pusher
+    state: Path
+    api_token: bytes | None
+
+
+API_TOKEN_VAR = "dstm_server_api_token"
+"""Group ``all`` variable: the operator API's bearer token, encrypted with ansible-vault."""
+
+
+def load(inventory: str | Path, state: str | Path | None, *,
+         vault_password_file: str | None = None, limits: Limits | None = None,
+         push: str = "teps") -> Loaded:
+    """Read an inventory for ``serve``: its domain, every node's authentication, the
+    pusher and the operator API token. Nothing is written.
 
     Args:
         inventory: the inventory directory.
         state: the lease store file; None means the CLI's default for the domain.
-        vault_password_file: decrypts ``dstm_node_secret`` (None: the environment's).
+        vault_password_file: decrypts ``dstm_node_secret`` and ``dstm_server_api_token``
+            (None: the environment's).
         limits: :class:`dstm_orch.service.guard.Limits` (None: the defaults).
-        push: ``ansible`` or ``none`` (see :class:`NoPusher`).
-        source_check: see :class:`RoamingService`.
+        push: ``teps`` (``ansible`` is the same) or ``none`` (:class:`NoPusher`).
 
     Raises:
-        InventoryError: the inventory or a roaming node's variables are invalid.
-        RoamingError: no roaming node, or one whose TEP Ansible cannot configure.
+        InventoryError: the inventory or a node's variables are invalid.
+        RoamingError: no node, a bad push choice, a token that cannot be decrypted.
     """
     from dstm_orch.config.inventory import load_inventory
-    from dstm_orch.config.secrets import open_vault, roaming_nodes
+    from dstm_orch.config.secrets import node_auths, open_vault, secret_value
 
     inv = load_inventory(inventory)
     domain = inv.domain
-    nodes = roaming_nodes(inv.ansible, open_vault(vault_password_file))
+    vault = open_vault(vault_password_file)
+    nodes = node_auths(inv.ansible, {n: node.ipv6 for n, node in domain.nodes.items()}, vault)
     if not nodes:
-        raise RoamingError(f"inventory {inv.path} declares no roaming node "
-                           "(dstm_node_roaming: true with a dstm_node_secret)")
+        raise RoamingError(f"inventory {inv.path} declares no node (group dstm_nodes)")
     if state is None:
         from dstm_orch.config.paths import default_state
 
         state = default_state(domain.name)
-    if push == "ansible":
-        routers = sorted({domain.tep_of(domain.nodes[n]).name for n in nodes
-                          if domain.tep_of(domain.nodes[n]).kind != "linux"})
-        if routers:
-            raise RoamingError(f"TEP(s) {', '.join(routers)} of roaming nodes are NETCONF "
-                               "routers; the roaming server pushes to Linux TEPs only")
-        pusher: Pusher = AnsiblePusher(inv.path, domain, Path(state), nodes)
+    if push in ("teps", "ansible"):
+        roaming = [n for n, auth in nodes.items() if auth.roaming]
+        pusher: Pusher = TepPusher(inv, Path(state), roaming)
     elif push == "none":
         pusher = NoPusher()
     else:
-        raise RoamingError(f"push {push!r} is not ansible or none")
-    return RoamingService(domain, Path(state), Guard(nodes, limits), pusher, source_check)
+        raise RoamingError(f"push {push!r} is not teps or none")
+    token = inv.ansible.all_vars.get(API_TOKEN_VAR)
+    api_token = None
+    if token is not None:
+        try:
+            api_token = secret_value(token, vault, API_TOKEN_VAR)
+        except ValueError as exc:
+            where = inv.ansible.all_origin.get(API_TOKEN_VAR, str(inv.path))
+            raise RoamingError(f"{where}: {API_TOKEN_VAR}: {exc}") from None
+    return Loaded(inv, domain, Guard(nodes, limits), pusher, Path(state), api_token)
+
+
+def service_from_inventory(inventory: str | Path, state: str | Path | None, *,
+                           vault_password_file: str | None = None,
+                           limits: Limits | None = None, push: str = "teps",
+                           source_check: bool = True) -> RoamingService:
+    """Build the service of an inventory (:func:`load`), opening its lease store.
+
+    Raises:
+        InventoryError: the inventory or a node's variables are invalid.
+        RoamingError: see :func:`load`.
+        StoreError: the store cannot be opened.
+    """
+    loaded = load(inventory, state, vault_password_file=vault_password_file, limits=limits,
+                  push=push)
+    return RoamingService(loaded.domain, loaded.state, loaded.guard, loaded.pusher,
+                          source_check)

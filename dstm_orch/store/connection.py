@@ -17,7 +17,9 @@ the time only once they hold it. Commits are durable (WAL, ``synchronous=FULL``)
 
 from __future__ import annotations
 
+import os
 import sqlite3
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime
@@ -30,6 +32,14 @@ from dstm_orch.store.index import AllocationIndex, _Mark, _MarkKey
 from dstm_orch.store.journal import PushJournal, PushRecord
 from dstm_orch.store.leases import Event, LeaseRows
 from dstm_orch.store.migrations import MIGRATIONS
+
+_OPEN: dict[str, int] = {}
+_OPEN_LOCK = threading.Lock()
+"""Connections this process holds, by the store file's real path. A file this process
+already has open is not checked again: reading it through a plain file descriptor and
+closing that descriptor would drop every POSIX lock the process holds on it (fcntl
+semantics), SQLite's WAL locks included, and another process closing its last connection
+would then checkpoint and reset the WAL under this one's feet (its commits lost)."""
 
 BUSY_TIMEOUT = 30.0
 """Seconds a connection waits for another process's write lock before failing."""
@@ -53,7 +63,26 @@ class LeaseStore:
     def __init__(self, path: str | Path):
         self.path = Path(path)
         self._marks: dict[_MarkKey, _Mark] = {}
-        check_store_file(self.path)
+        self._key = os.path.realpath(self.path)
+        with _OPEN_LOCK:
+            if not _OPEN.get(self._key):
+                check_store_file(self.path)
+            _OPEN[self._key] = _OPEN.get(self._key, 0) + 1
+        try:
+            self._open()
+        except BaseException:
+            self._forget()
+            raise
+
+    def _forget(self) -> None:
+        with _OPEN_LOCK:
+            left = _OPEN.get(self._key, 1) - 1
+            if left > 0:
+                _OPEN[self._key] = left
+            else:
+                _OPEN.pop(self._key, None)
+
+    def _open(self) -> None:
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
@@ -134,6 +163,9 @@ class LeaseStore:
 
     def close(self) -> None:
         """Close the connection; committed leases are already on disk."""
+        if self._key is not None:
+            self._forget()
+            self._key = None
         self._db.close()
 
     def __enter__(self) -> LeaseStore:
@@ -217,6 +249,18 @@ class LeaseStore:
         """Return the events of one lease in the order they happened."""
         with self.read() as tx:
             return tx.events(lease_id)
+
+    def last_event_id(self) -> int:
+        """Return the id of the newest lease event, 0 without one (see
+        :meth:`LeaseRows.last_event_id`)."""
+        with self.read() as tx:
+            return tx.last_event_id()
+
+    def changes_since(self, event_id: int, limit: int = 10000) -> list[tuple[int, str, str]]:
+        """Return ``(event id, TEP, event)`` after ``event_id``, oldest first (at most
+        ``limit``)."""
+        with self.read() as tx:
+            return tx.changes_since(event_id, limit)
 
     def record_push(self, device: str, at: datetime, *, applied: bool,
                     version: int | None = None, detail: str = "",

@@ -356,6 +356,20 @@ class LeaseRows:
             )
         ]
 
+    def last_event_id(self) -> int:
+        """Return the id of the newest lease event (0 without one): the store's event
+        sequence, increasing with every allocate, renew, move, revoke and expire."""
+        return self._db.execute("SELECT coalesce(max(id), 0) FROM lease_events").fetchone()[0]
+
+    def changes_since(self, event_id: int, limit: int = 10000) -> list[tuple[int, str, str]]:
+        """Return ``(event id, TEP name, event)`` of the events after ``event_id``, oldest
+        first, at most ``limit``: what a process following the store acts on."""
+        return list(self._db.execute(
+            "SELECT e.id, l.tep, e.event FROM lease_events AS e"
+            " JOIN leases AS l ON l.id = e.lease_id WHERE e.id > ? ORDER BY e.id LIMIT ?",
+            (event_id, limit),
+        ))
+
     def _event(
         self,
         lease_id: int,

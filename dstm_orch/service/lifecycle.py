@@ -1,0 +1,191 @@
+"""The lease lifecycle loop of ``dstm-orch serve``: reclaim ended leases, follow the
+store's events, push the TEPs they touch.
+
+Draft-ietf-ngtrans-dstm-08 section 5: a lease is temporary, and once it ends its address
+goes back to the pool (section 6, phase 3: short leases, reclaimed and reused). Every
+``interval`` seconds a *reclamation cycle* ends the active leases past their end through
+the allocator (:meth:`Allocator.expire`, the path of ``dstm-orch expire``), bounded as
+Kea bounds its lease reclamation (``max-reclaim-leases``, ``max-reclaim-time``): at most
+``max_leases`` leases and about ``max_time`` seconds per cycle; what is left waits for
+the next cycle (the backlog, logged when it lasts ``warn_cycles`` cycles).
+
+Every ``follow`` seconds the loop reads the store's event sequence
+(:meth:`LeaseStore.changes_since`): the events that change a TEP's mapping table
+(``allocate``, ``move``, ``revoke``, ``expire``), whoever recorded them (this server's
+node API, its operator API, its own reclamation, or a CLI process on the same store),
+mark their TEP; each marked TEP is then pushed once (:class:`TepSync` skips what a push
+already covered). A failed push is retried with backoff. At start every TEP is marked
+once, since leases may have changed while the server was down.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass
+
+from dstm_orch.domain.errors import DstmError, PushError
+from dstm_orch.domain.model import utcnow
+from dstm_orch.ipam.allocator import Allocator
+from dstm_orch.service.server import RoamingService
+
+log = logging.getLogger("dstm_orch.service")
+
+TABLE_EVENTS = frozenset({"allocate", "move", "revoke", "expire"})
+"""Lease events that change a TEP's mapping table (a renew does not)."""
+CHUNK = 50
+"""Leases ended per write transaction inside a cycle (the time bound is checked between)."""
+
+
+@dataclass(frozen=True)
+class ReclaimPolicy:
+    """Bounds of the lifecycle loop (Kea's ``expired-leases-processing`` as reference).
+
+    Args:
+        interval: seconds between reclamation cycles (Kea ``reclaim-timer-wait-time``).
+        max_leases: leases ended per cycle at most (Kea ``max-reclaim-leases``); 0: no
+            bound.
+        max_time: seconds a cycle may spend ending leases (Kea ``max-reclaim-time``); 0:
+            no bound.
+        follow: seconds between reads of the store's event sequence.
+        warn_cycles: log a warning when ended leases wait this many cycles.
+    """
+
+    interval: float = 5.0
+    max_leases: int = 100
+    max_time: float = 0.25
+    follow: float = 0.5
+    warn_cycles: int = 5
+
+    def __post_init__(self) -> None:
+        if self.interval <= 0 or self.follow <= 0:
+            raise ValueError("reclaim interval and follow period must be positive seconds")
+        if self.max_leases < 0 or self.max_time < 0 or self.warn_cycles < 1:
+            raise ValueError("max_leases and max_time must be 0 or more, warn_cycles 1 or more")
+
+
+class Lifecycle:
+    """The loop (see the module docstring), run in its own thread by :meth:`start`.
+
+    Args:
+        service: the node service (its domain, store, pusher, push coalescers, metrics).
+        policy: the bounds.
+    """
+
+    def __init__(self, service: RoamingService, policy: ReclaimPolicy | None = None):
+        self.service = service
+        self.policy = policy or ReclaimPolicy()
+        self._stop = threading.Event()
+        self._wake = threading.Event()
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+        self.cursor = 0
+        self.marked: dict[str, int] = {}
+        self.waiting_cycles = 0
+        self.last_cycle: float | None = None
+
+    def start(self) -> None:
+        """Start the loop's thread."""
+        self._thread = threading.Thread(target=self._run, name="dstm-lifecycle", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 120.0) -> None:
+        """Stop the loop, letting a push in progress finish (up to ``timeout`` s)."""
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    def wake(self) -> None:
+        """Follow the store now instead of at the next period (after an operator change)."""
+        self._wake.set()
+
+    def _run(self) -> None:
+        try:
+            with self._lock:
+                self.cursor = self.service.store().last_event_id()
+                self.marked = {tep: self.cursor for tep in self.service.domain.teps}
+            next_reclaim = 0.0
+            while not self._stop.is_set():
+                try:
+                    if time.monotonic() >= next_reclaim:
+                        next_reclaim = time.monotonic() + self.policy.interval
+                        self.reclaim()
+                    self.follow()
+                    self.push()
+                except DstmError as exc:
+                    log.error("lifecycle: %s", exc)
+                self._wake.wait(self.policy.follow)
+                self._wake.clear()
+        finally:
+            self.service.release_thread()
+
+    def reclaim(self) -> list:
+        """Run one bounded reclamation cycle; return the leases it ended."""
+        policy, service = self.policy, self.service
+        store = service.store()
+        allocator = Allocator(service.domain, store)
+        ended: list = []
+        started = time.monotonic()
+        while True:
+            room = CHUNK if not policy.max_leases else min(CHUNK, policy.max_leases - len(ended))
+            batch = allocator.expire(utcnow(), room) if room > 0 else []
+            ended.extend(batch)
+            if (len(batch) < room or room <= 0
+                    or (policy.max_time and time.monotonic() - started >= policy.max_time)):
+                break
+        with store.read() as tx:
+            backlog = len(tx.due(utcnow(), 100000))
+        service.metrics.cycles.inc()
+        service.metrics.reclaims.inc(len(ended))
+        service.metrics.backlog.set(backlog)
+        self.waiting_cycles = self.waiting_cycles + 1 if backlog else 0
+        if self.waiting_cycles >= policy.warn_cycles:
+            log.warning("lifecycle: %d ended lease(s) still wait after %d cycles (raise "
+                        "--max-reclaim-leases or --max-reclaim-time)", backlog,
+                        self.waiting_cycles)
+        for lease in ended:
+            log.info("reclaimed lease %d of node %s (%s, ended %s)", lease.id, lease.node,
+                     lease.ipv4, lease.ended.isoformat() if lease.ended else "?")
+        self.last_cycle = time.time()
+        return ended
+
+    def follow(self) -> None:
+        """Read the store's new events and mark the TEPs whose table they change."""
+        store = self.service.store()
+        with self._lock:
+            while True:
+                changes = store.changes_since(self.cursor)
+                for event_id, tep, event in changes:
+                    if event in TABLE_EVENTS:
+                        self.marked[tep] = max(self.marked.get(tep, 0), event_id)
+                    self.cursor = event_id
+                if len(changes) < 10000:
+                    return
+
+    def push(self) -> None:
+        """Push each marked TEP once (unless covered already, or backing off)."""
+        with self._lock:
+            marked = dict(self.marked)
+        for tep, event_id in marked.items():
+            if self._stop.is_set():
+                return
+            sync = self.service.sync(tep)
+            if sync.pushed >= event_id:
+                self._unmark(tep, event_id)
+                continue
+            if time.monotonic() < sync.next_try:
+                continue
+            try:
+                if sync.ensure(event_id, self.service.pusher):
+                    log.info("pushed TEP %s (events up to %d)", tep, sync.pushed)
+                self._unmark(tep, event_id)
+            except PushError as exc:
+                log.warning("push to TEP %s failed (attempt %d, next in %.0f s): %s", tep,
+                            sync.failures, max(0.0, sync.next_try - time.monotonic()), exc)
+
+    def _unmark(self, tep: str, event_id: int) -> None:
+        with self._lock:
+            if self.marked.get(tep, 0) <= event_id:
+                self.marked.pop(tep, None)

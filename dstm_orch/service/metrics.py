@@ -1,0 +1,71 @@
+"""Prometheus metrics of ``dstm-orch serve`` (``GET /metrics``), with ``prometheus_client``.
+
+One :class:`Metrics` per server, each with its own registry (several servers may run in
+one process, as in tests). Names (all prefixed ``dstm_``):
+
+- ``dstm_leases_active{pool}``: leases current now (a gauge read from the store at
+  each scrape);
+- ``dstm_requests_total{verb,result}``: node API requests (``verb`` request, renew,
+  release; ``result`` ok or the refusal's reason code);
+- ``dstm_allocations_total``, ``dstm_renews_total``, ``dstm_releases_total``,
+  ``dstm_reclaims_total``: lease events made by this server (reclaims: leases ended by
+  the lifecycle loop, draft section 5's lease end);
+- ``dstm_reclaim_cycles_total``, ``dstm_reclaim_backlog`` (ended leases left after a
+  cycle that hit its bound);
+- ``dstm_push_seconds{tep}`` (histogram) and ``dstm_push_failures_total{tep}``;
+- ``dstm_inventory_reloads_total{result}`` (ok or error).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+
+class _LeaseCollector:
+    def __init__(self, count: Callable[[], dict[str, int]]):
+        self.count = count
+
+    def collect(self):
+        family = GaugeMetricFamily("dstm_leases_active", "Leases current now, by pool",
+                                   labels=["pool"])
+        for pool, n in sorted(self.count().items()):
+            family.add_metric([pool], n)
+        yield family
+
+
+class Metrics:
+    """The server's metrics (see the module docstring).
+
+    Args:
+        lease_counts: returns the current leases per pool name (called at each scrape).
+    """
+
+    def __init__(self, lease_counts: Callable[[], dict[str, int]]):
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        r.register(_LeaseCollector(lease_counts))
+        self.requests = Counter("dstm_requests", "Node API requests by verb and result",
+                                ["verb", "result"], registry=r)
+        self.allocations = Counter("dstm_allocations", "Leases granted", registry=r)
+        self.renews = Counter("dstm_renews", "Leases renewed", registry=r)
+        self.releases = Counter("dstm_releases", "Leases released by nodes", registry=r)
+        self.reclaims = Counter("dstm_reclaims", "Ended leases reclaimed", registry=r)
+        self.cycles = Counter("dstm_reclaim_cycles", "Reclamation cycles run", registry=r)
+        self.backlog = Gauge("dstm_reclaim_backlog", "Ended leases left after the last cycle",
+                             registry=r)
+        self.push_seconds = Histogram("dstm_push_seconds", "Duration of pushes to a TEP",
+                                      ["tep"], registry=r,
+                                      buckets=(0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120))
+        self.push_failures = Counter("dstm_push_failures", "Pushes to a TEP that failed",
+                                     ["tep"], registry=r)
+        self.reloads = Counter("dstm_inventory_reloads", "Inventory reloads by result",
+                               ["result"], registry=r)
+
+    def render(self) -> bytes:
+        """Return the text exposition format of every metric."""
+        return generate_latest(self.registry)

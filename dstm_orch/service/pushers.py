@@ -1,0 +1,194 @@
+"""How ``dstm-orch serve`` converges a TEP's mapping table to the current leases.
+
+Draft-ietf-ngtrans-dstm-08 section 5: "the DSTM Server MAY be in charge of configuring
+the IPv4/IPv6 mapping table at the TEP". A :class:`Pusher` converges one TEP:
+
+- :class:`TepPusher` renders the intent of every current lease and pushes it to the
+  TEP with the code of ``dstm-orch apply`` (Ansible's ``dstm.orch.dstm_tep`` role for a
+  Linux TEP, NETCONF for a router), so the two never disagree;
+- :class:`NoPusher` only records leases (tests of the store, benchmarks, or TEPs
+  converged by ``apply``).
+
+:class:`TepSync` serialises and coalesces the pushes to one TEP by the store's event
+sequence (:meth:`LeaseStore.last_event_id`): a push covers every event up to the id read
+just before it, so a change that a push which started after it already covers does not
+push again, whoever made it (this server, or a CLI process on the same store).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Collection
+from pathlib import Path
+from typing import Protocol
+
+from dstm_orch.domain.errors import DstmError, PushError
+from dstm_orch.domain.model import Domain, utcnow
+from dstm_orch.store import LeaseStore
+
+log = logging.getLogger("dstm_orch.service")
+
+
+class Pusher(Protocol):
+    """Converges one TEP's mapping table to the current leases."""
+
+    label: str
+
+    def push(self, tep: str) -> None:
+        """Converge TEP ``tep``.
+
+        Raises:
+            PushError: the TEP refused or could not be reached.
+        """
+
+
+class NoPusher:
+    """Push nothing: leases are recorded, TEPs are left to ``dstm-orch apply``."""
+
+    label = "none (leases only; TEPs are not configured)"
+
+    def push(self, tep: str) -> None:
+        return None
+
+
+def mark_roaming(extravars: dict, roaming: Collection[str]) -> dict:
+    """Mark the TEP bindings of roaming nodes with ``roaming: true`` (in place).
+
+    A roaming node's return traffic goes to the address in its lease (``node_ipv6``,
+    where the node is now), not to a fixed decapsulation address.
+    """
+    for tep in extravars["dstm_intent"]["teps"].values():
+        for binding in tep["bindings"]:
+            if binding["node"] in roaming:
+                binding["roaming"] = True
+    return extravars
+
+
+class AnsiblePusher:
+    """Run the ``dstm_tep`` role on one Linux TEP with the intent of every current lease.
+
+    Args:
+        inventory: the inventory directory (Ansible reads it as ``apply`` does).
+        domain: the validated domain.
+        store_path: the lease store file.
+        roaming: names of roaming nodes; their bindings carry ``roaming: true`` so
+            that the role maps the lease to the node's current address itself.
+    """
+
+    label = "ansible (dstm.orch.dstm_tep through dstm.orch.apply, --limit <tep>)"
+
+    def __init__(self, inventory: Path, domain: Domain, store_path: Path,
+                 roaming: Collection[str]):
+        self.inventory = Path(inventory)
+        self.domain = domain
+        self.store_path = Path(store_path)
+        self.roaming = frozenset(roaming)
+
+    def push(self, tep: str) -> None:
+        from dstm_orch.push.ansible import run_apply
+        from dstm_orch.push.intent import render_intent
+
+        now = utcnow()
+        with LeaseStore(self.store_path) as store:
+            leases = store.active_leases(now)
+        extravars = render_intent(self.domain, leases, now).as_extravars()
+        mark_roaming(extravars, self.roaming)
+        result = run_apply(self.inventory, extravars, limit=tep)
+        host = result.hosts.get(tep)
+        if not result.ok or host is None:
+            why = "; ".join(host.messages) if host else "the run did not reach it"
+            raise PushError(f"pushing the mapping table to TEP {tep!r} failed "
+                            f"(ansible status {result.status}, rc {result.rc}): {why}")
+
+
+class TepPusher:
+    """Push to any TEP of an inventory: Linux TEPs by :class:`AnsiblePusher`, NETCONF
+    routers by ``dstm_orch.push.orchestrate.run`` limited to the TEP (journaled in the
+    store as ``apply`` journals them).
+
+    Args:
+        inv: the validated inventory (``DstmInventory``).
+        store_path: the lease store file.
+        roaming: names of roaming nodes.
+    """
+
+    label = "teps (Ansible for Linux TEPs, NETCONF for routers, as `apply --limit <tep>`)"
+
+    def __init__(self, inv, store_path: Path, roaming: Collection[str]):
+        self.inv = inv
+        self.store_path = Path(store_path)
+        self.linux = AnsiblePusher(inv.path, inv.domain, store_path, roaming)
+
+    def push(self, tep: str) -> None:
+        from dstm_orch.push.intent import render_intent
+        from dstm_orch.push.orchestrate import NETCONF, run
+
+        if self.inv.domain.teps[tep].kind != NETCONF:
+            self.linux.push(tep)
+            return
+        now = utcnow()
+        with LeaseStore(self.store_path) as store:
+            intent = render_intent(self.inv.domain, store.active_leases(now), now)
+            try:
+                report = run(self.inv, store, intent, now, check=False, limit=tep)
+            except DstmError as exc:
+                raise PushError(f"pushing to TEP {tep!r} failed: {exc}") from None
+        if report.errors:
+            raise PushError("; ".join(report.errors))
+
+
+class TepSync:
+    """Serialise and coalesce the pushes to one TEP by the store's event sequence.
+
+    Args:
+        tep: the TEP's name.
+        last_event: returns the store's newest event id.
+        observe: called with ``(tep, seconds, ok)`` after each push (metrics).
+    """
+
+    def __init__(self, tep: str, last_event: Callable[[], int],
+                 observe: Callable[[str, float, bool], None] | None = None):
+        self.tep = tep
+        self._last_event = last_event
+        self._observe = observe
+        self._push = threading.Lock()
+        self.pushed = -1  # no push yet: the TEP may be stale when the server starts
+        self.wanted = 0   # the newest event id a push was asked to cover
+        self.failures = 0
+        self.failing_since: float | None = None
+        self.next_try = 0.0
+
+    def retry(self, pusher: Pusher) -> bool:
+        """Push if the last push failed or none was made; tell whether this call pushed."""
+        return self.ensure(self.wanted, pusher)
+
+    def ensure(self, event_id: int, pusher: Pusher) -> bool:
+        """Push unless a push covering event ``event_id`` has completed; tell whether
+        this call pushed.
+
+        Raises:
+            PushError: the push failed (``failures`` counts it, ``next_try`` backs off).
+        """
+        self.wanted = max(self.wanted, event_id)
+        with self._push:
+            if self.pushed >= event_id:
+                return False
+            target = self._last_event()
+            started = time.monotonic()
+            try:
+                pusher.push(self.tep)
+            except PushError:
+                self.failures += 1
+                if self.failing_since is None:
+                    self.failing_since = time.time()
+                self.next_try = time.monotonic() + min(60.0, 2.0 ** min(self.failures, 6))
+                if self._observe:
+                    self._observe(self.tep, time.monotonic() - started, False)
+                raise
+            self.pushed = target
+            self.failures, self.failing_since, self.next_try = 0, None, 0.0
+            if self._observe:
+                self._observe(self.tep, time.monotonic() - started, True)
+            return True

@@ -1,0 +1,321 @@
+"""``dstm-orch serve`` as a real process: real HTTP, real signals, a real SQLite store.
+
+The server runs with the example inventory inside a network namespace the test creates,
+where the nodes' inventory addresses (2001:db8::/32, documentation) sit on ``lo``, so a
+request really comes *from* a node's address: the example's nodes have no secret and are
+authenticated by their source address (``dstm_node_auth`` unset, no
+``dstm_node_secret``: draft-ietf-ngtrans-dstm-08 section 7's intranet trust). Calls are
+made from inside the namespace by ``tests/ns_http.py``. Every wait polls with a deadline;
+nothing asserts on time.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+from ansible.parsing.vault import VaultLib, VaultSecret
+from prometheus_client.parser import text_string_to_metric_families
+
+from dstm_orch.config.inventory import load_inventory
+from dstm_orch.domain.model import utcnow
+from dstm_orch.store import LeaseStore
+from tests.conftest import ROOT, needs_root
+
+pytestmark = [pytest.mark.lab, needs_root()]
+
+EXAMPLE = ROOT / "inventories" / "example"
+NODES = {"ws-01": "2001:db8:e0:10::21", "ws-02": "2001:db8:e0:10::22",
+         "br-01": "2001:db8:e0:20::31", "ws-03": "2001:db8:e0:10::23"}
+SERVER = "2001:db8:e0:ff::53"
+NODE_API = f"[{SERVER}]:3786"
+API = "http://[::1]:3787"
+TOKEN = "operator-token-0123456789abcdef"
+PASSWORD = b"serve-test-vault-password"
+DEADLINE = 60.0
+
+
+def _ip(*args: str) -> None:
+    subprocess.run(["ip", *args], check=True, capture_output=True)
+
+
+@pytest.fixture
+def netns():
+    name = f"dstm-srv-{os.getpid()}"
+    _ip("netns", "add", name)
+    try:
+        _ip("-n", name, "link", "set", "lo", "up")
+        for address in [SERVER, *NODES.values()]:
+            _ip("-n", name, "addr", "add", f"{address}/128", "dev", "lo", "nodad")
+        yield name
+    finally:
+        pids = subprocess.run(["ip", "netns", "pids", name], capture_output=True,
+                              text=True).stdout.split()
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(int(pid), signal.SIGKILL)
+        subprocess.run(["ip", "netns", "del", name], check=False)
+
+
+@pytest.fixture
+def inventory(tmp_path):
+    inv = tmp_path / "inv"
+    shutil.copytree(EXAMPLE, inv)
+    vault = VaultLib([("default", VaultSecret(PASSWORD))]).encrypt(TOKEN).decode()
+    (inv / "group_vars" / "all" / "api.yml").write_text(
+        "dstm_server_api_token: |\n" + "".join(f"  {line}\n" for line in vault.splitlines()))
+    return inv
+
+
+class Server:
+    """One ``dstm-orch serve`` process in the namespace, restartable on the same store."""
+
+    def __init__(self, netns: str, inventory: Path, tmp_path: Path, extra: list[str]):
+        self.netns, self.inventory, self.extra = netns, inventory, extra
+        self.state = tmp_path / "leases.sqlite"
+        self.password = tmp_path / "vault-pass"
+        self.password.write_bytes(PASSWORD + b"\n")
+        self.password.chmod(0o600)
+        self.log = tmp_path / "serve.log"
+        self.proc: subprocess.Popen | None = None
+
+    def env(self) -> dict:
+        return {**os.environ, "PYTHONPATH": str(ROOT)}
+
+    def start(self) -> None:
+        argv = ["ip", "netns", "exec", self.netns, sys.executable, "-m", "dstm_orch", "serve",
+                "-i", str(self.inventory), "--state", str(self.state), "--listen", NODE_API,
+                "--vault-password-file", str(self.password), *self.extra]
+        with self.log.open("a") as log:
+            self.proc = subprocess.Popen(argv, stdout=log, stderr=log, env=self.env())
+        self.wait_for(lambda: self.calls({"method": "GET", "url": f"{API}/healthz"})[0][0]
+                      == 200, "the server answers /healthz")
+
+    def wait_for(self, condition, what: str, deadline: float = DEADLINE) -> None:
+        end = time.monotonic() + deadline
+        while time.monotonic() < end:
+            if self.proc is not None and self.proc.poll() is not None:
+                raise AssertionError(f"serve exited {self.proc.returncode}: "
+                                     f"{self.log.read_text()[-3000:]}")
+            if condition():
+                return
+            time.sleep(0.2)
+        raise AssertionError(f"gave up waiting until {what} ({store_leases(self.state, True)}): "
+                             f"{self.log.read_text()[-3000:]}")
+
+    def calls(self, *specs: dict) -> list:
+        out = subprocess.run(["ip", "netns", "exec", self.netns, sys.executable, "-m",
+                              "tests.ns_http", json.dumps(specs)], capture_output=True,
+                             text=True, env=self.env(), cwd=ROOT, check=True).stdout
+        return json.loads(out)
+
+    def spawn_calls(self, *specs: dict) -> subprocess.Popen:
+        return subprocess.Popen(["ip", "netns", "exec", self.netns, sys.executable, "-m",
+                                 "tests.ns_http", json.dumps(specs)], stdout=subprocess.PIPE,
+                                text=True, env=self.env(), cwd=ROOT)
+
+    def stop(self, signum: int = signal.SIGTERM) -> int:
+        assert self.proc is not None
+        self.proc.send_signal(signum)
+        rc = self.proc.wait(timeout=90)
+        self.proc = None
+        return rc
+
+
+def node(name: str, action: str = "request", lifetime: int | None = None,
+         ipv6: str | None = None) -> dict:
+    return {"node": name, "action": action, "server": NODE_API,
+            "ipv6": ipv6 or NODES[name], "secret": None, "lifetime": lifetime}
+
+
+def api(method: str, path: str, body: dict | None = None, token: str | None = TOKEN) -> dict:
+    return {"method": method, "url": f"{API}{path}", "token": token, "body": body}
+
+
+@pytest.fixture
+def server(netns, inventory, tmp_path, request):
+    extra = getattr(request, "param", None) or ["--push", "none"]
+    srv = Server(netns, inventory, tmp_path, extra)
+    srv.start()
+    yield srv
+    if srv.proc is not None:
+        srv.stop(signal.SIGKILL)
+
+
+def store_leases(state: Path, history: bool = False) -> list:
+    with LeaseStore(state) as store:
+        return store.leases(include_history=history)
+
+
+def event_count(state: Path) -> int:
+    with LeaseStore(state) as store:
+        return store.last_event_id()
+
+
+def test_every_node_asks_by_its_source_address_and_refusals_write_nothing(server):
+    domain = load_inventory(server.inventory).domain
+    (ws, br) = server.calls(node("ws-01"), node("br-01", lifetime=600))
+    assert ws[0] == 200, ws
+    assert ws[1]["pool"] == "campus" and ws[1]["tep_ipv6"] == str(domain.teps["tep-linux"].ipv6)
+    assert ws[1]["node_ipv6"] == NODES["ws-01"] and ws[1]["lifetime"] == 3600
+    assert br[0] == 200 and br[1]["pool"] == "branch" and br[1]["lifetime"] == 600, br
+    assert br[1]["ipv4"].startswith("198.51.100.")
+    before = event_count(server.state)
+    # ws-02 asking from ws-01's address, and from an address not its own; a name that is
+    # no node and sends no signature is asked for one.
+    refused = server.calls(node("ws-02", ipv6=NODES["ws-01"]),
+                           node("ws-02", ipv6=NODES["ws-03"]),
+                           node("nobody", ipv6=NODES["ws-03"]))
+    assert [(s, a["error"]) for s, a in refused] == [
+        (401, "bad_source"), (401, "bad_source"), (401, "missing_signature")]
+    assert event_count(server.state) == before
+    assert {lease.node for lease in store_leases(server.state)} == {"ws-01", "br-01"}
+
+
+def test_operator_api_metrics_and_health(server):
+    unauth = server.calls(api("GET", "/v1/leases", token=None),
+                          api("GET", "/v1/leases", token="wrong-token-0123456789"))
+    assert [status for status, _ in unauth] == [401, 401]
+    allocated, shown, listed = server.calls(api("POST", "/v1/leases/br-01", {"lifetime": 900}),
+                                            api("GET", "/v1/leases/br-01"),
+                                            api("GET", "/v1/leases"))
+    assert allocated[0] == 200 and allocated[1]["lifetime"] == 900, allocated
+    assert shown[1]["id"] == allocated[1]["id"] and shown[1]["state"] == "active"
+    assert [lease["node"] for lease in listed[1]["leases"]] == ["br-01"]
+    assert server.calls(node("ws-01"))[0][0] == 200
+    (revoked,) = server.calls(api("DELETE", "/v1/leases/br-01"))
+    assert revoked[0] == 200 and revoked[1]["state"] == "revoked"
+    missing, unknown = server.calls(api("DELETE", "/v1/leases/br-01"),
+                                    api("POST", "/v1/leases/nope", {}))
+    assert missing[0] == 404 and unknown[0] == 404
+    (ready,) = server.calls(api("GET", "/readyz", token=None))
+    assert ready == [200, {"ready": True, "problems": []}]
+    (metrics,) = server.calls(api("GET", "/metrics", token=None))
+    families = {f.name: f for f in text_string_to_metric_families(metrics[1])}
+    active = {s.labels["pool"]: s.value for s in families["dstm_leases_active"].samples}
+    with LeaseStore(server.state) as store:
+        counts = Counter(lease.pool for lease in store.active_leases(utcnow()))
+    assert active == {"campus": counts["campus"], "branch": counts["branch"]} \
+        == {"campus": 1, "branch": 0}
+    requests = {(s.labels["verb"], s.labels["result"]): s.value
+                for s in families["dstm_requests"].samples if s.name.endswith("_total")}
+    assert requests == {("request", "ok"): 1.0}
+
+
+def test_sigkill_then_restart_keeps_every_lease(server):
+    answers = server.calls(node("ws-01"), node("ws-02"), node("br-01"))
+    assert [status for status, _ in answers] == [200, 200, 200]
+    granted = {a["node"]: (a["id"], a["ipv4"]) for _, a in answers}
+    assert server.stop(signal.SIGKILL) == -signal.SIGKILL
+    server.start()
+    (listed,) = server.calls(api("GET", "/v1/leases"))
+    assert {lease["node"]: (lease["id"], lease["ipv4"]) for lease in listed[1]["leases"]} \
+        == granted
+    (renewed,) = server.calls(node("ws-01", "renew"))
+    assert renewed[0] == 200 and (renewed[1]["id"], renewed[1]["ipv4"]) == granted["ws-01"]
+
+
+def test_sigterm_answers_in_flight_requests_and_loses_no_lease(server):
+    burst = [node(name, action) for _ in range(10) for name in ("ws-01", "ws-02", "br-01")
+             for action in ("request", "renew")]
+    caller = server.spawn_calls(*burst)
+    server.wait_for(lambda: len(store_leases(server.state)) >= 1, "a first lease is stored")
+    assert server.stop(signal.SIGTERM) == 0
+    answers = json.loads(caller.communicate(timeout=120)[0])
+    ok = [a for status, a in answers if status == 200]
+    assert ok, answers[:3]
+    # Every answered request got a response body whole, and its lease is in the store.
+    stored = {lease.id: lease for lease in store_leases(server.state, history=True)}
+    for answer in ok:
+        assert str(stored[answer["id"]].ipv4) == answer["ipv4"]
+    assert {status for status, _ in answers} <= {200, 0}
+    log = server.log.read_text()
+    assert "stopping: answering in-flight requests" in log and "stopped" in log
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("server", [["--push", "none", "--reclaim-interval", "0.5"]],
+                         indirect=True)
+def test_the_loop_reclaims_an_ended_lease_without_anyone(server):
+    (answer,) = server.calls(node("ws-01", lifetime=2))
+    assert answer[0] == 200, answer
+    lease_id = answer[1]["id"]
+
+    def reclaimed():
+        return [lease.state.value for lease in store_leases(server.state, True)
+                if lease.id == lease_id] == ["expired"]
+
+    server.wait_for(reclaimed, f"the 2 s lease {lease_id} is reclaimed")
+    (lease,) = [lease for lease in store_leases(server.state, True) if lease.id == lease_id]
+    # Section 5: the lease ended at its end (start + lifetime), not when it was reclaimed.
+    assert lease.state.value == "expired" and lease.ended == lease.end
+    assert (lease.end - lease.start).total_seconds() == 2
+    with LeaseStore(server.state) as store:
+        assert [e.event for e in store.events(lease_id)][-1] == "expire"
+    (metrics,) = server.calls(api("GET", "/metrics", token=None))
+    families = {f.name: f for f in text_string_to_metric_families(metrics[1])}
+    assert [s.value for s in families["dstm_reclaims"].samples
+            if s.name == "dstm_reclaims_total"] == [1.0]
+
+
+def test_sighup_reloads_and_a_broken_inventory_keeps_the_old_one(server):
+    (before,) = server.calls(node("ws-03"))
+    assert before[0] == 401 and before[1]["error"] == "missing_signature"  # not a node yet
+    hosts = server.inventory / "hosts.yml"
+    text = hosts.read_text()
+    hosts.write_text(text.replace('            ws-02:\n',
+                                  '            ws-03:\n              ansible_host: '
+                                  f'"{NODES["ws-03"]}"\n            ws-02:\n'))
+    server.proc.send_signal(signal.SIGHUP)
+    server.wait_for(lambda: server.calls(node("ws-03"))[0][0] == 200, "ws-03 may ask")
+    dstm = server.inventory / "group_vars" / "all" / "dstm.yml"
+    dstm.write_text(dstm.read_text().replace("hold_time: 300", "hold_time: -5"))
+    (refused,) = server.calls(api("POST", "/v1/reload"))
+    assert refused[0] == 422 and "hold_time" in refused[1]["message"], refused
+    (metrics,) = server.calls(api("GET", "/metrics", token=None))
+    reloads = {s.labels["result"]: s.value
+               for f in text_string_to_metric_families(metrics[1])
+               if f.name == "dstm_inventory_reloads" for s in f.samples
+               if s.name.endswith("_total")}
+    assert reloads == {"ok": 1.0, "error": 1.0}
+    (renewed,) = server.calls(node("ws-03", "renew"))
+    assert renewed[0] == 200
+    assert "reload refused, still serving the previous inventory" in server.log.read_text()
+    assert "hold_time" in server.log.read_text()
+
+
+@pytest.mark.slow
+def test_the_agent_renews_at_half_the_lifetime_and_releases_on_sigterm(server):
+    argv = ["ip", "netns", "exec", server.netns, sys.executable, "-m", "dstm_orch", "client",
+            "run", "--server", NODE_API, "--node", "ws-02", "--ipv6", NODES["ws-02"],
+            "--no-configure", "--lifetime", "4"]
+    agent_log = server.log.with_name("agent.log")
+    with agent_log.open("w") as out:
+        agent = subprocess.Popen(argv, stdout=out, stderr=out, env=server.env())
+    try:
+        def events() -> list[str]:
+            with LeaseStore(server.state) as store:
+                leases = [lease for lease in store.leases(True) if lease.node == "ws-02"]
+                return [e.event for lease in leases for e in store.events(lease.id)]
+
+        # Two renewals of the 4 s lease (each after half of the time left), one lease.
+        server.wait_for(lambda: events()[:3] == ["allocate", "renew", "renew"],
+                        "the agent renewed twice")
+        agent.send_signal(signal.SIGTERM)
+        assert agent.wait(timeout=60) == 0, agent_log.read_text()
+        (lease,) = [lease for lease in store_leases(server.state, True) if lease.node == "ws-02"]
+        assert lease.state.value == "revoked" and events()[-1] == "revoke"
+        assert lease.lifetime == 4
+    finally:
+        if agent.poll() is None:
+            agent.kill()
+            agent.wait()
