@@ -120,7 +120,7 @@ def _netconf(inv: DstmInventory, store: LeaseStore, intent: Intent, tep: Tep,
     desired = [binding_from_dict(b, tep.ipv6) for b in wanted["bindings"]]
     v = inv.host_vars(tep.name)
     pusher = NetconfPusher(netconf_target(inv, tep, hostkey_verify), pools=wanted["pools"],
-                           instance=_instance(inv, tep),
+                           instance=bind_instance(inv, tep),
                            yang_dir=_path(v.get("dstm_tep_netconf_yang_dir")),
                            confirm_timeout=int(v.get("dstm_tep_netconf_confirm_timeout", 60)),
                            running_without_rollback=bool(
@@ -224,7 +224,7 @@ def netconf_target(inv: DstmInventory, tep: Tep, hostkey_verify: bool = True):
     )
 
 
-def _instance(inv: DstmInventory, tep: Tep):
+def bind_instance(inv: DstmInventory, tep: Tep):
     """The bind-instance of ``tep``: ``dstm_tep_netconf_instance`` (default ``dstm``) and
     ``dstm_tep_softwire_num_max``, ``dstm_tep_softwire_payload_mtu``,
     ``dstm_tep_softwire_path_mru`` (RFC 8676 section 5.1); unset ones are left as the
