@@ -134,6 +134,27 @@ def validate_offline(inv: DstmInventory) -> ValidationReport:
     return report
 
 
+def check_leases(inv: DstmInventory, store, now: datetime, *, drain_now: bool = False) -> list:
+    """With a lease store at hand: refuse an inventory that removed a pool whose leases
+    are still active (:mod:`~dstm_orch.push.consequences`), unless ``drain_now``.
+
+    Returns:
+        The revocations ``apply`` would make (removed nodes; removed pools with
+        ``drain_now``).
+
+    Raises:
+        StrandedLeasesError: naming the pools and their leases.
+    """
+    from dstm_orch.push.consequences import consequences
+    from dstm_orch.push.intent import render_intent
+
+    leases = store.active_leases(now)
+    effects = consequences(inv.domain, render_intent(inv.domain, leases, now).orphans, leases,
+                           drain_now=drain_now)
+    effects.check()
+    return effects.revoke
+
+
 def _check_router(inv: DstmInventory, name: str, wanted: dict) -> str:
     """Check one router TEP's static table; return the YANG outcome."""
     from dstm_orch.push.netconf.invariants import check_capacity, check_invariants

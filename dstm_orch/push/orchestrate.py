@@ -75,7 +75,8 @@ def linux_hosts(inv: DstmInventory, limit: str | None) -> list[str]:
 
 def run(inv: DstmInventory, store: LeaseStore, intent: Intent, now: datetime, *,
         check: bool, limit: str | None = None, replace: bool = False,
-        hostkey_verify: bool = True) -> Report:
+        hostkey_verify: bool = True, expect_digests: dict[str, str] | None = None,
+        hosts: list[str] | None = None) -> Report:
     """Plan (``check``) or apply ``intent`` on the devices ``limit`` selects.
 
     Args:
@@ -86,6 +87,9 @@ def run(inv: DstmInventory, store: LeaseStore, intent: Intent, now: datetime, *,
         limit: an Ansible host pattern.
         replace: NETCONF: replace the whole binding table instead of sending changes.
         hostkey_verify: NETCONF: verify host keys (turning it off logs a warning).
+        expect_digests: NETCONF: per device, the table digest a saved plan read; a
+            device whose table differs is refused under its lock, nothing sent.
+        hosts: exactly these hosts (a saved plan's), instead of ``limit``.
 
     Returns:
         A :class:`Report`; a device that failed is listed in ``errors``, the others
@@ -94,7 +98,12 @@ def run(inv: DstmInventory, store: LeaseStore, intent: Intent, now: datetime, *,
     from dstm_orch.push.ansible import run_apply
 
     report = Report(check=check)
-    hosts, routers = linux_hosts(inv, limit), netconf_teps(inv, limit)
+    if hosts is None:
+        hosts, routers = linux_hosts(inv, limit), netconf_teps(inv, limit)
+    else:
+        chosen = set(hosts)
+        routers = [t for t in netconf_teps(inv, None) if t.name in chosen]
+        hosts = [h for h in linux_hosts(inv, None) if h in chosen]
     if limit and not hosts and not routers:
         raise DstmError(f"--limit {limit!r} matches no node or TEP of the inventory")
     if hosts:
@@ -104,27 +113,52 @@ def run(inv: DstmInventory, store: LeaseStore, intent: Intent, now: datetime, *,
             raise InterruptedError("interrupted while Ansible ran")
     for tep in routers:
         try:
-            report.netconf.append(_netconf(inv, store, intent, tep, now, check=check,
-                                           replace=replace, hostkey_verify=hostkey_verify))
+            report.netconf.append(_netconf(
+                inv, store, intent, tep, now, check=check, replace=replace,
+                hostkey_verify=hostkey_verify,
+                expect_digest=(expect_digests or {}).get(tep.name)))
         except DstmError as exc:
             report.errors.append(str(exc))
     return report
 
 
-def _netconf(inv: DstmInventory, store: LeaseStore, intent: Intent, tep: Tep,
-             now: datetime, *, check: bool, replace: bool, hostkey_verify: bool) -> dict:
+def read_digests(inv: DstmInventory, names: list[str],
+                 hostkey_verify: bool = True) -> dict[str, tuple[str, int | None]]:
+    """Read the binding table of each named router TEP; return, per device, its
+    :func:`~dstm_orch.push.netconf.table.table_digest` and table version.
+
+    Raises:
+        PushError: a device cannot be read.
+    """
+    from dstm_orch.push.netconf.table import table_digest
+
+    out = {}
+    for name in names:
+        table = _pusher(inv, inv.domain.teps[name], None, hostkey_verify).read()
+        out[name] = (table_digest(table), table.version)
+    return out
+
+
+def _pusher(inv: DstmInventory, tep: Tep, pools: list[str] | None, hostkey_verify: bool):
     from dstm_orch.push.netconf.pusher import NetconfPusher
+
+    v = inv.host_vars(tep.name)
+    return NetconfPusher(netconf_target(inv, tep, hostkey_verify), pools=pools,
+                         instance=bind_instance(inv, tep),
+                         yang_dir=_path(v.get("dstm_tep_netconf_yang_dir")),
+                         confirm_timeout=int(v.get("dstm_tep_netconf_confirm_timeout", 60)),
+                         running_without_rollback=bool(
+                             v.get("dstm_tep_netconf_running_without_rollback", False)))
+
+
+def _netconf(inv: DstmInventory, store: LeaseStore, intent: Intent, tep: Tep,
+             now: datetime, *, check: bool, replace: bool, hostkey_verify: bool,
+             expect_digest: str | None = None) -> dict:
     from dstm_orch.push.netconf.table import binding_from_dict
 
     wanted = intent.teps[tep.name]
     desired = [binding_from_dict(b, tep.ipv6) for b in wanted["bindings"]]
-    v = inv.host_vars(tep.name)
-    pusher = NetconfPusher(netconf_target(inv, tep, hostkey_verify), pools=wanted["pools"],
-                           instance=bind_instance(inv, tep),
-                           yang_dir=_path(v.get("dstm_tep_netconf_yang_dir")),
-                           confirm_timeout=int(v.get("dstm_tep_netconf_confirm_timeout", 60)),
-                           running_without_rollback=bool(
-                               v.get("dstm_tep_netconf_running_without_rollback", False)))
+    pusher = _pusher(inv, tep, wanted["pools"], hostkey_verify)
     journal = PendingCommits(store)
     if check:
         plan = pusher.plan(desired)
@@ -138,7 +172,7 @@ def _netconf(inv: DstmInventory, store: LeaseStore, intent: Intent, tep: Tep,
     recorder = _Recorder(journal, tep.name, now)
     try:
         result = pusher.push(desired, replace=replace, journal=recorder,
-                             on_pending=_pause_hook())
+                             on_pending=_pause_hook(), expect_digest=expect_digest)
     except PushError as exc:
         if recorder.row is None:
             store.record_push(tep.name, now, applied=False, detail=str(exc))

@@ -218,6 +218,19 @@ class LeaseStore:
         with self.read() as tx:
             return tx.events(lease_id)
 
+    def event_position(self) -> int:
+        """The id of the newest lease event, 0 when none (every lease change adds one)."""
+        with self.read() as tx:
+            return tx.event_position()
+
+    def events_since(self, position: int, limit: int = 20) -> tuple[int, list]:
+        """``(number of events after position, the first limit of them as (node,
+        Event))``, on one snapshot."""
+        with self.read() as tx:
+            count = tx._db.execute("SELECT count(*) FROM lease_events WHERE id > ?",
+                                   (position,)).fetchone()[0]
+            return count, tx.events_since(position, limit)
+
     def record_push(self, device: str, at: datetime, *, applied: bool,
                     version: int | None = None, detail: str = "") -> None:
         """Record a push to ``device`` at ``at``: whether it took, the device's table

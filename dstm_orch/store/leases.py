@@ -356,6 +356,21 @@ class LeaseRows:
             )
         ]
 
+    def event_position(self) -> int:
+        """The id of the newest lease event (0 when there is none): every change to a
+        lease adds one, so an unchanged position means unchanged leases."""
+        return self._db.execute("SELECT coalesce(max(id), 0) FROM lease_events").fetchone()[0]
+
+    def events_since(self, position: int, limit: int = 20) -> list[tuple[str, Event]]:
+        """Return ``(node, event)`` for the first ``limit`` events after ``position``."""
+        rows = self._db.execute(
+            "SELECT l.node, e.lease_id, e.at, e.event, e.end_at FROM lease_events AS e"
+            " JOIN leases AS l ON l.id = e.lease_id WHERE e.id > ? ORDER BY e.id LIMIT ?",
+            (position, limit))
+        return [(node, Event(lease_id, _moment(at), event,
+                             None if end_at is None else _moment(end_at)))
+                for node, lease_id, at, event, end_at in rows]
+
     def _event(
         self,
         lease_id: int,
