@@ -182,3 +182,48 @@ def test_a_removed_pool_with_leases_is_refused_unless_drained_now(router, invent
     assert [x["node"] for x in json.loads(out)["revoked"]] == ["n2"]
     assert device_entries(router) == {N1: "203.0.113.1"}
     assert run(inventory, tmp_path, "validate")[0] == 0
+
+
+def test_a_drained_pool_leaves_the_table_as_its_leases_end(router, inventory, tmp_path):
+    """Two nodes hold leases of p2 when it is drained: no new lease from it, the leases
+    end (12 s lifetimes), the table then has no entry from p2; n3's entry from p1 is
+    there all along."""
+    import time
+    from datetime import UTC, datetime
+
+    domain = inventory / "group_vars" / "all" / "dstm.yml"
+    hosts = inventory / "hosts.yml"
+    edit(domain, lambda d: d["dstm_domain"]["pools"].append(
+        {"name": "p2", "tep": "rtr1", "ranges": ["203.0.113.9-203.0.113.14"]}))
+
+    def nodes(d):
+        members = d["all"]["children"]["dstm_nodes"]["hosts"]
+        members["n1"]["dstm_node_pool"] = members["n2"]["dstm_node_pool"] = "p2"
+        members["n3"] = {"ansible_host": "2001:db8:c0f:2::13", "dstm_node_pool": "p1"}
+        members["n4"] = {"ansible_host": "2001:db8:c0f:2::14", "dstm_node_pool": "p2"}
+
+    edit(hosts, nodes)
+    for node, lifetime in (("n1", "12"), ("n2", "12"), ("n3", "3600")):
+        assert run(inventory, tmp_path, "allocate", node, "--lifetime", lifetime)[0] == 0
+    assert run(inventory, tmp_path, "apply", "--limit", "rtr1")[0] == 0
+    n3 = ("2001:db8:c0f:2::13", "203.0.113.1")
+    assert device_entries(router) == {N1: "203.0.113.9", N2: "203.0.113.10", n3[0]: n3[1]}
+
+    edit(domain, lambda d: d["dstm_domain"]["pools"][1].update(draining=True))
+    rc, _, err = run(inventory, tmp_path, "allocate", "n4")
+    assert rc == 1 and "pool 'p2' of node 'n4' is draining" in err
+    assert run(inventory, tmp_path, "renew", "n1", "--lifetime", "3600")[0] == 0
+    assert run(inventory, tmp_path, "apply", "--limit", "rtr1")[0] == 0
+    assert device_entries(router) == {N1: "203.0.113.9", N2: "203.0.113.10", n3[0]: n3[1]}
+
+    with LeaseStore(tmp_path / "leases.sqlite") as store:
+        ends = [x.end for x in store.active_leases(datetime.now(UTC)) if x.pool == "p2"]
+    assert len(ends) == 2
+    time.sleep(max(0.0, (max(ends) - datetime.now(UTC)).total_seconds()) + 1)
+    rc, out, _ = run(inventory, tmp_path, "plan", "--limit", "rtr1", "--json",
+                     "--detailed-exitcode")
+    assert rc == 2
+    removed = [e["node_ipv6"] for e in json.loads(out)["netconf"][0]["changes"]["removed"]]
+    assert removed == [N1, N2]
+    assert run(inventory, tmp_path, "apply", "--limit", "rtr1")[0] == 0
+    assert device_entries(router) == {n3[0]: n3[1]}
