@@ -123,6 +123,9 @@ def _print(ctx: Context, outcome, fmt: str) -> None:
         if report.check or device["changed"]:
             console.print(device["text"], highlight=False, markup=False)
     effects = outcome.effects
+    for move in outcome.intent.moves:
+        console.print(move.text() + ("" if report.check else " (done: new TEP, node, old TEP)"),
+                      highlight=False, markup=False)
     if report.check:
         for item in effects.revoke:
             console.print(f"apply will {item.text()}", highlight=False, markup=False)

@@ -82,6 +82,7 @@ class Outcome:
                         for d in self.report.netconf],
             "errors": self.report.errors,
             **self.effects.as_dict(),
+            "moves": [m.as_dict() for m in self.intent.moves],
             "revoked": [lease.as_dict() for lease in self.revoked],
         }
 
@@ -117,10 +118,78 @@ def apply_live(inv: DstmInventory, store: LeaseStore, now: datetime, *, check: b
     errors, revoke the leases the inventory dropped (see the module doc)."""
     intent, effects = _intent(inv, store, now, drain_now)
     effects.check()
-    report = run(inv, store, intent, now, check=check, limit=limit, replace=replace,
-                 hostkey_verify=hostkey_verify)
+    if check or not intent.moves:
+        report = run(inv, store, intent, now, check=check, limit=limit, replace=replace,
+                     hostkey_verify=hostkey_verify)
+    else:
+        hosts = linux_hosts(inv, limit) + [t.name for t in netconf_teps(inv, limit)]
+        report = _moving(inv, store, intent, now, hosts, replace=replace,
+                         hostkey_verify=hostkey_verify)
     revoked = () if check or not report.ok else _revoke(store, effects.revoke, now)
+    if not check and report.ok:
+        _record_moves(inv, store, intent)
     return Outcome(now, intent, report, effects, revoked)
+
+
+def _moving(inv: DstmInventory, store: LeaseStore, intent: Intent, now: datetime,
+            hosts: list[str], *, replace: bool = False, hostkey_verify: bool = True,
+            expect_digests: dict[str, str] | None = None) -> Report:
+    """Apply an intent in which leases move between TEPs, in three steps, each only
+    after the one before succeeded:
+
+    1. every TEP gets its new table with the moving leases kept on their old TEP too,
+       so both TEPs map them (the new TEP is ready before any node uses it);
+    2. the nodes get their new route (tunnel end point: the new TEP);
+    3. the old TEPs get their final table, without the moved leases.
+
+    A node's traffic so goes to a TEP that maps it at every instant (a node's switch
+    is one push); a failed step stops the rest, leaving the old mapping in place.
+    """
+    teps = [h for h in hosts if h in inv.domain.teps]
+    nodes = [h for h in hosts if h not in inv.domain.teps]
+    old = sorted({m.old_tep for m in intent.moves} & set(teps))
+    steps = [(intent.with_old_mappings(inv.domain), teps, expect_digests),
+             (intent, nodes, None), (intent, old, None)]
+    parts: list[Report] = []
+    for step, (wanted, chosen, digests) in enumerate(steps):
+        if not chosen:
+            continue
+        parts.append(run(inv, store, wanted, now, check=False, hosts=chosen,
+                         replace=replace and step == 0, hostkey_verify=hostkey_verify,
+                         expect_digests=digests))
+        if not parts[-1].ok:
+            break
+    return _merged(parts)
+
+
+def _merged(parts: list[Report]) -> Report:
+    """One report of several runs (the last Ansible result per host wins)."""
+    from dstm_orch.push.ansible import RunResult
+
+    report = Report(check=False)
+    linux = [p.linux for p in parts if p.linux is not None]
+    if linux:
+        hosts: dict = {}
+        for result in linux:
+            hosts.update(result.hosts)
+        worst = next((r for r in linux if not r.ok), linux[-1])
+        report.linux = RunResult(worst.status, worst.rc, hosts)
+    for part in parts:
+        report.netconf += part.netconf
+        report.errors += part.errors
+    return report
+
+
+def _record_moves(inv: DstmInventory, store: LeaseStore, intent: Intent) -> None:
+    """After a TEP move was pushed, record each moved lease's new TEP in the store."""
+    if not intent.moves:
+        return
+    with store.write() as tx:
+        for move in intent.moves:
+            lease = tx.lease_of(move.lease.node)
+            if lease is not None and lease.id == move.lease.id:
+                tep = inv.domain.teps[move.new_tep]
+                tx.move_tep(lease, tep.name, tep.ipv6)
 
 
 def _revoke(store: LeaseStore, revocations: list[Revocation], now: datetime) -> tuple:
@@ -175,6 +244,7 @@ class SavedPlan:
             "changes": outcome.changed,
             "intent": {"nodes": outcome.intent.nodes, "teps": outcome.intent.teps},
             "revoke": [r.as_dict() | {"lease_id": r.lease.id} for r in outcome.effects.revoke],
+            "moves": [m.as_dict() for m in outcome.intent.moves],
             "devices": devices,
         })
 
@@ -270,13 +340,22 @@ def apply_saved(inv: DstmInventory, store: LeaseStore, saved: SavedPlan, now: da
     intent = Intent(doc["intent"]["nodes"], doc["intent"]["teps"])
     digests = {n: d["read_digest"] for n, d in doc["devices"].items() if d["kind"] == NETCONF}
     hosts = list(doc["devices"])
-    report = run(inv, store, intent, now, check=False, hosts=hosts,
-                 hostkey_verify=hostkey_verify, expect_digests=digests) if hosts else \
-        Report(check=False)
+    current, _ = _intent(inv, store, now, bool(doc["drain_now"]))
+    intent.moves = current.moves      # the same leases: checked equal above
+    if not hosts:
+        report = Report(check=False)
+    elif intent.moves:
+        report = _moving(inv, store, intent, now, hosts, hostkey_verify=hostkey_verify,
+                         expect_digests=digests)
+    else:
+        report = run(inv, store, intent, now, check=False, hosts=hosts,
+                     hostkey_verify=hostkey_verify, expect_digests=digests)
     leases = {lease.id: lease for lease in store.active_leases(now)}
     effects = Consequences(revoke=[Revocation(leases[r["lease_id"]], r["reason"])
                                    for r in doc["revoke"] if r["lease_id"] in leases])
     revoked = _revoke(store, effects.revoke, now) if report.ok else ()
+    if report.ok:
+        _record_moves(inv, store, intent)
     return Outcome(now, intent, report, effects, revoked)
 
 

@@ -66,6 +66,14 @@ def render(plan: dict, nodes_by_ipv6: dict[str, str]) -> str:
             lines += ["<details><summary>diff</summary>", "", "```diff",
                       host["diff"].rstrip("\n").replace("```", "'''"), "```", "",
                       "</details>", ""]
+    if plan.get("moves"):
+        lines += ["### Leases moving to another TEP", "",
+                  "Apply pushes the new TEP (both TEPs then map the lease), then the node's "
+                  "route, then removes the old mapping.", "",
+                  "| node | IPv4 | pool | from TEP | to TEP |", "| --- | --- | --- | --- | --- |"]
+        lines += [f"| {m['node']} | {m['ipv4']} | {m['pool']} | {m['from']} | {m['to']} |"
+                  for m in plan["moves"]]
+        lines.append("")
     if plan["revoke"]:
         lines += ["### Leases apply revokes", "", "| node | IPv4 | pool | TEP | why |",
                   "| --- | --- | --- | --- | --- |"]

@@ -356,6 +356,14 @@ class LeaseRows:
             )
         ]
 
+    def move_tep(self, lease: model.Lease, tep: str, tep_ipv6: model.IPv6) -> model.Lease:
+        """Record that an active lease is now served by another TEP (its pool moved,
+        GitOps): ``tep`` and ``tep_ipv6`` are replaced; the address, port set and
+        times stay. The TEP it was allocated on is not kept (no event)."""
+        self._db.execute("UPDATE leases SET tep = ?, tep_ipv6 = ? WHERE id = ? AND "
+                         "state = 'active'", (tep, _text(tep_ipv6), lease.id))
+        return self._refetch(lease)
+
     def event_position(self) -> int:
         """The id of the newest lease event (0 when there is none): every change to a
         lease adds one, so an unchanged position means unchanged leases."""
