@@ -18,7 +18,7 @@ import sys
 import click
 
 from dstm_orch import __version__
-from dstm_orch.cli import leases, push
+from dstm_orch.cli import gitops, leases, push
 from dstm_orch.cli.lab import lab
 from dstm_orch.cli.logs import ProcessLogs
 from dstm_orch.cli.serve import client, serve
@@ -39,7 +39,7 @@ def cli(ctx: click.Context, log_file: str | None) -> None:
         ctx.ensure_object(ProcessLogs).add_file(log_file)
 
 
-for _command in (*leases.COMMANDS, *push.COMMANDS, lab, serve, client):
+for _command in (*leases.COMMANDS, *push.COMMANDS, *gitops.COMMANDS, lab, serve, client):
     cli.add_command(_command)
 
 

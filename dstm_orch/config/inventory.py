@@ -243,7 +243,7 @@ class _Builder:
             prefixes = tuple(ipaddress.IPv4Network(str(c)) for c in declared.iter_cidrs())
             offset, length, fill = self._ports(p, file, key, teps)
             pools[p["name"]] = Pool(p["name"], p["tep"], addresses, prefixes, policy,
-                                    offset, length, fill)
+                                    offset, length, fill, bool(p.get("draining", False)))
         return pools
 
     def _ports(self, p: dict, file: str, key: str,

@@ -43,6 +43,10 @@ class PoolExhaustedError(DstmError):
     """No address (or port set) of the pool is free now."""
 
 
+class PoolDrainingError(DstmError):
+    """The node's pool is draining: it hands out no new lease."""
+
+
 class UnknownNodeError(DstmError):
     """The inventory declares no node of that name."""
 

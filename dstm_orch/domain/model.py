@@ -111,6 +111,9 @@ class Pool:
     under the pool's one layout (``psid_offset`` a, ``psid_len`` k), handed out in
     ``port_set_fill`` order. With k = 0 leases hold whole addresses and ``psid_offset``
     is not used.
+
+    A ``draining`` pool (GitOps: before it is removed) hands out no new lease, and a
+    renewal keeps its lease's current end: its leases run out, then the pool can go.
     """
 
     name: str
@@ -121,6 +124,7 @@ class Pool:
     psid_offset: int = DEFAULT_PSID_OFFSET
     psid_len: int = 0
     port_set_fill: PortSetFill = PortSetFill.PACK
+    draining: bool = False
 
     def __contains__(self, address: object) -> bool:
         return netaddr.IPAddress(str(address)) in self.addresses

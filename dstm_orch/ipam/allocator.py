@@ -50,6 +50,7 @@ from dstm_orch.domain.errors import (
     DstmError,
     LeaseNotFoundError,
     LifetimeError,
+    PoolDrainingError,
     PoolExhaustedError,
     UnknownNodeError,
 )
@@ -115,6 +116,8 @@ class Allocator:
             UnknownNodeError: the domain declares no such node.
             LifetimeError: ``lifetime`` is not in ``1..max_lifetime`` seconds.
             PoolExhaustedError: no address (or port set) of the node's pool is free now.
+            PoolDrainingError: the node has no current lease and its pool is draining
+                (a current lease is still returned; renewed, it keeps its end).
             Ipv6InUseError: another node's active lease is mapped to ``node_ipv6``.
             ValueError: ``node_ipv6`` is not an IPv6 address.
             StoreError: the store failed; nothing was written.
@@ -195,7 +198,8 @@ class Allocator:
                 lease's address.
 
         Returns:
-            The renewed lease; a static lease unchanged but for a move.
+            The renewed lease; a static lease unchanged but for a move; in a draining
+            pool the lease keeps its end when ``now + lifetime`` would pass it.
 
         Raises:
             UnknownNodeError: the domain declares no such node.
@@ -222,7 +226,7 @@ class Allocator:
                 pool = self.domain.pools.get(lease.pool) or self._pool(node)
                 seconds = _lifetime(pool, node.name, lifetime)
             lease = self._move(tx, lease, moment, moved_to)
-            return lease if seconds is None else tx.extend(lease, moment, seconds)
+            return lease if seconds is None else _extend(tx, lease, moment, seconds, pool)
 
     def revoke(self, node_name: str, now: datetime | None = None) -> model.Lease:
         """End a node's active lease now (its address then enters the hold time).
@@ -418,9 +422,13 @@ class Allocator:
                 if lifetime is None or current.end is None:
                     return current
                 owner = self.domain.pools.get(current.pool) or pool
-                return tx.extend(current, now, _lifetime(owner, node.name, lifetime))
+                return _extend(tx, current, now, _lifetime(owner, node.name, lifetime), owner)
             tx.finish(current, model.LeaseState.EXPIRED, current.end, now)
             walks.pop(current.pool, None)
+        if pool.draining:
+            raise PoolDrainingError(
+                f"pool {pool.name!r} of node {node.name!r} is draining (draining: true in the "
+                "inventory): it hands out no new lease")
         ipv6 = node.ipv6 if node_ipv6 is None else node_ipv6
         try:
             return self._insert(tx, node, latest, pool, tep, ipv6, lifetime, now, walks)
@@ -471,6 +479,15 @@ class Allocator:
         raise PoolExhaustedError(
             strategy.exhausted(pool, space, _iso(now), tx.count_due(pool.name, now))
         )
+
+
+def _extend(tx: Transaction, lease: model.Lease, now: datetime, seconds: int,
+            pool: model.Pool) -> model.Lease:
+    """Renew ``lease`` to ``now + seconds``; in a draining pool never past its current end
+    (the renewal is answered with the lease as it is, no event recorded)."""
+    if pool.draining and lease.end is not None and now + model.seconds(seconds) > lease.end:
+        return lease
+    return tx.extend(lease, now, seconds)
 
 
 def _lifetime(pool: model.Pool, node_name: str, lifetime: int | None) -> int:

@@ -33,6 +33,7 @@ be in charge of configuring the IPv4/IPv6 mapping table at the TEP").
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -63,16 +64,53 @@ class Orphan:
         return {**self.lease.as_dict(), "reason": self.reason, "action": self.action}
 
 
+@dataclass(frozen=True)
+class Move:
+    """A current lease whose pool is now served by another TEP than the one it was
+    allocated on: its mapping leaves ``old_tep`` and arrives at ``new_tep``."""
+
+    lease: Lease
+    old_tep: str
+    new_tep: str
+
+    def text(self) -> str:
+        return (f"move: {self.lease.node} ({self.lease.ipv4}, pool {self.lease.pool}) from "
+                f"TEP {self.old_tep} to TEP {self.new_tep}")
+
+    def as_dict(self) -> dict:
+        return {"node": self.lease.node, "ipv4": str(self.lease.ipv4), "pool": self.lease.pool,
+                "lease": self.lease.id, "from": self.old_tep, "to": self.new_tep}
+
+
 @dataclass
 class Intent:
-    """Desired state per device, plus the leases that could not be placed."""
+    """Desired state per device, plus the leases that could not be placed and those
+    that move to another TEP (already placed on their new TEP)."""
 
     nodes: dict[str, dict | None]
     teps: dict[str, dict]
     orphans: list[Orphan] = field(default_factory=list)
+    moves: list[Move] = field(default_factory=list)
 
     def as_extravars(self) -> dict:
         return {"dstm_intent": {"nodes": self.nodes, "teps": self.teps}}
+
+    def with_old_mappings(self, domain: Domain) -> Intent:
+        """This intent with every moving lease also kept on its old TEP (binding and
+        pool prefixes): the first step of a TEP move, when both TEPs map the lease."""
+        teps = {name: {**tep, "bindings": list(tep["bindings"]), "pools": list(tep["pools"])}
+                for name, tep in self.teps.items()}
+        for move in self.moves:
+            old = teps.get(move.old_tep)
+            if old is None:
+                continue
+            binding = next(b for b in teps[move.new_tep]["bindings"]
+                           if b["node"] == move.lease.node)
+            old["bindings"].append(binding)
+            old["bindings"].sort(key=lambda b: _binding_order(b))
+            pool = domain.pools[move.lease.pool]
+            old["pools"] += [str(p) for p in pool.prefixes if str(p) not in old["pools"]]
+        return Intent(self.nodes, teps, self.orphans, self.moves)
 
 
 def render_intent(domain: Domain, leases: Iterable[Lease], now: datetime) -> Intent:
@@ -86,10 +124,12 @@ def render_intent(domain: Domain, leases: Iterable[Lease], now: datetime) -> Int
     Returns:
         An :class:`Intent`. Every node of the domain appears (``None`` when it holds
         no current lease, so the role removes its address and routes); every TEP
-        appears with all its pools and its current bindings. Leases whose node, TEP
-        or pool left the inventory, or whose address is no longer inside its pool (a
+        appears with all its pools and its current bindings. Leases whose node or
+        pool left the inventory, or whose address is no longer inside its pool (a
         pool narrowed), are returned in ``orphans`` and left out of every device, so
-        that they do not stop the other bindings of their TEP.
+        that they do not stop the other bindings of their TEP. A lease whose pool is
+        now served by another TEP than the one it was allocated on is placed on the
+        pool's TEP (the node's ``tep_ipv6`` is the new TEP's) and listed in ``moves``.
     """
     nodes: dict[str, dict | None] = {
         name: {"roaming": True} if node.roaming else None for name, node in domain.nodes.items()
@@ -104,6 +144,7 @@ def render_intent(domain: Domain, leases: Iterable[Lease], now: datetime) -> Int
         for name, tep in domain.teps.items()
     }
     orphans: list[Orphan] = []
+    moves: list[Move] = []
     for lease in sorted(leases, key=_order):
         if not lease.is_current(now):
             continue
@@ -111,17 +152,19 @@ def render_intent(domain: Domain, leases: Iterable[Lease], now: datetime) -> Int
         if reason is not None:
             orphans.append(Orphan(lease, reason))
             continue
-        node, tep = domain.nodes[lease.node], domain.teps[lease.tep]
+        node, tep = domain.nodes[lease.node], domain.teps[domain.pools[lease.pool].tep]
+        if tep.name != lease.tep:
+            moves.append(Move(lease, lease.tep, tep.name))
         port_set = lease.port_set.as_dict() if lease.port_set else None
         nodes[lease.node] = {
             "ipv4": str(lease.ipv4),
-            "tep_ipv6": str(lease.tep_ipv6),
+            "tep_ipv6": str(tep.ipv6),
             "valid_until": int(lease.end.timestamp()) if lease.end else None,
             "driver": tep.driver.value,
             "port_set": port_set,
             "roaming": node.roaming,
         }
-        teps[lease.tep]["bindings"].append({
+        teps[tep.name]["bindings"].append({
             "node": lease.node,
             "ipv4": str(lease.ipv4),
             "node_ipv6": str(lease.node_ipv6),
@@ -129,22 +172,25 @@ def render_intent(domain: Domain, leases: Iterable[Lease], now: datetime) -> Int
             "port_set": port_set,
             "roaming": node.roaming,
         })
-    return Intent(nodes, teps, orphans)
+    return Intent(nodes, teps, orphans, moves)
 
 
 def _orphaned(domain: Domain, lease: Lease) -> str | None:
     """Why the inventory no longer explains ``lease``, or ``None``."""
     for kind, name, known in (("node", lease.node, domain.nodes),
-                              ("TEP", lease.tep, domain.teps), ("pool", lease.pool, domain.pools)):
+                              ("pool", lease.pool, domain.pools)):
         if name not in known:
             return f"its {kind} {name} is no longer in the inventory"
     pool = domain.pools[lease.pool]
-    if pool.tep != lease.tep:
-        return f"its pool {pool.name} is now served by TEP {pool.tep}, not {lease.tep}"
     if lease.ipv4 not in pool:
         return (f"its address is no longer inside its pool {pool.name} "
                 f"({', '.join(str(r) for r in pool.addresses.iter_ipranges())})")
     return None
+
+
+def _binding_order(binding: dict) -> tuple[int, int]:
+    ports = binding.get("port_set") or {}
+    return (int(ipaddress.IPv4Address(binding["ipv4"])), ports.get("psid", 0))
 
 
 def _order(lease: Lease) -> tuple[int, int, int]:

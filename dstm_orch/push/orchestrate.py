@@ -82,7 +82,9 @@ def linux_hosts(inv: DstmInventory, limit: str | None) -> list[str]:
 
 def run(inv: DstmInventory, store: LeaseStore, intent: Intent, now: datetime, *,
         check: bool, limit: str | None = None, replace: bool = False,
-        hostkey_verify: bool = True, refresh: bool = False) -> Report:
+        hostkey_verify: bool = True, refresh: bool = False,
+        expect_digests: dict[str, str] | None = None,
+        hosts: list[str] | None = None) -> Report:
     """Plan (``check``) or apply ``intent`` on the devices ``limit`` selects.
 
     Args:
@@ -95,6 +97,9 @@ def run(inv: DstmInventory, store: LeaseStore, intent: Intent, now: datetime, *,
         hostkey_verify: NETCONF: verify host keys (turning it off logs a warning).
         refresh: apply only: contact every selected device, also those whose last
             recorded push matches their intent.
+        expect_digests: NETCONF: per device, the table digest a saved plan read; a
+            device whose table differs is refused under its lock, nothing sent.
+        hosts: exactly these hosts (a saved plan's), instead of ``limit``.
 
     Returns:
         A :class:`Report`; a device that failed is listed in ``errors``, the others
@@ -103,7 +108,12 @@ def run(inv: DstmInventory, store: LeaseStore, intent: Intent, now: datetime, *,
     from dstm_orch.push.ansible import collection_root, run_apply
 
     report = Report(check=check)
-    hosts, routers = linux_hosts(inv, limit), netconf_teps(inv, limit)
+    if hosts is None:
+        hosts, routers = linux_hosts(inv, limit), netconf_teps(inv, limit)
+    else:
+        chosen = set(hosts)
+        routers = [t for t in netconf_teps(inv, None) if t.name in chosen]
+        hosts = [h for h in linux_hosts(inv, None) if h in chosen]
     if limit and not hosts and not routers:
         raise DstmError(f"--limit {limit!r} matches no node or TEP of the inventory")
     linux = linux_pusher(collection_root()) if hosts else ""
@@ -127,9 +137,10 @@ def run(inv: DstmInventory, store: LeaseStore, intent: Intent, now: datetime, *,
             _record_linux(store, report.linux, digests, now)
     for tep in routers:
         try:
-            report.netconf.append(_netconf(inv, store, intent, tep, now, check=check,
-                                           replace=replace, hostkey_verify=hostkey_verify,
-                                           digest=digests[tep.name], last=last.get(tep.name)))
+            report.netconf.append(_netconf(
+                inv, store, intent, tep, now, check=check, replace=replace,
+                hostkey_verify=hostkey_verify, digest=digests[tep.name],
+                last=last.get(tep.name), expect_digest=(expect_digests or {}).get(tep.name)))
         except DstmError as exc:
             report.errors.append(str(exc))
     if check:
@@ -169,21 +180,43 @@ def _record_linux(store: LeaseStore, result, digests: dict[str, str], now: datet
                           intent_digest=digests[host.host] if ok else None)
 
 
+def read_digests(inv: DstmInventory, names: list[str],
+                 hostkey_verify: bool = True) -> dict[str, tuple[str, int | None]]:
+    """Read the binding table of each named router TEP; return, per device, its
+    :func:`~dstm_orch.push.netconf.table.table_digest` and table version.
+
+    Raises:
+        PushError: a device cannot be read.
+    """
+    from dstm_orch.push.netconf.table import table_digest
+
+    out = {}
+    for name in names:
+        table = _pusher(inv, inv.domain.teps[name], None, hostkey_verify).read()
+        out[name] = (table_digest(table), table.version)
+    return out
+
+
+def _pusher(inv: DstmInventory, tep: Tep, pools: list[str] | None, hostkey_verify: bool):
+    from dstm_orch.push.netconf.pusher import NetconfPusher
+
+    v = inv.host_vars(tep.name)
+    return NetconfPusher(netconf_target(inv, tep, hostkey_verify), pools=pools,
+                         instance=bind_instance(inv, tep),
+                         yang_dir=_path(v.get("dstm_tep_netconf_yang_dir")),
+                         confirm_timeout=int(v.get("dstm_tep_netconf_confirm_timeout", 60)),
+                         running_without_rollback=bool(
+                             v.get("dstm_tep_netconf_running_without_rollback", False)))
+
+
 def _netconf(inv: DstmInventory, store: LeaseStore, intent: Intent, tep: Tep,
              now: datetime, *, check: bool, replace: bool, hostkey_verify: bool,
-             digest: str, last: PushRecord | None) -> dict:
-    from dstm_orch.push.netconf.pusher import NetconfPusher
+             digest: str, last: PushRecord | None, expect_digest: str | None = None) -> dict:
     from dstm_orch.push.netconf.table import binding_from_dict
 
     wanted = intent.teps[tep.name]
     desired = [binding_from_dict(b, tep.ipv6) for b in wanted["bindings"]]
-    v = inv.host_vars(tep.name)
-    pusher = NetconfPusher(netconf_target(inv, tep, hostkey_verify), pools=wanted["pools"],
-                           instance=_instance(inv, tep),
-                           yang_dir=_path(v.get("dstm_tep_netconf_yang_dir")),
-                           confirm_timeout=int(v.get("dstm_tep_netconf_confirm_timeout", 60)),
-                           running_without_rollback=bool(
-                               v.get("dstm_tep_netconf_running_without_rollback", False)))
+    pusher = _pusher(inv, tep, wanted["pools"], hostkey_verify)
     journal = PendingCommits(store)
     if check:
         plan = pusher.plan(desired)
@@ -197,7 +230,7 @@ def _netconf(inv: DstmInventory, store: LeaseStore, intent: Intent, tep: Tep,
     recorder = _Recorder(journal, tep.name, now)
     try:
         result = pusher.push(desired, replace=replace, journal=recorder,
-                             on_pending=_pause_hook())
+                             on_pending=_pause_hook(), expect_digest=expect_digest)
     except PushError as exc:
         if recorder.row is None:
             store.record_push(tep.name, now, applied=False, detail=str(exc))
@@ -288,7 +321,7 @@ def netconf_target(inv: DstmInventory, tep: Tep, hostkey_verify: bool = True):
     )
 
 
-def _instance(inv: DstmInventory, tep: Tep):
+def bind_instance(inv: DstmInventory, tep: Tep):
     """The bind-instance of ``tep``: ``dstm_tep_netconf_instance`` (default ``dstm``) and
     ``dstm_tep_softwire_num_max``, ``dstm_tep_softwire_payload_mtu``,
     ``dstm_tep_softwire_path_mru`` (RFC 8676 section 5.1); unset ones are left as the

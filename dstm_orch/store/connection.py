@@ -262,6 +262,14 @@ class LeaseStore:
         with self.read() as tx:
             return tx.changes_since(event_id, limit)
 
+    def events_since(self, position: int, limit: int = 20) -> tuple[int, list]:
+        """``(number of events after position, the first limit of them as (node,
+        Event))``, on one snapshot."""
+        with self.read() as tx:
+            count = tx._db.execute("SELECT count(*) FROM lease_events WHERE id > ?",
+                                   (position,)).fetchone()[0]
+            return count, tx.events_since(position, limit)
+
     def record_push(self, device: str, at: datetime, *, applied: bool,
                     version: int | None = None, detail: str = "",
                     intent_digest: str | None = None) -> None:

@@ -370,6 +370,24 @@ class LeaseRows:
             (event_id, limit),
         ))
 
+    def move_tep(self, lease: model.Lease, tep: str, tep_ipv6: model.IPv6) -> model.Lease:
+        """Record that an active lease is now served by another TEP (its pool moved,
+        GitOps): ``tep`` and ``tep_ipv6`` are replaced; the address, port set and
+        times stay. The TEP it was allocated on is not kept (no event)."""
+        self._db.execute("UPDATE leases SET tep = ?, tep_ipv6 = ? WHERE id = ? AND "
+                         "state = 'active'", (tep, _text(tep_ipv6), lease.id))
+        return self._refetch(lease)
+
+    def events_since(self, position: int, limit: int = 20) -> list[tuple[str, Event]]:
+        """Return ``(node, event)`` for the first ``limit`` events after ``position``."""
+        rows = self._db.execute(
+            "SELECT l.node, e.lease_id, e.at, e.event, e.end_at FROM lease_events AS e"
+            " JOIN leases AS l ON l.id = e.lease_id WHERE e.id > ? ORDER BY e.id LIMIT ?",
+            (position, limit))
+        return [(node, Event(lease_id, _moment(at), event,
+                             None if end_at is None else _moment(end_at)))
+                for node, lease_id, at, event, end_at in rows]
+
     def _event(
         self,
         lease_id: int,

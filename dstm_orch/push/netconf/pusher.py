@@ -56,6 +56,7 @@ from dstm_orch.push.netconf.table import (
     DeviceTable,
     TableDiff,
     compute_diff,
+    table_digest,
 )
 from dstm_orch.push.netconf.yang import YangChecker, YangValidationError
 
@@ -64,6 +65,10 @@ log = logging.getLogger(__name__)
 
 class PayloadRefusedError(PushError):
     """The product refused the payload before sending it (YANG or invariants)."""
+
+
+class DeviceChangedError(PushError):
+    """The device's table is not the one a saved plan read; nothing was sent."""
 
 
 class NetconfPusher:
@@ -165,7 +170,7 @@ class NetconfPusher:
             device=self.target.name, host=f"[{self.target.host}]:{self.target.port}",
             instance=self.instance.name, device_version=current.version,
             device_entries=len(current.entries), desired_entries=len(desired), diff=diff,
-            schema_source=source,
+            schema_source=source, device_digest=table_digest(current),
         )
 
     def push(
@@ -175,6 +180,7 @@ class NetconfPusher:
         replace: bool = False,
         force: bool = False,
         expect: TableDiff | None = None,
+        expect_digest: str | None = None,
         version: int | None = None,
         on_pending: Callable[[PendingCommit], None] | None = None,
         journal: CommitJournal | None = None,
@@ -188,6 +194,9 @@ class NetconfPusher:
                 the device itself refuses a payload. Never use it in production.
             expect: the diff of an earlier :meth:`plan`; the push is refused if the
                 device changed since, so that apply changes exactly what plan showed.
+            expect_digest: the :func:`~dstm_orch.push.netconf.table.table_digest` a
+                saved plan read; the push is refused (:class:`DeviceChangedError`,
+                nothing sent) when the table read under the lock differs.
             version: ``binding-table-versioning/version`` to set (default: the
                 device's version + 1). ``date`` is always now (UTC).
             on_pending: called with the :class:`PendingCommit` after the confirmed
@@ -229,6 +238,11 @@ class NetconfPusher:
                                         len(current.entries), len(desired))
                 instance = self.instance.resolved(current.instance)
                 diff = compute_diff(current, desired, self.instance, replace=replace)
+                if expect_digest is not None and table_digest(current) != expect_digest:
+                    raise DeviceChangedError(
+                        f"{self.target.label}: the binding table changed since the plan "
+                        f"(version {current.version} now, {len(current.entries)} entries); "
+                        "nothing was sent; run plan again")
                 if expect is not None and diff != expect:
                     raise PushError(f"{self.target.label}: the device changed since the plan "
                                     f"(planned {expect.counts()}, now {diff.counts()}); "
@@ -330,6 +344,7 @@ __all__ = [
     "Binding",
     "Capabilities",
     "CommitNotConfirmedError",
+    "DeviceChangedError",
     "DeviceLockedError",
     "DevicePlan",
     "DeviceRpcError",

@@ -26,6 +26,8 @@ class DevicePlan:
     desired_entries: int
     diff: TableDiff
     schema_source: str
+    device_digest: str = ""
+    """:func:`~dstm_orch.push.netconf.table.table_digest` of what was read."""
 
     @property
     def changed(self) -> bool:
@@ -63,6 +65,7 @@ class DevicePlan:
             "desired_entries": self.desired_entries, "changed": self.changed,
             "changes": self.diff.as_dict(), "counts": self.diff.counts(),
             "drift": self.drift(), "schema_source": self.schema_source,
+            "device_digest": self.device_digest,
         }
 
 

@@ -17,7 +17,9 @@ whole port range, ``psid-len`` 0 (RFC 7597 section 5.1, k = 0).
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import ipaddress
+import json
 import socket
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -285,3 +287,16 @@ def compute_diff(
     if replace or current.instance != instance:
         inst = (current.instance, instance)
     return TableDiff(added, changed, removed, inst)
+
+
+def table_digest(table: DeviceTable) -> str:
+    """A SHA-256 (hex) of what a device holds for one bind-instance: the instance leaves,
+    ``binding-table-versioning`` (version and date, RFC 8676 section 5.1) and every
+    entry, in key order. Two reads give the same digest exactly when nothing changed;
+    a saved plan records it and ``apply FILE`` refuses a device whose digest moved."""
+    digest = hashlib.sha256()
+    instance = None if table.instance is None else _instance_dict(table.instance)
+    digest.update(json.dumps([instance, table.version, table.date], sort_keys=True).encode())
+    for key in sorted(table.entries):
+        digest.update(json.dumps(table.entries[key].as_dict(), sort_keys=True).encode())
+    return digest.hexdigest()

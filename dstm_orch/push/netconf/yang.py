@@ -93,8 +93,9 @@ class YangChecker:
         self._ctx.destroy()
 
     def revision(self, module: str) -> str | None:
-        """Return the loaded revision of ``module``."""
-        return self._ctx.get_module(module).revision()
+        """Return the loaded revision of ``module`` (its newest, ``YYYY-MM-DD``), or ``None``."""
+        revisions = [str(r.date()) for r in self._ctx.get_module(module).revisions()]
+        return max(revisions) if revisions else None
 
     def validate(self, payload: str | bytes | etree._Element) -> None:
         """Validate a config payload (NETCONF ``<config>`` or bare top-level elements).
