@@ -98,7 +98,9 @@ def test_a_pool_moves_to_another_tep_new_tep_first_old_mapping_last(routers, tmp
     assert device_entries(routers["rtr2"]) == {N1: "203.0.113.1", N2: "203.0.113.2"}
     assert device_entries(routers["rtr1"]) == {}
     with LeaseStore(tmp_path / "leases.sqlite") as store:
-        order = [p.device for p in store.pushes()[before:] if p.applied]
+        # the devices changed, in order ("in step" rows record a device that needed none)
+        order = [p.device for p in store.pushes()[before:]
+                 if p.applied and not p.detail.startswith("in step")]
         teps = {lease.node: (lease.tep, str(lease.tep_ipv6)) for lease in store.leases()}
     assert order == ["rtr2", "rtr1"]
     assert teps == {"n1": ("rtr2", BR["rtr2"]), "n2": ("rtr2", BR["rtr2"])}
