@@ -45,3 +45,26 @@ def copy_lab_inventory(dest: Path, name: str, state_dir: Path) -> Path:
     data["dstm_lab"].update(name=name, state_dir=str(state_dir))
     lab_file.write_text(yaml.safe_dump(data))
     return dest
+
+
+@pytest.fixture(scope="session")
+def pg_cluster():
+    """A private PostgreSQL cluster for the session (tests/pg_cluster.py): skipped only
+    when PostgreSQL's server binaries are not installed (scripts/setup installs them)."""
+    from tests.pg_cluster import Cluster, bindir
+
+    binaries = bindir()
+    if binaries is None:
+        pytest.skip("PostgreSQL server binaries (initdb, pg_ctl) are not installed;"
+                    " scripts/setup installs the Debian package postgresql")
+    cluster = Cluster(binaries).start()
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+@pytest.fixture
+def pg_url(pg_cluster):
+    """A ``postgresql://`` URL of an empty schema of its own in the session's cluster."""
+    return pg_cluster.fresh_url()
