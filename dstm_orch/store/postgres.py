@@ -50,7 +50,7 @@ from dstm_orch.store.connection import LeaseStore, Transaction
 from dstm_orch.store.identity import SCHEMA_VERSION
 from dstm_orch.store.index import _Mark, _MarkKey
 from dstm_orch.store.leases import ConstraintError
-from dstm_orch.store.migrations import APPLICATION_ID
+from dstm_orch.store.migrations import APPLICATION_ID, LAYOUT_CONFLICT
 from dstm_orch.store.pg_migrations import PG_META, PG_MIGRATIONS
 
 RETRIES = 5
@@ -127,10 +127,28 @@ class _Connection:
             else:
                 cursor.execute(text, args)
         except psycopg.errors.IntegrityError as exc:
-            diag = exc.diag
-            name = f" ({diag.constraint_name})" if diag.constraint_name else ""
-            raise ConstraintError(f"{diag.message_primary or exc}{name}") from exc
+            raise ConstraintError(_refusal_text(exc)) from exc
         return _Cursor(cursor, cursor.fetchone()[0] if returning else None)
+
+
+_UNIQUE = {
+    "leases_active_ipv4": "leases.ipv4, leases.psid",
+    "leases_active_node": "leases.node",
+    "leases_active_node_ipv6": "leases.node_ipv6",
+}
+"""The columns of each unique index, named as SQLite names them in its refusals."""
+
+
+def _refusal_text(exc: psycopg.errors.IntegrityError) -> str:
+    """One text for a refusal on either backend: SQLite's ``UNIQUE constraint failed:
+    <columns>`` for the unique indexes, the layout rule's message for the exclusion
+    constraint, PostgreSQL's message (and the trigger's) otherwise."""
+    name = exc.diag.constraint_name
+    if name in _UNIQUE:
+        return f"UNIQUE constraint failed: {_UNIQUE[name]}"
+    if name == "leases_one_layout_per_address":
+        return f"{LAYOUT_CONFLICT} ({name})"
+    return f"{exc.diag.message_primary or exc}" + (f" ({name})" if name else "")
 
 
 class PgLeaseStore(LeaseStore):
