@@ -112,7 +112,7 @@ def test_the_database_refuses_two_active_leases_on_one_address(store, store_stat
         tx.insert(**lease_fields("n2", "192.0.2.1"))
     raw = RawConnection(store_state)
     try:
-        with pytest.raises(integrity_errors(), match="(?i)unique"):
+        with pytest.raises(integrity_errors(), match=r"(?i)unique"):
             raw.execute(
                 "INSERT INTO leases (node, node_ipv6, ipv4, pool, tep, tep_ipv6, start_at,"
                 " state) VALUES ('raw', '::1', ?, 'p', 't', '::2', 0, 'active')",

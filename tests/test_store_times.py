@@ -21,7 +21,7 @@ import pytest
 
 from dstm_orch.domain import model
 from dstm_orch.domain.errors import StoreError
-from dstm_orch.store import LeaseStore, open_store
+from dstm_orch.store import open_store
 from tests.conftest import LAB_INVENTORY, ROOT
 
 T0 = datetime(2025, 1, 1, tzinfo=UTC)
