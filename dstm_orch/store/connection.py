@@ -35,6 +35,11 @@ BUSY_TIMEOUT = 30.0
 """Seconds a connection waits for another process's write lock before failing."""
 
 
+class TransientStoreError(StoreError):
+    """A write transaction was rolled back by a serialization failure or a deadlock
+    (PostgreSQL); nothing of it was written and running the operation again is safe."""
+
+
 class LeaseStore:
     """Leases in one SQLite file, one transaction per operation.
 

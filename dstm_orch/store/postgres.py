@@ -46,7 +46,7 @@ import psycopg_pool
 from psycopg import errors as pgerrors
 
 from dstm_orch.domain.errors import StoreError
-from dstm_orch.store.connection import LeaseStore, Transaction
+from dstm_orch.store.connection import LeaseStore, Transaction, TransientStoreError
 from dstm_orch.store.identity import SCHEMA_VERSION
 from dstm_orch.store.index import _Mark, _MarkKey
 from dstm_orch.store.leases import ConstraintError
@@ -57,11 +57,6 @@ RETRIES = 5
 """Attempts at starting a write transaction before a transient failure is raised."""
 
 _TRANSIENT = (pgerrors.SerializationFailure, pgerrors.DeadlockDetected)
-
-
-class TransientStoreError(StoreError):
-    """A write transaction was rolled back by a serialization failure or a deadlock;
-    nothing of it was written and running the operation again is safe."""
 
 
 def redact(url: str) -> str:
