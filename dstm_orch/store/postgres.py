@@ -263,9 +263,10 @@ class PgLeaseStore(LeaseStore):
         for attempt in range(RETRIES):
             conn = self._pool.getconn()
             try:
-                if write:
-                    conn.execute("BEGIN ISOLATION LEVEL READ COMMITTED")
-                    conn.execute("SELECT pg_advisory_xact_lock(%s, %s)", self._lock_key)
+                if write:  # one round trip (simple query protocol, integer literals)
+                    key, sub = self._lock_key
+                    conn.execute("BEGIN ISOLATION LEVEL READ COMMITTED;"
+                                 f" SELECT pg_advisory_xact_lock({key:d}, {sub:d})")
                 else:
                     conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
                 return conn
