@@ -71,3 +71,18 @@ def test_migrate_refuses_what_it_cannot_copy(args, why, tmp_path, capsys):
     assert main(argv) == 1
     assert why in capsys.readouterr().err
     assert not (tmp_path / "other.sqlite").exists()
+
+
+def test_the_cli_allocates_on_a_postgresql_store(inventory, pg_url, capsys):  # noqa: F811
+    base = ["-i", str(inventory), "--state", pg_url]
+    assert main(["allocate", "n1", *base, "--json"]) == 0
+    lease = json.loads(capsys.readouterr().out)
+    assert (lease["node"], lease["ipv4"], lease["port_set"]["psid"]) == ("n1", "198.51.100.1", 0)
+    assert main(["leases", *base, "--json"]) == 0
+    assert [row["node"] for row in json.loads(capsys.readouterr().out)] == ["n1"]
+
+
+def test_serve_refuses_a_postgresql_state(inventory, capsys):  # noqa: F811
+    assert main(["serve", "-i", str(inventory), "--state", "postgresql:///x",
+                 "--listen", "[::1]:0"]) == 2
+    assert "serve keeps its leases in an SQLite file" in capsys.readouterr().err
