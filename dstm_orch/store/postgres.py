@@ -168,6 +168,18 @@ class PgLeaseStore(LeaseStore):
         self.url = url
         self.path = redact(url)  # type: ignore[assignment]  # what messages name
         self._marks: dict[_MarkKey, _Mark] = {}
+        # One plain connection first: an unreachable server or a refused login fails
+        # at once with libpq's reason (a pool would retry until its timeout).
+        try:
+            first = psycopg.connect(url, autocommit=True, connect_timeout=30)
+        except psycopg.Error as exc:
+            raise StoreError(f"lease store {self.path}: cannot connect: {exc}") from exc
+        try:
+            with first:
+                self._lock_key = _lock_key(first)
+                self._migrate(first)
+        except psycopg.Error as exc:
+            raise StoreError(f"lease store {self.path}: cannot open: {exc}") from exc
         try:
             self._pool = psycopg_pool.ConnectionPool(
                 url, min_size=1, max_size=max(1, pool_size), open=False, timeout=60,
@@ -176,16 +188,6 @@ class PgLeaseStore(LeaseStore):
             self._pool.open(wait=True, timeout=30)
         except (psycopg.Error, psycopg_pool.PoolTimeout) as exc:
             raise StoreError(f"lease store {self.path}: cannot connect: {exc}") from exc
-        try:
-            with self._pool.connection() as conn:
-                self._lock_key = _lock_key(conn)
-                self._migrate(conn)
-        except StoreError:
-            self._pool.close()
-            raise
-        except psycopg.Error as exc:
-            self._pool.close()
-            raise StoreError(f"lease store {self.path}: cannot open: {exc}") from exc
 
     def _migrate(self, conn: psycopg.Connection) -> None:
         version = self._version(conn)
