@@ -4,7 +4,8 @@ A strategy proposes candidate slots, an address and a PSID (the node's previous
 slot first, then the pool's free slots in the pool's order); the store accepts one
 atomically,
 inside a transaction that holds the database write lock, with the unique indexes
-as the last defence (ISC Kea's allocation engine). The ascending walk never
+as the last defence (ISC Kea's allocation engine); a write the store rolls back as
+transient (PostgreSQL) runs again whole (``store.retried``). The ascending walk never
 enumerates the pool: the store yields the runs of addresses without an active
 lease (index counts and seeks, ``LeaseStore.first_unleased``) and ``pools`` walks
 the pool's intervals through them, skipping held and reserved addresses.
@@ -41,11 +42,9 @@ so the history answers who held an address from which IPv6 address when.
 
 from __future__ import annotations
 
-import functools
 import ipaddress
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from datetime import UTC, datetime
-from typing import Any, TypeVar
 
 from dstm_orch.domain import model
 from dstm_orch.domain.errors import (
@@ -64,32 +63,8 @@ from dstm_orch.store import (
     Ipv6TakenError,
     LeaseStore,
     Transaction,
-    TransientStoreError,
+    retried,
 )
-
-TRANSIENT_ATTEMPTS = 5
-"""Runs of one write operation when the store rolls it back as transient (a PostgreSQL
-serialization failure or deadlock): nothing of a rolled-back run was written, and a
-run again reads the node's lease afresh, so a retry never hands out a second lease."""
-
-
-def _retried(method: Callable[..., T]) -> Callable[..., T]:
-    """Run a write operation again when the store raises ``TransientStoreError``."""
-
-    @functools.wraps(method)
-    def run(self: Allocator, *args: Any, **kwargs: Any) -> T:
-        for attempt in range(1, TRANSIENT_ATTEMPTS + 1):
-            try:
-                return method(self, *args, **kwargs)
-            except TransientStoreError:
-                if attempt == TRANSIENT_ATTEMPTS:
-                    raise
-        raise AssertionError("unreachable")
-
-    return run
-
-
-T = TypeVar("T")
 
 
 class Ipv6InUseError(DstmError):
@@ -148,7 +123,7 @@ class Allocator:
         """
         return self.allocate_node(self._node(node_name), lifetime, now, node_ipv6)
 
-    @_retried
+    @retried
     def allocate_node(
         self,
         node: model.Node,
@@ -166,7 +141,7 @@ class Allocator:
         with self.store.write() as tx:
             return self._allocate(tx, node, lifetime, _moment(now), {}, moved_to)
 
-    @_retried
+    @retried
     def allocate_many(
         self,
         nodes: Iterable[str | model.Node],
@@ -204,7 +179,7 @@ class Allocator:
                     ) from exc
             return leases
 
-    @_retried
+    @retried
     def renew(
         self,
         node_name: str,
@@ -254,7 +229,7 @@ class Allocator:
             lease = self._move(tx, lease, moment, moved_to)
             return lease if seconds is None else tx.extend(lease, moment, seconds)
 
-    @_retried
+    @retried
     def revoke(self, node_name: str, now: datetime | None = None) -> model.Lease:
         """End a node's active lease now (its address then enters the hold time).
 
@@ -282,7 +257,7 @@ class Allocator:
             ended = moment if lease.end is None else min(moment, lease.end)
             return tx.finish(lease, model.LeaseState.REVOKED, ended, moment)
 
-    @_retried
+    @retried
     def expire(
         self, now: datetime | None = None, max_leases: int | None = None
     ) -> list[model.Lease]:

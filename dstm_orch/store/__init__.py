@@ -10,7 +10,7 @@ Imports only :mod:`dstm_orch.domain`.
 """
 
 from dstm_orch.domain.model import WHOLE
-from dstm_orch.store.connection import LeaseStore, Transaction, TransientStoreError
+from dstm_orch.store.connection import LeaseStore, Transaction, TransientStoreError, retried
 from dstm_orch.store.identity import SCHEMA_VERSION
 from dstm_orch.store.index import Slot
 from dstm_orch.store.journal import PushRecord
@@ -31,4 +31,5 @@ __all__ = [
     "TransientStoreError",
     "is_postgres",
     "open_store",
+    "retried",
 ]
