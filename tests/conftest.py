@@ -45,3 +45,70 @@ def copy_lab_inventory(dest: Path, name: str, state_dir: Path) -> Path:
     data["dstm_lab"].update(name=name, state_dir=str(state_dir))
     lab_file.write_text(yaml.safe_dump(data))
     return dest
+
+
+@pytest.fixture(scope="session")
+def pg_cluster():
+    """A private PostgreSQL cluster for the session (tests/pg_cluster.py): skipped only
+    when PostgreSQL's server binaries are not installed (scripts/setup installs them)."""
+    from tests.pg_cluster import Cluster, bindir
+
+    binaries = bindir()
+    if binaries is None:
+        pytest.skip("PostgreSQL server binaries (initdb, pg_ctl) are not installed;"
+                    " scripts/setup installs the Debian package postgresql")
+    cluster = Cluster(binaries).start()
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+@pytest.fixture
+def pg_url(pg_cluster):
+    """A ``postgresql://`` URL of an empty schema of its own in the session's cluster."""
+    return pg_cluster.fresh_url()
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def store_state(request, tmp_path):
+    """The ``--state`` of an empty lease store, once per backend: an SQLite file, then a
+    schema of the session's private PostgreSQL cluster."""
+    if request.param == "sqlite":
+        return str(tmp_path / "leases.sqlite")
+    return request.getfixturevalue("pg_url")
+
+
+class RawConnection:
+    """A connection around the store's code, as another client would write: SQLite's
+    ``?`` placeholders on both backends, autocommit."""
+
+    def __init__(self, state: str):
+        from dstm_orch.store import is_postgres
+
+        self.postgres = is_postgres(state)
+        if self.postgres:
+            import psycopg
+
+            self._db = psycopg.connect(state, autocommit=True)
+        else:
+            import sqlite3
+
+            self._db = sqlite3.connect(state, isolation_level=None)
+
+    def execute(self, sql: str, args: tuple = ()):
+        if self.postgres:
+            return self._db.execute(sql.replace("?", "%s"), args)
+        return self._db.execute(sql, args)
+
+    def close(self) -> None:
+        self._db.close()
+
+
+def integrity_errors() -> tuple[type[Exception], ...]:
+    """What a refused raw write raises, on either backend."""
+    import sqlite3
+
+    import psycopg
+
+    return (sqlite3.IntegrityError, psycopg.IntegrityError)

@@ -21,7 +21,7 @@ from dstm_orch.domain.errors import (
     UnknownNodeError,
 )
 from dstm_orch.ipam.allocator import Allocator, Ipv6InUseError
-from dstm_orch.store import LeaseStore
+from dstm_orch.store import LeaseStore, open_store
 
 T0 = datetime(2025, 1, 1, tzinfo=UTC)
 POLICY = model.LeasePolicy(default_lifetime=600, max_lifetime=3600, hold_time=300)
@@ -75,8 +75,8 @@ def make_domain(
 
 
 @pytest.fixture
-def store(tmp_path):
-    with LeaseStore(tmp_path / "leases.sqlite") as opened:
+def store(store_state):
+    with open_store(store_state) as opened:
         yield opened
 
 
@@ -450,11 +450,10 @@ def test_history_answers_who_held_an_address_when(store):
     assert len(alloc.history()) == 3
 
 
-def test_leases_survive_reopening_the_store(tmp_path):
-    path = tmp_path / "leases.sqlite"
-    with LeaseStore(path) as first:
+def test_leases_survive_reopening_the_store(store_state):
+    with open_store(store_state) as first:
         lease = allocator(first).allocate("n1", now=T0)
-    with LeaseStore(path) as second:
+    with open_store(store_state) as second:
         alloc = allocator(second)
         assert alloc.lease_of("n1") == lease
         assert alloc.allocate("n2", now=T0).ipv4 == v4("198.51.100.2")
@@ -465,7 +464,7 @@ def test_naive_now_is_refused(store):
         allocator(store).allocate("n1", now=datetime(2025, 1, 1))
 
 
-def test_first_fit_finds_an_address_freed_below_earlier_allocations(store, tmp_path):
+def test_first_fit_finds_an_address_freed_below_earlier_allocations(store, store_state):
     alloc = allocator(store)
     for i in range(1, 5):
         alloc.allocate(f"n{i}", now=T0)
@@ -473,7 +472,7 @@ def test_first_fit_finds_an_address_freed_below_earlier_allocations(store, tmp_p
     assert alloc.allocate("n5", now=at(20)).ipv4 == v4("198.51.100.5")
     assert alloc.allocate("n6", now=at(1000)).ipv4 == v4("198.51.100.2")
     # Another process (here: another connection) frees .3; this allocator sees it.
-    with LeaseStore(tmp_path / "leases.sqlite") as other:
+    with open_store(store_state) as other:
         allocator(other).revoke("n3", now=at(1000))
     assert alloc.allocate("n7", now=at(2000)).ipv4 == v4("198.51.100.3")
 

@@ -22,7 +22,7 @@ from dstm_orch.domain.errors import LeaseNotFoundError, PoolExhaustedError
 from dstm_orch.domain.portset import PortSet
 from dstm_orch.ipam.allocator import Allocator, Ipv6InUseError
 from dstm_orch.push.intent import render_intent
-from dstm_orch.store import LeaseStore
+from dstm_orch.store import LeaseStore, open_store
 
 T0 = datetime(2025, 1, 1, tzinfo=UTC)
 POLICY = model.LeasePolicy(default_lifetime=600, max_lifetime=3600, hold_time=300)
@@ -73,8 +73,8 @@ def make_domain(nodes: int = 10, static: dict[str, str] | None = None, **pool) -
 
 
 @pytest.fixture
-def store(tmp_path):
-    with LeaseStore(tmp_path / "leases.sqlite") as opened:
+def store(store_state):
+    with open_store(store_state) as opened:
         yield opened
 
 

@@ -1,4 +1,5 @@
-"""Uniqueness across processes (draft section 5): many allocators, one SQLite file.
+"""Uniqueness across processes (draft section 5): many allocators, one lease store (an
+SQLite file, then a PostgreSQL schema).
 
 8 processes each ask for 1,000 leases (distinct node names) from one pool of 2,046
 addresses: 198.18.0.0/21 (RFC 2544 benchmarking space, never routed here) less its
@@ -11,7 +12,6 @@ from __future__ import annotations
 
 import ipaddress
 import multiprocessing
-import sqlite3
 from datetime import UTC, datetime
 
 import netaddr
@@ -20,7 +20,8 @@ import pytest
 from dstm_orch.domain import model
 from dstm_orch.domain.errors import PoolExhaustedError
 from dstm_orch.ipam.allocator import Allocator
-from dstm_orch.store import LeaseStore
+from dstm_orch.store import open_store
+from tests.conftest import RawConnection
 
 WORKERS = 8
 REQUESTS = 1000
@@ -46,7 +47,7 @@ def worker(path: str, index: int) -> tuple[int, int, list[str]]:
     """Allocate REQUESTS leases for nodes w<index>-<n>; count successes and failures."""
     domain = make_domain()
     succeeded, exhausted, other = 0, 0, []
-    with LeaseStore(path) as store:
+    with open_store(path) as store:
         allocator = Allocator(domain, store)
         for number in range(REQUESTS):
             node = model.Node(
@@ -65,9 +66,9 @@ def worker(path: str, index: int) -> tuple[int, int, list[str]]:
 
 
 @pytest.mark.slow
-def test_eight_processes_never_share_an_address(tmp_path):
-    path = tmp_path / "shared.sqlite"
-    LeaseStore(path).close()
+def test_eight_processes_never_share_an_address(store_state):
+    path = store_state
+    open_store(path).close()
     context = multiprocessing.get_context("spawn")
     with context.Pool(WORKERS) as workers:
         results = workers.starmap(worker, [(str(path), i) for i in range(WORKERS)], chunksize=1)
@@ -77,7 +78,7 @@ def test_eight_processes_never_share_an_address(tmp_path):
     assert sum(succeeded for succeeded, _, _ in results) == POOL_SIZE
     assert sum(exhausted for _, exhausted, _ in results) == WORKERS * REQUESTS - POOL_SIZE
 
-    raw = sqlite3.connect(path)
+    raw = RawConnection(path)
     try:
         rows = raw.execute("SELECT ipv4, node FROM leases WHERE state = 'active'").fetchall()
     finally:

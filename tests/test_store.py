@@ -1,5 +1,6 @@
-"""The SQLite lease store: schema versions, durability settings, constraints in the
-database itself, transactions that leave nothing half-written."""
+"""The lease store: schema versions, durability settings, constraints in the database
+itself, transactions that leave nothing half-written. Tests taking ``store`` run on both
+backends (SQLite, PostgreSQL); those about the file are SQLite's."""
 
 from __future__ import annotations
 
@@ -12,8 +13,15 @@ import pytest
 from dstm_orch.domain import model
 from dstm_orch.domain.errors import StoreError
 from dstm_orch.domain.portset import PortSet
-from dstm_orch.store import SCHEMA_VERSION, AddressTakenError, Ipv6TakenError, LeaseStore
+from dstm_orch.store import (
+    SCHEMA_VERSION,
+    AddressTakenError,
+    Ipv6TakenError,
+    LeaseStore,
+    open_store,
+)
 from dstm_orch.store.migrations import APPLICATION_ID, MIGRATIONS
+from tests.conftest import RawConnection, integrity_errors
 
 T0 = datetime(2025, 1, 1, tzinfo=UTC)
 NODE6 = ipaddress.IPv6Address("2001:db8:e00::11")
@@ -42,8 +50,8 @@ def lease_fields(node: str = "n1", ipv4: str = "192.0.2.1", lifetime: int | None
 
 
 @pytest.fixture
-def store(tmp_path):
-    with LeaseStore(tmp_path / "leases.sqlite") as opened:
+def store(store_state):
+    with open_store(store_state) as opened:
         yield opened
 
 
@@ -97,14 +105,14 @@ def test_a_path_that_cannot_hold_a_file_is_refused(tmp_path):
         LeaseStore(blocker / "leases.sqlite")
 
 
-def test_the_database_refuses_two_active_leases_on_one_address(store, tmp_path):
+def test_the_database_refuses_two_active_leases_on_one_address(store, store_state):
     with store.write() as tx:
         tx.insert(**lease_fields("n1", "192.0.2.1"))
     with pytest.raises(AddressTakenError), store.write() as tx:
         tx.insert(**lease_fields("n2", "192.0.2.1"))
-    raw = sqlite3.connect(tmp_path / "leases.sqlite")
+    raw = RawConnection(store_state)
     try:
-        with pytest.raises(sqlite3.IntegrityError, match="UNIQUE"):
+        with pytest.raises(integrity_errors(), match=r"(?i)unique"):
             raw.execute(
                 "INSERT INTO leases (node, node_ipv6, ipv4, pool, tep, tep_ipv6, start_at,"
                 " state) VALUES ('raw', '::1', ?, 'p', 't', '::2', 0, 'active')",
@@ -137,12 +145,12 @@ def test_an_ended_lease_frees_the_unique_slot_and_stays_in_history(store):
     assert history[0].ended == T0 + timedelta(seconds=5)
 
 
-def test_leases_are_never_deleted(store, tmp_path):
+def test_leases_are_never_deleted(store, store_state):
     with store.write() as tx:
         tx.insert(**lease_fields())
-    raw = sqlite3.connect(tmp_path / "leases.sqlite")
+    raw = RawConnection(store_state)
     try:
-        with pytest.raises(sqlite3.IntegrityError, match="never deleted"):
+        with pytest.raises(integrity_errors(), match="never deleted"):
             raw.execute("DELETE FROM leases")
     finally:
         raw.close()
@@ -229,13 +237,13 @@ def test_a_rolled_back_transaction_leaves_no_skip_mark(store):
         assert tx.first_unleased(first, last) == first
 
 
-def test_a_skip_mark_is_dropped_when_another_connection_ends_a_lease(store, tmp_path):
+def test_a_skip_mark_is_dropped_when_another_connection_ends_a_lease(store, store_state):
     first, last = ip("192.0.2.1"), ip("192.0.2.6")
     with store.write() as tx:
         leases = [tx.insert(**lease_fields(f"n{i}", f"192.0.2.{i}")) for i in range(1, 5)]
     with store.read() as tx:
         assert tx.first_unleased(first, last) == ip("192.0.2.5")
-    with LeaseStore(tmp_path / "leases.sqlite") as other, other.write() as tx:
+    with open_store(store_state) as other, other.write() as tx:
         tx.finish(leases[1], model.LeaseState.REVOKED, T0, T0)
     with store.read() as tx:
         assert tx.first_unleased(first, last) == ip("192.0.2.2")
@@ -272,11 +280,11 @@ def test_the_database_keeps_one_layout_per_address(store, held, wanted):
         tx.insert(**lease_fields("n2", "192.0.2.2"), port_set=wanted)
 
 
-def test_the_database_refuses_an_invalid_port_set(store, tmp_path):
-    raw = sqlite3.connect(tmp_path / "leases.sqlite")
+def test_the_database_refuses_an_invalid_port_set(store, store_state):
+    raw = RawConnection(store_state)
     try:
         for offset, length, psid in ((0, 2, 4), (6, 11, 0), (17, 0, 0), (0, 2, -1)):
-            with pytest.raises(sqlite3.IntegrityError, match="invalid port set"):
+            with pytest.raises(integrity_errors(), match="invalid port set"):
                 raw.execute(
                     "INSERT INTO leases (node, node_ipv6, ipv4, psid_offset, psid_len, psid, pool,"
                     " tep, tep_ipv6, start_at, state) VALUES ('raw', '::1', 1, ?, ?, ?, 'p', 't',"
@@ -287,16 +295,16 @@ def test_the_database_refuses_an_invalid_port_set(store, tmp_path):
         raw.close()
 
 
-def test_a_lease_keeps_its_address_and_port_set_and_never_comes_back(store, tmp_path):
+def test_a_lease_keeps_its_address_and_port_set_and_never_comes_back(store, store_state):
     with store.write() as tx:
         lease = tx.insert(**lease_fields("n1"), port_set=PortSet(0, 2, 1))
         tx.finish(lease, model.LeaseState.REVOKED, T0, T0)
-    raw = sqlite3.connect(tmp_path / "leases.sqlite")
+    raw = RawConnection(store_state)
     try:
         for change in ("psid = 2", "ipv4 = 7", "psid_len = 3", "psid_offset = 6"):
-            with pytest.raises(sqlite3.IntegrityError, match="never change"):
+            with pytest.raises(integrity_errors(), match="never change"):
                 raw.execute(f"UPDATE leases SET {change} WHERE id = ?", (lease.id,))
-        with pytest.raises(sqlite3.IntegrityError, match="never becomes active again"):
+        with pytest.raises(integrity_errors(), match="never becomes active again"):
             raw.execute(
                 "UPDATE leases SET state = 'active', ended_at = NULL WHERE id = ?", (lease.id,)
             )

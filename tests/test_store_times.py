@@ -21,7 +21,7 @@ import pytest
 
 from dstm_orch.domain import model
 from dstm_orch.domain.errors import StoreError
-from dstm_orch.store import LeaseStore
+from dstm_orch.store import open_store
 from tests.conftest import LAB_INVENTORY, ROOT
 
 T0 = datetime(2025, 1, 1, tzinfo=UTC)
@@ -86,8 +86,8 @@ def test_writers_that_waited_for_the_lock_record_times_after_the_holder(tmp_path
 NODE6 = ipaddress.IPv6Address("2001:db8:e00::11")
 
 
-def test_the_database_refuses_an_end_before_the_start_and_an_event_out_of_order(tmp_path):
-    with LeaseStore(tmp_path / "s.sqlite") as store:
+def test_the_database_refuses_an_end_before_the_start_and_an_event_out_of_order(store_state):
+    with open_store(store_state) as store:
         with store.write() as tx:
             lease = tx.insert(
                 node="n1", node_ipv6=NODE6, ipv4=3221225985, pool="p", tep="t",

@@ -7,14 +7,13 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
-from pathlib import Path
 
 import click
 
 from dstm_orch.config.inventory import DstmInventory, load_inventory
 from dstm_orch.config.paths import default_state
 from dstm_orch.ipam.allocator import Allocator
-from dstm_orch.store import LeaseStore
+from dstm_orch.store import LeaseStore, open_store
 
 
 class Context:
@@ -36,8 +35,8 @@ class Context:
     @property
     def store(self) -> LeaseStore:
         if self._store is None:
-            path = Path(self.state_path or default_state(self.inventory.domain.name))
-            self._store = LeaseStore(path)
+            self._store = open_store(self.state_path
+                                     or default_state(self.inventory.domain.name))
         return self._store
 
     @property
@@ -55,8 +54,9 @@ def common(func: Callable) -> Callable:
     @click.option("-i", "--inventory", envvar="DSTM_ORCH_INVENTORY", required=True,
                   type=click.Path(), help="Ansible inventory: a directory, file, script "
                   "or plugin configuration, as for ansible -i (env DSTM_ORCH_INVENTORY).")
-    @click.option("--state", envvar="DSTM_ORCH_STATE", type=click.Path(),
-                  help="Lease store file (env DSTM_ORCH_STATE; default "
+    @click.option("--state", envvar="DSTM_ORCH_STATE",
+                  help="Lease store: an SQLite file, or a postgresql:// URL (several "
+                  "allocators on one domain) (env DSTM_ORCH_STATE; default "
                   "/var/lib/dstm-orch/<domain>.sqlite).")
     @click.option("--json", "as_json", is_flag=True, help="Print data as JSON.")
     @functools.wraps(func)

@@ -1,6 +1,7 @@
 """The ``dstm-orch`` command line: the command group, logging and the error handler.
 
-The commands live one group per module (``leases``, ``push``, ``lab``, ``serve``); this
+The commands live one group per module (``leases``, ``push``, ``store``, ``lab``,
+``serve``); this
 module only assembles them and turns every outcome into an exit code. Exit codes: 0
 success, 1 a known error (one line saying why), 2 a usage error, 3 an unexpected error
 (traceback on stderr, or in the ``--log-file``), 130 interrupted. Under ``--json`` an
@@ -18,7 +19,7 @@ import sys
 import click
 
 from dstm_orch import __version__
-from dstm_orch.cli import gitops, leases, push
+from dstm_orch.cli import gitops, leases, push, store
 from dstm_orch.cli.lab import lab
 from dstm_orch.cli.logs import ProcessLogs
 from dstm_orch.cli.serve import client, serve
@@ -39,7 +40,8 @@ def cli(ctx: click.Context, log_file: str | None) -> None:
         ctx.ensure_object(ProcessLogs).add_file(log_file)
 
 
-for _command in (*leases.COMMANDS, *push.COMMANDS, *gitops.COMMANDS, lab, serve, client):
+for _command in (*leases.COMMANDS, *push.COMMANDS, *gitops.COMMANDS, *store.COMMANDS,
+                 lab, serve, client):
     cli.add_command(_command)
 
 

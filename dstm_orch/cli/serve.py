@@ -100,6 +100,11 @@ def serve(inventory: str, state: str | None, listen: str, api_listen: str,
 
     if bool(cert) != bool(key):
         raise click.UsageError("--cert and --key go together")
+    from dstm_orch.store import is_postgres
+
+    if state and is_postgres(state):
+        raise click.UsageError(f"--state {state!r}: serve keeps its leases in an SQLite file;"
+                               " PostgreSQL is for the CLI's allocators so far")
     limits = Limits(window=window, node_requests=node_rate[0], node_period=node_rate[1],
                     global_requests=global_rate[0], global_period=global_rate[1],
                     max_leases=max_leases)

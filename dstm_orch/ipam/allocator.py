@@ -4,7 +4,8 @@ A strategy proposes candidate slots, an address and a PSID (the node's previous
 slot first, then the pool's free slots in the pool's order); the store accepts one
 atomically,
 inside a transaction that holds the database write lock, with the unique indexes
-as the last defence (ISC Kea's allocation engine). The ascending walk never
+as the last defence (ISC Kea's allocation engine); a write the store rolls back as
+transient (PostgreSQL) runs again whole (``store.retried``). The ascending walk never
 enumerates the pool: the store yields the runs of addresses without an active
 lease (index counts and seeks, ``LeaseStore.first_unleased``) and ``pools`` walks
 the pool's intervals through them, skipping held and reserved addresses.
@@ -63,6 +64,7 @@ from dstm_orch.store import (
     Ipv6TakenError,
     LeaseStore,
     Transaction,
+    retried,
 )
 
 
@@ -124,6 +126,7 @@ class Allocator:
         """
         return self.allocate_node(self._node(node_name), lifetime, now, node_ipv6)
 
+    @retried
     def allocate_node(
         self,
         node: model.Node,
@@ -141,6 +144,7 @@ class Allocator:
         with self.store.write() as tx:
             return self._allocate(tx, node, lifetime, _moment(now), {}, moved_to)
 
+    @retried
     def allocate_many(
         self,
         nodes: Iterable[str | model.Node],
@@ -178,6 +182,7 @@ class Allocator:
                     ) from exc
             return leases
 
+    @retried
     def renew(
         self,
         node_name: str,
@@ -228,6 +233,7 @@ class Allocator:
             lease = self._move(tx, lease, moment, moved_to)
             return lease if seconds is None else _extend(tx, lease, moment, seconds, pool)
 
+    @retried
     def revoke(self, node_name: str, now: datetime | None = None) -> model.Lease:
         """End a node's active lease now (its address then enters the hold time).
 
@@ -255,6 +261,7 @@ class Allocator:
             ended = moment if lease.end is None else min(moment, lease.end)
             return tx.finish(lease, model.LeaseState.REVOKED, ended, moment)
 
+    @retried
     def expire(
         self, now: datetime | None = None, max_leases: int | None = None
     ) -> list[model.Lease]:

@@ -3,16 +3,19 @@ the push journal, with every uniqueness invariant enforced by the database.
 
 Modules: ``connection`` (the file, its transactions), ``identity`` (is an existing
 file ours), ``migrations`` (the schema), ``leases`` (leases and their history),
-``index`` (which addresses and port sets have room), ``journal`` (pushes to devices).
+``index`` (which addresses and port sets have room), ``journal`` (pushes to devices);
+``postgres`` and ``pg_migrations`` the same store in PostgreSQL, ``select`` which one a
+``--state`` value names (``open_store``).
 Imports only :mod:`dstm_orch.domain`.
 """
 
 from dstm_orch.domain.model import WHOLE
-from dstm_orch.store.connection import LeaseStore, Transaction
+from dstm_orch.store.connection import LeaseStore, Transaction, TransientStoreError, retried
 from dstm_orch.store.identity import SCHEMA_VERSION
 from dstm_orch.store.index import Slot
 from dstm_orch.store.journal import PushRecord
 from dstm_orch.store.leases import AddressTakenError, Event, Holding, Ipv6TakenError
+from dstm_orch.store.select import is_postgres, open_store
 
 __all__ = [
     "SCHEMA_VERSION",
@@ -25,4 +28,8 @@ __all__ = [
     "PushRecord",
     "Slot",
     "Transaction",
+    "TransientStoreError",
+    "is_postgres",
+    "open_store",
+    "retried",
 ]

@@ -17,13 +17,15 @@ the time only once they hold it. Commits are durable (WAL, ``synchronous=FULL``)
 
 from __future__ import annotations
 
+import functools
 import os
 import sqlite3
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
+from typing import Any, TypeVar
 
 from dstm_orch.domain import model
 from dstm_orch.domain.errors import StoreError
@@ -32,6 +34,8 @@ from dstm_orch.store.index import AllocationIndex, _Mark, _MarkKey
 from dstm_orch.store.journal import PushJournal, PushRecord
 from dstm_orch.store.leases import Event, LeaseRows
 from dstm_orch.store.migrations import MIGRATIONS
+
+T = TypeVar("T")
 
 _OPEN: dict[str, int] = {}
 _OPEN_LOCK = threading.Lock()
@@ -43,6 +47,33 @@ would then checkpoint and reset the WAL under this one's feet (its commits lost)
 
 BUSY_TIMEOUT = 30.0
 """Seconds a connection waits for another process's write lock before failing."""
+
+
+class TransientStoreError(StoreError):
+    """A write transaction was rolled back by a serialization failure or a deadlock
+    (PostgreSQL); nothing of it was written and running the operation again is safe."""
+
+
+TRANSIENT_ATTEMPTS = 5
+"""Runs of one write operation when the store rolls it back as transient (a PostgreSQL
+serialization failure or deadlock): nothing of a rolled-back run was written, and a
+run again reads the node's lease afresh, so a retry never hands out a second lease."""
+
+
+def retried(method: Callable[..., T]) -> Callable[..., T]:
+    """Run a write operation again when the store raises ``TransientStoreError``."""
+
+    @functools.wraps(method)
+    def run(self: Any, *args: Any, **kwargs: Any) -> T:
+        for attempt in range(1, TRANSIENT_ATTEMPTS + 1):
+            try:
+                return method(self, *args, **kwargs)
+            except TransientStoreError:
+                if attempt == TRANSIENT_ATTEMPTS:
+                    raise
+        raise AssertionError("unreachable")
+
+    return run
 
 
 class LeaseStore:

@@ -67,11 +67,24 @@ class Ipv6TakenError(Exception):
     node."""
 
 
-def _refusal(exc: sqlite3.IntegrityError) -> Exception:
+class ConstraintError(Exception):
+    """PostgreSQL refused a write (SQLSTATE class 23): the message names the constraint
+    or trigger (``leases_active_ipv4``, ...). Raised by the PostgreSQL backend where
+    SQLite raises ``sqlite3.IntegrityError``; the transaction turns it into ``StoreError``.
+    """
+
+
+_INTEGRITY = (sqlite3.IntegrityError, ConstraintError)
+_ADDRESS_TAKEN = ("leases.ipv4", LAYOUT_CONFLICT, "leases_active_ipv4",
+                  "leases_one_layout_per_address")
+_IPV6_TAKEN = ("leases.node_ipv6", "leases_active_node_ipv6")
+
+
+def _refusal(exc: Exception) -> Exception:
     text = str(exc)
-    if "leases.ipv4" in text or LAYOUT_CONFLICT in text:
+    if any(name in text for name in _ADDRESS_TAKEN):
         return AddressTakenError(text)
-    if "leases.node_ipv6" in text:
+    if any(name in text for name in _IPV6_TAKEN):
         return Ipv6TakenError(text)
     return exc
 
@@ -141,8 +154,9 @@ class LeaseRows:
             AddressTakenError: the database refuses it: an active lease already holds
                 that PSID of the address, or holds the address under another layout.
             Ipv6TakenError: an active lease of another node maps ``node_ipv6``.
-            sqlite3.IntegrityError: another constraint refuses it (the node already
-                has an active lease); the transaction turns it into ``StoreError``.
+            sqlite3.IntegrityError, ConstraintError: another constraint refuses it (the
+                node already has an active lease); the transaction turns it into
+                ``StoreError``.
         """
         start_at = _epoch(start)
         end_at = None if lifetime is None else start_at + lifetime
@@ -169,7 +183,7 @@ class LeaseRows:
                     lifetime,
                 ),
             )
-        except sqlite3.IntegrityError as exc:
+        except _INTEGRITY as exc:
             refusal = _refusal(exc)
             if refusal is exc:
                 raise
@@ -215,7 +229,7 @@ class LeaseRows:
                 "UPDATE leases SET node_ipv6 = ? WHERE id = ? AND state = 'active'",
                 (str(node_ipv6), lease.id),
             )
-        except sqlite3.IntegrityError as exc:
+        except _INTEGRITY as exc:
             refusal = _refusal(exc)
             if refusal is exc:
                 raise
@@ -254,11 +268,11 @@ class LeaseRows:
     def due(self, now: datetime, limit: int | None) -> list[model.Lease]:
         """Return active dynamic leases whose end is at or before ``now``, earliest first,
         at most ``limit`` of them (None: all)."""
+        bound = "" if limit is None else f" LIMIT {int(limit)}"
         return self._all(
             f"SELECT {_COLUMNS} FROM leases WHERE state = 'active' AND end_at <= ?"
-            " ORDER BY end_at, id LIMIT ?",
+            f" ORDER BY end_at, id{bound}",
             _epoch(now),
-            -1 if limit is None else limit,
         )
 
     def count_due(self, pool: str, now: datetime) -> int:

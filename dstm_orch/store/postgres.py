@@ -1,0 +1,329 @@
+"""The lease store in PostgreSQL: several allocators (CLI processes, servers on several
+machines) share one DSTM domain, with every invariant of the SQLite store enforced by
+PostgreSQL (:mod:`dstm_orch.store.pg_migrations`).
+
+A store is one PostgreSQL schema: the first of the connection's ``search_path`` (the
+database's ``public`` unless the URL sets ``options=-csearch_path=NAME``). Connections
+come from a pool (psycopg_pool), one per transaction, so one ``PgLeaseStore`` serves
+every thread of a server.
+
+Isolation: a write transaction runs at READ COMMITTED and first takes the store's
+write lock, a transaction-scoped advisory lock (``pg_advisory_xact_lock``) on the
+store, the PostgreSQL counterpart of SQLite's ``BEGIN IMMEDIATE``. Every statement
+after it sees what every earlier writer committed, so the allocator's check (index
+counts, "is this slot free") and the insert that follows are atomic across processes
+and machines; a writer reads the time only once it holds the lock, so times stay in
+order; lease event ids grow in commit order (the allocation index's skip marks rely
+on it). SERIALIZABLE was not chosen: every allocation looks for the *lowest* free
+slot, so the predicate reads of any two concurrent allocations conflict and nearly
+all but one would abort and retry, serialising the writers anyway, with wasted work.
+The unique indexes and the exclusion constraint are the last defence whoever writes
+(a client without the lock included). Read transactions are REPEATABLE READ READ
+ONLY: one snapshot, never blocked, never aborted.
+
+Retries: a transient failure before the block runs (serialization failure,
+deadlock, a connection the server closed, say after a restart) is retried with a new
+connection; one inside the block rolls everything back and raises
+``TransientStoreError`` so the caller may run the whole operation again (the
+allocator does): a retried allocation finds the node's lease if the first attempt
+committed, so no duplicate is ever handed out. A commit whose outcome is unknown
+(connection lost during COMMIT) raises ``StoreError`` saying so.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import re
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import psycopg
+import psycopg_pool
+from psycopg import errors as pgerrors
+
+from dstm_orch.domain.errors import StoreError
+from dstm_orch.store.connection import LeaseStore, Transaction, TransientStoreError
+from dstm_orch.store.identity import SCHEMA_VERSION
+from dstm_orch.store.index import _Mark, _MarkKey
+from dstm_orch.store.leases import ConstraintError
+from dstm_orch.store.migrations import APPLICATION_ID, LAYOUT_CONFLICT
+from dstm_orch.store.pg_migrations import PG_META, PG_MIGRATIONS
+
+RETRIES = 5
+"""Attempts at starting a write transaction before a transient failure is raised."""
+
+_TRANSIENT = (pgerrors.SerializationFailure, pgerrors.DeadlockDetected)
+
+
+def redact(url: str) -> str:
+    """The URL without its password, for messages."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+@functools.lru_cache(maxsize=512)
+def _translate(sql: str) -> tuple[str, bool, bool]:
+    """SQLite's SQL of the shared query mixins in PostgreSQL's: ``?`` -> ``%s``, no
+    ``INDEXED BY`` hints (PostgreSQL's planner picks the partial indexes itself), ``JOIN``
+    for ``CROSS JOIN ... ON``, ``RETURNING id`` after an INSERT (``lastrowid``).
+
+    Returns:
+        (sql, returns an id, needs a savepoint: a write whose refusal the allocator
+        catches and goes on from, which PostgreSQL allows only after a savepoint).
+    """
+    text = re.sub(r"\s+INDEXED BY \w+", "", sql).replace("CROSS JOIN", "JOIN")
+    text = text.replace("%", "%%").replace("?", "%s")
+    stripped = text.lstrip().upper()
+    returning = stripped.startswith("INSERT") and "RETURNING" not in stripped
+    if returning:
+        text += " RETURNING id"
+    guarded = stripped.startswith(("INSERT INTO LEASES ", "UPDATE LEASES SET NODE_IPV6"))
+    return text, returning, guarded
+
+
+class _Cursor:
+    """The part of ``sqlite3.Cursor`` the query mixins use."""
+
+    def __init__(self, cursor: psycopg.Cursor, lastrowid: int | None):
+        self._cursor = cursor
+        self.lastrowid = lastrowid
+
+    def fetchone(self) -> Any:
+        return self._cursor.fetchone()
+
+    def fetchall(self) -> list:
+        return self._cursor.fetchall()
+
+    def __iter__(self) -> Iterator:
+        return iter(self._cursor)
+
+
+class _Connection:
+    """The part of ``sqlite3.Connection`` the query mixins use, on one psycopg
+    connection inside an open transaction."""
+
+    def __init__(self, conn: psycopg.Connection):
+        self._conn = conn
+
+    def execute(self, sql: str, args: tuple | list = ()) -> _Cursor:
+        text, returning, guarded = _translate(sql)
+        cursor = self._conn.cursor()
+        try:
+            if guarded:
+                with self._conn.transaction():  # a savepoint
+                    cursor.execute(text, args)
+            else:
+                cursor.execute(text, args)
+        except psycopg.errors.IntegrityError as exc:
+            raise ConstraintError(_refusal_text(exc)) from exc
+        return _Cursor(cursor, cursor.fetchone()[0] if returning else None)
+
+
+_UNIQUE = {
+    "leases_active_ipv4": "leases.ipv4, leases.psid",
+    "leases_active_node": "leases.node",
+    "leases_active_node_ipv6": "leases.node_ipv6",
+}
+"""The columns of each unique index, named as SQLite names them in its refusals."""
+
+
+def _refusal_text(exc: psycopg.errors.IntegrityError) -> str:
+    """One text for a refusal on either backend: SQLite's ``UNIQUE constraint failed:
+    <columns>`` for the unique indexes, the layout rule's message for the exclusion
+    constraint, PostgreSQL's message (and the trigger's) otherwise."""
+    name = exc.diag.constraint_name
+    if name in _UNIQUE:
+        return f"UNIQUE constraint failed: {_UNIQUE[name]}"
+    if name == "leases_one_layout_per_address":
+        return f"{LAYOUT_CONFLICT} ({name})"
+    return f"{exc.diag.message_primary or exc}" + (f" ({name})" if name else "")
+
+
+class PgLeaseStore(LeaseStore):
+    """Leases in one PostgreSQL schema, one transaction per operation (see the module
+    docstring for the isolation level and the retries).
+
+    Args:
+        url: a libpq URL, ``postgresql://[user[:password]@][host][:port]/dbname[?...]``
+            (``host=`` a directory for a Unix socket; ``options=-csearch_path=NAME``
+            for a schema other than ``public``).
+        pool_size: the most connections the store opens (one per concurrent
+            transaction; a server with N threads wants N).
+
+    Raises:
+        StoreError: the database cannot be reached, the schema holds tables that are not
+            a lease store's, its version is newer than this code, or a migration failed
+            (the message names the URL without its password and the reason; nothing
+            was changed).
+    """
+
+    def __init__(self, url: str, pool_size: int = 4):
+        self.url = url
+        self.path = redact(url)  # type: ignore[assignment]  # what messages name
+        self._marks: dict[_MarkKey, _Mark] = {}
+        # One plain connection first: an unreachable server or a refused login fails
+        # at once with libpq's reason (a pool would retry until its timeout).
+        try:
+            first = psycopg.connect(url, autocommit=True, connect_timeout=30)
+        except psycopg.Error as exc:
+            raise StoreError(f"lease store {self.path}: cannot connect: {exc}") from exc
+        try:
+            with first:
+                self._lock_key = _lock_key(first)
+                self._migrate(first)
+        except psycopg.Error as exc:
+            raise StoreError(f"lease store {self.path}: cannot open: {exc}") from exc
+        try:
+            self._pool = psycopg_pool.ConnectionPool(
+                url, min_size=1, max_size=max(1, pool_size), open=False, timeout=60,
+                kwargs={"autocommit": True}, name="dstm-orch",
+            )
+            self._pool.open(wait=True, timeout=30)
+        except (psycopg.Error, psycopg_pool.PoolTimeout) as exc:
+            raise StoreError(f"lease store {self.path}: cannot connect: {exc}") from exc
+
+    def _migrate(self, conn: psycopg.Connection) -> None:
+        version = self._version(conn)
+        if version == SCHEMA_VERSION:
+            return
+        if version > SCHEMA_VERSION:
+            raise StoreError(self._too_new(version))
+        try:
+            with conn.transaction():
+                # One migrator per database at a time (CREATE EXTENSION is per database).
+                conn.execute("SELECT pg_advisory_xact_lock(%s, 0)", (APPLICATION_ID,))
+                version = self._version(conn)
+                if version > SCHEMA_VERSION:
+                    raise StoreError(self._too_new(version))
+                if version == 0:
+                    conn.execute(PG_META)
+                    conn.execute("INSERT INTO dstm_store (application_id, version)"
+                                 " VALUES (%s, 0)", (APPLICATION_ID,))
+                for number in range(version, SCHEMA_VERSION):
+                    for statement in PG_MIGRATIONS[number]:
+                        conn.execute(statement)
+                    conn.execute("UPDATE dstm_store SET version = %s", (number + 1,))
+        except psycopg.Error as exc:
+            raise StoreError(
+                f"lease store {self.path}: cannot migrate schema from version {version}"
+                f" to {SCHEMA_VERSION}: {exc}; the store is left as it was"
+            ) from exc
+
+    def _version(self, conn: psycopg.Connection) -> int:
+        """The schema's version: 0 for an empty schema; refuse one that is not ours."""
+        tables = {name for (name,) in conn.execute(
+            "SELECT tablename FROM pg_tables WHERE schemaname = current_schema()")}
+        if "dstm_store" not in tables:
+            if tables:
+                raise StoreError(
+                    f"lease store {self.path}: is not a dstm-orch lease store (schema has"
+                    f" tables {', '.join(sorted(tables))}); dstm-orch leaves it as it is")
+            return 0
+        row = conn.execute("SELECT application_id, version FROM dstm_store").fetchone()
+        if row is None or row[0] != APPLICATION_ID:
+            raise StoreError(f"lease store {self.path}: is not a dstm-orch lease store (its"
+                             " dstm_store table names another application)")
+        return row[1]
+
+    @property
+    def schema_version(self) -> int:
+        """The schema version of the store (``dstm_store.version``)."""
+        with self._pool.connection() as conn:
+            return self._version(conn)
+
+    def close(self) -> None:
+        """Close the pool's connections; committed leases are already durable."""
+        self._pool.close()
+
+    @contextmanager
+    def write(self) -> Iterator[Transaction]:
+        """Run a block as one write transaction holding the store's write lock (READ
+        COMMITTED after ``pg_advisory_xact_lock``; see the module docstring).
+
+        Raises:
+            TransientStoreError: a serialization failure or deadlock inside the block
+                rolled it back (nothing written; running it again is safe).
+            StoreError: PostgreSQL failed or refused (the message names the store).
+        """
+        with self._transaction(write=True) as transaction:
+            yield transaction
+
+    @contextmanager
+    def read(self) -> Iterator[Transaction]:
+        """Run a block of queries on one snapshot (REPEATABLE READ READ ONLY)."""
+        with self._transaction(write=False) as transaction:
+            yield transaction
+
+    def _begin(self, write: bool) -> psycopg.Connection:
+        for attempt in range(RETRIES):
+            conn = self._pool.getconn()
+            try:
+                if write:  # one round trip (simple query protocol, integer literals)
+                    key, sub = self._lock_key
+                    conn.execute("BEGIN ISOLATION LEVEL READ COMMITTED;"
+                                 f" SELECT pg_advisory_xact_lock({key:d}, {sub:d})")
+                else:
+                    conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+                return conn
+            except (*_TRANSIENT, psycopg.OperationalError) as exc:
+                self._pool.putconn(conn)  # the pool drops a broken connection
+                if attempt == RETRIES - 1:
+                    raise StoreError(
+                        f"lease store {self.path}: cannot begin a transaction: {exc}"
+                    ) from exc
+                time.sleep(0.01 * 2**attempt)
+        raise AssertionError("unreachable")
+
+    @contextmanager
+    def _transaction(self, write: bool) -> Iterator[Transaction]:  # type: ignore[override]
+        conn = self._begin(write)
+        transaction = Transaction(_Connection(conn), self._marks)  # type: ignore[arg-type]
+        try:
+            try:
+                yield transaction
+            except BaseException as exc:
+                _rollback(conn)
+                if isinstance(exc, _TRANSIENT):
+                    raise TransientStoreError(
+                        f"lease store {self.path}: {exc}; nothing was written") from exc
+                if isinstance(exc, (psycopg.Error, ConstraintError)):
+                    raise StoreError(f"lease store {self.path}: {exc}") from exc
+                raise
+            try:
+                conn.execute("COMMIT")
+            except _TRANSIENT as exc:
+                _rollback(conn)
+                raise TransientStoreError(
+                    f"lease store {self.path}: cannot commit: {exc}; nothing was written"
+                ) from exc
+            except psycopg.Error as exc:
+                _rollback(conn)
+                raise StoreError(
+                    f"lease store {self.path}: commit failed, its outcome is unknown: {exc}"
+                ) from exc
+        finally:
+            self._pool.putconn(conn)
+        self._marks.update(transaction.new_marks)
+
+
+def _rollback(conn: psycopg.Connection) -> None:
+    # A broken connection: the server rolled back; the pool discards it.
+    with contextlib.suppress(psycopg.Error):
+        conn.execute("ROLLBACK")
+
+
+def _lock_key(conn: psycopg.Connection) -> tuple[int, int]:
+    """The store's advisory lock: (``APPLICATION_ID``, the schema's OID)."""
+    oid = conn.execute(
+        "SELECT oid FROM pg_namespace WHERE nspname = current_schema()").fetchone()
+    if oid is None:
+        raise StoreError("no schema: the connection's search_path names none that exists")
+    value = int(oid[0]) & 0xFFFFFFFF
+    return APPLICATION_ID, value - (1 << 32) if value >= 1 << 31 else value
