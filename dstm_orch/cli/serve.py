@@ -199,6 +199,14 @@ def release(**options) -> None:
     _run("release", lifetime=None, **options)
 
 
+def _given_ipv6(ipv6: str) -> ipaddress.IPv6Address:
+    """The node's IPv6 address given with --ipv6 (a usage error when it is not one)."""
+    try:
+        return ipaddress.IPv6Address(ipv6)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--ipv6") from None
+
+
 def _run(action: str, *, server: str, node: str, secret_file: str | None, ipv6: str | None,
          uplink: str, cafile: str | None, timeout: float, no_configure: bool, as_json: bool,
          lifetime: int | None) -> None:
@@ -207,13 +215,7 @@ def _run(action: str, *, server: str, node: str, secret_file: str | None, ipv6: 
     from dstm_orch.service.httpd import parse_listen
 
     address = parse_listen(server)
-    if ipv6:
-        try:
-            current = ipaddress.IPv6Address(ipv6)
-        except ValueError as exc:
-            raise click.BadParameter(str(exc), param_hint="--ipv6") from None
-    else:
-        current = uplink_ipv6(uplink, toward=address[0])
+    current = _given_ipv6(ipv6) if ipv6 else uplink_ipv6(uplink, toward=address[0])
     secret = read_secret(secret_file) if secret_file else None
     with RoamingClient(address, node, secret, cafile=cafile,
                        timeout=timeout) as conn:
@@ -254,10 +256,7 @@ def run_agent(server: str, node: str, secret_file: str | None, ipv6: str | None,
 
     address = parse_listen(server)
     if ipv6:
-        try:
-            fixed = ipaddress.IPv6Address(ipv6)
-        except ValueError as exc:
-            raise click.BadParameter(str(exc), param_hint="--ipv6") from None
+        fixed = _given_ipv6(ipv6)
 
         def current() -> ipaddress.IPv6Address:
             return fixed
