@@ -11,6 +11,7 @@ import stat
 
 from dstm_orch.cli.main import main
 from dstm_orch.ipam.allocator import Allocator
+from dstm_orch.store.identity import SCHEMA_VERSION
 from tests.conftest import LAB_INVENTORY
 
 
@@ -43,9 +44,27 @@ def test_usage_error_exits_2(tmp_path):
 
 
 def test_limit_that_matches_nothing_is_refused(tmp_path):
+    assert run(tmp_path, "store", "init")[0] == 0
     rc, _, err = run(tmp_path, "apply", "--limit", "nosuch")
     assert rc == 1
     assert "--limit 'nosuch' matches no node or TEP" in err
+
+
+def test_a_store_that_does_not_exist_is_refused_and_not_created(tmp_path):
+    # A mistyped --state must not read as an empty domain: its plan would withdraw
+    # every lease from the devices.
+    store = tmp_path / "s.sqlite"
+    for command in (["leases"], ["who", "198.51.100.1"], ["expire"], ["revoke", "n1"],
+                    ["renew", "n1"], ["plan"], ["apply"]):
+        rc, out, err = run(tmp_path, *command)
+        assert rc == 1, command
+        assert err == (f"dstm-orch: error: lease store {store}: no such file; check --state "
+                       "or DSTM_ORCH_STATE (`dstm-orch store init`, `allocate` and `serve` "
+                       "create a new store)\n"), command
+        assert not store.exists(), command
+    rc, out, _ = run(tmp_path, "store", "init", "--json")
+    assert rc == 0 and json.loads(out) == {"store": str(store), "schema_version": SCHEMA_VERSION}
+    assert run(tmp_path, "leases", "--json") == (0, "[]\n", "")
 
 
 # -- errors under --json (issue 7 item 26) ---------------------------------------------------
@@ -108,6 +127,7 @@ def test_log_file_is_created_and_kept_at_mode_0600(tmp_path):
     fresh, loose = tmp_path / "fresh.log", tmp_path / "loose.log"
     loose.write_text("")
     loose.chmod(0o666)
+    assert run(tmp_path, "store", "init")[0] == 0
     old = os.umask(0)
     try:
         for path in (fresh, loose):
@@ -130,6 +150,7 @@ def _bug(*args, **kwargs):
 
 def test_unexpected_error_points_to_the_traceback(tmp_path, monkeypatch):
     # A bug cannot be caused for real: a patched allocator method stands in for one.
+    assert run(tmp_path, "store", "init")[0] == 0
     monkeypatch.setattr(Allocator, "leases", _bug)
     rc, out, err = run(tmp_path, "leases", "--json")
     assert rc == 3 and json.loads(out)["error"] == "unexpected"

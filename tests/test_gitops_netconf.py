@@ -40,6 +40,7 @@ def edit(path, change) -> None:
 
 def test_detailed_exit_codes(router, inventory, tmp_path):
     plan = ("plan", "--limit", "rtr1", "--detailed-exitcode")
+    assert run(inventory, tmp_path, "store", "init")[0] == 0     # a new domain, no lease yet
     # The device has no bind-instance yet: creating it is a change.
     assert run(inventory, tmp_path, *plan)[0] == 2
     assert run(inventory, tmp_path, "apply", "--limit", "rtr1")[0] == 0
@@ -60,6 +61,7 @@ def test_detailed_exit_codes(router, inventory, tmp_path):
 def test_apply_of_a_saved_plan_refuses_when_stale_and_applies_when_fresh(router, inventory,
                                                                         tmp_path):
     saved = tmp_path / "plan.json"
+    assert run(inventory, tmp_path, "store", "init")[0] == 0
     assert run(inventory, tmp_path, "apply", "--limit", "rtr1")[0] == 0   # the bind-instance
     assert run(inventory, tmp_path, "allocate", "n1")[0] == 0
     assert run(inventory, tmp_path, "allocate", "n2")[0] == 0

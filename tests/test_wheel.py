@@ -91,6 +91,10 @@ def test_offline_commands_on_a_copy_of_the_example_inventory(installed, tmp_path
     state = tmp_path / "leases.sqlite"
     common = ["-i", str(inventory), "--state", str(state), "--json"]
     proc = _dstm_orch(installed, "leases", *common)
+    assert proc.returncode == 1 and not state.exists(), proc.stderr   # no store yet
+    proc = _dstm_orch(installed, "store", "init", *common)
+    assert proc.returncode == 0, proc.stderr
+    proc = _dstm_orch(installed, "leases", *common)
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout) == []
     # The campus pool is 203.0.113.0/25 without .0 and .127: ws-01 gets .1 for the

@@ -25,6 +25,7 @@ class Context:
         self.as_json = as_json
         self._inventory: DstmInventory | None = None
         self._store: LeaseStore | None = None
+        self.creates_store = False  # set by the commands that may start a new store
 
     @property
     def inventory(self) -> DstmInventory:
@@ -36,7 +37,8 @@ class Context:
     def store(self) -> LeaseStore:
         if self._store is None:
             self._store = open_store(self.state_path
-                                     or default_state(self.inventory.domain.name))
+                                     or default_state(self.inventory.domain.name),
+                                     create=self.creates_store)
         return self._store
 
     @property

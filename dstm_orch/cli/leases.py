@@ -26,6 +26,7 @@ def allocate(ctx: Context, node: str, lifetime: int | None) -> None:
 
     A node that already has a current lease gets it back unchanged, or renewed to now +
     --lifetime when --lifetime is given."""
+    ctx.creates_store = True
     _print_leases(ctx, [ctx.allocator.allocate(node, lifetime)], single=True)
 
 

@@ -1,6 +1,8 @@
-"""``dstm-orch store migrate``: copy a domain's lease store, whole history included, from
-an SQLite file into PostgreSQL (several servers on one domain share it), verified by
-row counts and a checksum of the rows on both sides."""
+"""``dstm-orch store init``: create a domain's lease store (the commands that only read or
+push leases refuse a store that does not exist, so a mistyped ``--state`` cannot pass
+for an empty domain). ``dstm-orch store migrate``: copy a domain's lease store, whole
+history included, from an SQLite file into PostgreSQL (several servers on one domain
+share it), verified by row counts and a checksum of the rows on both sides."""
 
 from __future__ import annotations
 
@@ -8,6 +10,7 @@ import json
 
 import click
 
+from dstm_orch.cli.context import Context, common
 from dstm_orch.domain.errors import StoreError
 from dstm_orch.store import is_postgres, open_store
 
@@ -34,9 +37,7 @@ def migrate(source: str, target: str, as_json: bool) -> None:
         raise StoreError("store migrate copies from an SQLite file (--from sqlite:FILE) into"
                          f" PostgreSQL (--to postgresql://...); got --from {source!r}"
                          f" --to {target!r}")
-    if not open_source_exists(source):
-        raise StoreError(f"lease store {source}: no such file")
-    with open_store(source) as old, open_store(target) as new:
+    with open_store(source, create=False) as old, open_store(target) as new:
         done = copy_store(old, new)  # type: ignore[arg-type]
     if as_json:
         click.echo(json.dumps({"counts": done.counts, "sha256": done.sha256}, indent=2))
@@ -45,10 +46,20 @@ def migrate(source: str, target: str, as_json: bool) -> None:
     click.echo(f"copied {counts}; sha256 {done.sha256} equal on both sides")
 
 
-def open_source_exists(source: str) -> bool:
-    from dstm_orch.store.select import sqlite_path
-
-    return sqlite_path(source).is_file()
+@store.command("init")
+@common
+def init(ctx: Context) -> None:
+    """Create the domain's lease store at --state (or open it when it exists) and print
+    its schema version. allocate and serve create it too; the other commands refuse a
+    store that does not exist."""
+    ctx.creates_store = True
+    lease_store = ctx.store
+    if ctx.as_json:
+        click.echo(json.dumps({"store": str(lease_store.path),
+                               "schema_version": lease_store.schema_version}, indent=2))
+    else:
+        click.echo(f"lease store {lease_store.path}: schema version "
+                   f"{lease_store.schema_version}")
 
 
 COMMANDS = (store,)

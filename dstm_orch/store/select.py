@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from dstm_orch.domain.errors import StoreError
 from dstm_orch.store.connection import LeaseStore
 
 
@@ -21,18 +22,27 @@ def sqlite_path(state: str | Path) -> Path:
     return Path(text[len("sqlite:"):] if text.startswith("sqlite:") else text)
 
 
-def open_store(state: str | Path, pool_size: int = 4) -> LeaseStore:
+def open_store(state: str | Path, pool_size: int = 4, create: bool = True) -> LeaseStore:
     """Open the lease store ``state`` names (see the module docstring).
 
     Args:
         state: a ``postgresql://`` URL, or an SQLite file's path (``sqlite:PATH`` too).
         pool_size: PostgreSQL only: the most connections the store opens at once.
+        create: SQLite only: create the file when it does not exist; without it a
+            missing file is refused (a mistyped path must not read as an empty store,
+            whose plan would withdraw every lease from the devices).
 
     Raises:
-        StoreError: as ``LeaseStore`` or ``PgLeaseStore`` raise it.
+        StoreError: the file does not exist and ``create`` is false (naming the path),
+            or as ``LeaseStore`` or ``PgLeaseStore`` raise it.
     """
     if is_postgres(state):
         from dstm_orch.store.postgres import PgLeaseStore
 
         return PgLeaseStore(str(state), pool_size=pool_size)
-    return LeaseStore(sqlite_path(state))
+    path = sqlite_path(state)
+    if not create and not path.exists():
+        raise StoreError(
+            f"lease store {path}: no such file; check --state or DSTM_ORCH_STATE ("
+            "`dstm-orch store init`, `allocate` and `serve` create a new store)")
+    return LeaseStore(path)
