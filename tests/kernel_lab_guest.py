@@ -126,6 +126,7 @@ class Guest:
         return {"task": call["task"], "module": call["module"], "args": args,
                 "changed": result.get("changed"), "failed": bool(result.get("failed")),
                 "msg": result.get("msg"), "rc": os.waitstatus_to_exitcode(status),
+                "commands": result.get("commands"), "diff": result.get("diff"),
                 "seconds": round(time.monotonic() - started, 2)}
 
     def converge(self, round_: dict) -> None:
