@@ -72,10 +72,12 @@ def test_a_locked_router_fails_alone_and_the_other_is_pushed(routers, inv, tmp_p
         assert cli(inv, tmp_path, "allocate", node)[0] == 0
     lock, m = locked(routers["rtr1"])
     with m, lock:
-        rc, out, err = cli(inv, tmp_path, "apply", "--limit", "rtr1,rtr2", "--json")
+        rc, out, _ = cli(inv, tmp_path, "apply", "--limit", "rtr1,rtr2", "--json")
     assert rc == 1
-    assert "rtr1" in err and "locked by session" in err
-    report = json.loads(out)
+    report, end = json.JSONDecoder().raw_decode(out)     # the report, then the error
+    failure = json.loads(out[end:])
+    assert report["errors"] == [failure["message"]]
+    assert failure["message"].startswith("rtr1 ") and "locked by session" in failure["message"]
     assert [d["device"] for d in report["netconf"]] == ["rtr2"]
     assert report["netconf"][0]["counts"] == {"added": 2, "changed": 0, "removed": 0}
     assert device_entries(routers["rtr1"]) == {}
