@@ -44,6 +44,10 @@ from dstm_orch.cli.main import main
 from dstm_orch.config.ansible_inventory import AnsibleInventory
 from tests.conftest import copy_lab_inventory
 
+MANAGEMENT = "2001:db8:1b0::"
+"""The lab's management /64 here, instead of inventories/lab's 2001:db8:100::, so the
+benchmark runs beside a lab that is up (the root namespace routes each lab's /64)."""
+
 
 def run(args: list[str]) -> dict:
     out = io.StringIO()
@@ -85,6 +89,9 @@ def lab_part(repeat: int, table: Table) -> None:
     with tempfile.TemporaryDirectory(prefix="dstm-bench-apply-") as tmp:
         base = Path(tmp)
         inventory = copy_lab_inventory(base / "inventory", "bench", base / "lab-state")
+        for name in ("hosts.yml", "group_vars/all/lab.yml"):   # beside a lab already up
+            f = inventory / name
+            f.write_text(f.read_text().replace("2001:db8:100::", MANAGEMENT))
         common = ["-i", str(inventory), "--state", str(base / "leases.sqlite")]
         raw = AnsibleInventory.load(inventory)
         started = time.perf_counter()

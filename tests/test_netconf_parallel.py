@@ -113,3 +113,43 @@ def test_a_bad_session_count_is_refused_naming_the_variable(routers, inv, tmp_pa
     assert device_entries(routers["rtr2"]) == {}
     with LeaseStore(tmp_path / "leases.sqlite") as store:
         assert store.pushes("rtr2") == []
+
+
+def _plan_in(inv, tmp_path, terminal: bool) -> tuple[str, str]:
+    """Run ``dstm-orch plan`` in a child process, its standard error a pseudo-terminal
+    (``terminal``) or a pipe; return (stdout, everything written to stderr)."""
+    import pty
+    import subprocess
+    import sys
+
+    args = [sys.executable, "-m", "dstm_orch", "plan", "--limit", "rtr1,rtr2", "-i", str(inv),
+            "--state", str(tmp_path / "leases.sqlite")]
+    env = {**os.environ, "TERM": "xterm", "COLUMNS": "120"}
+    env.pop("NO_COLOR", None)
+    if not terminal:
+        done = subprocess.run(args, capture_output=True, text=True, env=env, timeout=120)
+        assert done.returncode == 0, done.stderr
+        return done.stdout, done.stderr
+    master, slave = pty.openpty()
+    with subprocess.Popen(args, stdout=subprocess.PIPE, stderr=slave, env=env) as proc:
+        os.close(slave)
+        seen = b""
+        with contextlib.suppress(OSError):      # EIO once the child closed the terminal
+            while chunk := os.read(master, 4096):
+                seen += chunk
+        out = proc.stdout.read().decode()
+    os.close(master)
+    assert proc.returncode == 0, seen
+    return out, seen.decode(errors="replace")
+
+
+def test_progress_is_shown_per_device_on_a_terminal_only(routers, inv, tmp_path):
+    assert cli(inv, tmp_path, "allocate", "n1")[0] == 0
+    out, display = _plan_in(inv, tmp_path, terminal=True)
+    for device in ("rtr1", "rtr2"):
+        assert device in display
+    assert "netconf" in display and "changed" in display      # rtr1 would get n1
+    assert "rtr1             netconf changed" in out           # the report, on stdout
+    piped_out, piped_err = _plan_in(inv, tmp_path, terminal=False)
+    assert piped_out == out
+    assert "netconf" not in piped_err

@@ -43,6 +43,7 @@ from dstm_orch.domain.errors import DstmError, PushError
 from dstm_orch.domain.model import Tep
 from dstm_orch.push.digest import device_digest, linux_pusher, netconf_pusher
 from dstm_orch.push.intent import Intent
+from dstm_orch.push.progress import watched
 from dstm_orch.store import LeaseStore
 from dstm_orch.store.journal import PendingCommits, PendingPush, PushRecord
 
@@ -161,20 +162,41 @@ def run(inv: DstmInventory, store: LeaseStore, intent: Intent, now: datetime, *,
         hosts = [h for h in hosts if h not in report.in_step]
         routers = [t for t in routers if t.name not in report.in_step]
     by_name = {t.name: t for t in routers}
+    progress = watched()
 
     def session(name: str) -> dict:
-        with store.for_thread() as own:
-            return _netconf(inv, own, intent, by_name[name], now, check=check,
-                            replace=replace, hostkey_verify=hostkey_verify,
-                            digest=digests[name], last=last.get(name),
-                            expect_digest=(expect_digests or {}).get(name))
+        if progress:
+            progress.start(name, NETCONF)
+        try:
+            with store.for_thread() as own:
+                result = _netconf(inv, own, intent, by_name[name], now, check=check,
+                                  replace=replace, hostkey_verify=hostkey_verify,
+                                  digest=digests[name], last=last.get(name),
+                                  expect_digest=(expect_digests or {}).get(name))
+        except BaseException:
+            if progress:
+                progress.finish(name, "failed")
+            raise
+        if progress:
+            progress.finish(name, "changed" if result.get("changed") else "ok")
+        return result
 
     pool = ThreadPoolExecutor(max_workers=max_sessions(), thread_name_prefix="netconf")
     try:
         sessions = per_device(list(by_name), session, pool)
         if hosts:
+            if progress:
+                for host in hosts:
+                    progress.start(host, "ansible")
             report.linux = run_apply(inv.path, intent.as_extravars(), check=check,
-                                     limit=",".join(hosts))
+                                     limit=",".join(hosts),
+                                     on_task=progress.step if progress else None)
+            if progress:
+                for host in hosts:
+                    done = report.linux.hosts.get(host)
+                    progress.finish(host, "failed" if done is None or done.failed
+                                    or done.unreachable else
+                                    "changed" if done.changed else "ok")
             if not check and report.linux.status != "canceled":
                 _record_linux(store, report.linux, digests, now)
         for future in sessions.values():
