@@ -78,10 +78,10 @@ class Table:
         self.rows.append((what, anchor_name, anchor, ours, note))
 
     def print(self) -> None:
-        print(f"{'measure':<44}{'anchor':>10}{'dstm-orch':>11}{'ratio':>8}  notes")
+        print(f"{'measure':<46}{'anchor':>9}{'dstm-orch':>11}{'ratio':>9}  notes")
         for what, anchor_name, anchor, ours, note in self.rows:
             a, o = statistics.median(anchor), statistics.median(ours)
-            print(f"{what:<44}{a:9.2f}s{o:10.2f}s{o / a:7.2f}x  anchor: {anchor_name}"
+            print(f"{what:<46}{a:8.3g}s{o:10.3g}s{o / a:8.2g}x  anchor: {anchor_name}"
                   + (f"; {note}" if note else ""))
 
 
