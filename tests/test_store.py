@@ -530,3 +530,23 @@ def test_the_database_refuses_two_active_leases_on_one_ipv6_address(store):
         tx.finish(first, model.LeaseState.REVOKED, T0, T0)
         tx.insert(**{**lease_fields("n3", "192.0.2.3"), "node_ipv6": NODE6})
     assert sorted(lease.node for lease in store.leases()) == ["n2", "n3"]
+
+
+def test_a_store_for_another_thread_writes_the_same_file(tmp_path):
+    """SQLite connections belong to their thread: the store refuses to be used from
+    another one, and ``for_thread`` gives that thread its own connection to the file."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    at = datetime(2026, 5, 1, 12, 0, tzinfo=UTC)
+    with LeaseStore(tmp_path / "s.sqlite") as store, ThreadPoolExecutor(2) as pool:
+        with pytest.raises(StoreError, match="same thread"):
+            pool.submit(store.record_push, "rtr9", at, applied=True).result()
+
+        def push(device: str) -> None:
+            with store.for_thread() as own:
+                own.record_push(device, at, applied=True, version=3, intent_digest="d")
+
+        list(pool.map(push, ["rtr1", "rtr2"]))
+        last = store.last_pushes()
+        assert {d: (r.applied, r.version, r.intent_digest) for d, r in last.items()} == {
+            "rtr1": (True, 3, "d"), "rtr2": (True, 3, "d")}

@@ -62,3 +62,22 @@ def test_leases_and_events_are_never_truncated(pg_url):
         for table in ("leases", "lease_events"):
             with pytest.raises(psycopg.IntegrityError, match="never deleted"):
                 db.execute(f"TRUNCATE {table} CASCADE")
+
+
+def test_a_store_for_another_thread_is_the_store_itself(pg_url):
+    """The PostgreSQL store's connection pool serves threads: ``for_thread`` yields the
+    store, and pushes recorded from two threads are both on record."""
+    from concurrent.futures import ThreadPoolExecutor
+    from datetime import UTC, datetime
+
+    at = datetime(2026, 5, 1, 12, 0, tzinfo=UTC)
+    with open_store(pg_url) as store, ThreadPoolExecutor(2) as pool:
+        def push(device: str) -> bool:
+            with store.for_thread() as own:
+                own.record_push(device, at, applied=True, version=3, intent_digest="d")
+                return own is store
+
+        assert list(pool.map(push, ["rtr1", "rtr2"])) == [True, True]
+        last = store.last_pushes()
+        assert {d: (r.applied, r.version, r.intent_digest) for d, r in last.items()} == {
+            "rtr1": (True, 3, "d"), "rtr2": (True, 3, "d")}

@@ -13,6 +13,7 @@ import click
 from rich.console import Console
 
 from dstm_orch.cli.context import HOSTKEY, Context, common
+from dstm_orch.cli.progress import shown
 from dstm_orch.domain.errors import DstmError
 from dstm_orch.domain.model import utcnow
 
@@ -53,11 +54,14 @@ def apply(ctx: Context, plan_file: Path | None, check: bool, limit: str | None, 
         if used:
             raise click.UsageError(f"apply FILE takes the plan's options; {', '.join(used)} "
                                    "cannot be given with FILE")
-        outcome = apply_saved(inv, ctx.store, SavedPlan.load(plan_file), now,
-                              hostkey_verify=verify)
+        with shown(ctx.as_json):
+            outcome = apply_saved(inv, ctx.store, SavedPlan.load(plan_file), now,
+                                  hostkey_verify=verify)
     else:
-        outcome = apply_live(inv, ctx.store, now, check=check, limit=limit, replace=replace,
-                             drain_now=drain_now, hostkey_verify=verify, refresh=refresh)
+        with shown(ctx.as_json):
+            outcome = apply_live(inv, ctx.store, now, check=check, limit=limit,
+                                 replace=replace, drain_now=drain_now, hostkey_verify=verify,
+                                 refresh=refresh)
     _print(ctx, outcome, "json" if ctx.as_json else "text")
     _raise_errors(outcome)
 
@@ -80,8 +84,9 @@ def plan(ctx: Context, limit: str | None, detailed_exitcode: bool, out: Path | N
 
     verify = _hostkey(no_host_key_check)
     inv = ctx.inventory
-    outcome = make_plan(inv, ctx.store, utcnow(), limit=limit, drain_now=drain_now,
-                        hostkey_verify=verify)
+    with shown(ctx.as_json or fmt == "json"):
+        outcome = make_plan(inv, ctx.store, utcnow(), limit=limit, drain_now=drain_now,
+                            hostkey_verify=verify)
     _print(ctx, outcome, fmt or ("json" if ctx.as_json else "text"))
     _raise_errors(outcome)
     if out is not None:

@@ -16,6 +16,7 @@ import os
 import shutil
 import sys
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -81,7 +82,8 @@ class RunResult:
 
 
 def run_apply(inventory: Path, extravars: dict, *, check: bool = False,
-              limit: str | None = None, playbook: str = "apply.yml") -> RunResult:
+              limit: str | None = None, playbook: str = "apply.yml",
+              on_task: Callable[[str, str], None] | None = None) -> RunResult:
     """Run ``<collection>/playbooks/<playbook>`` on the inventory with ``extravars``.
 
     Args:
@@ -89,6 +91,8 @@ def run_apply(inventory: Path, extravars: dict, *, check: bool = False,
         extravars: the intent (:meth:`dstm_orch.push.intent.Intent.as_extravars`).
         check: Ansible check mode with diff: report, change nothing.
         limit: an Ansible host pattern (``--limit``).
+        on_task: called with (host, task name) as each host finishes a task (a
+            progress display); on the calling thread.
 
     Returns:
         A :class:`RunResult`; a failed host is reported there, not raised.
@@ -128,6 +132,7 @@ def run_apply(inventory: Path, extravars: dict, *, check: bool = False,
             cmdline=cmdline,
             envvars=envvars,
             quiet=True,
+            event_handler=_task_events(on_task),
         )
         hosts = _host_results(runner)
         if runner.rc == 127:
@@ -137,6 +142,21 @@ def run_apply(inventory: Path, extravars: dict, *, check: bool = False,
             raise PushError("ansible-playbook failed before reaching any host: "
                             + " / ".join(line.strip() for line in tail if line.strip()))
         return RunResult(runner.status, runner.rc, hosts)
+
+
+def _task_events(on_task: Callable[[str, str], None] | None):
+    """An ansible-runner ``event_handler`` passing each host's finished tasks to
+    ``on_task`` (None: no handler); it keeps every event (returns True)."""
+    if on_task is None:
+        return None
+
+    def handle(event: dict) -> bool:
+        data = event.get("event_data", {})
+        if str(event.get("event", "")).startswith("runner_on_") and data.get("host"):
+            on_task(data["host"], str(data.get("task", "")))
+        return True
+
+    return handle
 
 
 def _host_results(runner) -> dict[str, HostResult]:

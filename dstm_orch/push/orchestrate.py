@@ -16,6 +16,12 @@ Every push that brings a device in step is recorded with the digest of the inten
 now holds (:mod:`dstm_orch.push.digest`); ``apply`` leaves out the devices whose current
 intent has that digest, so an apply with nothing new contacts no device (``refresh``
 contacts them all, and ``plan`` always reads them).
+
+The router TEPs are contacted concurrently, one NETCONF session per device on a bounded
+thread pool (``DSTM_ORCH_NETCONF_SESSIONS``, default 8), while Ansible runs the Linux
+hosts (its forks run them in parallel); each session records its pushes through its own
+store connection (:meth:`~dstm_orch.store.LeaseStore.for_thread`). A device that fails
+is reported alone; the others still run, and results are listed sorted by device.
 """
 
 from __future__ import annotations
@@ -23,6 +29,8 @@ from __future__ import annotations
 import logging
 import os
 import time
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -35,12 +43,37 @@ from dstm_orch.domain.errors import DstmError, PushError
 from dstm_orch.domain.model import Tep
 from dstm_orch.push.digest import device_digest, linux_pusher, netconf_pusher
 from dstm_orch.push.intent import Intent
+from dstm_orch.push.progress import watched
 from dstm_orch.store import LeaseStore
 from dstm_orch.store.journal import PendingCommits, PendingPush, PushRecord
 
 log = logging.getLogger(__name__)
 
 NETCONF = "netconf"
+
+SESSIONS = 8
+"""NETCONF sessions at once by default; ``DSTM_ORCH_NETCONF_SESSIONS`` sets another."""
+
+
+def max_sessions() -> int:
+    """The most NETCONF sessions open at once: ``DSTM_ORCH_NETCONF_SESSIONS`` (a positive
+    integer) or :data:`SESSIONS`.
+
+    Raises:
+        DstmError: the variable is set and is not a positive integer.
+    """
+    value = os.environ.get("DSTM_ORCH_NETCONF_SESSIONS", "").strip()
+    if not value:
+        return SESSIONS
+    if not value.isdigit() or int(value) < 1:
+        raise DstmError(f"DSTM_ORCH_NETCONF_SESSIONS={value!r}: want a positive integer")
+    return int(value)
+
+
+def per_device(names: list[str], work: Callable[[str], Any],
+               pool: ThreadPoolExecutor) -> dict[str, Future]:
+    """Start ``work(name)`` for each name on ``pool``; return the futures by name."""
+    return {name: pool.submit(work, name) for name in sorted(names)}
 
 
 @dataclass
@@ -128,21 +161,55 @@ def run(inv: DstmInventory, store: LeaseStore, intent: Intent, now: datetime, *,
                                 and last[d].intent_digest == digest)
         hosts = [h for h in hosts if h not in report.in_step]
         routers = [t for t in routers if t.name not in report.in_step]
-    if hosts:
-        report.linux = run_apply(inv.path, intent.as_extravars(), check=check,
-                                 limit=",".join(hosts))
-        if report.linux.status == "canceled":
-            raise InterruptedError("interrupted while Ansible ran")
-        if not check:
-            _record_linux(store, report.linux, digests, now)
-    for tep in routers:
+    by_name = {t.name: t for t in routers}
+    progress = watched()
+
+    def session(name: str) -> dict:
+        if progress:
+            progress.start(name, NETCONF)
         try:
-            report.netconf.append(_netconf(
-                inv, store, intent, tep, now, check=check, replace=replace,
-                hostkey_verify=hostkey_verify, digest=digests[tep.name],
-                last=last.get(tep.name), expect_digest=(expect_digests or {}).get(tep.name)))
-        except DstmError as exc:
-            report.errors.append(str(exc))
+            with store.for_thread() as own:
+                result = _netconf(inv, own, intent, by_name[name], now, check=check,
+                                  replace=replace, hostkey_verify=hostkey_verify,
+                                  digest=digests[name], last=last.get(name),
+                                  expect_digest=(expect_digests or {}).get(name))
+        except BaseException:
+            if progress:
+                progress.finish(name, "failed")
+            raise
+        if progress:
+            progress.finish(name, "changed" if result.get("changed") else "ok")
+        return result
+
+    pool = ThreadPoolExecutor(max_workers=max_sessions(), thread_name_prefix="netconf")
+    try:
+        sessions = per_device(list(by_name), session, pool)
+        if hosts:
+            if progress:
+                for host in hosts:
+                    progress.start(host, "ansible")
+            report.linux = run_apply(inv.path, intent.as_extravars(), check=check,
+                                     limit=",".join(hosts),
+                                     on_task=progress.step if progress else None)
+            if progress:
+                for host in hosts:
+                    done = report.linux.hosts.get(host)
+                    progress.finish(host, "failed" if done is None or done.failed
+                                    or done.unreachable else
+                                    "changed" if done.changed else "ok")
+            if not check and report.linux.status != "canceled":
+                _record_linux(store, report.linux, digests, now)
+        for future in sessions.values():
+            try:
+                report.netconf.append(future.result())
+            except DstmError as exc:
+                report.errors.append(str(exc))
+    except BaseException:
+        pool.shutdown(wait=True, cancel_futures=True)   # sessions under way end, journaled
+        raise
+    pool.shutdown(wait=True)
+    if report.linux is not None and report.linux.status == "canceled":
+        raise InterruptedError("interrupted while Ansible ran")
     if check:
         _record_drift(store, report, digests, last, now)
     return report
@@ -190,11 +257,12 @@ def read_digests(inv: DstmInventory, names: list[str],
     """
     from dstm_orch.push.netconf.table import table_digest
 
-    out = {}
-    for name in names:
+    def read(name: str) -> tuple[str, int | None]:
         table = _pusher(inv, inv.domain.teps[name], None, hostkey_verify).read()
-        out[name] = (table_digest(table), table.version)
-    return out
+        return table_digest(table), table.version
+
+    with ThreadPoolExecutor(max_workers=max_sessions(), thread_name_prefix="netconf") as pool:
+        return {name: future.result() for name, future in per_device(names, read, pool).items()}
 
 
 def _pusher(inv: DstmInventory, tep: Tep, pools: list[str] | None, hostkey_verify: bool):

@@ -199,6 +199,24 @@ class LeaseStore:
             self._key = None
         self._db.close()
 
+    @contextmanager
+    def for_thread(self) -> Iterator[LeaseStore]:
+        """A store to use on another thread than the one that opened this one.
+
+        A SQLite connection belongs to the thread that opened it (``check_same_thread``),
+        so this opens another connection to the same file (WAL: its writes wait for the
+        other connections' write lock, up to ``BUSY_TIMEOUT`` seconds) and closes it when
+        the block ends. Leases and pushes it commits are the same file's.
+
+        Raises:
+            StoreError: the connection cannot be opened.
+        """
+        other = LeaseStore(self.path)
+        try:
+            yield other
+        finally:
+            other.close()
+
     def __enter__(self) -> LeaseStore:
         return self
 

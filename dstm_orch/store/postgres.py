@@ -243,6 +243,12 @@ class PgLeaseStore(LeaseStore):
         self._pool.close()
 
     @contextmanager
+    def for_thread(self) -> Iterator[LeaseStore]:
+        """This store itself: its connection pool serves several threads, one
+        connection per transaction (see :meth:`LeaseStore.for_thread`)."""
+        yield self
+
+    @contextmanager
     def write(self) -> Iterator[Transaction]:
         """Run a block as one write transaction holding the store's write lock (READ
         COMMITTED after ``pg_advisory_xact_lock``; see the module docstring).
