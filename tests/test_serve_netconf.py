@@ -19,6 +19,7 @@ import sys
 import time
 
 import pytest
+import yaml
 
 from dstm_orch.cli.main import main
 from dstm_orch.store import LeaseStore
@@ -26,10 +27,11 @@ from tests.conftest import ROOT, needs_root
 from tests.netconf_server import NetconfServer
 from tests.test_cli_netconf import device_entries
 from tests.test_cli_netconf import inventory as inventory
+from tests.test_tep_move import tep_vars
 
 pytestmark = [pytest.mark.lab, pytest.mark.slow, needs_root()]
 
-N1, N2 = "2001:db8:c0f:2::11", "2001:db8:c0f:2::12"
+N1, N2, N3 = "2001:db8:c0f:2::11", "2001:db8:c0f:2::12", "2001:db8:c0f:2::13"
 
 
 @pytest.fixture
@@ -38,6 +40,15 @@ def router(tmp_path):
                            "2001:db8:c0e:2::2/64", target="candidate")
     with server:
         yield server
+
+
+@pytest.fixture
+def routers(tmp_path):
+    """Two routers for a TEP move, on prefixes of their own (not test_tep_move's)."""
+    with contextlib.ExitStack() as stack:
+        yield {name: stack.enter_context(NetconfServer(
+            tmp_path / name, f"dstm-nc-sv{i}-{os.getpid()}", f"2001:db8:c0e:{i}::2/64"))
+            for i, name in ((17, "rtr1"), (18, "rtr2"))}
 
 
 def _free_port() -> int:
@@ -89,6 +100,62 @@ def test_the_server_withdraws_revoked_and_ended_leases_from_the_router(router, i
             pushes = store.pushes("rtr1")
         assert n1.state.value == "expired" and n1.ended == n1.end
         assert pushes and all(p.applied for p in pushes), pushes
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def test_the_server_follows_a_tep_move_made_by_apply(routers, tmp_path):
+    """GitOps moves pool p1 from rtr1 to rtr2 (``apply`` with the new inventory) while
+    the server runs: ``apply`` records a ``tep-move`` event per lease; the server follows
+    them, re-reads the inventory and pushes both routers, so a lease allocated afterwards
+    reaches rtr2 beside the moved ones and rtr1 stays empty (with the old inventory the
+    server would push rtr2 without p1's leases)."""
+    inv, state, log = tmp_path / "inv", tmp_path / "leases.sqlite", tmp_path / "serve.log"
+    (inv / "group_vars" / "all").mkdir(parents=True)
+    (inv / "hosts.yml").write_text(yaml.safe_dump({"all": {"children": {
+        "dstm_teps": {"hosts": {n: tep_vars(s, n) for n, s in routers.items()}},
+        "dstm_nodes": {"hosts": {n: {"ansible_host": a}
+                                 for n, a in (("n1", N1), ("n2", N2), ("n3", N3))}},
+    }}}))
+
+    def pools(tep):
+        (inv / "group_vars" / "all" / "dstm.yml").write_text(yaml.safe_dump({"dstm_domain": {
+            "name": "mv", "lease_policy": {"hold_time": 0},
+            "pools": [{"name": "p1", "tep": tep, "ranges": ["203.0.113.1-203.0.113.6"]}]}}))
+
+    pools("rtr1")
+    argv = [sys.executable, "-m", "dstm_orch", "serve", "-i", str(inv), "--state",
+            str(state), "--listen", f"[::1]:{_free_port()}", "--api-listen", "off",
+            "--push", "teps", "--reclaim-interval", "1"]
+    with log.open("w") as out:
+        proc = subprocess.Popen(argv, stdout=out, stderr=out,
+                                env={**os.environ, "PYTHONPATH": str(ROOT)})
+    try:
+        assert cli(inv, state, "allocate", "n1") == 0
+        assert cli(inv, state, "allocate", "n2") == 0
+        # Both routers pushed and confirmed (events 1 and 2 are the two allocations).
+        wait_for(proc, log, lambda: "pushed TEP rtr1 (events up to 2)" in log.read_text()
+                 and "pushed TEP rtr2" in log.read_text(), "the server pushed both routers")
+        assert device_entries(routers["rtr1"]) == {N1: "203.0.113.1", N2: "203.0.113.2"}
+        assert device_entries(routers["rtr2"]) == {}
+
+        pools("rtr2")
+        assert cli(inv, state, "apply", "--limit", "rtr1,rtr2") == 0
+        assert cli(inv, state, "allocate", "n3") == 0
+        wait_for(proc, log, lambda: device_entries(routers["rtr2"]) == {
+            N1: "203.0.113.1", N2: "203.0.113.2", N3: "203.0.113.3"},
+            "the lease allocated after the move reaches rtr2 beside the moved ones")
+        assert device_entries(routers["rtr1"]) == {}
+        assert "re-reading the inventory" in log.read_text()
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=120) == 0
+        with LeaseStore(state) as store:
+            n1 = store.lease_of("n1")
+            events = [(e.event, e.old_tep) for e in store.events(n1.id)]
+        assert n1.tep == "rtr2"
+        assert events == [("allocate", None), ("tep-move", "rtr1")]
     finally:
         if proc.poll() is None:
             proc.kill()

@@ -106,7 +106,7 @@ class Daemon:
         self.loaded = self._load()
         self.service = RoamingService(self.loaded.domain, self.loaded.state, self.loaded.guard,
                                       self.loaded.pusher, options.source_check)
-        self.lifecycle = Lifecycle(self.service, options.policy)
+        self.lifecycle = Lifecycle(self.service, options.policy, self.reload)
         self.node_socket = ipv6_socket(options.listen)
         self.api_socket = ipv6_socket(options.api_listen) if options.api_listen else None
         self.executor = ThreadPoolExecutor(WORKERS, thread_name_prefix="dstm-request")

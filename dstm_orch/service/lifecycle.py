@@ -11,11 +11,18 @@ the next cycle (the backlog, logged when it lasts ``warn_cycles`` cycles).
 
 Every ``follow`` seconds the loop reads the store's event sequence
 (:meth:`LeaseStore.changes_since`): the events that change a TEP's mapping table
-(``allocate``, ``move``, ``revoke``, ``expire``), whoever recorded them (this server's
-node API, its operator API, its own reclamation, or a CLI process on the same store),
-mark their TEP; each marked TEP is then pushed once (:class:`TepSync` skips what a push
-already covered). A failed push is retried with backoff. At start every TEP is marked
-once, since leases may have changed while the server was down.
+(``allocate``, ``move``, ``tep-move``, ``revoke``, ``expire``), whoever recorded them
+(this server's node API, its operator API, its own reclamation, or a CLI process on the
+same store, ``apply`` moving a pool's leases to another TEP included), mark their TEP (a
+``tep-move`` also the TEP the lease left); each marked TEP is then pushed once
+(:class:`TepSync` skips what a push already covered). A failed push is retried with
+backoff. At start every TEP is marked once, since leases may have changed while the
+server was down.
+
+A ``tep-move`` is written by ``apply`` once it moved a pool's leases to the TEP that a
+newer inventory names: the loop first re-reads the inventory (the ``reload`` callback,
+as SIGHUP does; a broken one is refused and the old one kept), so that its pushes carry
+the new pool placement and do not put the moved leases back on the old TEP.
 """
 
 from __future__ import annotations
@@ -23,6 +30,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from dstm_orch.domain.errors import DstmError, PushError
@@ -32,7 +40,7 @@ from dstm_orch.service.server import RoamingService
 
 log = logging.getLogger("dstm_orch.service")
 
-TABLE_EVENTS = frozenset({"allocate", "move", "revoke", "expire"})
+TABLE_EVENTS = frozenset({"allocate", "move", "tep-move", "revoke", "expire"})
 """Lease events that change a TEP's mapping table (a renew does not)."""
 CHUNK = 50
 """Leases ended per write transaction inside a cycle (the time bound is checked between)."""
@@ -71,11 +79,17 @@ class Lifecycle:
     Args:
         service: the node service (its domain, store, pusher, push coalescers, metrics).
         policy: the bounds.
+        reload: re-reads the inventory, returning None or the error that kept the old
+            one (``Daemon.reload``); called when ``tep-move`` events are seen. None: no
+            reload.
     """
 
-    def __init__(self, service: RoamingService, policy: ReclaimPolicy | None = None):
+    def __init__(self, service: RoamingService, policy: ReclaimPolicy | None = None,
+                 reload: Callable[[], str | None] | None = None):
         self.service = service
         self.policy = policy or ReclaimPolicy()
+        self._reload = reload
+        self.tep_moves = 0
         self._stop = threading.Event()
         self._wake = threading.Event()
         self._lock = threading.Lock()
@@ -112,7 +126,8 @@ class Lifecycle:
                     if time.monotonic() >= next_reclaim:
                         next_reclaim = time.monotonic() + self.policy.interval
                         self.reclaim()
-                    self.follow()
+                    if self.follow():
+                        self._moved()
                     self.push()
                 except DstmError as exc:
                     log.error("lifecycle: %s", exc)
@@ -151,18 +166,33 @@ class Lifecycle:
         self.last_cycle = time.time()
         return ended
 
-    def follow(self) -> None:
-        """Read the store's new events and mark the TEPs whose table they change."""
+    def follow(self) -> int:
+        """Read the store's new events and mark the TEPs whose table they change (for a
+        ``tep-move``, the TEP left too); return how many ``tep-move`` events were read."""
         store = self.service.store()
+        moves = 0
         with self._lock:
             while True:
                 changes = store.changes_since(self.cursor)
-                for event_id, tep, event in changes:
+                for event_id, tep, event, left in changes:
                     if event in TABLE_EVENTS:
-                        self.marked[tep] = max(self.marked.get(tep, 0), event_id)
+                        for name in (tep, left) if left else (tep,):
+                            self.marked[name] = max(self.marked.get(name, 0), event_id)
+                    moves += event == "tep-move"
                     self.cursor = event_id
                 if len(changes) < 10000:
-                    return
+                    self.tep_moves += moves
+                    return moves
+
+    def _moved(self) -> None:
+        """Leases moved to another TEP: serve the inventory that moved them."""
+        if self._reload is None:
+            return
+        log.info("lifecycle: leases moved to another TEP (apply); re-reading the inventory")
+        error = self._reload()
+        if error:
+            log.warning("lifecycle: after a TEP move the inventory could not be re-read "
+                        "(%s); pushes follow the previous one", error)
 
     def push(self) -> None:
         """Push each marked TEP once (unless covered already, or backing off)."""
@@ -171,6 +201,11 @@ class Lifecycle:
         for tep, event_id in marked.items():
             if self._stop.is_set():
                 return
+            if tep not in self.service.domain.teps:
+                # A lease left a TEP that the inventory no longer names: nothing to reach.
+                log.warning("TEP %s is not in the inventory any more; not pushed", tep)
+                self._unmark(tep, event_id)
+                continue
             sync = self.service.sync(tep)
             if sync.pushed >= event_id:
                 self._unmark(tep, event_id)
