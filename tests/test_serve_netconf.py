@@ -17,6 +17,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.request
 
 import pytest
 import yaml
@@ -25,7 +26,7 @@ from dstm_orch.cli.main import main
 from dstm_orch.store import LeaseStore
 from tests.conftest import ROOT, needs_root
 from tests.netconf_server import NetconfServer
-from tests.test_cli_netconf import device_entries
+from tests.test_cli_netconf import add_by_hand, device_entries
 from tests.test_cli_netconf import inventory as inventory
 from tests.test_tep_move import tep_vars
 
@@ -156,6 +157,54 @@ def test_the_server_follows_a_tep_move_made_by_apply(routers, tmp_path):
             events = [(e.event, e.old_tep) for e in store.events(n1.id)]
         assert n1.tep == "rtr2"
         assert events == [("allocate", None), ("tep-move", "rtr1")]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def drift_checks(api: str) -> dict[str, float]:
+    """``result -> count`` of ``dstm_drift_checks_total{tep="rtr1"}`` from ``/metrics``."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    with urllib.request.urlopen(f"{api}/metrics", timeout=10) as answer:
+        text = answer.read().decode()
+    return {s.labels["result"]: s.value for family in text_string_to_metric_families(text)
+            for s in family.samples
+            if s.name == "dstm_drift_checks_total" and s.labels["tep"] == "rtr1"}
+
+
+def test_the_drift_check_restores_a_table_changed_behind_the_servers_back(router, inventory,
+                                                                          tmp_path):
+    """Issue 10 section 4: with ``--drift-interval`` the server reads the router's table
+    periodically; an entry added by hand (no lease explains it) is found, counted as
+    drift in ``/metrics``, journaled, and removed by a push, with no CLI command."""
+    state, log = tmp_path / "leases.sqlite", tmp_path / "serve.log"
+    api_port = _free_port()
+    argv = [sys.executable, "-m", "dstm_orch", "serve", "-i", str(inventory), "--state",
+            str(state), "--listen", f"[::1]:{_free_port()}", "--api-listen",
+            f"[::1]:{api_port}", "--push", "teps", "--drift-interval", "1"]
+    with log.open("w") as out:
+        proc = subprocess.Popen(argv, stdout=out, stderr=out,
+                                env={**os.environ, "PYTHONPATH": str(ROOT)})
+    try:
+        assert cli(inventory, state, "allocate", "n1") == 0
+        wait_for(proc, log, lambda: "pushed TEP rtr1 (events up to 1)" in log.read_text(),
+                 "the lease is pushed and confirmed")
+        assert device_entries(router) == {N1: "203.0.113.1"}
+        wait_for(proc, log, lambda: drift_checks(f"http://[::1]:{api_port}").get("in_step"),
+                 "a drift check finds the router in step")
+        add_by_hand(router, "2001:db8:c0f:2::99", "203.0.113.5")
+        wait_for(proc, log, lambda: drift_checks(f"http://[::1]:{api_port}").get("drifted"),
+                 "a drift check finds the entry added by hand")
+        wait_for(proc, log, lambda: device_entries(router) == {N1: "203.0.113.1"},
+                 "the server removes the entry added by hand")
+        assert "TEP rtr1 drifted from the leases" in log.read_text()
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=120) == 0
+        with LeaseStore(state) as store:
+            details = [p.detail for p in store.pushes("rtr1")]
+        assert "plan: the device drifted from its last push" in details
     finally:
         if proc.poll() is None:
             proc.kill()

@@ -79,6 +79,10 @@ RATE = _Rate()
 @click.option("--max-reclaim-time", type=click.FloatRange(min=0), default=0.25,
               show_default=True, metavar="SECONDS", help="Time a cycle may spend "
               "reclaiming (0: no bound).")
+@click.option("--drift-interval", type=click.FloatRange(min=0), default=0.0,
+              show_default=True, metavar="SECONDS", help="Seconds between reads of each "
+              "router TEP's binding table over NETCONF; a table that differs from the "
+              "leases is pushed again (0: no drift check).")
 @click.option("--no-source-check", is_flag=True, help="Accept a claimed IPv6 address "
               "that is not the request's source (behind a proxy; weaker).")
 @click.option("--cert", type=click.Path(dir_okay=False, exists=True),
@@ -90,7 +94,8 @@ def serve(inventory: str, state: str | None, listen: str, api_listen: str,
           vault_password_file: str | None, window: int, node_rate: tuple[int, float],
           global_rate: tuple[int, float], max_leases: int | None, push: str,
           reclaim_interval: float, max_reclaim_leases: int, max_reclaim_time: float,
-          no_source_check: bool, cert: str | None, key: str | None, log_format: str) -> None:
+          drift_interval: float, no_source_check: bool, cert: str | None, key: str | None,
+          log_format: str) -> None:
     """Run the DSTM server of the domain (draft sections 5 and 6): lease requests of
     every node over HTTP on IPv6, reclamation of ended leases, pushes to the TEPs,
     operator API and metrics. SIGHUP reloads the inventory; SIGTERM stops gracefully."""
@@ -115,7 +120,7 @@ def serve(inventory: str, state: str | None, listen: str, api_listen: str,
         vault_password_file=vault_password_file, limits=limits, push=push,
         source_check=not no_source_check, tls=tls_context(cert, key) if cert else None,
         policy=ReclaimPolicy(interval=reclaim_interval, max_leases=max_reclaim_leases,
-                             max_time=max_reclaim_time))
+                             max_time=max_reclaim_time, drift=drift_interval))
     try:
         daemon = Daemon(options)
     except OSError as exc:

@@ -19,6 +19,11 @@ same store, ``apply`` moving a pool's leases to another TEP included), mark thei
 backoff. At start every TEP is marked once, since leases may have changed while the
 server was down.
 
+Every ``drift`` seconds (0: never) the loop reads each router TEP's binding table over
+NETCONF (:meth:`TepPusher.drifted`, what ``plan`` reads) between its pushes; a table that
+differs from the current leases (edited behind the server's back) is pushed again and
+counted (``dstm_drift_checks_total``).
+
 A ``tep-move`` is written by ``apply`` once it moved a pool's leases to the TEP that a
 newer inventory names: the loop first re-reads the inventory (the ``reload`` callback,
 as SIGHUP does; a broken one is refused and the old one kept), so that its pushes carry
@@ -58,6 +63,7 @@ class ReclaimPolicy:
             no bound.
         follow: seconds between reads of the store's event sequence.
         warn_cycles: log a warning when ended leases wait this many cycles.
+        drift: seconds between drift checks of the router TEPs; 0: none.
     """
 
     interval: float = 5.0
@@ -65,10 +71,13 @@ class ReclaimPolicy:
     max_time: float = 0.25
     follow: float = 0.5
     warn_cycles: int = 5
+    drift: float = 0.0
 
     def __post_init__(self) -> None:
         if self.interval <= 0 or self.follow <= 0:
             raise ValueError("reclaim interval and follow period must be positive seconds")
+        if self.drift < 0:
+            raise ValueError("the drift check interval must be 0 (off) or positive seconds")
         if self.max_leases < 0 or self.max_time < 0 or self.warn_cycles < 1:
             raise ValueError("max_leases and max_time must be 0 or more, warn_cycles 1 or more")
 
@@ -121,11 +130,15 @@ class Lifecycle:
                 self.cursor = self.service.store().last_event_id()
                 self.marked = {tep: self.cursor for tep in self.service.domain.teps}
             next_reclaim = 0.0
+            next_drift = time.monotonic() + self.policy.drift
             while not self._stop.is_set():
                 try:
                     if time.monotonic() >= next_reclaim:
                         next_reclaim = time.monotonic() + self.policy.interval
                         self.reclaim()
+                    if self.policy.drift and time.monotonic() >= next_drift:
+                        self.drift_check()
+                        next_drift = time.monotonic() + self.policy.drift
                     if self.follow():
                         self._moved()
                     self.push()
@@ -183,6 +196,33 @@ class Lifecycle:
                 if len(changes) < 10000:
                     self.tep_moves += moves
                     return moves
+
+    def drift_check(self) -> dict[str, str]:
+        """Read every router TEP's table; mark the drifted ones for a push. Return
+        ``{tep: in_step | drifted | error}`` (Linux TEPs are left out)."""
+        service = self.service
+        probe = getattr(service.pusher, "drifted", None)
+        if probe is None:
+            return {}
+        found: dict[str, str] = {}
+        for tep in list(service.domain.teps):
+            if self._stop.is_set():
+                break
+            try:
+                drifted = service.sync(tep).check_drift(lambda tep=tep: probe(tep))
+            except PushError as exc:
+                found[tep] = "error"
+                log.warning("drift check of TEP %s failed: %s", tep, exc)
+            else:
+                if drifted is None:
+                    continue
+                found[tep] = "drifted" if drifted else "in_step"
+                if drifted:
+                    log.warning("TEP %s drifted from the leases; pushing it again", tep)
+                    with self._lock:
+                        self.marked[tep] = max(self.marked.get(tep, 0), self.cursor)
+            service.metrics.drift_checks.labels(tep, found[tep]).inc()
+        return found
 
     def _moved(self) -> None:
         """Leases moved to another TEP: serve the inventory that moved them."""
