@@ -36,10 +36,10 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from dstm_orch.domain.errors import DstmError, PushError
-from dstm_orch.domain.model import utcnow
+from dstm_orch.domain.model import ReclaimSettings, utcnow
 from dstm_orch.ipam.allocator import Allocator
 from dstm_orch.service.server import RoamingService
 
@@ -73,6 +73,12 @@ class ReclaimPolicy:
     warn_cycles: int = 5
     drift: float = 0.0
 
+    def describe(self) -> str:
+        """One line for the log: the bounds in force."""
+        drift = f"every {self.drift:g} s" if self.drift else "off"
+        return (f"reclaim every {self.interval:g} s, at most {self.max_leases} lease(s) and "
+                f"{self.max_time:g} s per cycle (0: no bound); drift check {drift}")
+
     def __post_init__(self) -> None:
         if self.interval <= 0 or self.follow <= 0:
             raise ValueError("reclaim interval and follow period must be positive seconds")
@@ -80,6 +86,17 @@ class ReclaimPolicy:
             raise ValueError("the drift check interval must be 0 (off) or positive seconds")
         if self.max_leases < 0 or self.max_time < 0 or self.warn_cycles < 1:
             raise ValueError("max_leases and max_time must be 0 or more, warn_cycles 1 or more")
+
+
+def effective_policy(base: ReclaimPolicy, inventory: ReclaimSettings,
+                     from_cli: frozenset[str] = frozenset()) -> ReclaimPolicy:
+    """Return ``base`` (``serve``'s options or their defaults) with the inventory's
+    ``lease_policy`` reclamation settings in place of the fields not in ``from_cli`` (the
+    ones given on the command line win)."""
+    values = {"interval": inventory.interval, "max_leases": inventory.max_leases,
+              "max_time": inventory.max_time}
+    return replace(base, **{name: value for name, value in values.items()
+                            if value is not None and name not in from_cli})
 
 
 class Lifecycle:
@@ -125,6 +142,7 @@ class Lifecycle:
         self._wake.set()
 
     def _run(self) -> None:
+        log.info("lifecycle: %s", self.policy.describe())
         try:
             with self._lock:
                 self.cursor = self.service.store().last_event_id()
