@@ -18,7 +18,7 @@ import yaml
 
 from dstm_orch.config.inventory import load_inventory, schema
 from dstm_orch.domain.errors import InventoryError, Problem
-from dstm_orch.domain.model import Driver, PortSetFill
+from dstm_orch.domain.model import Driver, PortSetFill, ReclaimSettings
 
 ROOT = Path(__file__).resolve().parents[1]
 LAB = ROOT / "inventories" / "lab"
@@ -274,6 +274,30 @@ def test_unknown_key_in_lease_policy(tmp_path):
     write_inventory(tmp_path, domain=domain)
     check(the_problem(tmp_path), tmp_path / "group_vars/all/dstm.yml",
           "dstm_domain.lease_policy", "'hold'")
+
+
+def test_reclaim_settings_come_from_the_domain_lease_policy(tmp_path):
+    domain = copy.deepcopy(BASE_DOMAIN)
+    domain["dstm_domain"]["lease_policy"] = {"hold_time": 0, "reclaim_interval": 1.5,
+                                             "max_reclaim_leases": 7}
+    write_inventory(tmp_path, domain=domain)
+    assert load_inventory(tmp_path).domain.reclaim == ReclaimSettings(1.5, 7, None)
+    write_inventory(tmp_path)
+    assert load_inventory(tmp_path).domain.reclaim == ReclaimSettings(None, None, None)
+
+
+def test_a_reclaim_interval_of_zero_is_refused_naming_the_key(tmp_path):
+    domain = copy.deepcopy(BASE_DOMAIN)
+    domain["dstm_domain"]["lease_policy"] = {"reclaim_interval": 0}
+    write_inventory(tmp_path, domain=domain)
+    check(the_problem(tmp_path), tmp_path / "group_vars/all/dstm.yml",
+          "dstm_domain.lease_policy.reclaim_interval", "0.1")
+
+
+def test_reclaim_settings_are_not_pool_settings(tmp_path):
+    write_inventory(tmp_path, domain=with_pool(max_reclaim_leases=5))
+    problem = the_problem(tmp_path)
+    check(problem, tmp_path / "group_vars/all/dstm.yml", "dstm_domain.pools[0]", "unknown key")
 
 
 def test_pool_without_prefixes_or_ranges(tmp_path):

@@ -267,6 +267,24 @@ def test_the_loop_reclaims_an_ended_lease_without_anyone(server):
             if s.name == "dstm_reclaims_total"] == [1.0]
 
 
+def test_reclaim_settings_come_from_the_inventory_and_the_command_line_wins(server):
+    # Issue 9 section 2: lease-policy settings of the domain schema; an option given to
+    # serve overrides its key; a reload applies a changed one.
+    assert server.stop() == 0
+    dstm = server.inventory / "group_vars" / "all" / "dstm.yml"
+    dstm.write_text(dstm.read_text().replace(
+        "    hold_time: 300\n", "    hold_time: 300\n    reclaim_interval: 1.5\n"
+        "    max_reclaim_leases: 7\n    max_reclaim_time: 0.5\n"))
+    server.extra = ["--push", "none", "--max-reclaim-leases", "9"]
+    server.start()
+    server.wait_for(lambda: "reclaim every 1.5 s, at most 9 lease(s) and 0.5 s per cycle"
+                    in server.log.read_text(), "the server logs the inventory's settings")
+    dstm.write_text(dstm.read_text().replace("reclaim_interval: 1.5", "reclaim_interval: 2"))
+    server.proc.send_signal(signal.SIGHUP)
+    server.wait_for(lambda: "reclaim every 2 s, at most 9 lease(s) and 0.5 s per cycle"
+                    in server.log.read_text(), "the reload applies the new interval")
+
+
 def test_sighup_reloads_and_a_broken_inventory_keeps_the_old_one(server):
     (before,) = server.calls(node("ws-03"))
     assert before[0] == 401 and before[1]["error"] == "missing_signature"  # not a node yet

@@ -17,19 +17,22 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.request
 
 import pytest
+import yaml
 
 from dstm_orch.cli.main import main
 from dstm_orch.store import LeaseStore
 from tests.conftest import ROOT, needs_root
 from tests.netconf_server import NetconfServer
-from tests.test_cli_netconf import device_entries
+from tests.test_cli_netconf import add_by_hand, device_entries
 from tests.test_cli_netconf import inventory as inventory
+from tests.test_tep_move import tep_vars
 
 pytestmark = [pytest.mark.lab, pytest.mark.slow, needs_root()]
 
-N1, N2 = "2001:db8:c0f:2::11", "2001:db8:c0f:2::12"
+N1, N2, N3 = "2001:db8:c0f:2::11", "2001:db8:c0f:2::12", "2001:db8:c0f:2::13"
 
 
 @pytest.fixture
@@ -38,6 +41,15 @@ def router(tmp_path):
                            "2001:db8:c0e:2::2/64", target="candidate")
     with server:
         yield server
+
+
+@pytest.fixture
+def routers(tmp_path):
+    """Two routers for a TEP move, on prefixes of their own (not test_tep_move's)."""
+    with contextlib.ExitStack() as stack:
+        yield {name: stack.enter_context(NetconfServer(
+            tmp_path / name, f"dstm-nc-sv{i}-{os.getpid()}", f"2001:db8:c0e:{i}::2/64"))
+            for i, name in ((17, "rtr1"), (18, "rtr2"))}
 
 
 def _free_port() -> int:
@@ -89,6 +101,110 @@ def test_the_server_withdraws_revoked_and_ended_leases_from_the_router(router, i
             pushes = store.pushes("rtr1")
         assert n1.state.value == "expired" and n1.ended == n1.end
         assert pushes and all(p.applied for p in pushes), pushes
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def test_the_server_follows_a_tep_move_made_by_apply(routers, tmp_path):
+    """GitOps moves pool p1 from rtr1 to rtr2 (``apply`` with the new inventory) while
+    the server runs: ``apply`` records a ``tep-move`` event per lease; the server follows
+    them, re-reads the inventory and pushes both routers, so a lease allocated afterwards
+    reaches rtr2 beside the moved ones and rtr1 stays empty (with the old inventory the
+    server would push rtr2 without p1's leases)."""
+    inv, state, log = tmp_path / "inv", tmp_path / "leases.sqlite", tmp_path / "serve.log"
+    (inv / "group_vars" / "all").mkdir(parents=True)
+    (inv / "hosts.yml").write_text(yaml.safe_dump({"all": {"children": {
+        "dstm_teps": {"hosts": {n: tep_vars(s, n) for n, s in routers.items()}},
+        "dstm_nodes": {"hosts": {n: {"ansible_host": a}
+                                 for n, a in (("n1", N1), ("n2", N2), ("n3", N3))}},
+    }}}))
+
+    def pools(tep):
+        (inv / "group_vars" / "all" / "dstm.yml").write_text(yaml.safe_dump({"dstm_domain": {
+            "name": "mv", "lease_policy": {"hold_time": 0},
+            "pools": [{"name": "p1", "tep": tep, "ranges": ["203.0.113.1-203.0.113.6"]}]}}))
+
+    pools("rtr1")
+    argv = [sys.executable, "-m", "dstm_orch", "serve", "-i", str(inv), "--state",
+            str(state), "--listen", f"[::1]:{_free_port()}", "--api-listen", "off",
+            "--push", "teps", "--reclaim-interval", "1"]
+    with log.open("w") as out:
+        proc = subprocess.Popen(argv, stdout=out, stderr=out,
+                                env={**os.environ, "PYTHONPATH": str(ROOT)})
+    try:
+        assert cli(inv, state, "allocate", "n1") == 0
+        assert cli(inv, state, "allocate", "n2") == 0
+        # Both routers pushed and confirmed (events 1 and 2 are the two allocations).
+        wait_for(proc, log, lambda: "pushed TEP rtr1 (events up to 2)" in log.read_text()
+                 and "pushed TEP rtr2" in log.read_text(), "the server pushed both routers")
+        assert device_entries(routers["rtr1"]) == {N1: "203.0.113.1", N2: "203.0.113.2"}
+        assert device_entries(routers["rtr2"]) == {}
+
+        pools("rtr2")
+        assert cli(inv, state, "apply", "--limit", "rtr1,rtr2") == 0
+        assert cli(inv, state, "allocate", "n3") == 0
+        wait_for(proc, log, lambda: device_entries(routers["rtr2"]) == {
+            N1: "203.0.113.1", N2: "203.0.113.2", N3: "203.0.113.3"},
+            "the lease allocated after the move reaches rtr2 beside the moved ones")
+        assert device_entries(routers["rtr1"]) == {}
+        assert "re-reading the inventory" in log.read_text()
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=120) == 0
+        with LeaseStore(state) as store:
+            n1 = store.lease_of("n1")
+            events = [(e.event, e.old_tep) for e in store.events(n1.id)]
+        assert n1.tep == "rtr2"
+        assert events == [("allocate", None), ("tep-move", "rtr1")]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def drift_checks(api: str) -> dict[str, float]:
+    """``result -> count`` of ``dstm_drift_checks_total{tep="rtr1"}`` from ``/metrics``."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    with urllib.request.urlopen(f"{api}/metrics", timeout=10) as answer:
+        text = answer.read().decode()
+    return {s.labels["result"]: s.value for family in text_string_to_metric_families(text)
+            for s in family.samples
+            if s.name == "dstm_drift_checks_total" and s.labels["tep"] == "rtr1"}
+
+
+def test_the_drift_check_restores_a_table_changed_behind_the_servers_back(router, inventory,
+                                                                          tmp_path):
+    """Issue 10 section 4: with ``--drift-interval`` the server reads the router's table
+    periodically; an entry added by hand (no lease explains it) is found, counted as
+    drift in ``/metrics``, journaled, and removed by a push, with no CLI command."""
+    state, log = tmp_path / "leases.sqlite", tmp_path / "serve.log"
+    api_port = _free_port()
+    argv = [sys.executable, "-m", "dstm_orch", "serve", "-i", str(inventory), "--state",
+            str(state), "--listen", f"[::1]:{_free_port()}", "--api-listen",
+            f"[::1]:{api_port}", "--push", "teps", "--drift-interval", "1"]
+    with log.open("w") as out:
+        proc = subprocess.Popen(argv, stdout=out, stderr=out,
+                                env={**os.environ, "PYTHONPATH": str(ROOT)})
+    try:
+        assert cli(inventory, state, "allocate", "n1") == 0
+        wait_for(proc, log, lambda: "pushed TEP rtr1 (events up to 1)" in log.read_text(),
+                 "the lease is pushed and confirmed")
+        assert device_entries(router) == {N1: "203.0.113.1"}
+        wait_for(proc, log, lambda: drift_checks(f"http://[::1]:{api_port}").get("in_step"),
+                 "a drift check finds the router in step")
+        add_by_hand(router, "2001:db8:c0f:2::99", "203.0.113.5")
+        wait_for(proc, log, lambda: drift_checks(f"http://[::1]:{api_port}").get("drifted"),
+                 "a drift check finds the entry added by hand")
+        wait_for(proc, log, lambda: device_entries(router) == {N1: "203.0.113.1"},
+                 "the server removes the entry added by hand")
+        assert "TEP rtr1 drifted from the leases" in log.read_text()
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=120) == 0
+        with LeaseStore(state) as store:
+            details = [p.detail for p in store.pushes("rtr1")]
+        assert "plan: the device drifted from its last push" in details
     finally:
         if proc.poll() is None:
             proc.kill()

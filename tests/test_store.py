@@ -326,6 +326,36 @@ def test_events_record_the_ipv6_address_and_a_move_both(store):
     ]
 
 
+def test_a_tep_move_is_an_event_naming_the_tep_left(store):
+    # GitOps moved the lease's pool to TEP "t2": the history and the event sequence show it.
+    tep2 = ipaddress.IPv6Address("2001:db8:e00::b")
+    with store.write() as tx:
+        lease = tx.insert(**lease_fields("n1"))
+    before = store.last_event_id()
+    with store.write() as tx:
+        moved = tx.move_tep(lease, T0 + timedelta(seconds=5), "t2", tep2)
+    assert (moved.tep, moved.tep_ipv6, moved.ipv4, moved.end) == (
+        "t2", tep2, lease.ipv4, lease.end)
+    assert [(e.event, e.at, e.old_tep, e.node_ipv6) for e in store.events(lease.id)] == [
+        ("allocate", T0, None, NODE6), ("tep-move", T0 + timedelta(seconds=5), "t", NODE6)]
+    assert store.changes_since(before) == [(before + 1, "t2", "tep-move", "t")]
+
+
+def test_a_tep_move_without_the_tep_left_is_refused(store_state):
+    with open_store(store_state) as store, store.write() as tx:
+        lease = tx.insert(**lease_fields("n1"))
+    raw = RawConnection(store_state)
+    try:
+        with pytest.raises(integrity_errors()):
+            raw.execute("INSERT INTO lease_events (lease_id, at, event, node_ipv6) VALUES"
+                        " (?, ?, 'tep-move', '::1')", (lease.id, int(T0.timestamp())))
+        with pytest.raises(integrity_errors()):
+            raw.execute("INSERT INTO lease_events (lease_id, at, event, node_ipv6, old_tep)"
+                        " VALUES (?, ?, 'renew', '::1', 't')", (lease.id, int(T0.timestamp())))
+    finally:
+        raw.close()
+
+
 def version_1_file(path) -> None:
     """Write a lease store of schema version 1 (before the ports option) by hand: one
     revoked and one active lease, with their events."""
@@ -361,7 +391,7 @@ def test_a_version_1_store_is_migrated_keeping_its_history(tmp_path):
     path = tmp_path / "v1.sqlite"
     version_1_file(path)
     with LeaseStore(path) as store:
-        assert store.schema_version == SCHEMA_VERSION == 6
+        assert store.schema_version == SCHEMA_VERSION == 7
         leases = store.leases(include_history=True)
         assert [(lease.node, lease.state, lease.port_set) for lease in leases] == [
             ("old", model.LeaseState.REVOKED, None), ("now", model.LeaseState.ACTIVE, None)]
@@ -375,12 +405,20 @@ def test_a_version_1_store_is_migrated_keeping_its_history(tmp_path):
                 tx.insert(**lease_fields("n9", "192.0.2.1"), port_set=PortSet(0, 2, 1))
         assert [e.event for e in store.events(2)] == ["allocate", "move"]
         assert moved.node_ipv6 == ipaddress.IPv6Address("2001:db8:e20::22")
+        # Version 7 rebuilt the events table: the database still writes 'allocate'
+        # events, keeps them in order and numbers them after the old ones.
+        with store.write() as tx:
+            fresh = tx.insert(**lease_fields("n8", "192.0.2.9"))
+        with pytest.raises(StoreError, match="older than the start"), store.write() as tx:
+            tx.move_tep(fresh, T0 - timedelta(seconds=1), "t2", TEP6)
+        assert [e.event for e in store.events(fresh.id)] == ["allocate"]
+        assert store.lease_of("n8").tep == "t"
     raw = sqlite3.connect(path)
     try:
         ids = [row[0] for row in raw.execute("SELECT id FROM lease_events ORDER BY id")]
     finally:
         raw.close()
-    assert ids == [1, 2, 3, 4]
+    assert ids == [1, 2, 3, 4, 5]
 
 
 def test_pushes_are_recorded_with_their_outcome(tmp_path):

@@ -72,13 +72,17 @@ RATE = _Rate()
               "'ansible' is the old name of 'teps'.")
 @click.option("--reclaim-interval", type=click.FloatRange(min=0.1), default=5.0,
               show_default=True, metavar="SECONDS", help="Seconds between reclamation "
-              "cycles of ended leases.")
+              "cycles of ended leases (overrides lease_policy.reclaim_interval).")
 @click.option("--max-reclaim-leases", type=click.IntRange(min=0), default=100,
               show_default=True, metavar="N", help="Leases reclaimed per cycle at most "
-              "(0: no bound).")
+              "(0: no bound; overrides lease_policy.max_reclaim_leases).")
 @click.option("--max-reclaim-time", type=click.FloatRange(min=0), default=0.25,
               show_default=True, metavar="SECONDS", help="Time a cycle may spend "
-              "reclaiming (0: no bound).")
+              "reclaiming (0: no bound; overrides lease_policy.max_reclaim_time).")
+@click.option("--drift-interval", type=click.FloatRange(min=0), default=0.0,
+              show_default=True, metavar="SECONDS", help="Seconds between reads of each "
+              "router TEP's binding table over NETCONF; a table that differs from the "
+              "leases is pushed again (0: no drift check).")
 @click.option("--no-source-check", is_flag=True, help="Accept a claimed IPv6 address "
               "that is not the request's source (behind a proxy; weaker).")
 @click.option("--cert", type=click.Path(dir_okay=False, exists=True),
@@ -90,7 +94,8 @@ def serve(inventory: str, state: str | None, listen: str, api_listen: str,
           vault_password_file: str | None, window: int, node_rate: tuple[int, float],
           global_rate: tuple[int, float], max_leases: int | None, push: str,
           reclaim_interval: float, max_reclaim_leases: int, max_reclaim_time: float,
-          no_source_check: bool, cert: str | None, key: str | None, log_format: str) -> None:
+          drift_interval: float, no_source_check: bool, cert: str | None, key: str | None,
+          log_format: str) -> None:
     """Run the DSTM server of the domain (draft sections 5 and 6): lease requests of
     every node over HTTP on IPv6, reclamation of ended leases, pushes to the TEPs,
     operator API and metrics. SIGHUP reloads the inventory; SIGTERM stops gracefully."""
@@ -115,7 +120,10 @@ def serve(inventory: str, state: str | None, listen: str, api_listen: str,
         vault_password_file=vault_password_file, limits=limits, push=push,
         source_check=not no_source_check, tls=tls_context(cert, key) if cert else None,
         policy=ReclaimPolicy(interval=reclaim_interval, max_leases=max_reclaim_leases,
-                             max_time=max_reclaim_time))
+                             max_time=max_reclaim_time, drift=drift_interval),
+        policy_from_cli=_given({"reclaim_interval": "interval",
+                                "max_reclaim_leases": "max_leases",
+                                "max_reclaim_time": "max_time"}))
     try:
         daemon = Daemon(options)
     except OSError as exc:
@@ -125,6 +133,17 @@ def serve(inventory: str, state: str | None, listen: str, api_listen: str,
     click.echo(f"dstm-orch serve: {len(nodes)} node(s) on {node}; operator API "
                f"{api or 'off'}; push: {daemon.service.pusher.label}", err=True)
     daemon.run()
+
+
+def _given(names: dict[str, str]) -> frozenset[str]:
+    """The values of ``names`` (option name -> policy field) whose option was given on
+    the command line or in the environment, not left at its default."""
+    from click.core import ParameterSource
+
+    ctx = click.get_current_context()
+    return frozenset(field for option, field in names.items()
+                     if ctx.get_parameter_source(option) not in (ParameterSource.DEFAULT,
+                                                                  None))
 
 
 class _JsonFormatter(logging.Formatter):

@@ -24,7 +24,16 @@ import netaddr
 
 from dstm_orch.config.ansible_inventory import AnsibleInventory, HostEntry, shorten
 from dstm_orch.domain.errors import InventoryError, Problem
-from dstm_orch.domain.model import Domain, Driver, LeasePolicy, Node, Pool, PortSetFill, Tep
+from dstm_orch.domain.model import (
+    Domain,
+    Driver,
+    LeasePolicy,
+    Node,
+    Pool,
+    PortSetFill,
+    ReclaimSettings,
+    Tep,
+)
 from dstm_orch.domain.portset import DEFAULT_PSID_OFFSET, PORT_BITS
 
 NODES_GROUP = "dstm_nodes"
@@ -110,7 +119,11 @@ class _Builder:
         nodes = self._nodes(pools, teps) if schema_ok else {}
         if self.problems:
             raise InventoryError(list(dict.fromkeys(self.problems)))
-        return Domain(raw["dstm_domain"]["name"], pools, teps, nodes)
+        policy = raw["dstm_domain"].get("lease_policy", {})
+        reclaim = ReclaimSettings(policy.get("reclaim_interval"),
+                                  policy.get("max_reclaim_leases"),
+                                  policy.get("max_reclaim_time"))
+        return Domain(raw["dstm_domain"]["name"], pools, teps, nodes, reclaim)
 
     def _file(self, host: HostEntry) -> str:
         """Name the file to blame for a host: where its ``ansible_host`` is set, else the
@@ -188,7 +201,8 @@ class _Builder:
     # Pools ---------------------------------------------------------------
     def _pools(self, raw: dict, file: str, teps: dict[str, Tep]) -> dict[str, Pool]:
         defaults = raw.get("lease_policy", {})
-        domain_policy = LeasePolicy(**defaults)
+        domain_policy = LeasePolicy(**{k: v for k, v in defaults.items()
+                                       if k in LeasePolicy.__dataclass_fields__})
         if domain_policy.default_lifetime > domain_policy.max_lifetime:
             self.problem(file, "dstm_domain.lease_policy.default_lifetime",
                          f"default lifetime {domain_policy.default_lifetime} s exceeds the "

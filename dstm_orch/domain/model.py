@@ -84,6 +84,21 @@ def utcnow() -> datetime:
 
 
 @dataclass(frozen=True)
+class ReclaimSettings:
+    """How often and how much the DSTM server reclaims ended leases (draft section 5: a
+    lease is temporary; Kea's ``expired-leases-processing`` as reference), from the
+    domain's ``lease_policy``; None: not set there (``serve``'s option or default).
+
+    ``interval``: seconds between cycles; ``max_leases``: leases per cycle at most (0: no
+    bound); ``max_time``: seconds a cycle may spend (0: no bound).
+    """
+
+    interval: float | None = None
+    max_leases: int | None = None
+    max_time: float | None = None
+
+
+@dataclass(frozen=True)
 class LeasePolicy:
     """Lifetimes of a pool's leases, all in seconds.
 
@@ -211,6 +226,7 @@ class Domain:
     pools: dict[str, Pool]
     teps: dict[str, Tep]
     nodes: dict[str, Node]
+    reclaim: ReclaimSettings = ReclaimSettings()
 
     def tep_of(self, node: Node) -> Tep:
         return self.teps[self.pools[node.pool].tep]

@@ -30,7 +30,7 @@ from pathlib import Path
 
 from dstm_orch.config.inventory import DstmInventory
 from dstm_orch.domain.errors import DstmError
-from dstm_orch.domain.model import LeaseState
+from dstm_orch.domain.model import LeaseState, utcnow
 from dstm_orch.push.consequences import Consequences, Revocation, consequences
 from dstm_orch.push.fingerprint import digest_of, file_changes, git_state, inventory_files
 from dstm_orch.push.intent import Intent, render_intent
@@ -184,7 +184,8 @@ def _merged(parts: list[Report]) -> Report:
 
 
 def _record_moves(inv: DstmInventory, store: LeaseStore, intent: Intent) -> None:
-    """After a TEP move was pushed, record each moved lease's new TEP in the store."""
+    """After a TEP move was pushed, record each moved lease's new TEP in the store (a
+    ``tep-move`` event each, which a running ``serve`` follows)."""
     if not intent.moves:
         return
     with store.write() as tx:
@@ -192,7 +193,7 @@ def _record_moves(inv: DstmInventory, store: LeaseStore, intent: Intent) -> None
             lease = tx.lease_of(move.lease.node)
             if lease is not None and lease.id == move.lease.id:
                 tep = inv.domain.teps[move.new_tep]
-                tx.move_tep(lease, tep.name, tep.ipv6)
+                tx.move_tep(lease, utcnow(), tep.name, tep.ipv6)
 
 
 def _revoke(store: LeaseStore, revocations: list[Revocation], now: datetime) -> tuple:

@@ -40,7 +40,7 @@ import socket
 import ssl
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from aiohttp import web
 
@@ -48,7 +48,7 @@ from dstm_orch.domain.errors import DstmError, LeaseNotFoundError, UnknownNodeEr
 from dstm_orch.domain.model import utcnow
 from dstm_orch.ipam.allocator import Allocator
 from dstm_orch.service.httpd import WORKERS, ipv6_socket, json_response, node_app, start_sites
-from dstm_orch.service.lifecycle import Lifecycle, ReclaimPolicy
+from dstm_orch.service.lifecycle import Lifecycle, ReclaimPolicy, effective_policy
 from dstm_orch.service.metrics import CONTENT_TYPE
 from dstm_orch.service.server import Loaded, RoamingService, load
 from dstm_orch.store import LeaseStore
@@ -74,6 +74,9 @@ class Options:
     source_check: bool
     tls: ssl.SSLContext | None
     policy: ReclaimPolicy
+    policy_from_cli: frozenset[str] = field(default_factory=frozenset)
+    """The fields of ``policy`` given on the command line: they override the inventory's
+    ``lease_policy`` (the others come from there when it sets them)."""
 
 
 def notify(state: str) -> None:
@@ -106,12 +109,19 @@ class Daemon:
         self.loaded = self._load()
         self.service = RoamingService(self.loaded.domain, self.loaded.state, self.loaded.guard,
                                       self.loaded.pusher, options.source_check)
-        self.lifecycle = Lifecycle(self.service, options.policy)
+        self.lifecycle = Lifecycle(self.service, self.policy(self.loaded), self.reload)
         self.node_socket = ipv6_socket(options.listen)
         self.api_socket = ipv6_socket(options.api_listen) if options.api_listen else None
         self.executor = ThreadPoolExecutor(WORKERS, thread_name_prefix="dstm-request")
         self.reload_error: str | None = None
         self._stop: asyncio.Event | None = None
+
+    def policy(self, loaded: Loaded) -> ReclaimPolicy:
+        """The lifecycle bounds: the command line's, else the inventory's ``lease_policy``
+        (``reclaim_interval``, ``max_reclaim_leases``, ``max_reclaim_time``), else the
+        defaults."""
+        return effective_policy(self.options.policy, loaded.domain.reclaim,
+                                self.options.policy_from_cli)
 
     def _load(self) -> Loaded:
         o = self.options
@@ -143,6 +153,10 @@ class Daemon:
             log.error("reload refused, still serving the previous inventory: %s", exc)
             return self.reload_error
         self.loaded, self.reload_error = loaded, None
+        policy = self.policy(loaded)
+        if policy != self.lifecycle.policy:
+            self.lifecycle.policy = policy
+            log.info("lifecycle: %s", policy.describe())
         self.service.metrics.reloads.labels("ok").inc()
         log.info("reloaded inventory %s: %d node(s)", loaded.inventory.path,
                  len(loaded.guard.nodes))

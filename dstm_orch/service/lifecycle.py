@@ -11,11 +11,23 @@ the next cycle (the backlog, logged when it lasts ``warn_cycles`` cycles).
 
 Every ``follow`` seconds the loop reads the store's event sequence
 (:meth:`LeaseStore.changes_since`): the events that change a TEP's mapping table
-(``allocate``, ``move``, ``revoke``, ``expire``), whoever recorded them (this server's
-node API, its operator API, its own reclamation, or a CLI process on the same store),
-mark their TEP; each marked TEP is then pushed once (:class:`TepSync` skips what a push
-already covered). A failed push is retried with backoff. At start every TEP is marked
-once, since leases may have changed while the server was down.
+(``allocate``, ``move``, ``tep-move``, ``revoke``, ``expire``), whoever recorded them
+(this server's node API, its operator API, its own reclamation, or a CLI process on the
+same store, ``apply`` moving a pool's leases to another TEP included), mark their TEP (a
+``tep-move`` also the TEP the lease left); each marked TEP is then pushed once
+(:class:`TepSync` skips what a push already covered). A failed push is retried with
+backoff. At start every TEP is marked once, since leases may have changed while the
+server was down.
+
+Every ``drift`` seconds (0: never) the loop reads each router TEP's binding table over
+NETCONF (:meth:`TepPusher.drifted`, what ``plan`` reads) between its pushes; a table that
+differs from the current leases (edited behind the server's back) is pushed again and
+counted (``dstm_drift_checks_total``).
+
+A ``tep-move`` is written by ``apply`` once it moved a pool's leases to the TEP that a
+newer inventory names: the loop first re-reads the inventory (the ``reload`` callback,
+as SIGHUP does; a broken one is refused and the old one kept), so that its pushes carry
+the new pool placement and do not put the moved leases back on the old TEP.
 """
 
 from __future__ import annotations
@@ -23,16 +35,17 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 
 from dstm_orch.domain.errors import DstmError, PushError
-from dstm_orch.domain.model import utcnow
+from dstm_orch.domain.model import ReclaimSettings, utcnow
 from dstm_orch.ipam.allocator import Allocator
 from dstm_orch.service.server import RoamingService
 
 log = logging.getLogger("dstm_orch.service")
 
-TABLE_EVENTS = frozenset({"allocate", "move", "revoke", "expire"})
+TABLE_EVENTS = frozenset({"allocate", "move", "tep-move", "revoke", "expire"})
 """Lease events that change a TEP's mapping table (a renew does not)."""
 CHUNK = 50
 """Leases ended per write transaction inside a cycle (the time bound is checked between)."""
@@ -50,6 +63,7 @@ class ReclaimPolicy:
             no bound.
         follow: seconds between reads of the store's event sequence.
         warn_cycles: log a warning when ended leases wait this many cycles.
+        drift: seconds between drift checks of the router TEPs; 0: none.
     """
 
     interval: float = 5.0
@@ -57,12 +71,32 @@ class ReclaimPolicy:
     max_time: float = 0.25
     follow: float = 0.5
     warn_cycles: int = 5
+    drift: float = 0.0
+
+    def describe(self) -> str:
+        """One line for the log: the bounds in force."""
+        drift = f"every {self.drift:g} s" if self.drift else "off"
+        return (f"reclaim every {self.interval:g} s, at most {self.max_leases} lease(s) and "
+                f"{self.max_time:g} s per cycle (0: no bound); drift check {drift}")
 
     def __post_init__(self) -> None:
         if self.interval <= 0 or self.follow <= 0:
             raise ValueError("reclaim interval and follow period must be positive seconds")
+        if self.drift < 0:
+            raise ValueError("the drift check interval must be 0 (off) or positive seconds")
         if self.max_leases < 0 or self.max_time < 0 or self.warn_cycles < 1:
             raise ValueError("max_leases and max_time must be 0 or more, warn_cycles 1 or more")
+
+
+def effective_policy(base: ReclaimPolicy, inventory: ReclaimSettings,
+                     from_cli: frozenset[str] = frozenset()) -> ReclaimPolicy:
+    """Return ``base`` (``serve``'s options or their defaults) with the inventory's
+    ``lease_policy`` reclamation settings in place of the fields not in ``from_cli`` (the
+    ones given on the command line win)."""
+    values = {"interval": inventory.interval, "max_leases": inventory.max_leases,
+              "max_time": inventory.max_time}
+    return replace(base, **{name: value for name, value in values.items()
+                            if value is not None and name not in from_cli})
 
 
 class Lifecycle:
@@ -71,11 +105,17 @@ class Lifecycle:
     Args:
         service: the node service (its domain, store, pusher, push coalescers, metrics).
         policy: the bounds.
+        reload: re-reads the inventory, returning None or the error that kept the old
+            one (``Daemon.reload``); called when ``tep-move`` events are seen. None: no
+            reload.
     """
 
-    def __init__(self, service: RoamingService, policy: ReclaimPolicy | None = None):
+    def __init__(self, service: RoamingService, policy: ReclaimPolicy | None = None,
+                 reload: Callable[[], str | None] | None = None):
         self.service = service
         self.policy = policy or ReclaimPolicy()
+        self._reload = reload
+        self.tep_moves = 0
         self._stop = threading.Event()
         self._wake = threading.Event()
         self._lock = threading.Lock()
@@ -102,17 +142,23 @@ class Lifecycle:
         self._wake.set()
 
     def _run(self) -> None:
+        log.info("lifecycle: %s", self.policy.describe())
         try:
             with self._lock:
                 self.cursor = self.service.store().last_event_id()
                 self.marked = {tep: self.cursor for tep in self.service.domain.teps}
             next_reclaim = 0.0
+            next_drift = time.monotonic() + self.policy.drift
             while not self._stop.is_set():
                 try:
                     if time.monotonic() >= next_reclaim:
                         next_reclaim = time.monotonic() + self.policy.interval
                         self.reclaim()
-                    self.follow()
+                    if self.policy.drift and time.monotonic() >= next_drift:
+                        self.drift_check()
+                        next_drift = time.monotonic() + self.policy.drift
+                    if self.follow():
+                        self._moved()
                     self.push()
                 except DstmError as exc:
                     log.error("lifecycle: %s", exc)
@@ -151,18 +197,60 @@ class Lifecycle:
         self.last_cycle = time.time()
         return ended
 
-    def follow(self) -> None:
-        """Read the store's new events and mark the TEPs whose table they change."""
+    def follow(self) -> int:
+        """Read the store's new events and mark the TEPs whose table they change (for a
+        ``tep-move``, the TEP left too); return how many ``tep-move`` events were read."""
         store = self.service.store()
+        moves = 0
         with self._lock:
             while True:
                 changes = store.changes_since(self.cursor)
-                for event_id, tep, event in changes:
+                for event_id, tep, event, left in changes:
                     if event in TABLE_EVENTS:
-                        self.marked[tep] = max(self.marked.get(tep, 0), event_id)
+                        for name in (tep, left) if left else (tep,):
+                            self.marked[name] = max(self.marked.get(name, 0), event_id)
+                    moves += event == "tep-move"
                     self.cursor = event_id
                 if len(changes) < 10000:
-                    return
+                    self.tep_moves += moves
+                    return moves
+
+    def drift_check(self) -> dict[str, str]:
+        """Read every router TEP's table; mark the drifted ones for a push. Return
+        ``{tep: in_step | drifted | error}`` (Linux TEPs are left out)."""
+        service = self.service
+        probe = getattr(service.pusher, "drifted", None)
+        if probe is None:
+            return {}
+        found: dict[str, str] = {}
+        for tep in list(service.domain.teps):
+            if self._stop.is_set():
+                break
+            try:
+                drifted = service.sync(tep).check_drift(lambda tep=tep: probe(tep))
+            except PushError as exc:
+                found[tep] = "error"
+                log.warning("drift check of TEP %s failed: %s", tep, exc)
+            else:
+                if drifted is None:
+                    continue
+                found[tep] = "drifted" if drifted else "in_step"
+                if drifted:
+                    log.warning("TEP %s drifted from the leases; pushing it again", tep)
+                    with self._lock:
+                        self.marked[tep] = max(self.marked.get(tep, 0), self.cursor)
+            service.metrics.drift_checks.labels(tep, found[tep]).inc()
+        return found
+
+    def _moved(self) -> None:
+        """Leases moved to another TEP: serve the inventory that moved them."""
+        if self._reload is None:
+            return
+        log.info("lifecycle: leases moved to another TEP (apply); re-reading the inventory")
+        error = self._reload()
+        if error:
+            log.warning("lifecycle: after a TEP move the inventory could not be re-read "
+                        "(%s); pushes follow the previous one", error)
 
     def push(self) -> None:
         """Push each marked TEP once (unless covered already, or backing off)."""
@@ -171,6 +259,11 @@ class Lifecycle:
         for tep, event_id in marked.items():
             if self._stop.is_set():
                 return
+            if tep not in self.service.domain.teps:
+                # A lease left a TEP that the inventory no longer names: nothing to reach.
+                log.warning("TEP %s is not in the inventory any more; not pushed", tep)
+                self._unmark(tep, event_id)
+                continue
             sync = self.service.sync(tep)
             if sync.pushed >= event_id:
                 self._unmark(tep, event_id)

@@ -13,7 +13,9 @@ one process, as in tests). Names (all prefixed ``dstm_``):
 - ``dstm_reclaim_cycles_total``, ``dstm_reclaim_backlog`` (ended leases left after a
   cycle that hit its bound);
 - ``dstm_push_seconds{tep}`` (histogram) and ``dstm_push_failures_total{tep}``;
-- ``dstm_inventory_reloads_total{result}`` (ok or error).
+- ``dstm_inventory_reloads_total{result}`` (ok or error);
+- ``dstm_drift_checks_total{tep,result}``: periodic reads of a router TEP's table
+  (``in_step``, ``drifted``: it differed from the leases and is pushed again, ``error``).
 """
 
 from __future__ import annotations
@@ -65,6 +67,8 @@ class Metrics:
                                      ["tep"], registry=r)
         self.reloads = Counter("dstm_inventory_reloads", "Inventory reloads by result",
                                ["result"], registry=r)
+        self.drift_checks = Counter("dstm_drift_checks", "Drift checks of a TEP by result",
+                                    ["tep", "result"], registry=r)
 
     def render(self) -> bytes:
         """Return the text exposition format of every metric."""

@@ -138,6 +138,31 @@ class TepPusher:
         if report.errors:
             raise PushError("; ".join(report.errors))
 
+    def drifted(self, tep: str) -> bool | None:
+        """Read router TEP ``tep``'s binding table over NETCONF and tell whether it
+        differs from the intent of the current leases (``plan --limit <tep>``; a drift is
+        journaled so that the next push contacts the device, issue 10 section 4).
+        None: a Linux TEP, not checked (its role's check mode is not a table read).
+
+        Raises:
+            PushError: the TEP could not be read.
+        """
+        from dstm_orch.push.intent import render_intent
+        from dstm_orch.push.orchestrate import NETCONF, run
+
+        if self.inv.domain.teps[tep].kind != NETCONF:
+            return None
+        now = utcnow()
+        with LeaseStore(self.store_path) as store:
+            intent = render_intent(self.inv.domain, store.active_leases(now), now)
+            try:
+                report = run(self.inv, store, intent, now, check=True, limit=tep)
+            except DstmError as exc:
+                raise PushError(f"reading TEP {tep!r} failed: {exc}") from None
+        if report.errors:
+            raise PushError("; ".join(report.errors))
+        return any(device.get("changed") for device in report.netconf)
+
 
 class TepSync:
     """Serialise and coalesce the pushes to one TEP by the store's event sequence.
@@ -159,6 +184,19 @@ class TepSync:
         self.failures = 0
         self.failing_since: float | None = None
         self.next_try = 0.0
+
+    def check_drift(self, probe: Callable[[], bool | None]) -> bool | None:
+        """Run ``probe`` (a table read, :meth:`TepPusher.drifted`) between pushes; when it
+        finds drift, forget the last push so that the next :meth:`ensure` pushes.
+
+        Raises:
+            PushError: the probe could not read the TEP.
+        """
+        with self._push:
+            drifted = probe()
+            if drifted:
+                self.pushed = -1
+            return drifted
 
     def retry(self, pusher: Pusher) -> bool:
         """Push if the last push failed or none was made; tell whether this call pushed."""

@@ -305,9 +305,11 @@ class LeaseStore:
         with self.read() as tx:
             return tx.last_event_id()
 
-    def changes_since(self, event_id: int, limit: int = 10000) -> list[tuple[int, str, str]]:
-        """Return ``(event id, TEP, event)`` after ``event_id``, oldest first (at most
-        ``limit``)."""
+    def changes_since(
+        self, event_id: int, limit: int = 10000
+    ) -> list[tuple[int, str, str, str | None]]:
+        """Return ``(event id, TEP, event, TEP left)`` after ``event_id``, oldest first (at
+        most ``limit``; see :meth:`LeaseRows.changes_since`)."""
         with self.read() as tx:
             return tx.changes_since(event_id, limit)
 

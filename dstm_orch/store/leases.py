@@ -1,8 +1,9 @@
 """Leases and their history: rows of ``leases`` and ``lease_events``.
 
 Leases are never deleted: revocation and reclamation set their state and ``ended``,
-and every allocate, renew, move, revoke and expire appends a row to ``lease_events``
-with the node's IPv6 address after it (a ``move`` also with the address before), so
+and every allocate, renew, move, tep-move, revoke and expire appends a row to
+``lease_events`` with the node's IPv6 address after it (a ``move`` also with the address
+before, a ``tep-move`` with the TEP the lease left), so
 who held which address and port set when, from which IPv6 address, can always be
 answered (draft-ietf-ngtrans-dstm-08 section 5, "The DSTM server MUST memorize the
 mapping between the IPv6 address of the node ... and the allocated IPv4 address").
@@ -34,7 +35,8 @@ class Event:
     """One line of a lease's history: what happened to it, when, and its end after.
 
     ``node_ipv6`` is the node's IPv6 address after the event (None for events
-    recorded before schema version 2); ``old_ipv6`` the address a ``move`` left.
+    recorded before schema version 2); ``old_ipv6`` the address a ``move`` left;
+    ``old_tep`` the TEP a ``tep-move`` left (schema version 7).
     """
 
     lease_id: int
@@ -43,6 +45,7 @@ class Event:
     end: datetime | None
     node_ipv6: model.IPv6 | None = None
     old_ipv6: model.IPv6 | None = None
+    old_tep: str | None = None
 
 
 @dataclass(frozen=True)
@@ -362,9 +365,10 @@ class LeaseRows:
                 None if end_at is None else _moment(end_at),
                 None if node_ipv6 is None else ipaddress.IPv6Address(node_ipv6),
                 None if old_ipv6 is None else ipaddress.IPv6Address(old_ipv6),
+                old_tep,
             )
-            for at, event, end_at, node_ipv6, old_ipv6 in self._db.execute(
-                "SELECT at, event, end_at, node_ipv6, old_ipv6 FROM lease_events"
+            for at, event, end_at, node_ipv6, old_ipv6, old_tep in self._db.execute(
+                "SELECT at, event, end_at, node_ipv6, old_ipv6, old_tep FROM lease_events"
                 " WHERE lease_id = ? ORDER BY id",
                 (lease_id,),
             )
@@ -372,24 +376,35 @@ class LeaseRows:
 
     def last_event_id(self) -> int:
         """Return the id of the newest lease event (0 without one): the store's event
-        sequence, increasing with every allocate, renew, move, revoke and expire."""
+        sequence, increasing with every allocate, renew, move, tep-move, revoke and
+        expire."""
         return self._db.execute("SELECT coalesce(max(id), 0) FROM lease_events").fetchone()[0]
 
-    def changes_since(self, event_id: int, limit: int = 10000) -> list[tuple[int, str, str]]:
-        """Return ``(event id, TEP name, event)`` of the events after ``event_id``, oldest
-        first, at most ``limit``: what a process following the store acts on."""
+    def changes_since(
+        self, event_id: int, limit: int = 10000
+    ) -> list[tuple[int, str, str, str | None]]:
+        """Return ``(event id, TEP name, event, TEP left)`` of the events after
+        ``event_id``, oldest first, at most ``limit``: what a process following the store
+        acts on. The TEP is the lease's now; the TEP left is the one a ``tep-move`` left
+        (None for other events), whose table loses the mapping."""
         return list(self._db.execute(
-            "SELECT e.id, l.tep, e.event FROM lease_events AS e"
+            "SELECT e.id, l.tep, e.event, e.old_tep FROM lease_events AS e"
             " JOIN leases AS l ON l.id = e.lease_id WHERE e.id > ? ORDER BY e.id LIMIT ?",
             (event_id, limit),
         ))
 
-    def move_tep(self, lease: model.Lease, tep: str, tep_ipv6: model.IPv6) -> model.Lease:
-        """Record that an active lease is now served by another TEP (its pool moved,
-        GitOps): ``tep`` and ``tep_ipv6`` are replaced; the address, port set and
-        times stay. The TEP it was allocated on is not kept (no event)."""
+    def move_tep(
+        self, lease: model.Lease, now: datetime, tep: str, tep_ipv6: model.IPv6
+    ) -> model.Lease:
+        """Record that an active lease is served by another TEP from ``now`` on (its pool
+        moved, GitOps): ``tep`` and ``tep_ipv6`` are replaced, the address, port set and
+        times stay, and a ``tep-move`` event names the TEP it left (draft section 5: the
+        server memorizes the mapping, and the TEP that carries it is part of it; a
+        process following the events, ``serve``, pushes both TEPs)."""
         self._db.execute("UPDATE leases SET tep = ?, tep_ipv6 = ? WHERE id = ? AND "
                          "state = 'active'", (tep, _text(tep_ipv6), lease.id))
+        self._event(lease.id, _epoch(now), "tep-move", _epoch(lease.end) if lease.end else None,
+                    lease.node_ipv6, old_tep=lease.tep)
         return self._refetch(lease)
 
     def events_since(self, position: int, limit: int = 20) -> list[tuple[str, Event]]:
@@ -410,11 +425,13 @@ class LeaseRows:
         end_at: int | None,
         node_ipv6: model.IPv6,
         old_ipv6: model.IPv6 | None = None,
+        old_tep: str | None = None,
     ) -> None:
         self._db.execute(
-            "INSERT INTO lease_events (lease_id, at, event, end_at, node_ipv6, old_ipv6)"
-            " VALUES (?, ?, ?, ?, ?, ?)",
-            (lease_id, at, event, end_at, str(node_ipv6), old_ipv6 and str(old_ipv6)),
+            "INSERT INTO lease_events (lease_id, at, event, end_at, node_ipv6, old_ipv6,"
+            " old_tep) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (lease_id, at, event, end_at, str(node_ipv6), old_ipv6 and str(old_ipv6),
+             old_tep),
         )
 
     def _refetch(self, lease: model.Lease) -> model.Lease:

@@ -215,5 +215,56 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
     (
         "ALTER TABLE device_pushes ADD COLUMN intent_digest TEXT",
     ),
+    # 7: a lease moved to another TEP (its pool moved, GitOps ``apply``) is a lease event
+    # of its own, ``tep-move``, naming the TEP it left (``old_tep``), so that the history
+    # shows it and a process following the event sequence (``serve``) pushes both TEPs.
+    # SQLite cannot alter a CHECK: the table is rebuilt as in version 2, its id sequence
+    # kept; the triggers that name it are dropped first and written again after.
+    (
+        "DROP TRIGGER leases_allocate_event",
+        """
+        CREATE TABLE lease_events_v7 (
+            id        INTEGER PRIMARY KEY AUTOINCREMENT,
+            lease_id  INTEGER NOT NULL REFERENCES leases (id),
+            at        INTEGER NOT NULL,
+            event     TEXT    NOT NULL CHECK (event IN ('allocate', 'renew', 'revoke',
+                                                        'expire', 'move', 'tep-move')),
+            end_at    INTEGER,
+            node_ipv6 TEXT,
+            old_ipv6  TEXT,
+            old_tep   TEXT,
+            CHECK ((event = 'move') = (old_ipv6 IS NOT NULL)),
+            CHECK ((event = 'tep-move') = (old_tep IS NOT NULL))
+        )
+        """,
+        """
+        INSERT INTO lease_events_v7 (id, lease_id, at, event, end_at, node_ipv6, old_ipv6)
+        SELECT id, lease_id, at, event, end_at, node_ipv6, old_ipv6 FROM lease_events
+        """,
+        """
+        UPDATE sqlite_sequence SET seq = max(seq, (SELECT seq FROM sqlite_sequence
+                                                   WHERE name = 'lease_events'))
+        WHERE name = 'lease_events_v7'
+        """,
+        "DROP TABLE lease_events",
+        "ALTER TABLE lease_events_v7 RENAME TO lease_events",
+        "CREATE INDEX lease_events_lease ON lease_events (lease_id, id)",
+        """
+        CREATE TRIGGER leases_allocate_event AFTER INSERT ON leases
+        BEGIN
+            INSERT INTO lease_events (lease_id, at, event, end_at, node_ipv6)
+            VALUES (NEW.id, NEW.start_at, 'allocate', NEW.end_at, NEW.node_ipv6);
+        END
+        """,
+        f"""
+        CREATE TRIGGER lease_events_in_order BEFORE INSERT ON lease_events
+        WHEN NEW.at < (SELECT start_at FROM leases WHERE id = NEW.lease_id)
+             OR NEW.at < (SELECT at FROM lease_events INDEXED BY lease_events_lease
+                          WHERE lease_id = NEW.lease_id ORDER BY id DESC LIMIT 1)
+        BEGIN
+            SELECT RAISE(ABORT, '{EVENT_OUT_OF_ORDER}');
+        END
+        """,
+    ),
 )
 """Schema migrations in order; migration N takes ``PRAGMA user_version`` from N-1 to N."""

@@ -19,7 +19,8 @@ from dstm_orch.store.postgres import PgLeaseStore
 TABLES: dict[str, tuple[str, ...]] = {
     "leases": ("id", "node", "node_ipv6", "ipv4", "psid_offset", "psid_len", "psid", "pool",
                "tep", "tep_ipv6", "start_at", "end_at", "lifetime", "state", "ended_at"),
-    "lease_events": ("id", "lease_id", "at", "event", "end_at", "node_ipv6", "old_ipv6"),
+    "lease_events": ("id", "lease_id", "at", "event", "end_at", "node_ipv6", "old_ipv6",
+                     "old_tep"),
     "device_pushes": ("id", "device", "at", "applied", "version", "detail", "persist_id",
                       "deadline", "pending", "intent_digest"),
 }

@@ -224,5 +224,15 @@ PG_MIGRATIONS: tuple[tuple[str, ...], ...] = (
     ),
     # 6: the digest of the intent a push brought the device (see migrations.py, version 6).
     ("ALTER TABLE device_pushes ADD COLUMN intent_digest text",),
+    # 7: the 'tep-move' event naming the TEP a lease left (see migrations.py, version 7).
+    (
+        "ALTER TABLE lease_events ADD COLUMN old_tep text",
+        "ALTER TABLE lease_events DROP CONSTRAINT lease_events_event",
+        """
+        ALTER TABLE lease_events ADD CONSTRAINT lease_events_event
+            CHECK (event IN ('allocate', 'renew', 'revoke', 'expire', 'move', 'tep-move')),
+            ADD CHECK ((event = 'tep-move') = (old_tep IS NOT NULL))
+        """,
+    ),
 )
 """PostgreSQL migrations in order, one per SQLite migration (same version numbers)."""
