@@ -805,3 +805,37 @@ def test_plain_host_names_load(tmp_path):
     write_inventory(tmp_path, hosts_with(**{"ws-01.campus.example": {
         "ansible_host": "2001:db8:100::21"}, "n_4": {"ansible_host": "2001:db8:100::22"}}))
     assert {"ws-01.campus.example", "n_4"} <= set(load_inventory(tmp_path).domain.nodes)
+
+
+# --- node and TEP variables outside their groups ------------------------------------------
+
+def test_node_variables_on_a_host_of_a_misspelt_group_are_refused(tmp_path):
+    # "dstm_node:" for "dstm_nodes:": without this check the domain would have no nodes
+    # and apply would revoke every node's lease.
+    tree = copy.deepcopy(BASE_HOSTS)
+    groups = tree["all"]["children"]
+    groups["dstm_node"] = groups.pop("dstm_nodes")
+    groups["dstm_node"]["hosts"]["n1"]["dstm_node_pool"] = "p1"
+    root = write_inventory(tmp_path, hosts=tree,
+                           files={"host_vars/n2.yml": {"dstm_node_decap_ipv6": "2001:db8:201::12"}})
+    found = sorted(problems_of(root), key=lambda p: p.key)
+    assert [(p.file, p.key) for p in found] == [
+        (str(root / "hosts.yml"), "n1.dstm_node_pool"),
+        (str(root / "host_vars" / "n2.yml"), "n2.dstm_node_decap_ipv6")]
+    assert found[0].reason == ("dstm_node_pool set on 'n1', which is not in the group "
+                               "dstm_nodes (groups: dstm_node); add the host to dstm_nodes or "
+                               "remove the variable(s)")
+
+
+def test_node_and_tep_variables_inherited_from_a_group_are_not_strays(tmp_path):
+    # group_vars/all reach every host, TEPs and IPv4 hosts included: that is not a mistake.
+    root = write_inventory(tmp_path, files={
+        "group_vars/all/uplink.yml": {"dstm_node_uplink": "eth1",
+                                      "dstm_tep_ipv6_interface": "eth1"}})
+    assert set(load_inventory(root).domain.nodes) == {"n1", "n2"}
+
+
+def test_tep_variables_on_a_node_are_refused(tmp_path):
+    root = write_inventory(tmp_path, hosts=hosts_with(n1={"dstm_tep_driver": "seg6"}))
+    check(the_problem(root), root / "hosts.yml", "n1.dstm_tep_driver",
+          "not in the group dstm_teps (groups: dstm_nodes)")

@@ -64,6 +64,8 @@ class HostEntry:
     ``origin`` maps a variable to the file that set it, ``lines`` to the line there;
     a value Ansible cannot tag (a boolean, null) has neither. ``source`` is the
     inventory source (file, script or plugin configuration) that declared the host.
+    ``own`` names the variables set on the host itself (in the inventory source or its
+    ``host_vars``), not inherited from a group.
     """
 
     name: str
@@ -72,6 +74,7 @@ class HostEntry:
     origin: dict[str, str] = field(default_factory=dict)
     lines: dict[str, int] = field(default_factory=dict)
     source: str = ""
+    own: frozenset[str] = frozenset()
 
 
 @dataclass
@@ -183,6 +186,8 @@ def _read(path: Path) -> AnsibleInventory:
                 entry.origin[var] = as_given(where[0])
                 if where[1]:
                     entry.lines[var] = where[1]
+        entry.own = frozenset(var for var in raw if var in host.vars or "host_vars" in
+                              Path(entry.origin.get(var, "")).parts)
         hosts[host.name] = entry
     all_vars, all_origin, all_lines = {}, {}, {}
     try:

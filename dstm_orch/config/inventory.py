@@ -117,6 +117,7 @@ class _Builder:
         teps = self._teps()
         pools = self._pools(raw["dstm_domain"], domain_file, teps) if schema_ok else {}
         nodes = self._nodes(pools, teps) if schema_ok else {}
+        self._strays()
         if self.problems:
             raise InventoryError(list(dict.fromkeys(self.problems)))
         policy = raw["dstm_domain"].get("lease_policy", {})
@@ -124,6 +125,22 @@ class _Builder:
                                   policy.get("max_reclaim_leases"),
                                   policy.get("max_reclaim_time"))
         return Domain(raw["dstm_domain"]["name"], pools, teps, nodes, reclaim)
+
+    def _strays(self) -> None:
+        """Report node or TEP variables set on a host outside their group: a misspelt
+        group name (``dstm_node:``) would otherwise read as a domain without those nodes,
+        and apply would revoke their leases."""
+        for group, prefix in ((NODES_GROUP, "dstm_node_"), (TEPS_GROUP, "dstm_tep_")):
+            members = set(self.inv.group_hosts(group))
+            for host in self.inv.hosts.values():
+                stray = sorted(v for v in host.own if v.startswith(prefix))
+                if host.name in members or not stray:
+                    continue
+                self.problem(host.origin.get(stray[0], self._file(host)),
+                             f"{host.name}.{stray[0]}",
+                             f"{', '.join(stray)} set on {host.name!r}, which is not in the "
+                             f"group {group} (groups: {', '.join(host.groups) or 'none'}); "
+                             f"add the host to {group} or remove the variable(s)")
 
     def _file(self, host: HostEntry) -> str:
         """Name the file to blame for a host: where its ``ansible_host`` is set, else the
