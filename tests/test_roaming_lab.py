@@ -199,3 +199,27 @@ def test_roaming_node_moves_and_keeps_ipv4(roam_lab):
     assert FIRST not in tep_bindings(env)
     assert lo_ipv4(env) == []
     assert not ping(env)
+
+
+def test_a_node_inside_the_domain_asks_and_gets_its_decapsulation_route(roam_lab):
+    # n2 is not roaming and has no secret: the server admits it by its source address
+    # (draft section 7) and the TEP sends its return traffic to its decapsulation address
+    # 2001:db8:e11::12 (inventory), where the node's End.DX4 route hands it to IPv4.
+    argv = [sys.executable, "-m", "dstm_orch", "client", "request", "--server",
+            f"[{CONTROLLER}]:{roam_lab['port']}", "--node", "n2", "--uplink", "eth0", "--json"]
+    proc = in_node(roam_lab, "n2", *argv)
+    assert proc.returncode == 0, f"{proc.stderr}\n{roam_lab['log'].read_text()}"
+    answer = json.loads(proc.stdout)
+    assert answer["node_decap_ipv6"] == "2001:db8:e11::12"
+    out = in_node(roam_lab, "n2", "ip", "-j", "-d", "-6", "route", "show", "proto",
+                  "211").stdout
+    (decap,) = [r for r in json.loads(out) if r.get("encap") == "seg6local"]
+    assert (decap["dst"], decap["action"], decap["nh4"], decap["dev"]) == (
+        "2001:db8:e11::12", "End.DX4", answer["ipv4"], "eth0")
+    assert in_node(roam_lab, "n2", "ping", "-n", "-c", "2", "-W", "2",
+                   IPV4_HOST).returncode == 0
+    proc = in_node(roam_lab, "n2", *[a if a != "request" else "release" for a in argv])
+    assert proc.returncode == 0, proc.stderr
+    out = in_node(roam_lab, "n2", "ip", "-j", "-d", "-6", "route", "show", "proto",
+                  "211").stdout
+    assert [r for r in json.loads(out) if r.get("encap") == "seg6local"] == []

@@ -15,7 +15,10 @@ sections 4.1-4.4; README, "The roles and the data path"), owned by the same mark
   left, then the IPv4 packet), and the node's kernel decapsulates it itself once
   ``net.ipv6.conf.{all,<uplink>}.seg6_enabled`` is 1. A roaming node has no fixed
   decapsulation address routed to it: its address depends on the visited network
-  (section 6);
+  (section 6). A node inside the domain whose inventory gives it a decapsulation
+  address (``dstm_node_decap_ipv6``, in the answer as ``node_decap_ipv6``) gets the
+  role's route for it: ``<decap>/128 encap seg6local action End.DX4 nh4 <IPv4> dev
+  <uplink>``, as the TEP encapsulates its return traffic to that address;
 - with the ports option, the node's own sockets stay inside its port set:
   ``net.ipv4.ip_local_port_range`` is the set's one range (PSID offset 0; a set of
   several ranges cannot be enforced with the seg6 driver, README, "The ports option").
@@ -47,7 +50,8 @@ class NodeLease:
     """The part of a lease answer the node needs.
 
     ``remaining`` is seconds (None: a static lease, forever); ``ports`` the inclusive
-    port ranges of the lease's port set (None: the whole address).
+    port ranges of the lease's port set (None: the whole address); ``decap_ipv6`` the
+    node's decapsulation address (None: the TEP sends to the node's own address).
     """
 
     ipv4: ipaddress.IPv4Address
@@ -55,6 +59,7 @@ class NodeLease:
     remaining: int | None
     driver: str = "seg6"
     ports: tuple[tuple[int, int], ...] | None = None
+    decap_ipv6: ipaddress.IPv6Address | None = None
 
     @classmethod
     def from_answer(cls, answer: dict) -> NodeLease:
@@ -68,10 +73,12 @@ class NodeLease:
             port_set = answer.get("port_set")
             ports = None if port_set is None else tuple(
                 (int(first), int(last)) for first, last in port_set["ranges"])
+            decap = answer.get("node_decap_ipv6")
             return cls(ipaddress.IPv4Address(answer["ipv4"]),
                        ipaddress.IPv6Address(answer["tep_ipv6"]),
                        None if remaining is None else int(remaining),
-                       str(answer.get("driver", "seg6")), ports)
+                       str(answer.get("driver", "seg6")), ports,
+                       None if decap is None else ipaddress.IPv6Address(decap))
         except (KeyError, ValueError, TypeError) as exc:
             raise RoamingError(f"the server's lease answer is malformed ({exc!r}): "
                                f"{answer}") from None
@@ -113,6 +120,7 @@ class NodeConfig:
             changes += self._port_range(*lease.ports[0])
         changes += self._address(lease)
         changes += self._route(lease)
+        changes += self._decap_route(lease)
         return changes
 
     def remove(self) -> list[str]:
@@ -120,6 +128,9 @@ class NodeConfig:
         changes = []
         for route in self._routes():
             changes.append(self._ip("-4", "route", "del", _route_dst(route), "proto",
+                                    str(PROTOCOL)))
+        for route in self._decap_routes():
+            changes.append(self._ip("-6", "route", "del", route["dst"], "proto",
                                     str(PROTOCOL)))
         for address in self._addresses():
             changes.append(self._ip("addr", "del", address, "dev", "lo"))
@@ -202,6 +213,31 @@ class NodeConfig:
                                     "encap", "seg6", "mode", "encap.red", "segs",
                                     str(lease.tep_ipv6), "dev", self.uplink,
                                     "src", str(lease.ipv4)))
+        return changes
+
+    def _decap_routes(self) -> list[dict]:
+        return [r for r in self._json("-6", "-d", "route", "show", "proto", str(PROTOCOL))
+                if r.get("encap") == "seg6local"]
+
+    def _decap_route(self, lease: NodeLease) -> list[str]:
+        """The End.DX4 route of the node's decapsulation address (RFC 8986 section
+        4.6), to the leased IPv4 address; any other decap route of ours goes."""
+        wanted = None if lease.decap_ipv6 is None else {
+            "dst": f"{lease.decap_ipv6}", "action": "End.DX4", "nh4": str(lease.ipv4),
+            "dev": self.uplink}
+        changes, present = [], False
+        for route in self._decap_routes():
+            seen = {"dst": route.get("dst"), "action": route.get("action"),
+                    "nh4": route.get("nh4"), "dev": route.get("dev")}
+            if wanted is not None and seen == wanted:
+                present = True
+            else:
+                changes.append(self._ip("-6", "route", "del", route["dst"], "proto",
+                                        str(PROTOCOL)))
+        if wanted is not None and not present:
+            changes.append(self._ip("-6", "route", "replace", f"{lease.decap_ipv6}/128",
+                                    "proto", str(PROTOCOL), "encap", "seg6local", "action",
+                                    "End.DX4", "nh4", str(lease.ipv4), "dev", self.uplink))
         return changes
 
     def _json(self, *args: str) -> list[dict]:

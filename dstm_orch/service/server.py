@@ -261,10 +261,16 @@ class RoamingService:
         now = utcnow()
         answer = lease.as_dict()
         remaining = 0 if lease.state is not LeaseState.ACTIVE else lease.remaining(now)
+        # A node inside the domain with a decapsulation address gets its return traffic
+        # there (the TEP's binding); a roaming node's goes to where it is now.
+        node = self.domain.nodes.get(lease.node)
+        roaming = getattr(self.guard.nodes.get(lease.node), "roaming", True)
+        decap = None if roaming or node is None or node.decap_ipv6 is None else node.decap_ipv6
         answer.update(
             remaining=remaining,
             valid_until=int(lease.end.timestamp()) if lease.end else None,
             driver=self.domain.teps[lease.tep].driver.value,
+            node_decap_ipv6=None if decap is None else str(decap),
             server_time=int(now.timestamp()),
         )
         return answer
