@@ -161,3 +161,13 @@ def test_unexpected_error_points_to_the_traceback(tmp_path, monkeypatch):
     rc, _, err = run(tmp_path, "--log-file", str(log), "leases")
     assert rc == 3 and err.endswith(f"(traceback in {log}; please report it)\n")
     assert "Traceback" in log.read_text() and "RuntimeError: a bug" in log.read_text()
+
+
+def test_a_client_server_address_that_is_not_ipv6_is_a_usage_error():
+    # Draft section 5: the client/server exchange MUST be over IPv6.
+    err = io.StringIO()
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(err):
+        rc = main(["client", "request", "--server", "192.0.2.1:3786", "--node", "n1"])
+    assert rc == 2
+    assert ("Invalid value for --server: server address '192.0.2.1:3786' is not [IPV6]:PORT "
+            "(IPv6 only, draft section 5)") in err.getvalue()

@@ -15,7 +15,7 @@ import click
 
 from dstm_orch.domain.protocol import RoamingError
 from dstm_orch.service.guard import Limits
-from dstm_orch.service.httpd import DEFAULT_PORT
+from dstm_orch.service.httpd import DEFAULT_PORT, parse_listen
 
 API_PORT = 3787
 
@@ -44,8 +44,8 @@ RATE = _Rate()
 
 @click.command()
 @click.option("-i", "--inventory", envvar="DSTM_ORCH_INVENTORY", required=True,
-              type=click.Path(file_okay=False), help="Inventory directory (env "
-              "DSTM_ORCH_INVENTORY).")
+              type=click.Path(), help="Ansible inventory: a directory, file, script or "
+              "plugin configuration, as for ansible -i (env DSTM_ORCH_INVENTORY).")
 @click.option("--state", envvar="DSTM_ORCH_STATE", type=click.Path(dir_okay=False),
               help="Lease store file (env DSTM_ORCH_STATE).")
 @click.option("--listen", required=True, metavar="[IPV6]:PORT",
@@ -100,7 +100,7 @@ def serve(inventory: str, state: str | None, listen: str, api_listen: str,
     every node over HTTP on IPv6, reclamation of ended leases, pushes to the TEPs,
     operator API and metrics. SIGHUP reloads the inventory; SIGTERM stops gracefully."""
     from dstm_orch.service.daemon import Daemon, Options
-    from dstm_orch.service.httpd import parse_listen, tls_context
+    from dstm_orch.service.httpd import tls_context
     from dstm_orch.service.lifecycle import ReclaimPolicy
 
     if bool(cert) != bool(key):
@@ -218,6 +218,14 @@ def release(**options) -> None:
     _run("release", lifetime=None, **options)
 
 
+def _server_address(server: str) -> tuple[str, int]:
+    """The --server value as (IPv6 address, port) (a usage error when it is not one)."""
+    try:
+        return parse_listen(server, what="server address")
+    except RoamingError as exc:
+        raise click.BadParameter(str(exc), param_hint="--server") from None
+
+
 def _given_ipv6(ipv6: str) -> ipaddress.IPv6Address:
     """The node's IPv6 address given with --ipv6 (a usage error when it is not one)."""
     try:
@@ -231,9 +239,8 @@ def _run(action: str, *, server: str, node: str, secret_file: str | None, ipv6: 
          lifetime: int | None) -> None:
     from dstm_orch.agent.client import RoamingClient, read_secret, uplink_ipv6
     from dstm_orch.agent.node import NodeConfig, NodeLease
-    from dstm_orch.service.httpd import parse_listen
 
-    address = parse_listen(server)
+    address = _server_address(server)
     current = _given_ipv6(ipv6) if ipv6 else uplink_ipv6(uplink, toward=address[0])
     secret = read_secret(secret_file) if secret_file else None
     with RoamingClient(address, node, secret, cafile=cafile,
@@ -271,9 +278,8 @@ def run_agent(server: str, node: str, secret_file: str | None, ipv6: str | None,
     from dstm_orch.agent.client import RoamingClient, read_secret, uplink_ipv6
     from dstm_orch.agent.keeper import LeaseKeeper
     from dstm_orch.agent.node import NodeConfig
-    from dstm_orch.service.httpd import parse_listen
 
-    address = parse_listen(server)
+    address = _server_address(server)
     if ipv6:
         fixed = _given_ipv6(ipv6)
 

@@ -182,8 +182,10 @@ class RoamingHTTPServer:
         return f"{scheme}://[{self.server_name}]:{self.server_port}"
 
 
-def parse_listen(text: str, default_port: int = DEFAULT_PORT) -> tuple[str, int]:
-    """Parse ``[ADDR]:PORT`` (or ``[ADDR]``) into an IPv6 address and a port.
+def parse_listen(text: str, default_port: int = DEFAULT_PORT,
+                 what: str = "listen address") -> tuple[str, int]:
+    """Parse ``[ADDR]:PORT`` (or ``[ADDR]``) into an IPv6 address and a port; ``what``
+    names the value in messages (a server's listen address, a client's server address).
 
     Raises:
         RoamingError: not a bracketed IPv6 literal, an IPv4(-mapped) address, or a bad
@@ -191,19 +193,19 @@ def parse_listen(text: str, default_port: int = DEFAULT_PORT) -> tuple[str, int]
     """
     host, sep, rest = text.partition("]")
     if not host.startswith("[") or not sep or (rest and not rest.startswith(":")):
-        raise RoamingError(f"listen address {text!r} is not [IPV6]:PORT (IPv6 only, "
+        raise RoamingError(f"{what} {text!r} is not [IPV6]:PORT (IPv6 only, "
                            "draft section 5)")
     try:
         address = ipaddress.IPv6Address(host[1:])
     except ValueError as exc:
-        raise RoamingError(f"listen address {text!r}: {exc}") from None
+        raise RoamingError(f"{what} {text!r}: {exc}") from None
     if address.ipv4_mapped is not None:
-        raise RoamingError(f"listen address {text!r} is IPv4-mapped; the exchange is IPv6 "
+        raise RoamingError(f"{what} {text!r} is IPv4-mapped; the exchange is IPv6 "
                            "only (draft section 5)")
     port = default_port
     if rest:
         if not rest[1:].isdigit() or not 0 <= int(rest[1:]) <= 65535:
-            raise RoamingError(f"listen address {text!r}: port {rest[1:]!r} is not 0-65535")
+            raise RoamingError(f"{what} {text!r}: port {rest[1:]!r} is not 0-65535")
         port = int(rest[1:])
     return str(address), port
 
