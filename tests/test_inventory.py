@@ -246,8 +246,14 @@ def test_invalid_yaml_in_hosts_yml(tmp_path):
 
 def test_missing_dstm_domain(tmp_path):
     write_inventory(tmp_path, domain={"something_else": 1})
-    check(the_problem(tmp_path), tmp_path / "group_vars/all", "-",
-          "'dstm_domain' is a required property")
+    check(the_problem(tmp_path), tmp_path / "group_vars/all", "dstm_domain",
+          "not set: the group all must define dstm_domain")
+
+
+def test_misspelt_dstm_domain_is_named_with_its_file(tmp_path):
+    write_inventory(tmp_path, domain={"dstm_domian": BASE_DOMAIN["dstm_domain"]})
+    check(the_problem(tmp_path), tmp_path / "group_vars/all/dstm.yml", "dstm_domian",
+          "unknown variable; did you mean dstm_domain?")
 
 
 # --- schema: unknown keys ---------------------------------------------------------------

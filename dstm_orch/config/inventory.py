@@ -10,6 +10,7 @@ key path and what is wrong (:class:`dstm_orch.domain.errors.InventoryError`).
 
 from __future__ import annotations
 
+import difflib
 import ipaddress
 import json
 import re
@@ -113,7 +114,10 @@ class _Builder:
         domain_file = self.inv.all_origin.get("dstm_domain", str(self.inv.path / "group_vars/all"))
         raw = {"dstm_domain": self.inv.all_vars["dstm_domain"]} if (
             "dstm_domain" in self.inv.all_vars) else {}
-        schema_ok = self._schema(raw, schema("domain.schema.json"), domain_file, "")
+        if not raw:
+            self._missing_domain(domain_file)
+        schema_ok = bool(raw) and self._schema(raw, schema("domain.schema.json"),
+                                               domain_file, "")
         teps = self._teps()
         pools = self._pools(raw["dstm_domain"], domain_file, teps) if schema_ok else {}
         nodes = self._nodes(pools, teps) if schema_ok else {}
@@ -125,6 +129,19 @@ class _Builder:
                                   policy.get("max_reclaim_leases"),
                                   policy.get("max_reclaim_time"))
         return Domain(raw["dstm_domain"]["name"], pools, teps, nodes, reclaim)
+
+    def _missing_domain(self, domain_file: str) -> None:
+        """Report that ``dstm_domain`` is not set, pointing at a close misspelling."""
+        close = difflib.get_close_matches("dstm_domain", list(self.inv.all_vars), n=1,
+                                          cutoff=0.75)
+        if close:
+            self.problem(self.inv.all_origin.get(close[0], domain_file), close[0],
+                         "unknown variable; did you mean dstm_domain? (dstm_domain, the "
+                         "domain's pools and lease policy, is not set)")
+        else:
+            self.problem(domain_file, "dstm_domain", "not set: the group all must define "
+                         "dstm_domain (its pools and lease policy), for example in "
+                         "group_vars/all/dstm.yml")
 
     def _strays(self) -> None:
         """Report node or TEP variables set on a host outside their group: a misspelt

@@ -114,7 +114,7 @@ CASES: dict[str, Case] = {
     "unknown-domain-key": Case({DOMAIN_FILE: domain(lifetime=60)}, DOMAIN_FILE,
                                ("dstm_domain.pools[0]", "'lifetime'")),
     "missing-domain": Case({DOMAIN_FILE: "something_else: 1\n"}, "group_vars/all",
-                           ("'dstm_domain' is a required property",)),
+                           ("dstm_domain: not set",)),
     "prefix-host-bits": Case({DOMAIN_FILE: domain(prefixes=["198.51.100.1/24"])}, DOMAIN_FILE,
                              ("dstm_domain.pools[0].prefixes[0]", "not a valid IPv4 block")),
     "range-backwards": Case({DOMAIN_FILE: domain(ranges=["198.51.100.20-198.51.100.10"])},
