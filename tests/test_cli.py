@@ -171,3 +171,12 @@ def test_a_client_server_address_that_is_not_ipv6_is_a_usage_error():
     assert rc == 2
     assert ("Invalid value for --server: server address '192.0.2.1:3786' is not [IPV6]:PORT "
             "(IPv6 only, draft section 5)") in err.getvalue()
+
+
+def test_empty_answers_say_so_in_words(tmp_path):
+    assert run(tmp_path, "store", "init")[0] == 0
+    assert run(tmp_path, "leases") == (0, "no active lease\n", "")
+    assert run(tmp_path, "leases", "--all") == (0, "no lease\n", "")
+    assert run(tmp_path, "expire") == (
+        0, "nothing to reclaim: no lease has ended unreclaimed\n", "")
+    assert run(tmp_path, "expire", "--json") == (0, "[]\n", "")

@@ -44,8 +44,12 @@ def lab_up_cmd(inventory: str, as_json: bool) -> None:
 def lab_down_cmd(inventory: str) -> None:
     """Remove everything the lab created."""
     from dstm_orch import lab as labmod
+    from dstm_orch.lab.plan import lab_settings
 
-    labmod.lab_down(_lab_inventory(inventory))
+    raw = _lab_inventory(inventory)
+    labmod.lab_down(raw)
+    click.echo(f"lab {lab_settings(raw).name}: down (namespaces, sshd, links and "
+               "state removed)")
 
 
 @lab.command("status")

@@ -53,7 +53,8 @@ def revoke(ctx: Context, node: str) -> None:
 def leases(ctx: Context, show_all: bool) -> None:
     """List the active leases, those past their end not yet reclaimed as expired (with
     --all, every lease ever granted)."""
-    _print_leases(ctx, ctx.allocator.leases(include_history=show_all))
+    _print_leases(ctx, ctx.allocator.leases(include_history=show_all),
+                  none="no lease" if show_all else "no active lease")
 
 
 @click.command()
@@ -61,7 +62,8 @@ def leases(ctx: Context, show_all: bool) -> None:
 @common
 def expire(ctx: Context, max_leases: int | None) -> None:
     """Reclaim leases whose lifetime has run out; run "apply" to clear the devices."""
-    _print_leases(ctx, ctx.allocator.expire(max_leases=max_leases))
+    _print_leases(ctx, ctx.allocator.expire(max_leases=max_leases),
+                  none="nothing to reclaim: no lease has ended unreclaimed")
 
 
 @click.command()
@@ -120,10 +122,14 @@ def _ports(lease: Lease) -> str:
     return str(lease.port_set) if lease.port_set else "all"
 
 
-def _print_leases(ctx: Context, found: list[Lease], single: bool = False) -> None:
+def _print_leases(ctx: Context, found: list[Lease], single: bool = False,
+                  none: str = "no lease") -> None:
     if ctx.as_json:
         data = [lease.as_dict() for lease in found]
         click.echo(json.dumps(data[0] if single else data, indent=2))
+        return
+    if not found:
+        click.echo(none)
         return
     table = Table(box=None, pad_edge=False)
     for col in ("id", "node", "node_ipv6", "ipv4", "ports", "tep_ipv6", "start", "end",
