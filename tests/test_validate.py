@@ -103,6 +103,16 @@ def test_without_a_module_directory_the_yang_check_is_skipped(tmp_path, capsys, 
     assert "YANG skipped: no module directory" in out
 
 
+def test_a_module_directory_that_does_not_exist_is_named(tmp_path, capsys, monkeypatch):
+    missing = tmp_path / "no-such-dir"
+    monkeypatch.setenv("DSTM_ORCH_YANG_DIR", str(missing))
+    inv = router_inventory(tmp_path / "inv", {"n1": "198.51.100.7"})
+    rc, _, err = run(capsys, "validate", "-i", str(inv))
+    assert rc == 1
+    assert (f"YANG module directory {missing} (from DSTM_ORCH_YANG_DIR): no such directory"
+            in err), err
+
+
 @pytest.mark.parametrize("name", list(CASES))
 def test_the_bad_input_corpus_gives_the_same_errors_as_other_commands(tmp_path, capsys, name):
     case: Case = CASES[name]

@@ -176,8 +176,14 @@ def _check_router(inv: DstmInventory, name: str, wanted: dict) -> str:
         return (f"skipped: no module directory (set {YANG_DIR_SETTING} or "
                 "dstm_tep_netconf_yang_dir)")
     directory = Path(os.path.expanduser(str(configured)))
+    source = ("dstm_tep_netconf_yang_dir" if inv.host_vars(name).get("dstm_tep_netconf_yang_dir")
+              else YANG_DIR_SETTING)
+    if not directory.is_dir():
+        raise DstmError(f"YANG module directory {directory} (from {source}): no such "
+                        "directory")
     if not any(directory.glob("ietf-softwire-br*.yang")):
-        raise DstmError(f"YANG module ietf-softwire-br is missing from {directory}")
+        raise DstmError(f"YANG module ietf-softwire-br is missing from {directory} (from "
+                        f"{source})")
     checker = checker_for(directory)
     diff = compute_diff(DeviceTable(None), desired, instance)
     for payload in render_edits(diff, instance.resolved(None), version=1, date=utc_date()):
