@@ -468,3 +468,18 @@ def test_module_through_ansible_adhoc(netns, tmp_path):
     assert kernel(netns, "-4", "route", "show", "proto", "211") == [
         {"type": "blackhole", "dst": "198.51.100.0/24", "flags": []}]
     assert adhoc()["changed"] is False
+
+
+def test_a_failing_line_of_a_batch_is_named_and_stops_the_rest(netns, tmp_path):
+    # Three ip -4 route commands run as one ip -batch: the second fails (no such device),
+    # the third is not run, and the failure names the second command.
+    args = {"family": "ipv4", "routes": [
+        {"dst": "198.51.100.1/32", "dev": "eth0"},
+        {"dst": "198.51.100.2/32", "dev": "nosuch0"},
+        {"dst": "198.51.100.3/32", "dev": "eth0"}]}
+    result = run_module(netns, "routes", args, tmp_path)
+    assert result.get("failed") is True, result
+    assert result["msg"] == ("ip -4 route replace unicast 198.51.100.2/32 dev nosuch0 metric 0 "
+                             'proto 211 table main failed: Cannot find device "nosuch0"')
+    assert [r["dst"] for r in kernel(netns, "-4", "route", "show", "proto", "211")] == [
+        "198.51.100.1"]
