@@ -845,3 +845,45 @@ def test_tep_variables_on_a_node_are_refused(tmp_path):
     root = write_inventory(tmp_path, hosts=hosts_with(n1={"dstm_tep_driver": "seg6"}))
     check(the_problem(root), root / "hosts.yml", "n1.dstm_tep_driver",
           "not in the group dstm_teps (groups: dstm_nodes)")
+
+
+def test_schema_errors_do_not_hide_the_domain_rules(tmp_path):
+    # hold_time -1 is a schema error; the other problems are the domain's rules and are
+    # reported with it: default 3600 s > max 100 s, a duplicate pool name, an unknown TEP.
+    domain = {"dstm_domain": {
+        "name": "t",
+        "lease_policy": {"hold_time": -1, "default_lifetime": 3600, "max_lifetime": 100},
+        "pools": [{"name": "p1", "tep": "tep1", "prefixes": ["198.51.100.0/24"]},
+                  {"name": "p1", "tep": "tep9", "prefixes": ["203.0.113.0/24"]}]}}
+    hosts = hosts_with(n1={"dstm_node_pool": "p1"}, n2={"dstm_node_pool": "p1"})
+    dom = str(write_inventory(tmp_path, hosts, domain) / "group_vars/all/dstm.yml")
+    assert sorted((p.file, p.key) for p in problems_of(tmp_path)) == [
+        (dom, "dstm_domain.lease_policy.default_lifetime"),
+        (dom, "dstm_domain.lease_policy.hold_time"),
+        (dom, "dstm_domain.pools[1].name"),
+        (dom, "dstm_domain.pools[1].tep"),
+    ]
+
+
+def test_a_pool_the_schema_refuses_leaves_the_others_checked(tmp_path):
+    # Pool p2 has an unknown key (schema); pool p1's backwards range is still found, and
+    # n2, a node of p2, gets no follow-on error about its pool.
+    hosts, domain = two_pools({"name": "p2", "tep": "tep2", "prefixes": ["203.0.113.0/24"],
+                               "lifetime": 60})
+    hosts["all"]["children"]["dstm_nodes"]["hosts"]["n2"]["dstm_node_pool"] = "p2"
+    domain["dstm_domain"]["pools"][0]["ranges"] = ["198.51.101.9-198.51.101.1"]
+    dom = str(write_inventory(tmp_path, hosts, domain) / "group_vars/all/dstm.yml")
+    assert sorted((p.file, p.key) for p in problems_of(tmp_path)) == [
+        (dom, "dstm_domain.pools[0].ranges[0]"),
+        (dom, "dstm_domain.pools[1]"),
+    ]
+
+
+def test_a_pool_without_a_valid_block_gets_no_follow_on_errors(tmp_path):
+    # 198.51.100.0/33 is no IPv4 prefix: the pool has no known extent, so its exclude
+    # entries and n1's reservation are not reported as outside it.
+    root = write_inventory(tmp_path, hosts_with(n1={"dstm_node_static_ipv4": "198.51.100.7"}),
+                           with_pool(prefixes=["198.51.100.0/33"],
+                                     exclude=["198.51.100.0/32", "198.51.100.255/32"]))
+    check(the_problem(root), root / "group_vars/all/dstm.yml",
+          "dstm_domain.pools[0].prefixes[0]", "not a valid IPv4 block")

@@ -98,6 +98,9 @@ class _Builder:
     def __init__(self, inv: AnsibleInventory):
         self.inv = inv
         self.problems: list[Problem] = []
+        self.skipped_pools: set[int] = set()   # indexes of pools the schema refused
+        self.unchecked: set[str] = set()       # pools whose nodes are not checked further
+        self.extent_unknown: set[str] = set()  # pools none of whose blocks is valid
         self.ipv6_owner: dict[ipaddress.IPv6Address, str] = {}
         self.lines = dict(inv.all_lines)   # key path -> (file, line)
         for host in inv.hosts.values():
@@ -116,11 +119,12 @@ class _Builder:
             "dstm_domain" in self.inv.all_vars) else {}
         if not raw:
             self._missing_domain(domain_file)
-        schema_ok = bool(raw) and self._schema(raw, schema("domain.schema.json"),
-                                               domain_file, "")
+        paths = self._schema_paths(raw, schema("domain.schema.json"), domain_file, "") \
+            if raw else [()]
+        checkable = self._checkable(raw, paths)
         teps = self._teps()
-        pools = self._pools(raw["dstm_domain"], domain_file, teps) if schema_ok else {}
-        nodes = self._nodes(pools, teps) if schema_ok else {}
+        pools = self._pools(raw["dstm_domain"], domain_file, teps) if checkable else {}
+        nodes = self._nodes(pools, teps) if checkable else {}
         self._strays()
         if self.problems:
             raise InventoryError(list(dict.fromkeys(self.problems)))
@@ -129,6 +133,34 @@ class _Builder:
                                   policy.get("max_reclaim_leases"),
                                   policy.get("max_reclaim_time"))
         return Domain(raw["dstm_domain"]["name"], pools, teps, nodes, reclaim)
+
+    def _checkable(self, raw: dict, paths: list[tuple]) -> bool:
+        """Whether the domain's rules can be checked despite the schema errors at
+        ``paths``: yes when they lie inside single pools (those are left out, their nodes
+        not checked further) or in ``lease_policy`` (the defaults are used), so that
+        every problem is reported at once without follow-on errors."""
+        if not paths:
+            return True
+        domain = raw.get("dstm_domain")
+        if not (isinstance(domain, dict) and isinstance(domain.get("name"), str)
+                and isinstance(domain.get("pools"), list)):
+            return False
+        for path in paths:
+            if len(path) >= 3 and path[:2] == ("dstm_domain", "pools") and \
+                    isinstance(path[2], int):
+                self.skipped_pools.add(path[2])
+            elif path[:2] != ("dstm_domain", "lease_policy"):
+                return False
+        policy_paths = [path for path in paths if path[:2] == ("dstm_domain", "lease_policy")]
+        if policy_paths:
+            raw["dstm_domain"] = {**domain, "lease_policy": _valid_part(
+                domain.get("lease_policy"), policy_paths,
+                schema("domain.schema.json")["$defs"]["domain_policy"]["properties"])}
+        for index in self.skipped_pools:
+            entry = domain["pools"][index]
+            if isinstance(entry, dict) and isinstance(entry.get("name"), str):
+                self.unchecked.add(entry["name"])
+        return True
 
     def _missing_domain(self, domain_file: str) -> None:
         """Report that ``dstm_domain`` is not set, pointing at a close misspelling."""
@@ -184,6 +216,11 @@ class _Builder:
 
     def _schema(self, data: Any, sch: dict, file: str, prefix: str,
                 origin: dict[str, str] | None = None) -> bool:
+        return not self._schema_paths(data, sch, file, prefix, origin)
+
+    def _schema_paths(self, data: Any, sch: dict, file: str, prefix: str,
+                      origin: dict[str, str] | None = None) -> list[tuple]:
+        """Report every schema error of ``data``; return the path of each."""
         validator = jsonschema.Draft202012Validator(sch)
         errors = sorted(validator.iter_errors(data), key=lambda e: list(e.absolute_path))
         for err in errors:
@@ -196,7 +233,7 @@ class _Builder:
             where = (origin or {}).get(top, file) if top else file
             key = f"{prefix}{path}" if path else (prefix.rstrip(".") or "-")
             self.problem(where, key, _reason(err))
-        return not errors
+        return [tuple(err.absolute_path) for err in errors]
 
     # TEPs ----------------------------------------------------------------
     def _teps(self) -> dict[str, Tep]:
@@ -243,13 +280,17 @@ class _Builder:
                          f"maximum lifetime {domain_policy.max_lifetime} s")
         pools: dict[str, Pool] = {}
         for i, p in enumerate(raw["pools"]):
-            key = f"dstm_domain.pools[{i}]"
-            if p["name"] in pools:
-                self.problem(file, f"{key}.name", f"duplicate pool name {p['name']!r}")
+            if i in self.skipped_pools:
                 continue
+            key = f"dstm_domain.pools[{i}]"
+            duplicate = p["name"] in pools
+            if duplicate:
+                self.problem(file, f"{key}.name", f"duplicate pool name {p['name']!r}")
             if p["tep"] not in self.inv.hosts or p["tep"] not in self.inv.group_hosts(TEPS_GROUP):
                 self.problem(file, f"{key}.tep",
                              f"TEP {p['tep']!r} is not a host of the group {TEPS_GROUP}")
+            if duplicate:
+                continue
             declared = netaddr.IPSet()
             blocks = []  # (key path, block) of every valid prefix and range
             for field_name in ("prefixes", "ranges"):
@@ -259,9 +300,13 @@ class _Builder:
                         declared.add(block)
                         blocks.append((f"{key}.{field_name}[{j}]", block))
             addresses = netaddr.IPSet(declared)
+            if not blocks and (p.get("prefixes") or p.get("ranges")):
+                self.extent_unknown.add(p["name"])   # every block refused, reported above
             for j, text in enumerate(p.get("exclude", [])):
                 block = self._ipv4_block(text, file, f"{key}.exclude[{j}]")
                 if block is None:
+                    continue
+                if p["name"] in self.extent_unknown:
                     continue
                 if not netaddr.IPSet(_cidrs(block)).issubset(declared):
                     self.problem(file, f"{key}.exclude[{j}]",
@@ -363,6 +408,8 @@ class _Builder:
             mgmt = self._ipv6(host, "ansible_host")
             ipv6 = self._ipv6(host, "dstm_node_ipv6") if "dstm_node_ipv6" in v else mgmt
             pool_name = v.get("dstm_node_pool")
+            if pool_name in self.unchecked or (pool_name is None and self.skipped_pools):
+                continue   # its pool has errors of its own, reported above
             if pool_name is None:
                 if len(pools) != 1:
                     self.problem(self._file(host), f"{name}.dstm_node_pool",
@@ -406,6 +453,8 @@ class _Builder:
         except ValueError as exc:
             self.problem(file, key, f"{text!r} is not an IPv4 address: {exc}")
             return None
+        if address not in pool and pool.name in self.extent_unknown:
+            return None   # the pool's extent is unknown (its own errors are reported)
         if address not in pool:
             owner = next((p.name for p in pools.values() if address in p), None)
             where = (f"inside pool {owner!r}, not the node's pool {pool.name!r}" if owner
@@ -435,6 +484,16 @@ class _Builder:
                                         "(RFC 4291 section 2.4)")
                 return None
         return address
+
+
+def _valid_part(policy: Any, paths: list[tuple], known: dict) -> dict:
+    """The keys of ``policy`` the schema accepted: without those an error path names
+    (``("dstm_domain", "lease_policy", key)``) and unknown ones; ``{}`` when the whole
+    value is wrong (not a mapping)."""
+    if not isinstance(policy, dict):
+        return {}
+    wrong = {path[2] for path in paths if len(path) > 2}
+    return {k: v for k, v in policy.items() if k in known and k not in wrong}
 
 
 def _dstm_vars(host: HostEntry) -> dict[str, Any]:
