@@ -122,21 +122,12 @@ class TepPusher:
         self.linux = AnsiblePusher(inv.path, inv.domain, store_path, roaming)
 
     def push(self, tep: str) -> None:
-        from dstm_orch.push.intent import render_intent
-        from dstm_orch.push.orchestrate import NETCONF, run
+        from dstm_orch.push.orchestrate import NETCONF
 
         if self.inv.domain.teps[tep].kind != NETCONF:
             self.linux.push(tep)
             return
-        now = utcnow()
-        with LeaseStore(self.store_path) as store:
-            intent = render_intent(self.inv.domain, store.active_leases(now), now)
-            try:
-                report = run(self.inv, store, intent, now, check=False, limit=tep)
-            except DstmError as exc:
-                raise PushError(f"pushing to TEP {tep!r} failed: {exc}") from None
-        if report.errors:
-            raise PushError("; ".join(report.errors))
+        self._run(tep, check=False)
 
     def drifted(self, tep: str) -> bool | None:
         """Read router TEP ``tep``'s binding table over NETCONF and tell whether it
@@ -147,21 +138,34 @@ class TepPusher:
         Raises:
             PushError: the TEP could not be read.
         """
-        from dstm_orch.push.intent import render_intent
-        from dstm_orch.push.orchestrate import NETCONF, run
+        from dstm_orch.push.orchestrate import NETCONF
 
         if self.inv.domain.teps[tep].kind != NETCONF:
             return None
+        report = self._run(tep, check=True)
+        return any(device.get("changed") for device in report.netconf)
+
+    def _run(self, tep: str, *, check: bool):
+        """Plan (``check``) or push the intent of the current leases on router TEP
+        ``tep``; return the orchestrator's report.
+
+        Raises:
+            PushError: the TEP could not be read or pushed.
+        """
+        from dstm_orch.push.intent import render_intent
+        from dstm_orch.push.orchestrate import run
+
         now = utcnow()
         with LeaseStore(self.store_path) as store:
             intent = render_intent(self.inv.domain, store.active_leases(now), now)
             try:
-                report = run(self.inv, store, intent, now, check=True, limit=tep)
+                report = run(self.inv, store, intent, now, check=check, limit=tep)
             except DstmError as exc:
-                raise PushError(f"reading TEP {tep!r} failed: {exc}") from None
+                raise PushError(f"{'reading' if check else 'pushing to'} TEP {tep!r} "
+                                f"failed: {exc}") from None
         if report.errors:
             raise PushError("; ".join(report.errors))
-        return any(device.get("changed") for device in report.netconf)
+        return report
 
 
 class TepSync:
