@@ -288,6 +288,38 @@ def run(argv: Sequence[str], *, cwd: str | os.PathLike | None = None,
         shutil.rmtree(work, ignore_errors=True)
 
 
+def run_report(script: Path, plan: dict, workdir: Path, *, prefix: str, label: str,
+               timeout: float = 1200.0) -> dict:
+    """Run the guest script ``script`` with ``plan`` (written as JSON into ``workdir``)
+    under the kernel, streaming its output, and return its report: the JSON after
+    ``prefix`` on the last line that starts with it. Prints the wall time under
+    ``label``.
+
+    Raises:
+        AssertionError: the script failed or printed no report (with its last output).
+    """
+    import json
+    import time
+
+    plan_file = workdir / "plan.json"
+    plan_file.write_text(json.dumps(plan))
+    output = bytearray()
+
+    def sink(chunk: bytes) -> None:
+        output.extend(chunk)
+        _write_stdout(chunk)
+
+    started = time.monotonic()
+    rc = run([sys.executable, str(script), str(plan_file)], cwd=Path(__file__).parents[1],
+             output=sink, timeout=timeout)
+    print(f"{label}: guest run took {time.monotonic() - started:.0f} s wall")
+    text = output.decode(errors="replace")
+    assert rc == 0, f"the guest failed (exit {rc}):\n{text[-4000:]}"
+    lines = [line for line in text.splitlines() if line.startswith(prefix)]
+    assert lines, f"the guest printed no report:\n{text[-4000:]}"
+    return json.loads(lines[-1].removeprefix(prefix))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m tests.qemu_kernel CMD [ARG...]``: run CMD in the guest, exit with its
     status. Environment: QEMU_KERNEL_ACCEL (auto|kvm|tcg), QEMU_KERNEL_MEM (MiB),

@@ -26,7 +26,6 @@ import io
 import json
 import re
 import sys
-import time
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -131,24 +130,8 @@ def report(tmp_path_factory):
         "nodes": list(NODES), "tep": TEP, "ipv4_host": IPV4_HOST,
         "capture": {"host": TEP, "dev": "eth0"}, "rounds": rounds,
     }
-    plan_file = base / "plan.json"
-    plan_file.write_text(json.dumps(guest_plan))
-    output = bytearray()
-
-    def sink(chunk: bytes) -> None:
-        output.extend(chunk)
-        sys.stdout.buffer.write(chunk)
-        sys.stdout.flush()
-
-    started = time.monotonic()
-    rc = qemu_kernel.run([sys.executable, str(ROOT / "tests" / "kernel_lab_guest.py"),
-                          str(plan_file)], cwd=ROOT, output=sink, timeout=1200)
-    print(f"kernel ip6tnl: guest run took {time.monotonic() - started:.0f} s wall")
-    text = output.decode(errors="replace")
-    assert rc == 0, f"the guest failed (exit {rc}):\n{text[-4000:]}"
-    lines = [line for line in text.splitlines() if line.startswith(REPORT)]
-    assert lines, f"the guest printed no report:\n{text[-4000:]}"
-    result = json.loads(lines[-1].removeprefix(REPORT))
+    result = qemu_kernel.run_report(ROOT / "tests" / "kernel_lab_guest.py", guest_plan, base,
+                                    prefix=REPORT, label="kernel ip6tnl")
     result["short"] = short
     return result
 
