@@ -231,20 +231,30 @@ class Guest:
         end = call["args"]["addresses"][0]["valid_until"]
         report["lease_end"] = end
         report["short_lease_gone"] = self.wait_gone(host, address, end + LEASE_END_SLACK)
+        self.finish(started)
+
+    def finish(self, started: float) -> None:
+        """Delete the lab's namespaces and record the scenario's guest time."""
         for ns in dict.fromkeys(ns for ns, _ in self.plan["batches"] if ns):
             sh("ip", "netns", "del", ns, check=False)
-        report["guest_seconds"] = time.monotonic() - started
-        log(f"scenario done in {report['guest_seconds']:.1f} s")
+        self.report["guest_seconds"] = time.monotonic() - started
+        log(f"scenario done in {self.report['guest_seconds']:.1f} s")
 
 
-def main(argv: list[str]) -> int:
-    guest = Guest(json.loads(Path(argv[1]).read_text()))
+def run_guest(kind: type[Guest], argv: list[str]) -> int:
+    """Run scenario ``kind`` with the plan file ``argv[1]``; print its report (an error
+    in it is reported too, for the host test to fail with)."""
+    guest = kind(json.loads(Path(argv[1]).read_text()))
     try:
         guest.main()
     except Exception as exc:  # reported to the host test, which fails with it
         guest.report["error"] = f"{type(exc).__name__}: {exc}"
     print(REPORT + json.dumps(guest.report), flush=True)
     return 0
+
+
+def main(argv: list[str]) -> int:
+    return run_guest(Guest, argv)
 
 
 if __name__ == "__main__":

@@ -27,9 +27,8 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
-from kernel_lab_guest import REPORT, Guest, ip_json, log, sh
+from kernel_lab_guest import Guest, ip_json, log, run_guest, sh
 
 
 class PortsGuest(Guest):
@@ -129,21 +128,11 @@ class PortsGuest(Guest):
         report["after_fix"] = self.observe()
         report["flows_after_fix"] = self.flows(self.plan["nodes"][:1], capture=False)
         log("drift done")
-
-        for ns in dict.fromkeys(ns for ns, _ in self.plan["batches"] if ns):
-            sh("ip", "netns", "del", ns, check=False)
-        report["guest_seconds"] = time.monotonic() - started
-        log(f"scenario done in {report['guest_seconds']:.1f} s")
+        self.finish(started)
 
 
 def main(argv: list[str]) -> int:
-    guest = PortsGuest(json.loads(Path(argv[1]).read_text()))
-    try:
-        guest.main()
-    except Exception as exc:  # reported to the host test, which fails with it
-        guest.report["error"] = f"{type(exc).__name__}: {exc}"
-    print(REPORT + json.dumps(guest.report), flush=True)
-    return 0
+    return run_guest(PortsGuest, argv)
 
 
 if __name__ == "__main__":
