@@ -86,7 +86,7 @@ class Guest:
         interpreter spends ~8 s importing it under emulation). The child enters the
         namespace (setns) and runs the module file as ``__main__``, as Ansible runs it."""
         args = call["args"]
-        started = time.monotonic()
+        started, started_at = time.monotonic(), time.time()
         if rendered_at is not None and call["module"] == "address":
             shift = time.time() - rendered_at
             args = {**args, "addresses": [
@@ -127,7 +127,7 @@ class Guest:
                 "changed": result.get("changed"), "failed": bool(result.get("failed")),
                 "msg": result.get("msg"), "rc": os.waitstatus_to_exitcode(status),
                 "commands": result.get("commands"), "diff": result.get("diff"),
-                "seconds": round(time.monotonic() - started, 2)}
+                "seconds": round(time.monotonic() - started, 2), "started_at": started_at}
 
     def converge(self, round_: dict) -> None:
         """Run one round: each host's calls in order, the TEP first (as the playbook's

@@ -183,12 +183,15 @@ def test_nodes_ping_the_ipv4_host_over_ipv6_only(report):
         assert f"{IPV4_HOST} > {address}: ICMP echo reply" in text
 
 
-def assert_lifetime(valid_lft: int, remaining: float, call_seconds: float) -> None:
-    """The kernel's valid_lft is the lease's remaining time, give or take: the module
-    computes it from whole seconds when it starts and the kernel counts from the
-    ``ip addr replace`` the module runs later (up to the module call's duration)."""
+def assert_lifetime(valid_lft: int, remaining: float, at_most: float) -> None:
+    """The kernel's valid_lft is the lease's remaining time, give or take: never less
+    than the time left by the guest's clock (less a second of rounding), and never more
+    than the module could set when its call started (``at_most``: the lease's end less
+    the call's start, plus a rounding second). It may sit between the two: the kernel
+    ages addresses on its timer ticks, which software emulation on a loaded host lets
+    fall behind the clock by seconds."""
     assert valid_lft < FOREVER
-    assert remaining - 1 <= valid_lft <= remaining + call_seconds + 1, (valid_lft, remaining)
+    assert remaining - 1 <= valid_lft <= at_most + 1, (valid_lft, remaining, at_most)
 
 
 def test_addresses_last_as_long_as_their_lease(report):
@@ -200,7 +203,7 @@ def test_addresses_last_as_long_as_their_lease(report):
     (addr,) = seen["n1"]["addr_info"]
     assert (addr["local"], addr["prefixlen"], addr["label"]) == (POOL_FIRST, 32, "dstm0")
     assert_lifetime(addr["valid_life_time"], wanted["valid_until"] - seen["n1"]["read_at"],
-                    address_call["seconds"])
+                    wanted["valid_until"] - address_call["started_at"])
     (static,) = seen["n3"]["addr_info"]
     assert (static["local"], static["valid_life_time"]) == (STATIC, FOREVER)
 
@@ -211,7 +214,7 @@ def test_addresses_last_as_long_as_their_lease(report):
                      if c["module"] == "address" and c["args"]["addresses"]]
     assert 0 < addr["valid_life_time"] <= SHORT_LIFETIME
     assert_lifetime(addr["valid_life_time"], report["lease_end"] - short["read_at"],
-                    short_call["seconds"])
+                    report["lease_end"] - short_call["started_at"])
     gone = report["short_lease_gone"]
     assert gone["present"] is False, "the kernel kept the address past the lease's end"
     assert gone["at"] >= report["lease_end"] - 1, "the address left before the lease's end"
