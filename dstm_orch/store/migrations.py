@@ -8,6 +8,28 @@ LAYOUT_CONFLICT = "the address has active leases of another port-set layout"
 EVENT_OUT_OF_ORDER = "an event of a lease is older than the start or the last event of its lease"
 END_BEFORE_START = "a lease cannot end before it starts"
 
+ALLOCATE_EVENT_TRIGGER = """
+CREATE TRIGGER leases_allocate_event AFTER INSERT ON leases
+BEGIN
+    INSERT INTO lease_events (lease_id, at, event, end_at, node_ipv6)
+    VALUES (NEW.id, NEW.start_at, 'allocate', NEW.end_at, NEW.node_ipv6);
+END
+"""
+"""The database writes a lease's 'allocate' event with the lease (migration 4; again
+after migration 7 rebuilds ``lease_events``)."""
+
+EVENTS_IN_ORDER_TRIGGER = f"""
+CREATE TRIGGER lease_events_in_order BEFORE INSERT ON lease_events
+WHEN NEW.at < (SELECT start_at FROM leases WHERE id = NEW.lease_id)
+     OR NEW.at < (SELECT at FROM lease_events INDEXED BY lease_events_lease
+                  WHERE lease_id = NEW.lease_id ORDER BY id DESC LIMIT 1)
+BEGIN
+    SELECT RAISE(ABORT, '{EVENT_OUT_OF_ORDER}');
+END
+"""
+"""A lease's events are never older than its start or its last event (migration 4;
+again after migration 7)."""
+
 APPLICATION_ID = 0x4453544D
 """``PRAGMA application_id`` of a dstm-orch lease store ("DSTM" in ASCII), set by
 migration 4; a file with another non-zero id belongs to another application."""
@@ -161,13 +183,7 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "DROP INDEX leases_ended",
         "CREATE INDEX leases_ended ON leases (ended_at) WHERE ended_at IS NOT NULL",
         # The 'allocate' event is written by the database with the lease itself.
-        """
-        CREATE TRIGGER leases_allocate_event AFTER INSERT ON leases
-        BEGIN
-            INSERT INTO lease_events (lease_id, at, event, end_at, node_ipv6)
-            VALUES (NEW.id, NEW.start_at, 'allocate', NEW.end_at, NEW.node_ipv6);
-        END
-        """,
+        ALLOCATE_EVENT_TRIGGER,
         "DROP INDEX leases_active_node_ipv6",
         """
         CREATE UNIQUE INDEX leases_active_node_ipv6 ON leases (node_ipv6)
@@ -187,15 +203,7 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
             SELECT RAISE(ABORT, '{END_BEFORE_START}');
         END
         """,
-        f"""
-        CREATE TRIGGER lease_events_in_order BEFORE INSERT ON lease_events
-        WHEN NEW.at < (SELECT start_at FROM leases WHERE id = NEW.lease_id)
-             OR NEW.at < (SELECT at FROM lease_events INDEXED BY lease_events_lease
-                          WHERE lease_id = NEW.lease_id ORDER BY id DESC LIMIT 1)
-        BEGIN
-            SELECT RAISE(ABORT, '{EVENT_OUT_OF_ORDER}');
-        END
-        """,
+        EVENTS_IN_ORDER_TRIGGER,
     ),
     # 5: the push journal (dstm_orch.store.journal). A confirmed commit (RFC 6241
     # section 8.4) is written as pending, with its persist id and the instant the
@@ -249,22 +257,8 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "DROP TABLE lease_events",
         "ALTER TABLE lease_events_v7 RENAME TO lease_events",
         "CREATE INDEX lease_events_lease ON lease_events (lease_id, id)",
-        """
-        CREATE TRIGGER leases_allocate_event AFTER INSERT ON leases
-        BEGIN
-            INSERT INTO lease_events (lease_id, at, event, end_at, node_ipv6)
-            VALUES (NEW.id, NEW.start_at, 'allocate', NEW.end_at, NEW.node_ipv6);
-        END
-        """,
-        f"""
-        CREATE TRIGGER lease_events_in_order BEFORE INSERT ON lease_events
-        WHEN NEW.at < (SELECT start_at FROM leases WHERE id = NEW.lease_id)
-             OR NEW.at < (SELECT at FROM lease_events INDEXED BY lease_events_lease
-                          WHERE lease_id = NEW.lease_id ORDER BY id DESC LIMIT 1)
-        BEGIN
-            SELECT RAISE(ABORT, '{EVENT_OUT_OF_ORDER}');
-        END
-        """,
+        ALLOCATE_EVENT_TRIGGER,
+        EVENTS_IN_ORDER_TRIGGER,
     ),
 )
 """Schema migrations in order; migration N takes ``PRAGMA user_version`` from N-1 to N."""
