@@ -261,6 +261,46 @@ class Allocator:
             ended = moment if lease.end is None else min(moment, lease.end)
             return tx.finish(lease, model.LeaseState.REVOKED, ended, moment)
 
+    def reallocate(
+        self,
+        tx: Transaction,
+        lease: model.Lease,
+        now: datetime,
+        lifetime: int | None = None,
+    ) -> model.Lease:
+        """End ``lease`` and lend its node the lease its inventory entry asks for now,
+        inside the caller's write transaction ``tx``: a phase move (draft-ietf-ngtrans-
+        dstm-08 section 6), static reservation removed or added.
+
+        The old lease is revoked at ``now`` (its ``revoke`` event) and the new one starts
+        at ``now`` (its ``allocate`` event), from the node's IPv6 address of the old one.
+        A node with a static reservation gets it (no end); any other node a dynamic
+        lease of its pool, whose strategy proposes the old lease's address first
+        (affinity), so the node keeps its address when it lies in its pool and is free
+        for it (a port set of it in a pool with a PSID length).
+
+        Args:
+            tx: an open write transaction; the caller commits or rolls back.
+            lease: the node's active lease.
+            now: the move's time (UTC).
+            lifetime: seconds of a new dynamic lease; None means the pool's default.
+
+        Returns:
+            The new lease.
+
+        Raises:
+            UnknownNodeError: the domain declares no node ``lease.node``.
+            LifetimeError: ``lifetime`` is out of the pool's bounds.
+            PoolExhaustedError: the static address is held by another node's active
+                lease, or the pool has no free address (or port set).
+            PoolDrainingError: the node's pool is draining.
+        """
+        node = self._node(lease.node)
+        self._check_lifetime(node, lifetime)
+        moment = _moment(now)
+        tx.finish(lease, model.LeaseState.REVOKED, moment, moment)
+        return self._allocate(tx, node, lifetime, moment, {}, lease.node_ipv6)
+
     @retried
     def expire(
         self, now: datetime | None = None, max_leases: int | None = None
