@@ -140,6 +140,10 @@ def _print(ctx: Context, outcome, fmt: str) -> None:
     for move in outcome.intent.moves:
         console.print(move.text() + ("" if report.check else " (done: new TEP, node, old TEP)"),
                       highlight=False, markup=False)
+    for phase in outcome.phases:
+        line = phase.text() if report.check or phase.after is None else f"done: {phase.text()}"
+        console.print(line if phase.after else f"warning: {line}", highlight=False,
+                      markup=False)
     if report.check:
         for item in effects.revoke:
             console.print(f"apply will {item.text()}", highlight=False, markup=False)

@@ -16,6 +16,11 @@
   state is made equal to it whatever they hold, so only the intent is compared.
 - :func:`apply_live` (``apply`` without a file) plans and pushes in one go, as before,
   and revokes the leases of removed nodes (and, with ``--drain-now``, removed pools).
+- Nodes whose static reservation was removed or added move between the phases of
+  draft section 6 (:mod:`~dstm_orch.push.phases`): ``plan`` shows each move and what
+  happens to the node's traffic; ``apply`` makes the moves in the store (old lease
+  revoked, new one allocated, at one instant) before it renders and pushes the intent.
+  The moves concern leases, so ``--limit`` (which selects devices) leaves them in.
 
 Draft-ietf-ngtrans-dstm-08 section 5: the TEP's mapping table is exactly its current
 leases; a revoked lease leaves the table with the push.
@@ -24,7 +29,7 @@ leases; a revoked lease leaves the table with the push.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -42,6 +47,7 @@ from dstm_orch.push.orchestrate import (
     read_digests,
     run,
 )
+from dstm_orch.push.phases import PhaseMove, phase_moves
 from dstm_orch.store import LeaseStore
 
 FORMAT = "dstm-orch-plan"
@@ -59,18 +65,21 @@ class PlanFileError(DstmError):
 @dataclass
 class Outcome:
     """A plan (``report.check``) or an apply: the device report, the intent it pushed
-    and the lease consequences (``revoked``: what apply revoked)."""
+    and the lease consequences (``revoked``: what apply revoked; ``phases``: the phase
+    moves, planned or made)."""
 
     now: datetime
     intent: Intent
     report: Report
     effects: Consequences
     revoked: tuple = ()
+    phases: list[PhaseMove] = field(default_factory=list)
 
     @property
     def changed(self) -> bool:
         """True when apply would change (or changed) a device or a lease."""
-        return self.report.changed > 0 or bool(self.effects.revoke)
+        return (self.report.changed > 0 or bool(self.effects.revoke)
+                or any(p.after is not None for p in self.phases))
 
     def as_dict(self) -> dict:
         linux = list(self.report.linux.hosts.values()) if self.report.linux else []
@@ -85,15 +94,19 @@ class Outcome:
             **self.effects.as_dict(),
             "moves": [m.as_dict() for m in self.intent.moves],
             "revoked": [lease.as_dict() for lease in self.revoked],
+            "phases": [p.as_dict() for p in self.phases],
         }
 
 
-def _intent(inv: DstmInventory, store: LeaseStore, now: datetime,
-            drain_now: bool) -> tuple[Intent, Consequences]:
-    leases = store.active_leases(now)
+def _intent(inv: DstmInventory, store: LeaseStore, now: datetime, drain_now: bool, *,
+            commit: bool = False, ends: dict[str, int] | None = None
+            ) -> tuple[Intent, Consequences, list[PhaseMove]]:
+    """The intent from the leases as they are after the phase moves (made when
+    ``commit``, else simulated), their consequences, and the moves."""
+    phases, leases = phase_moves(inv.domain, store, now, commit=commit, ends=ends)
     intent = render_intent(inv.domain, leases, now)
     effects = consequences(inv.domain, intent.orphans, leases, drain_now=drain_now)
-    return intent, effects
+    return intent, effects, phases
 
 
 def make_plan(inv: DstmInventory, store: LeaseStore, now: datetime, *,
@@ -105,11 +118,11 @@ def make_plan(inv: DstmInventory, store: LeaseStore, now: datetime, *,
         StrandedLeasesError: a removed pool still has active leases, no ``drain_now``.
         DstmError: ``limit`` matches nothing.
     """
-    intent, effects = _intent(inv, store, now, drain_now)
+    intent, effects, phases = _intent(inv, store, now, drain_now)
     effects.check()
     report = run(inv, store, intent, now, check=True, limit=limit,
                  hostkey_verify=hostkey_verify)
-    return Outcome(now, intent, report, effects)
+    return Outcome(now, intent, report, effects, phases=phases)
 
 
 def apply_live(inv: DstmInventory, store: LeaseStore, now: datetime, *, check: bool,
@@ -119,7 +132,11 @@ def apply_live(inv: DstmInventory, store: LeaseStore, now: datetime, *, check: b
     errors, revoke the leases the inventory dropped (see the module doc). Devices in
     step are left out unless ``refresh`` (:func:`~dstm_orch.push.orchestrate.run`); a
     TEP move contacts every device of its steps."""
-    intent, effects = _intent(inv, store, now, drain_now)
+    if not check:                   # refuse before any phase move is made
+        leases = store.active_leases(now)
+        consequences(inv.domain, render_intent(inv.domain, leases, now).orphans, leases,
+                     drain_now=drain_now).check()
+    intent, effects, phases = _intent(inv, store, now, drain_now, commit=not check)
     effects.check()
     if check or not intent.moves:
         report = run(inv, store, intent, now, check=check, limit=limit, replace=replace,
@@ -131,7 +148,7 @@ def apply_live(inv: DstmInventory, store: LeaseStore, now: datetime, *, check: b
     revoked = () if check or not report.ok else _revoke(store, effects.revoke, now)
     if not check and report.ok:
         _record_moves(inv, store, intent)
-    return Outcome(now, intent, report, effects, revoked)
+    return Outcome(now, intent, report, effects, revoked, phases)
 
 
 def _moving(inv: DstmInventory, store: LeaseStore, intent: Intent, now: datetime,
@@ -249,6 +266,7 @@ class SavedPlan:
             "intent": {"nodes": outcome.intent.nodes, "teps": outcome.intent.teps},
             "revoke": [r.as_dict() | {"lease_id": r.lease.id} for r in outcome.effects.revoke],
             "moves": [m.as_dict() for m in outcome.intent.moves],
+            "phases": [p.as_dict() for p in outcome.phases],
             "devices": devices,
         })
 
@@ -306,7 +324,11 @@ class SavedPlan:
                                f"{e.at:%Y-%m-%dT%H:%M:%SZ}" for node, e in events[:5])
             reasons.append(f"leases changed since the plan: {count} event(s) in the lease "
                            f"store ({listed}{', ...' if count > 5 else ''})")
-        intent, _ = _intent(inv, store, now, bool(doc["drain_now"]))
+        late = [f"{p['node']}'s new lease would end at {p['after']['end']}"
+                for p in doc["phases"] if p["end_epoch"] and p["end_epoch"] <= now.timestamp()]
+        if late:
+            reasons.append("the plan is too old: " + ", ".join(late))
+        intent, _, _ = _intent(inv, store, now, bool(doc["drain_now"]), ends=_ends(doc))
         moved = _intent_changes(doc["intent"], intent)
         if moved and not count:
             reasons.append("leases changed since the plan: " + ", ".join(moved))
@@ -317,6 +339,12 @@ class SavedPlan:
                 reasons.append(f"{name}: binding table changed since the plan (version "
                                f"{planned['read_version']} then, {version} now)")
         return reasons
+
+
+def _ends(doc: dict) -> dict[str, int]:
+    """Per node, the end (epoch seconds) of the dynamic lease a saved plan's phase move
+    gives it."""
+    return {p["node"]: p["end_epoch"] for p in doc["phases"] if p["end_epoch"]}
 
 
 def _intent_changes(saved: dict, intent: Intent) -> list[str]:
@@ -344,7 +372,8 @@ def apply_saved(inv: DstmInventory, store: LeaseStore, saved: SavedPlan, now: da
     intent = Intent(doc["intent"]["nodes"], doc["intent"]["teps"])
     digests = {n: d["read_digest"] for n, d in doc["devices"].items() if d["kind"] == NETCONF}
     hosts = list(doc["devices"])
-    current, _ = _intent(inv, store, now, bool(doc["drain_now"]))
+    current, _, phases = _intent(inv, store, now, bool(doc["drain_now"]), commit=True,
+                                 ends=_ends(doc))
     intent.moves = current.moves      # the same leases: checked equal above
     if not hosts:
         report = Report(check=False)
@@ -360,7 +389,7 @@ def apply_saved(inv: DstmInventory, store: LeaseStore, saved: SavedPlan, now: da
     revoked = _revoke(store, effects.revoke, now) if report.ok else ()
     if report.ok:
         _record_moves(inv, store, intent)
-    return Outcome(now, intent, report, effects, revoked)
+    return Outcome(now, intent, report, effects, revoked, phases)
 
 
 __all__ = ["Outcome", "PlanFileError", "SavedPlan", "StalePlanError", "apply_live",

@@ -2,7 +2,8 @@
 
 Per device: the binding entries added, changed and removed (router TEPs, RFC 8676
 binding table) or the Ansible changes and diff (Linux nodes and TEPs), the leases they
-belong to, pending confirmed commits; then the leases apply revokes, the orphans and
+belong to, pending confirmed commits; then the nodes changing phase (draft section 6),
+the leases apply revokes, the orphans and
 the leases still on an old port-set layout (RFC 7597 section 5.1). GitHub and GitLab
 render it (CommonMark tables, ``<details>``).
 """
@@ -18,6 +19,17 @@ def _ports(entry: dict) -> str:
     if not entry.get("psid_len"):
         return "all"
     return f"psid {entry['psid']}/{entry['psid_len']} a={entry['psid_offset']}"
+
+
+_TRAFFIC = {"uninterrupted": "no interruption (same address)",
+            "ports-narrowed": "sessions on ports outside the new port set end",
+            "sessions-end": "sessions over the old address end"}
+
+
+def _side(side: dict) -> str:
+    ports = side["port_set"]
+    where = side["ipv4"] if not ports else f"{side['ipv4']} psid {ports['psid']}"
+    return f"{where}, static" if side["static"] else f"{where}, until {side['end']}"
 
 
 def render(plan: dict, nodes_by_ipv6: dict[str, str]) -> str:
@@ -73,6 +85,23 @@ def render(plan: dict, nodes_by_ipv6: dict[str, str]) -> str:
                   "| node | IPv4 | pool | from TEP | to TEP |", "| --- | --- | --- | --- | --- |"]
         lines += [f"| {m['node']} | {m['ipv4']} | {m['pool']} | {m['from']} | {m['to']} |"
                   for m in plan["moves"]]
+        lines.append("")
+    moving = [p for p in plan.get("phases", []) if p["after"]]
+    if moving:
+        lines += ["### Nodes changing phase (draft section 6)", "",
+                  "Phase 1 is a static reservation, phase 2 a dynamic lease. Apply ends "
+                  "each node's lease and starts the new one at the same instant.", "",
+                  "| node | from | to | address before | address after | traffic |",
+                  "| --- | --- | --- | --- | --- | --- |"]
+        lines += [f"| {p['node']} | phase {p['from_phase']} | phase {p['to_phase']} | "
+                  f"{_side(p['before'])} | {_side(p['after'])} | {_TRAFFIC[p['traffic']]} |"
+                  for p in moving]
+        lines.append("")
+    blocked = [p for p in plan.get("phases", []) if not p["after"]]
+    if blocked:
+        lines += ["### Phase moves not possible now (the node keeps its lease)", ""]
+        lines += [f"- {p['node']} ({p['before']['ipv4']}): {_cell(p['problem'])}"
+                  for p in blocked]
         lines.append("")
     if plan["revoke"]:
         lines += ["### Leases apply revokes", "", "| node | IPv4 | pool | TEP | why |",
