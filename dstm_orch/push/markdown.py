@@ -3,9 +3,8 @@
 Per device: the binding entries added, changed and removed (router TEPs, RFC 8676
 binding table) or the Ansible changes and diff (Linux nodes and TEPs), the leases they
 belong to, pending confirmed commits; then the nodes changing phase (draft section 6),
-the leases apply revokes, the orphans and
-the leases still on an old port-set layout (RFC 7597 section 5.1). GitHub and GitLab
-render it (CommonMark tables, ``<details>``).
+the leases apply revokes, the orphans and the leases still on an old port-set layout
+(RFC 7597 section 5.1). GitHub and GitLab render it (CommonMark tables, ``<details>``).
 """
 
 from __future__ import annotations
