@@ -10,7 +10,8 @@ Pool p1 is 203.0.113.1-6 on rtr1, default lifetime 1800 s, hold time 0. Worked b
   203.0.113.1) and 4 (n2 203.0.113.5), both static.
 - phase 1 -> 2: n1 holds its reservation 203.0.113.3 (static); the reservation is
   removed: n1 keeps 203.0.113.3 as a dynamic lease ending 1800 s after the move, the
-  router entry is unchanged.
+  router entry is unchanged. Then the reservation comes back (a live ``apply``): lease 3,
+  static, 203.0.113.3.
 
 Each time a second plan after apply has nothing to change (exit 0).
 """
@@ -185,3 +186,13 @@ def test_reservation_removed_phase_1_to_2(router, inventory, tmp_path):
                                                                 ("revoke", None)]
     rc, out, _ = run(inventory, tmp_path, "plan", *LIMIT, "--json", "--detailed-exitcode")
     assert rc == 0 and json.loads(out)["phases"] == []
+
+    # Back to phase 1 by a live apply (no saved plan): the addresses agree.
+    reserve(inventory, n1="203.0.113.3")
+    rc, out, err = run(inventory, tmp_path, "apply", *LIMIT)
+    assert rc == 0, err
+    assert ("done: phase: n1 from phase 2 (dynamic lease) to phase 1 (static reservation): "
+            "lease 2 ends, 203.0.113.3 kept as a static lease without end") in out, out
+    assert leases(tmp_path)[-1] == (3, "n1", "203.0.113.3", "active", True)
+    assert device_entries(router) == {N1: "203.0.113.3"}
+    assert run(inventory, tmp_path, "plan", *LIMIT, "--detailed-exitcode")[0] == 0

@@ -325,7 +325,8 @@ class SavedPlan:
             reasons.append(f"leases changed since the plan: {count} event(s) in the lease "
                            f"store ({listed}{', ...' if count > 5 else ''})")
         late = [f"{p['node']}'s new lease would end at {p['after']['end']}"
-                for p in doc["phases"] if p["end_epoch"] and p["end_epoch"] <= now.timestamp()]
+                for p in doc.get("phases", [])
+                if p["end_epoch"] and p["end_epoch"] <= now.timestamp()]
         if late:
             reasons.append("the plan is too old: " + ", ".join(late))
         intent, _, _ = _intent(inv, store, now, bool(doc["drain_now"]), ends=_ends(doc))
@@ -344,7 +345,7 @@ class SavedPlan:
 def _ends(doc: dict) -> dict[str, int]:
     """Per node, the end (epoch seconds) of the dynamic lease a saved plan's phase move
     gives it."""
-    return {p["node"]: p["end_epoch"] for p in doc["phases"] if p["end_epoch"]}
+    return {p["node"]: p["end_epoch"] for p in doc.get("phases", []) if p["end_epoch"]}
 
 
 def _intent_changes(saved: dict, intent: Intent) -> list[str]:
