@@ -9,8 +9,12 @@ lease once and then renews in a loop for ``--seconds`` (draft-ietf-ngtrans-dstm-
 section 6). With two servers, clients 0-3 ask the first, 4-7 the second. The TEP push is
 off (``NoPusher``: a renew that does not move a node pushes nothing anyway).
 
-Anchor: raw one-row autocommit INSERTs (one WAL flush each) from 8 processes, measured
-just before each figure. The round with the median ratio is shown. Run from the
+Anchor: raw one-row autocommit INSERTs (one WAL flush each) from 8 processes. A round
+measures the anchor, one server, two servers, the anchor again (its mean is the
+round's anchor), so that one and two servers are compared a few seconds apart on a
+machine whose load moves; the round with the median two-vs-one ratio is shown, with the
+CPU the server processes used (cores busy, summed over the servers: a server is one
+Python process, its request threads share one interpreter lock). Run from the
 repository root (as root the cluster runs as the postgres user):
 
     .venv/bin/python benchmarks/bench_pg_serve.py [--seconds 5] [--rounds 3]
@@ -20,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import multiprocessing
+import os
 import sys
 import time
 from pathlib import Path
@@ -74,8 +79,15 @@ def measure(ports: list[int], seconds: float) -> float:
     return renews / elapsed
 
 
-def servers_rate(url: str, count: int, seconds: float) -> float:
-    """Renews/s of 8 clients spread over ``count`` server processes on store ``url``."""
+def cpu_seconds(pid: int) -> float:
+    """User plus system CPU seconds process ``pid`` used so far (/proc/PID/stat)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def servers_rate(url: str, count: int, seconds: float) -> tuple[float, float]:
+    """Renews/s of 8 clients spread over ``count`` server processes on store ``url``, and
+    the cores the servers kept busy meanwhile (their CPU seconds per second, summed)."""
     context = multiprocessing.get_context("fork")
     stop = context.Event()
     procs, ports = [], []
@@ -86,7 +98,11 @@ def servers_rate(url: str, count: int, seconds: float) -> float:
         procs.append(proc)
         ports.append(ready.recv())
     try:
-        return measure(ports, seconds)
+        before, began = sum(cpu_seconds(p.pid) for p in procs), time.perf_counter()
+        rate = measure(ports, seconds)
+        busy = (sum(cpu_seconds(p.pid) for p in procs) - before) / (
+            time.perf_counter() - began)
+        return rate, busy
     finally:
         stop.set()
         for proc in procs:
@@ -97,6 +113,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--count", type=int, default=100, help="anchor commits per client")
     args = parser.parse_args()
     binaries = bindir()
     if binaries is None:
@@ -108,23 +125,27 @@ def main() -> None:
                   "fsync", conn.execute("SHOW fsync").fetchone()[0],
                   "synchronous_commit", conn.execute("SHOW synchronous_commit").fetchone()[0],
                   f"; {CLIENTS} clients, renew loop {args.seconds:g} s, push: none")
-        results = {}
-        for count in (1, 2):
-            rounds = []
-            for _ in range(args.rounds):
-                raw_url = cluster.fresh_url()
-                with psycopg.connect(raw_url, autocommit=True) as conn:
-                    conn.execute(RAW)
-                anchor = together(raw_commits, raw_url, CLIENTS, 300)
+        rounds = []
+        for _ in range(args.rounds):
+            anchors, figures = [], {}
+            for step in ("anchor", 1, 2, "anchor"):
+                if step == "anchor":
+                    raw_url = cluster.fresh_url()
+                    with psycopg.connect(raw_url, autocommit=True) as conn:
+                        conn.execute(RAW)
+                    anchors.append(together(raw_commits, raw_url, CLIENTS, args.count))
+                    continue
                 url = cluster.fresh_url()
                 open_store(url).close()
-                figure = servers_rate(url, count, args.seconds)
-                rounds.append((figure / anchor, figure, anchor))
-            results[count] = sorted(rounds)[len(rounds) // 2]
-        for count, (ratio, figure, anchor) in results.items():
-            print(f"{count} server(s), {CLIENTS} clients: {figure:>8,.0f} renews/s   raw one-row"
-                  f" commits/s ({CLIENTS} clients) {anchor:>8,.0f}   ratio {ratio:.3f}x")
-        print(f"two servers vs one: {results[2][1] / results[1][1]:.2f}x")
+                figures[step] = servers_rate(url, step, args.seconds)
+            rounds.append((figures[2][0] / figures[1][0], sum(anchors) / 2, figures))
+        ratio, anchor, figures = sorted(rounds, key=lambda r: r[0])[len(rounds) // 2]
+        print(f"raw one-row commits/s ({CLIENTS} clients, anchor)  {anchor:>8,.0f}")
+        for count, (rate, busy) in figures.items():
+            print(f"{count} server(s), {CLIENTS} clients: {rate:>8,.0f} renews/s  ratio to "
+                  f"anchor {rate / anchor:.3f}x   server CPU {busy:.2f} core(s)")
+        print(f"two servers vs one: {ratio:.2f}x   (all rounds: "
+              f"{', '.join(f'{r[0]:.2f}x' for r in rounds)})")
     finally:
         cluster.stop()
 
