@@ -2,7 +2,11 @@
 nodes on one PostgreSQL store until killed, appending one line per committed change
 to its log (``allocate|revoke <node> <lease id> <ipv4> <psid>``) after the commit.
 
-Usage: python -m tests.pg_chaos_worker URL INDEX LOG
+With ``real`` as a fourth argument the worker runs on the current time with leases of
+1 to 4 seconds, so that ``serve`` instances on the same store reclaim them
+(tests/pg_chaos.py); without it, on made-up times an hour long.
+
+Usage: python -m tests.pg_chaos_worker URL INDEX LOG [real]
 """
 
 from __future__ import annotations
@@ -36,7 +40,7 @@ def make_domain(nodes: list[model.Node]) -> model.Domain:
     return model.Domain("chaos", {"shared": pool}, {"t": tep}, {n.name: n for n in nodes})
 
 
-def main(url: str, index: int, log_path: str) -> None:
+def main(url: str, index: int, log_path: str, real: bool = False) -> None:
     rng = random.Random(index)
     nodes = [model.Node(f"c{index}-{n}", ipaddress.IPv6Address(f"2001:db8:c:{index:x}::{n + 1:x}"),
                         "shared") for n in range(40)]
@@ -46,7 +50,8 @@ def main(url: str, index: int, log_path: str) -> None:
         second = 0
         while True:
             second += 1
-            now = datetime.fromtimestamp(T0.timestamp() + second, UTC)
+            now = None if real else datetime.fromtimestamp(T0.timestamp() + second, UTC)
+            lifetime = rng.randint(1, 4) if real else 3600
             node = rng.choice(nodes)
             if rng.random() < 0.3:
                 try:
@@ -57,7 +62,7 @@ def main(url: str, index: int, log_path: str) -> None:
                           f"{lease.port_set.psid if lease.port_set else 0}\n")
                 continue
             try:
-                lease = allocator.allocate_node(node, lifetime=3600, now=now)
+                lease = allocator.allocate_node(node, lifetime=lifetime, now=now)
             except PoolExhaustedError:
                 continue
             log.write(f"allocate {node.name} {lease.id} {int(lease.ipv4)} "
@@ -65,4 +70,4 @@ def main(url: str, index: int, log_path: str) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], int(sys.argv[2]), sys.argv[3])
+    main(sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4:] == ["real"])

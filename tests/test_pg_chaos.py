@@ -1,10 +1,11 @@
-"""SIGKILL storm on one PostgreSQL lease store (issue 11): worker processes allocate,
+"""SIGKILL storms on one PostgreSQL lease store (issue 11). First: worker processes allocate,
 renew and revoke port sets of one pool (tests/pg_chaos_worker.py) while random ones are
 SIGKILLed and replaced (DSTM_CHAOS_KILLS kills, default 10). Afterwards the database
 holds no two active leases on one (address, PSID), node or node IPv6 address; every
 change a worker saw committed is there; a lease's events are in time order; each ended
 lease ended once (draft-ietf-ngtrans-dstm-08 section 5: an address is unique for the
-lease's period; the mapping and its history are kept)."""
+lease's period; the mapping and its history are kept). Second: the same with two
+``serve`` instances reclaiming short leases among the victims (tests/pg_chaos.py)."""
 
 from __future__ import annotations
 
@@ -90,3 +91,17 @@ def test_sigkilled_allocators_leave_no_duplicate_and_lose_nothing(pg_url, tmp_pa
         assert db.execute("SELECT count(*) FROM leases AS l WHERE NOT EXISTS (SELECT 1 FROM"
                           " lease_events AS e WHERE e.lease_id = l.id AND e.event = 'allocate')"
                           ).fetchone()[0] == 0
+
+
+def test_sigkilled_servers_and_allocators_on_one_domain(pg_url, tmp_path):
+    """Two ``serve`` instances reclaim the workers' short leases while random workers and
+    instances are SIGKILLed (tests/pg_chaos.py); every invariant holds afterwards and
+    each ended lease was reclaimed once."""
+    from tests import pg_chaos
+
+    kills = int(os.environ.get("DSTM_CHAOS_KILLS", "10"))
+    storm = pg_chaos.storm(pg_url, tmp_path, kills)
+    found = pg_chaos.check(pg_url, storm.logs)
+    assert {key: found[key] for key in pg_chaos.CLEAN} == pg_chaos.CLEAN, found
+    assert found["logged"] > kills and found["expired"] > 0, found
+    assert found["server reclaims"] > 0, found

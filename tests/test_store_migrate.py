@@ -82,7 +82,12 @@ def test_the_cli_allocates_on_a_postgresql_store(inventory, pg_url, capsys):  # 
     assert [row["node"] for row in json.loads(capsys.readouterr().out)] == ["n1"]
 
 
-def test_serve_refuses_a_postgresql_state(inventory, capsys):  # noqa: F811
-    assert main(["serve", "-i", str(inventory), "--state", "postgresql:///x",
-                 "--listen", "[::1]:0"]) == 2
-    assert "serve keeps its leases in an SQLite file" in capsys.readouterr().err
+def test_serve_names_a_postgresql_state_it_cannot_reach(inventory, tmp_path,  # noqa: F811
+                                                         capsys):
+    """serve takes a PostgreSQL store (several instances share one, tests/test_serve_pg.py);
+    one it cannot reach stops it at start, naming the store and libpq's reason."""
+    url = f"postgresql://dstm@/x?host={tmp_path}/no-such-dir"
+    assert main(["serve", "-i", str(inventory), "--state", url, "--listen", "[::1]:0",
+                 "--api-listen", "off"]) == 1
+    err = capsys.readouterr().err
+    assert f"lease store {url}: cannot connect" in err and "no-such-dir" in err

@@ -7,6 +7,7 @@ NETCONF for router TEPs, RFC 6241 and RFC 8676), with the GitOps options of
 from __future__ import annotations
 
 import json
+from contextlib import nullcontext
 from pathlib import Path
 
 import click
@@ -44,9 +45,10 @@ def apply(ctx: Context, plan_file: Path | None, check: bool, limit: str | None, 
     With FILE (from `plan --out FILE`), apply exactly that plan, or refuse without
     changing anything when the inventory, the leases or a device changed since."""
     from dstm_orch.push.gitops import SavedPlan, apply_live, apply_saved
+    from dstm_orch.push.orchestrate import held_teps
 
     verify = _hostkey(no_host_key_check)
-    inv, now = ctx.inventory, utcnow()
+    inv = ctx.inventory
     if plan_file is not None:
         used = [name for name, on in (("--check", check), ("--limit", limit),
                                       ("--replace", replace), ("--refresh", refresh),
@@ -54,11 +56,15 @@ def apply(ctx: Context, plan_file: Path | None, check: bool, limit: str | None, 
         if used:
             raise click.UsageError(f"apply FILE takes the plan's options; {', '.join(used)} "
                                    "cannot be given with FILE")
-        with shown(ctx.as_json):
-            outcome = apply_saved(inv, ctx.store, SavedPlan.load(plan_file), now,
-                                  hostkey_verify=verify)
+        saved = SavedPlan.load(plan_file)
+        # The TEPs' push locks first (issue 13), then the time and the leases.
+        with held_teps(inv, ctx.store, hosts=list(saved.document["devices"])), \
+                shown(ctx.as_json):
+            outcome = apply_saved(inv, ctx.store, saved, utcnow(), hostkey_verify=verify)
     else:
-        with shown(ctx.as_json):
+        with nullcontext() if check else held_teps(inv, ctx.store, limit=limit), \
+                shown(ctx.as_json):
+            now = utcnow()
             outcome = apply_live(inv, ctx.store, now, check=check, limit=limit,
                                  replace=replace, drain_now=drain_now, hostkey_verify=verify,
                                  refresh=refresh)

@@ -47,7 +47,8 @@ RATE = _Rate()
               type=click.Path(), help="Ansible inventory: a directory, file, script or "
               "plugin configuration, as for ansible -i (env DSTM_ORCH_INVENTORY).")
 @click.option("--state", envvar="DSTM_ORCH_STATE", type=click.Path(dir_okay=False),
-              help="Lease store file (env DSTM_ORCH_STATE).")
+              help="Lease store: an SQLite file, or a postgresql:// URL that several "
+              "servers of the domain share (env DSTM_ORCH_STATE).")
 @click.option("--listen", required=True, metavar="[IPV6]:PORT",
               help=f"IPv6 address and port of the node API (IPv6 only; default port "
               f"{DEFAULT_PORT}).")
@@ -105,11 +106,6 @@ def serve(inventory: str, state: str | None, listen: str, api_listen: str,
 
     if bool(cert) != bool(key):
         raise click.UsageError("--cert and --key go together")
-    from dstm_orch.store import is_postgres
-
-    if state and is_postgres(state):
-        raise click.UsageError(f"--state {state!r}: serve keeps its leases in an SQLite file;"
-                               " PostgreSQL is for the CLI's allocators so far")
     limits = Limits(window=window, node_requests=node_rate[0], node_period=node_rate[1],
                     global_requests=global_rate[0], global_period=global_rate[1],
                     max_leases=max_leases)

@@ -259,7 +259,10 @@ class Allocator:
                 self._node(node_name)
                 raise LeaseNotFoundError(f"node {node_name!r} holds no active lease to revoke")
             ended = moment if lease.end is None else min(moment, lease.end)
-            return tx.finish(lease, model.LeaseState.REVOKED, ended, moment)
+            done = tx.finish(lease, model.LeaseState.REVOKED, ended, moment)
+            if done is None:  # not reached: lease_of read it active under the write lock
+                raise LeaseNotFoundError(f"node {node_name!r} holds no active lease to revoke")
+            return done
 
     def reallocate(
         self,
@@ -325,11 +328,10 @@ class Allocator:
             raise ValueError(f"max_leases must be 0 or more, not {max_leases}")
         with self.store.write() as tx:
             moment = _moment(now)
-            return [
-                tx.finish(lease, model.LeaseState.EXPIRED, lease.end, moment)
-                for lease in tx.due(moment, max_leases)
-                if lease.end is not None
-            ]
+            # finish() skips a lease another writer ended already: reclaimed once.
+            ended = (tx.finish(lease, model.LeaseState.EXPIRED, lease.end, moment)
+                     for lease in tx.due(moment, max_leases) if lease.end is not None)
+            return [lease for lease in ended if lease is not None]
 
     def active_leases(self, now: datetime | None = None) -> list[model.Lease]:
         """Return the leases current at ``now``: active, and static or not yet ended."""

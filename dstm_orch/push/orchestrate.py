@@ -29,8 +29,9 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -113,7 +114,49 @@ def linux_hosts(inv: DstmInventory, limit: str | None) -> list[str]:
     return [h for h in [*inv.domain.nodes, *teps] if h in chosen]
 
 
+def push_teps(inv: DstmInventory, limit: str | None = None,
+              hosts: list[str] | None = None) -> list[str]:
+    """The TEPs a push to ``hosts`` (or else to what ``limit`` selects) contacts."""
+    chosen = set(hosts) if hosts is not None else selected_hosts(inv, limit)
+    return sorted(name for name in inv.domain.teps if name in chosen)
+
+
+@contextmanager
+def held_teps(inv: DstmInventory, store: LeaseStore, *, limit: str | None = None,
+              hosts: list[str] | None = None, purpose: str = "apply") -> Iterator[None]:
+    """Hold the push lock of every TEP a push to ``hosts`` (or ``limit``) contacts, for
+    the block: ``apply`` renders the leases and pushes while no other process (another
+    ``apply``, a ``serve`` instance) pushes those TEPs (issue 13; see
+    :meth:`LeaseStore.tep_lock`, taken in name order, reentrant per thread).
+
+    Raises:
+        TepBusyError: a TEP stayed held by another process for the wait bound
+            (``DSTM_ORCH_TEP_LOCK_WAIT``); the message names it and its holder.
+    """
+    with store.tep_locks(inv.domain.name, push_teps(inv, limit, hosts), purpose=purpose):
+        yield
+
+
 def run(inv: DstmInventory, store: LeaseStore, intent: Intent, now: datetime, *,
+        check: bool, limit: str | None = None, hosts: list[str] | None = None,
+        **options: Any) -> Report:
+    """Plan or apply ``intent`` (:func:`_run`, which documents the arguments); an
+    apply holds the push lock of each TEP it may contact (:func:`held_teps`; a plan
+    only reads and takes none).
+
+    Raises:
+        TepBusyError: another process kept a TEP's lock for the wait bound; nothing
+            was pushed.
+    """
+    if check:
+        return _run(inv, store, intent, now, check=check, limit=limit, hosts=hosts,
+                    **options)
+    with held_teps(inv, store, limit=limit, hosts=hosts):
+        return _run(inv, store, intent, now, check=check, limit=limit, hosts=hosts,
+                    **options)
+
+
+def _run(inv: DstmInventory, store: LeaseStore, intent: Intent, now: datetime, *,
         check: bool, limit: str | None = None, replace: bool = False,
         hostkey_verify: bool = True, refresh: bool = False,
         expect_digests: dict[str, str] | None = None,

@@ -51,7 +51,6 @@ from dstm_orch.service.httpd import WORKERS, ipv6_socket, json_response, node_ap
 from dstm_orch.service.lifecycle import Lifecycle, ReclaimPolicy, effective_policy
 from dstm_orch.service.metrics import CONTENT_TYPE
 from dstm_orch.service.server import Loaded, RoamingService, load
-from dstm_orch.store import LeaseStore
 
 log = logging.getLogger("dstm_orch.service")
 
@@ -252,7 +251,7 @@ class Daemon:
         def check() -> list[str]:
             problems = []
             try:
-                with LeaseStore(self.service.store_path) as store, store.write():
+                with self.service.store().write():
                     pass
             except DstmError as exc:
                 problems.append(f"store: {exc}")

@@ -12,7 +12,9 @@ the IPv4/IPv6 mapping table at the TEP". A :class:`Pusher` converges one TEP:
 :class:`TepSync` serialises and coalesces the pushes to one TEP by the store's event
 sequence (:meth:`LeaseStore.last_event_id`): a push covers every event up to the id read
 just before it, so a change that a push which started after it already covers does not
-push again, whoever made it (this server, or a CLI process on the same store).
+push again, whoever made it (this server, or a CLI process on the same store). Each
+push holds the TEP's push lock across processes (:meth:`LeaseStore.tep_lock`: ``apply``
+and other ``serve`` instances of the domain wait meanwhile, issue 13).
 """
 
 from __future__ import annotations
@@ -21,12 +23,13 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Collection
+from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 from typing import Protocol
 
 from dstm_orch.domain.errors import DstmError, PushError
 from dstm_orch.domain.model import Domain, utcnow
-from dstm_orch.store import LeaseStore
+from dstm_orch.store import TepBusyError, open_store
 
 log = logging.getLogger("dstm_orch.service")
 
@@ -48,6 +51,7 @@ class NoPusher:
     """Push nothing: leases are recorded, TEPs are left to ``dstm-orch apply``."""
 
     label = "none (leases only; TEPs are not configured)"
+    locks = False  # nothing is pushed: no TEP lock to take
 
     def push(self, tep: str) -> None:
         return None
@@ -72,18 +76,18 @@ class AnsiblePusher:
     Args:
         inventory: the inventory directory (Ansible reads it as ``apply`` does).
         domain: the validated domain.
-        store_path: the lease store file.
+        store_path: the lease store (an SQLite file or a ``postgresql://`` URL).
         roaming: names of roaming nodes; their bindings carry ``roaming: true`` so
             that the role maps the lease to the node's current address itself.
     """
 
     label = "ansible (dstm.orch.dstm_tep through dstm.orch.apply, --limit <tep>)"
 
-    def __init__(self, inventory: Path, domain: Domain, store_path: Path,
+    def __init__(self, inventory: Path, domain: Domain, store_path: str | Path,
                  roaming: Collection[str]):
         self.inventory = Path(inventory)
         self.domain = domain
-        self.store_path = Path(store_path)
+        self.store_path = store_path
         self.roaming = frozenset(roaming)
 
     def push(self, tep: str) -> None:
@@ -91,7 +95,7 @@ class AnsiblePusher:
         from dstm_orch.push.intent import render_intent
 
         now = utcnow()
-        with LeaseStore(self.store_path) as store:
+        with open_store(self.store_path) as store:
             leases = store.active_leases(now)
         extravars = render_intent(self.domain, leases, now).as_extravars()
         mark_roaming(extravars, self.roaming)
@@ -110,15 +114,15 @@ class TepPusher:
 
     Args:
         inv: the validated inventory (``DstmInventory``).
-        store_path: the lease store file.
+        store_path: the lease store (SQLite file or ``postgresql://`` URL).
         roaming: names of roaming nodes.
     """
 
     label = "teps (Ansible for Linux TEPs, NETCONF for routers, as `apply --limit <tep>`)"
 
-    def __init__(self, inv, store_path: Path, roaming: Collection[str]):
+    def __init__(self, inv, store_path: str | Path, roaming: Collection[str]):
         self.inv = inv
-        self.store_path = Path(store_path)
+        self.store_path = store_path
         self.linux = AnsiblePusher(inv.path, inv.domain, store_path, roaming)
 
     def push(self, tep: str) -> None:
@@ -156,7 +160,7 @@ class TepPusher:
         from dstm_orch.push.orchestrate import run
 
         now = utcnow()
-        with LeaseStore(self.store_path) as store:
+        with open_store(self.store_path) as store:
             intent = render_intent(self.inv.domain, store.active_leases(now), now)
             try:
                 report = run(self.inv, store, intent, now, check=check, limit=tep)
@@ -175,11 +179,16 @@ class TepSync:
         tep: the TEP's name.
         last_event: returns the store's newest event id.
         observe: called with ``(tep, seconds, ok)`` after each push (metrics).
+        lock: returns the TEP's push lock across processes
+            (:meth:`LeaseStore.tep_lock`), held around each push of a pusher that
+            pushes (issue 13); None: no lock.
     """
 
     def __init__(self, tep: str, last_event: Callable[[], int],
-                 observe: Callable[[str, float, bool], None] | None = None):
+                 observe: Callable[[str, float, bool], None] | None = None,
+                 lock: Callable[[str], AbstractContextManager] | None = None):
         self.tep = tep
+        self._lock = lock
         self._last_event = last_event
         self._observe = observe
         self._push = threading.Lock()
@@ -219,8 +228,14 @@ class TepSync:
                 return False
             target = self._last_event()
             started = time.monotonic()
+            hold = (self._lock if self._lock and getattr(pusher, "locks", True)
+                    else lambda _tep: nullcontext())
             try:
-                pusher.push(self.tep)
+                try:
+                    with hold(self.tep):
+                        pusher.push(self.tep)
+                except TepBusyError as exc:  # another process pushes it: retried later
+                    raise PushError(str(exc)) from None
             except PushError:
                 self.failures += 1
                 if self.failing_since is None:

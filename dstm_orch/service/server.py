@@ -53,7 +53,7 @@ from dstm_orch.service.pushers import (  # noqa: F401 (re-exported)
     TepSync,
     mark_roaming,
 )
-from dstm_orch.store import LeaseStore
+from dstm_orch.store import LeaseStore, is_postgres, open_store
 
 log = logging.getLogger("dstm_orch.service")
 
@@ -66,8 +66,11 @@ class RoamingService:
 
     Args:
         domain: the validated domain (the guard's nodes are among its nodes).
-        store_path: the lease store file (one SQLite connection per thread, plus one
-            kept open until :meth:`close`).
+        store_path: the lease store: an SQLite file (one connection per thread, plus
+            one kept open until :meth:`close`) or a ``postgresql://`` URL (one store whose
+            connection pool serves every thread, one connection per transaction; several
+            servers may share it).
+        pool_size: PostgreSQL: the most connections the store opens at once.
         guard: admission (secrets or source addresses, clock window, replay, rates).
         pusher: how TEPs are converged.
         source_check: require the claimed ``ipv6`` to be the request's source address.
@@ -78,15 +81,17 @@ class RoamingService:
         RoamingError: a guarded node is not a node of the domain.
     """
 
-    def __init__(self, domain: Domain, store_path: Path, guard: Guard, pusher: Pusher,
-                 source_check: bool = True, metrics: Metrics | None = None):
+    def __init__(self, domain: Domain, store_path: str | Path, guard: Guard, pusher: Pusher,
+                 source_check: bool = True, metrics: Metrics | None = None,
+                 pool_size: int = 12):
         _check_nodes(domain, guard)
         self.domain = domain
-        self.store_path = Path(store_path)
+        self.store_path = store_path if is_postgres(store_path) else Path(store_path)
+        self._shared = is_postgres(store_path)
         # Opens (creates, migrates) the store now, and keeps one connection open for the
         # server's life: closing the *last* connection to a WAL database checkpoints and
         # syncs it, which would cost every request ~10 ms (each has its own connection).
-        self._keeper = LeaseStore(self.store_path)
+        self._keeper = open_store(self.store_path, pool_size=pool_size)
         self._local = threading.local()
         self.guard = guard
         self.pusher = pusher
@@ -115,8 +120,13 @@ class RoamingService:
         with self._sync_lock:
             sync = self._sync.get(tep)
             if sync is None:
-                sync = self._sync[tep] = TepSync(tep, self.last_event_id, self._observe)
+                sync = self._sync[tep] = TepSync(tep, self.last_event_id, self._observe,
+                                                 self._tep_lock)
             return sync
+
+    def _tep_lock(self, tep: str):
+        """The push lock of TEP ``tep`` across processes (held by :class:`TepSync`)."""
+        return self._store().tep_lock(self.domain.name, tep, purpose="serve")
 
     def syncs(self) -> list[TepSync]:
         with self._sync_lock:
@@ -154,6 +164,8 @@ class RoamingService:
     def _store(self) -> LeaseStore:
         # One SQLite connection per thread: a connection's first write costs about twice
         # a later one.
+        if self._shared:  # PostgreSQL: the pool serves every thread
+            return self._keeper
         store = getattr(self._local, "store", None)
         if store is None:
             store = self._local.store = LeaseStore(self.store_path)
@@ -305,7 +317,7 @@ class Loaded:
     domain: Domain
     guard: Guard
     pusher: Pusher
-    state: Path
+    state: str | Path
     api_token: bytes | None
 
 
@@ -321,7 +333,8 @@ def load(inventory: str | Path, state: str | Path | None, *,
 
     Args:
         inventory: the inventory directory.
-        state: the lease store file; None means the CLI's default for the domain.
+        state: the lease store (an SQLite file or a ``postgresql://`` URL); None means
+            the CLI's default for the domain.
         vault_password_file: decrypts ``dstm_node_secret`` and ``dstm_server_api_token``
             (None: the environment's).
         limits: :class:`dstm_orch.service.guard.Limits` (None: the defaults).
@@ -344,9 +357,11 @@ def load(inventory: str | Path, state: str | Path | None, *,
         from dstm_orch.config.paths import default_state
 
         state = default_state(domain.name)
+    if not is_postgres(state):
+        state = Path(state)
     if push in ("teps", "ansible"):
         roaming = [n for n, auth in nodes.items() if auth.roaming]
-        pusher: Pusher = TepPusher(inv, Path(state), roaming)
+        pusher: Pusher = TepPusher(inv, state, roaming)
     elif push == "none":
         pusher = NoPusher()
     else:
@@ -359,7 +374,7 @@ def load(inventory: str | Path, state: str | Path | None, *,
         except ValueError as exc:
             where = inv.ansible.all_origin.get(API_TOKEN_VAR, str(inv.path))
             raise RoamingError(f"{where}: {API_TOKEN_VAR}: {exc}") from None
-    return Loaded(inv, domain, Guard(nodes, limits), pusher, Path(state), api_token)
+    return Loaded(inv, domain, Guard(nodes, limits), pusher, state, api_token)
 
 
 def service_from_inventory(inventory: str | Path, state: str | Path | None, *,

@@ -5,7 +5,7 @@ Modules: ``connection`` (the file, its transactions), ``identity`` (is an existi
 file ours), ``migrations`` (the schema), ``leases`` (leases and their history),
 ``index`` (which addresses and port sets have room), ``journal`` (pushes to devices);
 ``postgres`` and ``pg_migrations`` the same store in PostgreSQL, ``select`` which one a
-``--state`` value names (``open_store``).
+``--state`` value names (``open_store``), ``teplock`` the per-TEP push lock.
 Imports only :mod:`dstm_orch.domain`.
 """
 
@@ -16,6 +16,7 @@ from dstm_orch.store.index import Slot
 from dstm_orch.store.journal import PushRecord
 from dstm_orch.store.leases import AddressTakenError, Event, Holding, Ipv6TakenError
 from dstm_orch.store.select import is_postgres, open_store
+from dstm_orch.store.teplock import TepBusyError
 
 __all__ = [
     "SCHEMA_VERSION",
@@ -27,6 +28,7 @@ __all__ = [
     "LeaseStore",
     "PushRecord",
     "Slot",
+    "TepBusyError",
     "Transaction",
     "TransientStoreError",
     "is_postgres",

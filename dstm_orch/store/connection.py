@@ -22,7 +22,7 @@ import os
 import sqlite3
 import threading
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from datetime import datetime
 from pathlib import Path
 from typing import Any, TypeVar
@@ -34,6 +34,7 @@ from dstm_orch.store.index import AllocationIndex, _Mark, _MarkKey
 from dstm_orch.store.journal import PushJournal, PushRecord
 from dstm_orch.store.leases import Event, LeaseRows
 from dstm_orch.store.migrations import MIGRATIONS
+from dstm_orch.store.teplock import file_lock, lock_file, lock_wait, reentrant
 
 T = TypeVar("T")
 
@@ -267,6 +268,41 @@ class LeaseStore:
                 db.execute("ROLLBACK")
             raise StoreError(f"lease store {self.path}: cannot commit: {exc}") from exc
         self._marks.update(transaction.new_marks)
+
+    @contextmanager
+    def tep_lock(self, domain: str, tep: str, *, wait: float | None = None,
+                 purpose: str = "push") -> Iterator[None]:
+        """Hold TEP ``tep``'s push lock for the block (:mod:`dstm_orch.store.teplock`):
+        one process at a time pushes a mapping table to one TEP (issue 13). Reentrant
+        within a thread. Here an ``flock`` on ``<store>.locks/<tep>@<domain>.lock``,
+        dropped by the kernel when the holder exits, SIGKILL included.
+
+        Args:
+            domain: the domain's name; tep: the TEP's inventory name.
+            wait: seconds to wait for another holder (None: ``DSTM_ORCH_TEP_LOCK_WAIT``,
+                default 120).
+            purpose: what the holder does (``apply``, ``serve``), named to waiters.
+
+        Raises:
+            TepBusyError: another process held it for ``wait`` seconds (the message
+                names the TEP and the holder: pid, host, purpose, since when).
+            StoreError: the lock file cannot be used.
+        """
+        path = lock_file(self.path, domain, tep)
+        seconds = lock_wait() if wait is None else wait
+        with reentrant(("file", os.path.realpath(path)),
+                       lambda: file_lock(path, domain, tep, seconds, purpose)):
+            yield
+
+    @contextmanager
+    def tep_locks(self, domain: str, teps: list[str] | set[str], *,
+                  wait: float | None = None, purpose: str = "push") -> Iterator[None]:
+        """Hold the push locks of several TEPs (taken in name order, so two holders of
+        overlapping sets never wait for each other in a cycle); see :meth:`tep_lock`."""
+        with ExitStack() as stack:
+            for tep in sorted(set(teps)):
+                stack.enter_context(self.tep_lock(domain, tep, wait=wait, purpose=purpose))
+            yield
 
     def leases(self, include_history: bool = False) -> list[model.Lease]:
         """Return the active leases (also those past their end and not yet reclaimed),

@@ -249,20 +249,29 @@ class LeaseRows:
 
     def finish(
         self, lease: model.Lease, state: model.LeaseState, ended: datetime, now: datetime
-    ) -> model.Lease:
+    ) -> model.Lease | None:
         """End an active lease: set ``state`` and ``ended``; record the event at ``now``.
+
+        Idempotent: a lease that another writer ended already (another ``serve``
+        instance reclaimed it, a CLI revoked it) is left alone and gets no second
+        event; None is returned then.
 
         Args:
             lease: the active lease.
             state: ``REVOKED`` or ``EXPIRED``.
             ended: when the lease stopped (revocation time, or its end when reclaimed).
             now: when the event is recorded.
+
+        Returns:
+            The ended lease, or None when it was no longer active.
         """
         event = {model.LeaseState.REVOKED: "revoke", model.LeaseState.EXPIRED: "expire"}[state]
-        self._db.execute(
+        cursor = self._db.execute(
             "UPDATE leases SET state = ?, ended_at = ? WHERE id = ? AND state = 'active'",
             (state.value, _epoch(ended), lease.id),
         )
+        if cursor.rowcount == 0:
+            return None
         self._event(
             lease.id, _epoch(now), event, _epoch(lease.end) if lease.end else None, lease.node_ipv6
         )

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import hashlib
 import re
 import time
 from collections.abc import Iterator
@@ -52,6 +53,7 @@ from dstm_orch.store.index import _Mark, _MarkKey
 from dstm_orch.store.leases import ConstraintError
 from dstm_orch.store.migrations import APPLICATION_ID, LAYOUT_CONFLICT
 from dstm_orch.store.pg_migrations import PG_META, PG_MIGRATIONS
+from dstm_orch.store.teplock import busy, holder, lock_wait, reentrant
 
 RETRIES = 5
 """Attempts at starting a write transaction before a transient failure is raised."""
@@ -94,6 +96,10 @@ class _Cursor:
     def __init__(self, cursor: psycopg.Cursor, lastrowid: int | None):
         self._cursor = cursor
         self.lastrowid = lastrowid
+
+    @property
+    def rowcount(self) -> int:
+        return self._cursor.rowcount
 
     def fetchone(self) -> Any:
         return self._cursor.fetchone()
@@ -267,6 +273,63 @@ class PgLeaseStore(LeaseStore):
         with self._transaction(write=False) as transaction:
             yield transaction
 
+    @contextmanager
+    def tep_lock(self, domain: str, tep: str, *, wait: float | None = None,
+                 purpose: str = "push") -> Iterator[None]:
+        """Hold TEP ``tep``'s push lock for the block (:mod:`dstm_orch.store.teplock`):
+        here a session-level advisory lock, ``pg_advisory_lock(key)`` with the bigint
+        key of (schema, domain, TEP), on a connection of its own whose
+        ``application_name`` names the holder. PostgreSQL drops it when that session
+        ends: the holder released it, exited or was killed. Reentrant within a thread.
+
+        Raises:
+            TepBusyError: another session held it for ``wait`` seconds (the message names
+                the TEP and the holder as ``pg_stat_activity`` shows it).
+            StoreError: PostgreSQL cannot be reached.
+        """
+        key = _tep_key(self._lock_key[1], domain, tep)
+        seconds = lock_wait() if wait is None else wait
+        with reentrant(("pg", self.url, key),
+                       lambda: self._advisory(key, domain, tep, seconds, purpose)):
+            yield
+
+    @contextmanager
+    def _advisory(self, key: int, domain: str, tep: str, wait: float,
+                  purpose: str) -> Iterator[None]:
+        name = holder(purpose)[:63]
+        try:
+            conn = psycopg.connect(self.url, autocommit=True, connect_timeout=30,
+                                   application_name=name)
+        except psycopg.Error as exc:
+            raise StoreError(f"lease store {self.path}: cannot connect: {exc}") from exc
+        with conn:
+            try:
+                if wait > 0:  # lock_timeout 0 would mean "wait for ever"
+                    conn.execute(f"SET lock_timeout = {max(1, int(wait * 1000)):d}")
+                    conn.execute("SELECT pg_advisory_lock(%s)", (key,))
+                elif not conn.execute("SELECT pg_try_advisory_lock(%s)",
+                                      (key,)).fetchone()[0]:
+                    raise pgerrors.LockNotAvailable("held")
+            except pgerrors.LockNotAvailable:
+                raise busy(tep, domain, _advisory_holder(conn, key), wait) from None
+            except psycopg.Error as exc:
+                raise StoreError(f"lease store {self.path}: TEP lock of {tep!r}: {exc}"
+                                 ) from exc
+            try:
+                yield
+            finally:
+                with contextlib.suppress(psycopg.Error):
+                    conn.execute("SELECT pg_advisory_unlock(%s)", (key,))
+
+    @contextmanager
+    def tep_locks(self, domain: str, teps: list[str] | set[str], *,
+                  wait: float | None = None, purpose: str = "push") -> Iterator[None]:
+        """Hold the push locks of several TEPs, in name order (see :meth:`tep_lock`)."""
+        with contextlib.ExitStack() as stack:
+            for tep in sorted(set(teps)):
+                stack.enter_context(self.tep_lock(domain, tep, wait=wait, purpose=purpose))
+            yield
+
     def _begin(self, write: bool) -> psycopg.Connection:
         for attempt in range(RETRIES):
             conn = self._pool.getconn()
@@ -333,3 +396,35 @@ def _lock_key(conn: psycopg.Connection) -> tuple[int, int]:
         raise StoreError("no schema: the connection's search_path names none that exists")
     value = int(oid[0]) & 0xFFFFFFFF
     return APPLICATION_ID, value - (1 << 32) if value >= 1 << 31 else value
+
+
+def _tep_key(schema: int, domain: str, tep: str) -> int:
+    """The signed 64-bit advisory key of one TEP's push lock (the one-bigint key space,
+    apart from the two-int keys of the store's write lock)."""
+    digest = hashlib.blake2b(f"{schema}\0{domain}\0{tep}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big", signed=True)
+
+
+def _advisory_holder(conn: psycopg.Connection, key: int) -> str | None:
+    """Who holds advisory key ``key`` in this database: the holder's
+    ``application_name`` (pid and host of the dstm-orch process), its backend's pid and
+    client address, since when; None if it cannot be read."""
+    unsigned = key & 0xFFFFFFFFFFFFFFFF
+    try:
+        row = conn.execute(
+            "SELECT a.application_name, a.pid, a.client_addr,"
+            " a.backend_start AT TIME ZONE 'UTC'"
+            " FROM pg_locks AS l JOIN pg_stat_activity AS a ON a.pid = l.pid"
+            " WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1"
+            " AND l.classid::bigint = %s AND l.objid::bigint = %s"
+            " AND l.database = (SELECT oid FROM pg_database"
+            " WHERE datname = current_database())",
+            (unsigned >> 32, unsigned & 0xFFFFFFFF)).fetchone()
+    except psycopg.Error:
+        return None
+    if row is None:
+        return None
+    name, pid, address, since = row
+    where = f" from {address}" if address else ""
+    return (f"{name or 'a session'} (PostgreSQL backend {pid}{where}, since "
+            f"{since:%Y-%m-%dT%H:%M:%SZ})")
