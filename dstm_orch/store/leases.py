@@ -17,7 +17,7 @@ from __future__ import annotations
 import functools
 import ipaddress
 import sqlite3
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 
 from dstm_orch.domain import model
@@ -216,7 +216,8 @@ class LeaseRows:
             (at + lifetime, lifetime, lease.id),
         )
         self._event(lease.id, at, "renew", at + lifetime, lease.node_ipv6)
-        return self._refetch(lease)
+        # Not read back: the row is the lease with its new end (no trigger changes it).
+        return replace(lease, end=_moment(at + lifetime), lifetime=lifetime)
 
     def move(self, lease: model.Lease, now: datetime, node_ipv6: model.IPv6) -> model.Lease:
         """Map an active lease to the node's new IPv6 address from ``now`` on; record a
@@ -245,7 +246,7 @@ class LeaseRows:
             node_ipv6,
             old_ipv6=lease.node_ipv6,
         )
-        return self._refetch(lease)
+        return replace(lease, node_ipv6=node_ipv6)
 
     def finish(
         self, lease: model.Lease, state: model.LeaseState, ended: datetime, now: datetime
