@@ -410,6 +410,7 @@ def _moved(before: Lease | None, after: Lease, now: datetime) -> bool:
     return before.node_ipv6 != after.node_ipv6 or before.ipv4 != after.ipv4
 
 
+@functools.lru_cache(maxsize=4096)
 def _peer_address(peer: str) -> ipaddress.IPv6Address | None:
     try:
         return ipaddress.IPv6Address(peer.split("%", 1)[0])

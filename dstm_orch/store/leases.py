@@ -456,6 +456,12 @@ def _moment(epoch: int) -> datetime:
     return datetime.fromtimestamp(epoch, UTC)
 
 
+# Address objects of rows read back, shared (they are immutable): a conversion cost
+# more than the query of a lease.
+_v6 = functools.lru_cache(maxsize=1 << 16)(ipaddress.IPv6Address)
+_v4 = functools.lru_cache(maxsize=1 << 16)(ipaddress.IPv4Address)
+
+
 def _lease(row: tuple) -> model.Lease:
     (
         lease_id,
@@ -477,11 +483,11 @@ def _lease(row: tuple) -> model.Lease:
     return model.Lease(
         id=lease_id,
         node=node,
-        node_ipv6=ipaddress.IPv6Address(node_ipv6),
-        ipv4=ipaddress.IPv4Address(ipv4),
+        node_ipv6=_v6(node_ipv6),
+        ipv4=_v4(ipv4),
         pool=pool,
         tep=tep,
-        tep_ipv6=ipaddress.IPv6Address(tep_ipv6),
+        tep_ipv6=_v6(tep_ipv6),
         start=_moment(start_at),
         end=None if end_at is None else _moment(end_at),
         lifetime=lifetime,
