@@ -2,8 +2,9 @@
 (``python -m tests.group_calls PORT SPEC``).
 
 SPEC is a JSON list of calls ``{"node": NAME, "action": A, "lifetime": N|null,
-"repeat": N}`` (``repeat`` sends the call N times in a row on one connection, default
-1). Every call's thread connects first; then all send together. Each answer is printed
+"repeat": N, "ipv6_of": I}`` (``repeat`` sends the call N times in a row on one
+connection, default 1; ``ipv6_of`` claims node ``gI``'s IPv6 address instead of the
+node's own). Every call's thread connects first; then all send together. Each answer is printed
 as soon as it arrives, one JSON line ``[node, action, status, body]`` (status 0 and the
 error text when the server cannot be reached), flushed, so a test sees what was
 answered before it killed the server.
@@ -26,7 +27,7 @@ _print = threading.Lock()
 def call(port: int, spec: dict, barrier: threading.Barrier) -> None:
     node, action = spec["node"], spec["action"]
     secret = secret_of(node)
-    ipv6 = ipaddress.IPv6Address(ipv6_of(int(node[1:])))
+    ipv6 = ipaddress.IPv6Address(ipv6_of(spec.get("ipv6_of", int(node[1:]))))
     with RoamingClient(("::1", port), node, secret, timeout=120) as conn:
         barrier.wait()
         for _ in range(spec.get("repeat", 1)):

@@ -74,8 +74,10 @@ log = logging.getLogger("dstm_orch.service")
 class RoamingService:
     """The node exchange, independent of HTTP: admit, allocate, push, answer.
 
-    Thread-safe: the HTTP server calls :meth:`handle` from a pool of threads, the
-    lifecycle loop (:mod:`dstm_orch.service.lifecycle`) pushes from its own.
+    Thread-safe: the HTTP server awaits :meth:`handle_async` on its event loop (or
+    calls :meth:`handle` from threads), lease changes run on the group writer's thread
+    (:attr:`writer`; None without group commit: then on the calling thread, one at a
+    time), the lifecycle loop (:mod:`dstm_orch.service.lifecycle`) pushes from its own.
 
     Args:
         domain: the validated domain (the guard's nodes are among its nodes).
