@@ -431,7 +431,7 @@ class LeaseRows:
         self._db.execute(
             "INSERT INTO lease_events (lease_id, at, event, end_at, node_ipv6, old_ipv6,"
             " old_tep) VALUES (?, ?, ?, ?, ?, ?, ?)",
-            (lease_id, at, event, end_at, str(node_ipv6), old_ipv6 and str(old_ipv6),
+            (lease_id, at, event, end_at, _text(node_ipv6), old_ipv6 and _text(old_ipv6),
              old_tep),
         )
 
