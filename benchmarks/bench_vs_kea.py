@@ -1,6 +1,6 @@
 """Benchmark: ``dstm-orch serve`` against ISC Kea (memfile) on one machine, in one run.
 
-The anchor (issue 10 section 1, ``../shared/REAL-STACK.md`` section 9): Kea's
+The anchor (issue 10 section 1; the method the project measured Kea by): Kea's
 ``kea-dhcp4`` from Debian's packages with its memfile lease database (persisted, never
 fsynced), multi-threading off, logging at WARN, in a network namespace joined by a veth
 pair to a second one where ``perfdhcp`` relays from 198.18.0.2; Kea pinned to CPU 0,
