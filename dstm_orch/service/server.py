@@ -191,9 +191,13 @@ class RoamingService:
 
     def handle(self, action: str, method: str, path: str, body: bytes,
                signature: str | None, peer: str) -> tuple[int, dict]:
-        """Answer one request: ``(HTTP status, JSON body)``; never raises a DstmError.
+        """Answer one request: ``(HTTP status, JSON body)``; a refusal is an answer.
 
         Blocking (call it from a thread); :meth:`handle_async` is the event loop's.
+
+        Raises:
+            DstmError: the store failed, or the allocator raised an error that is no
+                refusal (the HTTP layer answers ``500 internal_error``).
         """
         try:
             request = self._admit(action, method, path, body, signature, peer)
@@ -213,7 +217,7 @@ class RoamingService:
         """Answer one request on the event loop: admission (HMAC, JSON, limits) runs on
         the loop, the lease change on the group writer (or, without one, the whole
         request in ``executor``), a TEP push, when one is due, in ``executor``.
-        Returns ``(HTTP status, JSON body)``; never raises a DstmError."""
+        Returns ``(HTTP status, JSON body)``; raises as :meth:`handle` does."""
         loop = asyncio.get_running_loop()
         if self.writer is None:
             return await loop.run_in_executor(executor, self.handle, action, method, path,
