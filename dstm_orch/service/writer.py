@@ -70,6 +70,7 @@ class GroupWriter:
         """Changes submitted and not settled yet."""
         self.groups = 0
         """Transactions committed (or failed) so far."""
+        self._batches: dict[asyncio.AbstractEventLoop, list] = {}
 
     def start(self) -> None:
         """Start the thread and wait until it has opened the store.
@@ -95,7 +96,7 @@ class GroupWriter:
         refused), on the writer's thread, or on ``loop`` when given."""
         with self._count:
             self.pending += 1
-        self._queue.put((change, settle, loop))
+        self._queue.put([(change, settle, loop)])
 
     def run_async(self, change: Change) -> asyncio.Future:
         """Queue ``change`` from a coroutine; the future gets its outcome once durable."""
@@ -110,8 +111,20 @@ class GroupWriter:
             else:
                 future.set_exception(error)
 
-        self.submit(change, settle, loop)
+        # The requests that reach here in one turn of the loop (the handlers of one
+        # batch of readable sockets) go to the writer together, in one queue item: had
+        # the writer woken on the first, it would commit that one alone and the others
+        # in a second group, two fsyncs where one does.
+        with self._count:
+            self.pending += 1
+        batch = self._batches.setdefault(loop, [])
+        batch.append((change, settle, loop))
+        if len(batch) == 1:
+            loop.call_soon(self._flush, loop)
         return future
+
+    def _flush(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._queue.put(self._batches.pop(loop))
 
     def run(self, change: Change) -> Any:
         """Queue ``change`` from a thread and wait for its outcome (raised if an error)."""
@@ -135,19 +148,26 @@ class GroupWriter:
             return
         self._opened.set()
         try:
+            backlog: list = []
             stopping = False
-            while not stopping:
-                jobs = [self._queue.get()]
-                while len(jobs) < self.max_group:
+            while backlog or not stopping:
+                if not backlog:
+                    item = self._queue.get()
+                    if item is _STOP:
+                        stopping = True
+                        continue
+                    backlog.extend(item)
+                while len(backlog) < self.max_group and not stopping:
                     try:
-                        jobs.append(self._queue.get_nowait())
+                        item = self._queue.get_nowait()
                     except queue.Empty:
                         break
-                if _STOP in jobs:
-                    stopping = True
-                    jobs = [job for job in jobs if job is not _STOP]
-                if jobs:
-                    self._group(store, jobs)
+                    if item is _STOP:
+                        stopping = True
+                    else:
+                        backlog.extend(item)
+                jobs, backlog = backlog[:self.max_group], backlog[self.max_group:]
+                self._group(store, jobs)
         finally:
             store.close()
 
