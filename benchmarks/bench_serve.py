@@ -10,12 +10,17 @@ not move the node changes nothing at the TEP and never pushes anyway, and a push
 Ansible run, seconds) would measure Ansible, not the server. The source-address check
 is off (every client is ::1) and the limits are raised out of the way.
 
-The server runs in its own process (threads per connection, as ``serve``); each client
-is a process of its own with its own node, so that client work does not share the
-server's interpreter lock. Each client requests a lease once, then renews in a loop for
-``--seconds``. Run:
+The server runs in its own process (aiohttp, as ``serve``); each client is a process of
+its own with its own node, so that client work does not share the server's interpreter
+lock. Each client requests a lease once, then renews in a loop for ``--seconds``.
+Two request paths are measured in the same run, each on a fresh store: ``group`` (the
+default: lease changes by group commit, one durable transaction for the requests that
+arrive together) and ``single`` (one durable transaction per request on a thread, the
+path before group commit and the PostgreSQL one); the ratio is group / single. The
+server's CPU seconds per renew are read from ``/proc`` (user + system). Run:
 
-    .venv/bin/python benchmarks/bench_serve.py [--seconds 5] [--clients 1,8]
+    .venv/bin/python benchmarks/bench_serve.py [--seconds 5] [--clients 1,8] \
+        [--paths single,group] [--repeat 3]
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ from __future__ import annotations
 import argparse
 import ipaddress
 import multiprocessing
+import os
 import statistics
 import sys
 import tempfile
@@ -67,11 +73,11 @@ def make_domain() -> model.Domain:
     return model.Domain("bench", {"bench": pool}, {"t": tep}, nodes)
 
 
-def run_server(state: str, ready, stop) -> None:
+def run_server(state: str, ready, stop, group_commit: bool = True) -> None:
     nodes = {f"r{i}": RoamingNode(f"r{i}", secret(i)) for i in range(MAX_CLIENTS)}
     limits = Limits(node_requests=10**9, global_requests=10**9)
     service = RoamingService(make_domain(), Path(state), Guard(nodes, limits), NoPusher(),
-                             source_check=False)
+                             source_check=False, group_commit=group_commit)
     server = RoamingHTTPServer(("::1", 0), service)
     threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True).start()
     ready.send(server.server_address[1])
@@ -92,8 +98,16 @@ def run_client(index: int, port: int, seconds: float, start, results) -> None:
     results.put(latencies)
 
 
-def measure(port: int, clients: int, seconds: float) -> tuple[float, float, float]:
-    """Return (renews per second, median and 95th percentile latency in ms)."""
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of a process and its threads (``/proc/PID/stat``)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def measure(port: int, clients: int, seconds: float,
+            server_pid: int | None = None) -> tuple[float, float, float, float]:
+    """Return (renews per second, median and 95th percentile latency in ms, server CPU
+    microseconds per renew, NaN without ``server_pid``)."""
     context = multiprocessing.get_context("fork")
     start, results = context.Event(), context.Queue()
     procs = [context.Process(target=run_client, args=(i, port, seconds, start, results))
@@ -101,42 +115,74 @@ def measure(port: int, clients: int, seconds: float) -> tuple[float, float, floa
     for proc in procs:
         proc.start()
     time.sleep(0.5)  # every client has its lease and its connection
+    cpu = cpu_seconds(server_pid) if server_pid else float("nan")
     began = time.perf_counter()
     start.set()
     latencies = [x for _ in procs for x in results.get(timeout=seconds + 60)]
     elapsed = time.perf_counter() - began
+    cpu = cpu_seconds(server_pid) - cpu if server_pid else float("nan")
     for proc in procs:
         proc.join()
     latencies.sort()
     p95 = latencies[int(0.95 * (len(latencies) - 1))]
-    return len(latencies) / elapsed, statistics.median(latencies) * 1e3, p95 * 1e3
+    return (len(latencies) / elapsed, statistics.median(latencies) * 1e3, p95 * 1e3,
+            cpu / len(latencies) * 1e6)
+
+
+def run_path(group_commit: bool, counts: list[int], seconds: float) -> dict[int, tuple]:
+    """Start a server on a fresh store and measure each client count."""
+    context = multiprocessing.get_context("fork")
+    found = {}
+    with tempfile.TemporaryDirectory(prefix="dstm-bench-serve-") as tmp:
+        ready, ready_child = context.Pipe()
+        stop = context.Event()
+        server = context.Process(target=run_server, args=(
+            str(Path(tmp) / "leases.sqlite"), ready_child, stop, group_commit))
+        server.start()
+        try:
+            port = ready.recv()
+            for count in counts:
+                found[count] = measure(port, count, seconds, server.pid)
+        finally:
+            stop.set()
+            server.join(timeout=10)
+    return found
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=5.0, help="renew loop per run")
     parser.add_argument("--clients", default="1,8", help="comma-separated client counts")
+    parser.add_argument("--paths", default="single,group",
+                        help="request paths: single (a transaction per request), group")
+    parser.add_argument("--repeat", type=int, default=1, help="runs of each path; medians")
     args = parser.parse_args()
     counts = [int(c) for c in args.clients.split(",")]
+    paths = args.paths.split(",")
     if max(counts) > MAX_CLIENTS:
         parser.error(f"at most {MAX_CLIENTS} clients")
-    context = multiprocessing.get_context("fork")
-    with tempfile.TemporaryDirectory(prefix="dstm-bench-serve-") as tmp:
-        ready, ready_child = context.Pipe()
-        stop = context.Event()
-        server = context.Process(target=run_server,
-                                 args=(str(Path(tmp) / "leases.sqlite"), ready_child, stop))
-        server.start()
-        try:
-            port = ready.recv()
-            print("serve API, renew, [::1], push: none (TEP push disabled), durable SQLite")
-            for count in counts:
-                rate, median, p95 = measure(port, count, args.seconds)
-                print(f"  {count:>2} client(s) {rate:>8,.0f} renews/s   median {median:6.2f} ms"
-                      f"   p95 {p95:6.2f} ms   ({args.seconds:g} s)")
-        finally:
-            stop.set()
-            server.join(timeout=10)
+    if set(paths) - {"single", "group"}:
+        parser.error("--paths takes single and/or group")
+    print("serve API, renew, [::1], push: none (TEP push disabled), durable SQLite; "
+          f"load average {os.getloadavg()[0]:.2f}")
+    runs: dict[str, list[dict]] = {path: [] for path in paths}
+    for _ in range(args.repeat):
+        for path in paths:  # interleaved, so that both see the same machine
+            runs[path].append(run_path(path == "group", counts, args.seconds))
+    medians = {}
+    for path in paths:
+        for count in counts:
+            rate, median, p95, cpu = (statistics.median(run[count][i] for run in runs[path])
+                                      for i in range(4))
+            medians[path, count] = rate
+            print(f"  {path:>6} {count:>2} client(s) {rate:>8,.0f} renews/s   median "
+                  f"{median:6.2f} ms   p95 {p95:6.2f} ms   server CPU {cpu:5.0f} us/renew"
+                  f"   (median of {args.repeat} x {args.seconds:g} s)")
+    if {"single", "group"} <= set(paths):
+        for count in counts:
+            print(f"  group / single, {count} client(s): "
+                  f"{medians['group', count] / medians['single', count]:.2f}x")
+    print(f"load average after: {os.getloadavg()[0]:.2f}")
 
 
 if __name__ == "__main__":

@@ -28,6 +28,7 @@ A success answers ``200`` with the lease (:meth:`dstm_orch.domain.model.Lease.as
 from __future__ import annotations
 
 import enum
+import functools
 import hashlib
 import hmac
 import ipaddress
@@ -221,7 +222,7 @@ class LeaseRequest:
             raise Refusal(Reason.MALFORMED, f"timestamp {timestamp!r} is not an integer "
                           "(epoch seconds)")
         try:
-            ipv6 = ipaddress.IPv6Address(data["ipv6"])
+            ipv6 = _ipv6(data["ipv6"])
         except (ValueError, TypeError):
             raise Refusal(Reason.MALFORMED, f"ipv6 {data['ipv6']!r} is not an IPv6 address "
                           "(draft section 5: client/server traffic is IPv6)") from None
@@ -234,3 +235,11 @@ class LeaseRequest:
             raise Refusal(Reason.MALFORMED, f"lifetime {lifetime!r} must be a positive "
                           "integer (seconds), and release takes none")
         return cls(action, node, ipv6, timestamp, nonce, lifetime)
+
+
+@functools.lru_cache(maxsize=1 << 14)
+def _ipv6(text: object) -> ipaddress.IPv6Address:
+    """``IPv6Address(text)``, remembered: a node asks from the same address again and
+    again (raises ValueError or TypeError as ``IPv6Address`` does; an unhashable value
+    raises TypeError)."""
+    return ipaddress.IPv6Address(text)

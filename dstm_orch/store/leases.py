@@ -17,7 +17,7 @@ from __future__ import annotations
 import functools
 import ipaddress
 import sqlite3
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 
 from dstm_orch.domain import model
@@ -216,7 +216,8 @@ class LeaseRows:
             (at + lifetime, lifetime, lease.id),
         )
         self._event(lease.id, at, "renew", at + lifetime, lease.node_ipv6)
-        return self._refetch(lease)
+        # Not read back: the row is the lease with its new end (no trigger changes it).
+        return replace(lease, end=_moment(at + lifetime), lifetime=lifetime)
 
     def move(self, lease: model.Lease, now: datetime, node_ipv6: model.IPv6) -> model.Lease:
         """Map an active lease to the node's new IPv6 address from ``now`` on; record a
@@ -245,7 +246,7 @@ class LeaseRows:
             node_ipv6,
             old_ipv6=lease.node_ipv6,
         )
-        return self._refetch(lease)
+        return replace(lease, node_ipv6=node_ipv6)
 
     def finish(
         self, lease: model.Lease, state: model.LeaseState, ended: datetime, now: datetime
@@ -439,7 +440,7 @@ class LeaseRows:
         self._db.execute(
             "INSERT INTO lease_events (lease_id, at, event, end_at, node_ipv6, old_ipv6,"
             " old_tep) VALUES (?, ?, ?, ?, ?, ?, ?)",
-            (lease_id, at, event, end_at, str(node_ipv6), old_ipv6 and str(old_ipv6),
+            (lease_id, at, event, end_at, _text(node_ipv6), old_ipv6 and _text(old_ipv6),
              old_tep),
         )
 
@@ -464,6 +465,12 @@ def _moment(epoch: int) -> datetime:
     return datetime.fromtimestamp(epoch, UTC)
 
 
+# Address objects of rows read back, shared (they are immutable): a conversion cost
+# more than the query of a lease.
+_v6 = functools.lru_cache(maxsize=1 << 16)(ipaddress.IPv6Address)
+_v4 = functools.lru_cache(maxsize=1 << 16)(ipaddress.IPv4Address)
+
+
 def _lease(row: tuple) -> model.Lease:
     (
         lease_id,
@@ -485,11 +492,11 @@ def _lease(row: tuple) -> model.Lease:
     return model.Lease(
         id=lease_id,
         node=node,
-        node_ipv6=ipaddress.IPv6Address(node_ipv6),
-        ipv4=ipaddress.IPv4Address(ipv4),
+        node_ipv6=_v6(node_ipv6),
+        ipv4=_v4(ipv4),
         pool=pool,
         tep=tep,
-        tep_ipv6=ipaddress.IPv6Address(tep_ipv6),
+        tep_ipv6=_v6(tep_ipv6),
         start=_moment(start_at),
         end=None if end_at is None else _moment(end_at),
         lifetime=lifetime,

@@ -170,6 +170,10 @@ class PgLeaseStore(LeaseStore):
             was changed).
     """
 
+    GROUP_COMMIT = False
+    """No group commit here (``LeaseStore.group`` is SQLite's): ``serve`` runs one
+    transaction per request on PostgreSQL."""
+
     def __init__(self, url: str, pool_size: int = 4):
         self.url = url
         self.path = redact(url)  # type: ignore[assignment]  # what messages name
