@@ -35,7 +35,8 @@ pytestmark = [pytest.mark.lab, needs_root()]
 
 EXAMPLE = ROOT / "inventories" / "example"
 NODES = {"ws-01": "2001:db8:e0:10::21", "ws-02": "2001:db8:e0:10::22",
-         "br-01": "2001:db8:e0:20::31", "ws-03": "2001:db8:e0:10::23"}
+         "br-01": "2001:db8:e0:20::31", "br-02": "2001:db8:e0:20::32",
+         "ws-03": "2001:db8:e0:10::23"}
 SERVER = "2001:db8:e0:ff::53"
 NODE_API = f"[{SERVER}]:3786"
 API = "http://[::1]:3787"
@@ -309,6 +310,25 @@ def test_sighup_reloads_and_a_broken_inventory_keeps_the_old_one(server):
     assert renewed[0] == 200
     assert "reload refused, still serving the previous inventory" in server.log.read_text()
     assert "hold_time" in server.log.read_text()
+
+
+def test_a_draining_pool_refuses_new_leases_and_renews_held_ones(server):
+    (held,) = server.calls(node("br-01", lifetime=600))
+    assert held[0] == 200 and held[1]["pool"] == "branch"
+    dstm = server.inventory / "group_vars" / "all" / "dstm.yml"
+    text = dstm.read_text()
+    assert "    - name: branch\n" in text
+    dstm.write_text(text.replace("    - name: branch\n",
+                                 "    - name: branch\n      draining: true\n"))
+    (reloaded,) = server.calls(api("POST", "/v1/reload"))
+    assert reloaded[0] == 200, reloaded
+    before = event_count(server.state)
+    (refused,) = server.calls(node("br-02"))
+    assert refused[0] == 503 and refused[1]["error"] == "pool_draining", refused
+    assert "branch" in refused[1]["message"]
+    assert event_count(server.state) == before
+    (renewed,) = server.calls(node("br-01", "renew", lifetime=600))
+    assert renewed[0] == 200 and renewed[1]["ipv4"] == held[1]["ipv4"], renewed
 
 
 @pytest.mark.slow

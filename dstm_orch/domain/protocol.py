@@ -71,6 +71,7 @@ class Reason(enum.StrEnum):
     NO_LEASE = "no_lease"
     BAD_LIFETIME = "bad_lifetime"
     POOL_EXHAUSTED = "pool_exhausted"
+    POOL_DRAINING = "pool_draining"
     PUSH_FAILED = "push_failed"
     INTERNAL = "internal_error"
 
@@ -92,6 +93,7 @@ STATUS = {
     Reason.NO_LEASE: 404,
     Reason.BAD_LIFETIME: 400,
     Reason.POOL_EXHAUSTED: 503,
+    Reason.POOL_DRAINING: 503,
     Reason.PUSH_FAILED: 502,
     Reason.INTERNAL: 500,
 }

@@ -48,6 +48,7 @@ from pathlib import Path
 from dstm_orch.domain.errors import (
     LeaseNotFoundError,
     LifetimeError,
+    PoolDrainingError,
     PoolExhaustedError,
     PushError,
     UnknownNodeError,
@@ -356,7 +357,7 @@ class RoamingService:
 
         Raises:
             Refusal: the allocator refused (reason: no_lease, bad_lifetime,
-                pool_exhausted, unknown_node, ipv6_in_use, lease_limit).
+                pool_exhausted, pool_draining, unknown_node, ipv6_in_use, lease_limit).
         """
         name = request.node
         before = allocator.lease_of(name)
@@ -376,6 +377,8 @@ class RoamingService:
             raise Refusal(Reason.BAD_LIFETIME, str(exc)) from None
         except PoolExhaustedError as exc:
             raise Refusal(Reason.POOL_EXHAUSTED, str(exc)) from None
+        except PoolDrainingError as exc:
+            raise Refusal(Reason.POOL_DRAINING, str(exc)) from None
         except UnknownNodeError as exc:
             raise Refusal(Reason.UNKNOWN_NODE, str(exc)) from None
         except Ipv6InUseError as exc:
