@@ -80,9 +80,10 @@ RATE = _Rate()
               show_default=True, metavar="SECONDS", help="Time a cycle may spend "
               "reclaiming (0: no bound; overrides lease_policy.max_reclaim_time).")
 @click.option("--drift-interval", type=click.FloatRange(min=0), default=0.0,
-              show_default=True, metavar="SECONDS", help="Seconds between reads of each "
-              "router TEP's binding table over NETCONF; a table that differs from the "
-              "leases is pushed again (0: no drift check).")
+              show_default=True, metavar="SECONDS", help="Seconds between drift checks of "
+              "each TEP's mapping table (a router's read over NETCONF, a Linux TEP's "
+              "mapping playbook in check mode); a table that differs from the leases is "
+              "pushed again (0: no drift check).")
 @click.option("--no-source-check", is_flag=True, help="Accept a claimed IPv6 address "
               "that is not the request's source (behind a proxy; weaker).")
 @click.option("--cert", type=click.Path(dir_okay=False, exists=True),
