@@ -151,7 +151,8 @@ class TepPusher:
         roaming: names of roaming nodes.
     """
 
-    label = "teps (Ansible for Linux TEPs, NETCONF for routers, as `apply --limit <tep>`)"
+    label = ("teps (Ansible dstm.orch.tep_mappings for Linux TEPs, NETCONF for routers as "
+             "`apply --limit <tep>`)")
 
     def __init__(self, inv, store_path: Path, roaming: Collection[str]):
         self.inv = inv
