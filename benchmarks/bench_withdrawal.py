@@ -12,7 +12,7 @@ followed every 0.5 s, pushes with the playbook ``dstm.orch.tep_mappings``). In o
   each, allocated through the store as ``dstm-orch allocate`` does): for each, the time
   from its allocation until its /32 is on the TEP (the allocation push), and from its
   end until the /32 is gone (reclamation + push), by polling the TEP's routes every
-  20 ms; p50, p99 and max of both.
+  20 ms, split at the server's "reclaimed lease" log line; p50, p99 and max.
 - The anchor, with the server stopped: ``--rounds R`` pushes of the same mapping table to
   the TEP, alternating the mapping-only playbook (``tep_mappings``, what the server runs
   now) and the whole role (``apply --limit <tep>``, what it ran before); medians and
@@ -75,6 +75,15 @@ def wait(condition, deadline: float, what: str, server: subprocess.Popen, log: P
     raise SystemExit(f"gave up waiting until {what}:\n{log.read_text()[-3000:]}")
 
 
+def reclaimed_at(log: Path, lease_id: int) -> float | None:
+    """Epoch seconds of the server's "reclaimed lease <id>" log line (its local time)."""
+    for line in log.read_text().splitlines():
+        if f" reclaimed lease {lease_id} of node " in line:
+            stamp, millis = line[:23].split(",")
+            return time.mktime(time.strptime(stamp, "%Y-%m-%d %H:%M:%S")) + int(millis) / 1000
+    return None
+
+
 def free_port(host: str) -> int:
     with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as probe:
         probe.bind((host, 0))
@@ -122,6 +131,7 @@ def run(inventory: Path, base: Path, raw: AnsibleInventory, args) -> None:
             cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
     added: list[float] = []
     withdrawn: list[float] = []
+    reclaimed: list[float] = []
     try:
         wait(lambda: "pushed TEP tep1" in log.read_text(), time.time() + 120,
              "the start push", server, log)
@@ -134,10 +144,13 @@ def run(inventory: Path, base: Path, raw: AnsibleInventory, args) -> None:
                         server, log)
             added.append(seen - asked)
             if seen >= end:
-                print(f"  lease {index}: its push came after its end; lengthen --lifetime")
+                print(f"  lease {index + 1}: its push came after its end (lengthen --lifetime)")
             gone = wait(lambda ipv4=ipv4: not tep_has(namespace, ipv4), end + 120,
                         "the ended lease is withdrawn", server, log)
             withdrawn.append(gone - end)
+            at = reclaimed_at(log, lease.id)
+            if at is not None:
+                reclaimed.append(at - end)
             print(f"  lease {index + 1}/{args.leases}: on the TEP after {added[-1]:.2f} s, "
                   f"withdrawn {withdrawn[-1]:.2f} s after its end", flush=True)
     finally:
@@ -166,6 +179,10 @@ def run(inventory: Path, base: Path, raw: AnsibleInventory, args) -> None:
     print(f"{'seconds (' + str(args.leases) + ' leases of ' + str(args.lifetime) + ' s)':<44} "
           f"{'p50':>6} {'p99':>6} {'max':>6}")
     row("lease end -> withdrawn from the TEP", withdrawn, "target p99 <= 5 s")
+    if reclaimed:
+        row("  of which lease end -> reclaimed", reclaimed, "reclamation every 5 s")
+        pushes = [w - r for w, r in zip(withdrawn, reclaimed, strict=False)]
+        row("  of which reclaimed -> withdrawn", pushes, "follow 0.5 s + the push")
     row("allocation -> on the TEP", added)
     print()
     print(f"{'push to tep1, 2 leases (' + str(args.rounds) + ' rounds)':<44} {'median':>6}")
