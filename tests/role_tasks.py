@@ -51,8 +51,9 @@ def role_tasks(role: str, host: str, hostvars: dict[str, Any],
 
     Returns:
         The tasks whose ``when`` holds that call a ``dstm.orch`` module, in order, as
-        ``{"task", "module", "args"}`` with plain JSON values. The role's preflight
-        (import_tasks) is left out: its checks are Ansible assertions, not modules.
+        ``{"task", "module", "args"}`` with plain JSON values. Other task files that
+        ``main.yml`` imports (``import_tasks``) are followed in place, except the role's
+        preflight: its checks are Ansible assertions, not modules.
 
     Raises:
         KeyError: the playbook has no play for ``role``.
@@ -80,7 +81,18 @@ def role_tasks(role: str, host: str, hostvars: dict[str, Any],
     variables.update(entry.get("vars") or {})
     templar = Templar(loader=loader, variables=variables)
     calls = []
-    for task in load(base / "tasks" / "main.yml"):
+
+    def tasks(name: str) -> list[dict[str, Any]]:
+        out = []
+        for task in load(base / "tasks" / name):
+            imported = task.get("ansible.builtin.import_tasks")
+            if imported is None:
+                out.append(task)
+            elif str(imported) != "preflight.yml":
+                out.extend(tasks(str(imported)))
+        return out
+
+    for task in tasks("main.yml"):
         modules = [key for key in task if key.startswith("dstm.orch.")]
         if not modules:
             continue

@@ -20,6 +20,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
+from datetime import datetime
 from pathlib import Path
 
 import pytest
@@ -353,6 +354,66 @@ def test_the_agent_renews_at_half_the_lifetime_and_releases_on_sigterm(server):
         (lease,) = [lease for lease in store_leases(server.state, True) if lease.node == "ws-02"]
         assert lease.state.value == "revoked" and events()[-1] == "revoke"
         assert lease.lifetime == 4
+    finally:
+        if agent.poll() is None:
+            agent.kill()
+            agent.wait()
+
+
+def status(state_dir: Path) -> tuple[int, str]:
+    """Run ``dstm-orch client status --json`` as the node's operator would."""
+    import contextlib as ctx
+    import io
+
+    from dstm_orch.cli.main import main
+
+    out = io.StringIO()
+    with ctx.redirect_stdout(out), ctx.redirect_stderr(io.StringIO()):
+        rc = main(["client", "status", "--state-dir", str(state_dir), "--json"])
+    return rc, out.getvalue()
+
+
+def test_client_status_shows_the_running_agents_lease_and_next_renewal(server, tmp_path):
+    state_dir = tmp_path / "agent-state"
+    rc, out = status(state_dir)
+    assert rc == 1 and json.loads(out)["error"] == "agent_state"
+    assert "no dstm-orch client run agent is running" in json.loads(out)["message"]
+
+    def start() -> subprocess.Popen:
+        argv = ["ip", "netns", "exec", server.netns, sys.executable, "-m", "dstm_orch",
+                "client", "run", "--server", NODE_API, "--node", "ws-01", "--ipv6",
+                NODES["ws-01"], "--no-configure", "--lifetime", "600",
+                "--state-dir", str(state_dir)]
+        with server.log.with_name("agent.log").open("a") as out:
+            return subprocess.Popen(argv, stdout=out, stderr=out, env=server.env())
+
+    agent = start()
+    try:
+        server.wait_for(lambda: (state_dir / "agent.json").exists(), "the agent's state file")
+        rc, out = status(state_dir)
+        assert rc == 0, out
+        shown = json.loads(out)
+        (lease,) = [lease for lease in store_leases(server.state) if lease.node == "ws-01"]
+        assert shown["running"] is True and shown["pid"] == agent.pid
+        assert shown["node"] == "ws-01" and shown["server"] == NODE_API
+        assert shown["ipv4"] == str(lease.ipv4) and shown["port_set"] is None
+        assert datetime.fromisoformat(shown["end"]) == lease.end
+        # A 600 s lease renews when half of the time left at the answer has passed.
+        assert 0 < shown["time_left"] <= 600 and 0 < shown["renews_in"] <= 300
+
+        # SIGTERM: the agent releases the lease and removes its state file.
+        agent.send_signal(signal.SIGTERM)
+        assert agent.wait(timeout=60) == 0
+        rc, out = status(state_dir)
+        assert rc == 1 and json.loads(out)["error"] == "agent_state"
+
+        # SIGKILL: the file stays, and status says the agent is not running.
+        agent = start()
+        server.wait_for(lambda: (state_dir / "agent.json").exists(), "the agent's state file")
+        agent.kill()
+        agent.wait()
+        rc, out = status(state_dir)
+        assert rc == 1 and json.loads(out)["running"] is False
     finally:
         if agent.poll() is None:
             agent.kill()

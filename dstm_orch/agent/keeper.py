@@ -6,7 +6,9 @@ left has passed (as DHCP's T1, RFC 2131 section 4.4.5), retries a failed renew w
 exponential backoff and jitter until the lease ends, requests a new lease when the
 server no longer knows the old one, and on stop (SIGTERM) releases the lease and removes
 the node's configuration. If the agent dies, the kernel drops the address at the lease's
-end by itself (``valid_lft``, :mod:`dstm_orch.agent.node`).
+end by itself (``valid_lft``, :mod:`dstm_orch.agent.node`). After each answer the agent
+records its lease and next renewal in its state file (:mod:`dstm_orch.agent.state`, read
+by ``client status``) and removes the file on stop.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from collections.abc import Callable
 
 from dstm_orch.agent.client import RoamingClient
 from dstm_orch.agent.node import NodeConfig, NodeLease
+from dstm_orch.agent.state import AgentState, AgentStateError
 from dstm_orch.domain.protocol import Reason, Refusal, RoamingError
 
 log = logging.getLogger("dstm_orch.agent")
@@ -37,12 +40,14 @@ class LeaseKeeper:
         lifetime: seconds asked for; None means the pool's default.
         config: configures the node from each answer; None leaves the host alone.
         stop: set to stop (the CLI sets it on SIGTERM).
+        state: where to record the lease for ``client status``; None records nothing.
     """
 
     def __init__(self, client: RoamingClient, ipv6: Callable[[], ipaddress.IPv6Address],
-                 lifetime: int | None, config: NodeConfig | None, stop: threading.Event):
+                 lifetime: int | None, config: NodeConfig | None, stop: threading.Event,
+                 state: AgentState | None = None):
         self.client, self.ipv6, self.lifetime = client, ipv6, lifetime
-        self.config, self.stop = config, stop
+        self.config, self.stop, self.state = config, stop, state
         self.answer: dict | None = None
         self.next_renewal: float | None = None  # epoch seconds
 
@@ -52,10 +57,13 @@ class LeaseKeeper:
         while self.answer is not None and not self.stop.is_set():
             remaining = self.answer.get("remaining")
             if remaining is None:  # a static lease does not end
+                self.next_renewal = None
+                self._record()
                 self.stop.wait()
                 break
             ends = time.monotonic() + remaining
             self.next_renewal = time.time() + remaining / 2
+            self._record()
             log.info("lease %s until %s; renewing in %d s", self.answer["ipv4"],
                      self.answer.get("end"), remaining // 2)
             if self.stop.wait(remaining / 2):
@@ -92,7 +100,21 @@ class LeaseKeeper:
             delay = min(MAX_RETRY, delay * 2)
         return None
 
+    def _record(self) -> None:
+        """Write the lease and the next renewal to the state file (a failure is logged:
+        the lease matters more than its status)."""
+        if self.state is None or self.answer is None:
+            return
+        host, port = self.client.server
+        try:
+            self.state.write(node=self.client.node, server=f"[{host}]:{port}",
+                             lease=self.answer, next_renewal=self.next_renewal)
+        except AgentStateError as exc:
+            log.warning("%s", exc)
+
     def _release(self) -> None:
+        if self.state is not None:
+            self.state.remove()
         if self.answer is not None:
             try:
                 self.client.call("release", self.ipv6())

@@ -5,9 +5,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import json
 import logging
+import os
 import sys
 from collections.abc import Callable
 
@@ -81,9 +83,10 @@ RATE = _Rate()
               show_default=True, metavar="SECONDS", help="Time a cycle may spend "
               "reclaiming (0: no bound; overrides lease_policy.max_reclaim_time).")
 @click.option("--drift-interval", type=click.FloatRange(min=0), default=0.0,
-              show_default=True, metavar="SECONDS", help="Seconds between reads of each "
-              "router TEP's binding table over NETCONF; a table that differs from the "
-              "leases is pushed again (0: no drift check).")
+              show_default=True, metavar="SECONDS", help="Seconds between drift checks of "
+              "each TEP's mapping table (a router's read over NETCONF, a Linux TEP's "
+              "mapping playbook in check mode); a table that differs from the leases is "
+              "pushed again (0: no drift check).")
 @click.option("--no-source-check", is_flag=True, help="Accept a claimed IPv6 address "
               "that is not the request's source (behind a proxy; weaker).")
 @click.option("--cert", type=click.Path(dir_okay=False, exists=True),
@@ -260,22 +263,45 @@ def _run(action: str, *, server: str, node: str, secret_file: str | None, ipv6: 
         click.echo(f"  {change}")
 
 
+STATE_DIR = click.option(
+    "--state-dir", envvar="DSTM_ORCH_CLIENT_STATE_DIR", default="/run/dstm-orch-client",
+    show_default=True, type=click.Path(file_okay=False),
+    help="Where `client run` records its lease for `client status` (agent.json; env "
+    "DSTM_ORCH_CLIENT_STATE_DIR).")
+
+
 @client.command("run")
 @_client_options
 @LIFETIME
+@STATE_DIR
 def run_agent(server: str, node: str, secret_file: str | None, ipv6: str | None, uplink: str,
               cafile: str | None, timeout: float, no_configure: bool, as_json: bool,
-              lifetime: int | None) -> None:
+              lifetime: int | None, state_dir: str) -> None:
     """Keep this node's lease as a service: request, renew at half the time left,
-    release and unconfigure on SIGTERM."""
+    release and unconfigure on SIGTERM; `client status` shows its lease."""
     import signal
     import threading
 
     from dstm_orch.agent.client import RoamingClient, read_secret, uplink_ipv6
     from dstm_orch.agent.keeper import LeaseKeeper
     from dstm_orch.agent.node import NodeConfig
+    from dstm_orch.agent.state import AgentState, AgentStateError
 
     address = _server_address(server)
+    state = AgentState(state_dir)
+    with contextlib.suppress(AgentStateError):
+        other = state.read()
+        if other.running and other.pid != os.getpid():
+            raise AgentStateError(f"an agent (pid {other.pid}, node {other.node}) already "
+                                  f"runs with the state directory {state_dir}")
+    try:
+        state.path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise AgentStateError(f"cannot create the agent's state directory {state_dir}: "
+                              f"{exc.strerror} (choose another with --state-dir)") from None
+    if not os.access(state.path.parent, os.W_OK):
+        raise AgentStateError(f"the agent's state directory {state_dir} is not writable "
+                              "(choose another with --state-dir)")
     if ipv6:
         fixed = _given_ipv6(ipv6)
 
@@ -294,4 +320,37 @@ def run_agent(server: str, node: str, secret_file: str | None, ipv6: str | None,
     secret = read_secret(secret_file) if secret_file else None
     with RoamingClient(address, node, secret, cafile=cafile, timeout=timeout) as conn:
         LeaseKeeper(conn, current, lifetime, None if no_configure else NodeConfig(uplink),
-                    stop).run()
+                    stop, state).run()
+
+
+@client.command("status")
+@STATE_DIR
+@click.option("--json", "as_json", is_flag=True, help="Print the status as JSON.")
+def agent_status(state_dir: str, as_json: bool) -> None:
+    """Show the lease of the `client run` agent on this node (address, port set, end,
+    time left) and its next renewal; exit 1 when no agent runs."""
+    from dstm_orch.agent.state import AgentState
+
+    status = AgentState(state_dir).read()
+    if as_json:
+        click.echo(json.dumps(status.as_dict(), indent=2, sort_keys=True))
+    else:
+        facts = status.as_dict()
+        ports = facts["port_set"]
+        ranges = ", ".join(f"{first}-{last}" for first, last in ports["ranges"]) if ports else ""
+        click.echo(f"{status.node}: {facts['ipv4']}{' ports ' + ranges if ranges else ''} "
+                   f"via TEP {facts['tep_ipv6']} (server {status.server})")
+        if status.time_left is None:
+            click.echo("  lease: static, does not end")
+        else:
+            click.echo(f"  lease ends {facts['end']} ({status.time_left} s left)")
+        if status.renews_in is not None:
+            when = (f"in {status.renews_in} s" if status.renews_in >= 0 else
+                    f"overdue by {-status.renews_in} s, retrying")
+            click.echo(f"  next renewal {facts['next_renewal']} ({when})")
+        click.echo(f"  agent pid {status.pid}: "
+                   + ("running" if status.running else
+                      "NOT running (its last lease above; the kernel drops the address at "
+                      "the lease's end)"))
+    if not status.running:
+        raise SystemExit(1)

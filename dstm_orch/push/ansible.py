@@ -6,6 +6,8 @@ package ``ansible_collections.dstm.orch`` (the checkout, or the installed wheel)
 against the inventory directory itself, over SSH to each host's IPv6 address (draft section 5),
 with the intent as the ``dstm_intent`` extra variable. Check mode plus diff is the
 dry run of ``plan``; the result carries ``changed``, ``failed`` and ``diff`` per host.
+``dstm-orch serve`` runs the collection's ``tep_mappings`` playbook the same way (only a
+TEP's mapping table, :class:`dstm_orch.service.pushers.AnsiblePusher`).
 """
 
 from __future__ import annotations
@@ -91,6 +93,8 @@ def run_apply(inventory: Path, extravars: dict, *, check: bool = False,
         extravars: the intent (:meth:`dstm_orch.push.intent.Intent.as_extravars`).
         check: Ansible check mode with diff: report, change nothing.
         limit: an Ansible host pattern (``--limit``).
+        playbook: the file in the collection's ``playbooks/`` (``apply.yml``: nodes and
+            TEPs, the whole roles; ``tep_mappings.yml``: TEPs' mapping tables only).
         on_task: called with (host, task name) as each host finishes a task (a
             progress display); on the calling thread.
 

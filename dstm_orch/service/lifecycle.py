@@ -19,10 +19,11 @@ same store, ``apply`` moving a pool's leases to another TEP included), mark thei
 backoff. At start every TEP is marked once, since leases may have changed while the
 server was down.
 
-Every ``drift`` seconds (0: never) the loop reads each router TEP's binding table over
-NETCONF (:meth:`TepPusher.drifted`, what ``plan`` reads) between its pushes; a table that
-differs from the current leases (edited behind the server's back) is pushed again and
-counted (``dstm_drift_checks_total``).
+Every ``drift`` seconds (0: never) the loop checks each TEP's mapping table between its
+pushes (:meth:`TepPusher.drifted`: a router's binding table read over NETCONF, what
+``plan`` reads; a Linux TEP's mapping playbook run in check mode); a table that differs
+from the current leases (edited behind the server's back) is pushed again and counted
+(``dstm_drift_checks_total``).
 
 A ``tep-move`` is written by ``apply`` once it moved a pool's leases to the TEP that a
 newer inventory names: the loop first re-reads the inventory (the ``reload`` callback,
@@ -63,7 +64,7 @@ class ReclaimPolicy:
             no bound.
         follow: seconds between reads of the store's event sequence.
         warn_cycles: log a warning when ended leases wait this many cycles.
-        drift: seconds between drift checks of the router TEPs; 0: none.
+        drift: seconds between drift checks of the TEPs; 0: none.
     """
 
     interval: float = 5.0
@@ -216,8 +217,9 @@ class Lifecycle:
                     return moves
 
     def drift_check(self) -> dict[str, str]:
-        """Read every router TEP's table; mark the drifted ones for a push. Return
-        ``{tep: in_step | drifted | error}`` (Linux TEPs are left out)."""
+        """Check every TEP's table; mark the drifted ones for a push. Return
+        ``{tep: in_step | drifted | error}`` (a TEP whose probe answers None is left
+        out)."""
         service = self.service
         probe = getattr(service.pusher, "drifted", None)
         if probe is None:

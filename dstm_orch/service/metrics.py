@@ -14,7 +14,7 @@ one process, as in tests). Names (all prefixed ``dstm_``):
   cycle that hit its bound);
 - ``dstm_push_seconds{tep}`` (histogram) and ``dstm_push_failures_total{tep}``;
 - ``dstm_inventory_reloads_total{result}`` (ok or error);
-- ``dstm_drift_checks_total{tep,result}``: periodic reads of a router TEP's table
+- ``dstm_drift_checks_total{tep,result}``: periodic drift checks of a TEP's table
   (``in_step``, ``drifted``: it differed from the leases and is pushed again, ``error``);
 - ``dstm_commit_group_size`` (histogram): lease changes per durable transaction (group
   commit, :mod:`dstm_orch.service.writer`), and ``dstm_commit_pending``: changes

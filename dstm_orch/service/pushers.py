@@ -4,8 +4,9 @@ Draft-ietf-ngtrans-dstm-08 section 5: "the DSTM Server MAY be in charge of confi
 the IPv4/IPv6 mapping table at the TEP". A :class:`Pusher` converges one TEP:
 
 - :class:`TepPusher` renders the intent of every current lease and pushes it to the
-  TEP with the code of ``dstm-orch apply`` (Ansible's ``dstm.orch.dstm_tep`` role for a
-  Linux TEP, NETCONF for a router), so the two never disagree;
+  TEP with the code of ``dstm-orch apply`` (for a Linux TEP the mapping entries of
+  Ansible's ``dstm.orch.dstm_tep`` role, playbook ``dstm.orch.tep_mappings``; NETCONF for
+  a router), so the two never disagree;
 - :class:`NoPusher` only records leases (tests of the store, benchmarks, or TEPs
   converged by ``apply``).
 
@@ -71,7 +72,15 @@ def mark_roaming(extravars: dict, roaming: Collection[str]) -> dict:
 
 
 class AnsiblePusher:
-    """Run the ``dstm_tep`` role on one Linux TEP with the intent of every current lease.
+    """Converge one Linux TEP's mapping table to the intent of every current lease.
+
+    A push runs the playbook ``dstm.orch.tep_mappings`` (the ``mappings`` entry point of
+    the ``dstm.orch.dstm_tep`` role: tunnels, port-set tables and rules, binding and pool
+    routes, after the role's input checks) with ``--limit <tep>``: one Ansible run per
+    batch of lease changes, touching only the mapping entries. Forwarding and the TEP's
+    own decapsulation route are ``dstm-orch apply``'s (the whole role, ``apply.yml``).
+    SSH connections are reused between runs when the inventory's ``ControlPersist``
+    (``ansible_ssh_common_args``) keeps them; ``ansible.cfg`` turns on pipelining.
 
     Args:
         inventory: the inventory directory (Ansible reads it as ``apply`` does).
@@ -79,18 +88,43 @@ class AnsiblePusher:
         store_path: the lease store (an SQLite file or a ``postgresql://`` URL).
         roaming: names of roaming nodes; their bindings carry ``roaming: true`` so
             that the role maps the lease to the node's current address itself.
+        playbook: the collection's playbook file; ``apply.yml`` pushes the whole role
+            (the benchmark's anchor).
     """
 
-    label = "ansible (dstm.orch.dstm_tep through dstm.orch.apply, --limit <tep>)"
+    MAPPINGS = "tep_mappings.yml"
+    """The collection's playbook that converges only a TEP's mapping table."""
 
     def __init__(self, inventory: Path, domain: Domain, store_path: str | Path,
-                 roaming: Collection[str]):
+                 roaming: Collection[str], playbook: str = MAPPINGS):
         self.inventory = Path(inventory)
         self.domain = domain
         self.store_path = store_path
         self.roaming = frozenset(roaming)
+        self.playbook = playbook
+        self.label = (f"ansible (dstm.orch.{playbook.removesuffix('.yml')}, "
+                      "--limit <tep>)")
 
     def push(self, tep: str) -> None:
+        """Converge TEP ``tep``'s mapping table.
+
+        Raises:
+            PushError: the run failed on the TEP or did not reach it.
+        """
+        self._run(tep, check=False)
+
+    def drifted(self, tep: str) -> bool:
+        """Tell whether TEP ``tep``'s mapping table differs from the current leases: the
+        push's playbook in check mode (``--check --diff``, nothing changed) on the TEP,
+        drift being any task that would change (a route, rule or tunnel missing, stale
+        or different; draft section 5: the table equals the active leases).
+
+        Raises:
+            PushError: the run failed on the TEP or did not reach it.
+        """
+        return self._run(tep, check=True).changed > 0
+
+    def _run(self, tep: str, *, check: bool):
         from dstm_orch.push.ansible import run_apply
         from dstm_orch.push.intent import render_intent
 
@@ -99,12 +133,15 @@ class AnsiblePusher:
             leases = store.active_leases(now)
         extravars = render_intent(self.domain, leases, now).as_extravars()
         mark_roaming(extravars, self.roaming)
-        result = run_apply(self.inventory, extravars, limit=tep)
+        result = run_apply(self.inventory, extravars, check=check, limit=tep,
+                           playbook=self.playbook)
         host = result.hosts.get(tep)
         if not result.ok or host is None:
             why = "; ".join(host.messages) if host else "the run did not reach it"
-            raise PushError(f"pushing the mapping table to TEP {tep!r} failed "
-                            f"(ansible status {result.status}, rc {result.rc}): {why}")
+            raise PushError(f"{'checking' if check else 'pushing'} the mapping table of "
+                            f"TEP {tep!r} failed (ansible status {result.status}, "
+                            f"rc {result.rc}): {why}")
+        return host
 
 
 class TepPusher:
@@ -118,7 +155,8 @@ class TepPusher:
         roaming: names of roaming nodes.
     """
 
-    label = "teps (Ansible for Linux TEPs, NETCONF for routers, as `apply --limit <tep>`)"
+    label = ("teps (Ansible dstm.orch.tep_mappings for Linux TEPs, NETCONF for routers as "
+             "`apply --limit <tep>`)")
 
     def __init__(self, inv, store_path: str | Path, roaming: Collection[str]):
         self.inv = inv
@@ -133,11 +171,11 @@ class TepPusher:
             return
         self._run(tep, check=False)
 
-    def drifted(self, tep: str) -> bool | None:
+    def drifted(self, tep: str) -> bool:
         """Read router TEP ``tep``'s binding table over NETCONF and tell whether it
         differs from the intent of the current leases (``plan --limit <tep>``; a drift is
-        journaled so that the next push contacts the device, issue 10 section 4).
-        None: a Linux TEP, not checked (its role's check mode is not a table read).
+        journaled so that the next push contacts the device, issue 10 section 4). A Linux
+        TEP: :meth:`AnsiblePusher.drifted` (the mapping playbook in check mode).
 
         Raises:
             PushError: the TEP could not be read.
@@ -145,7 +183,7 @@ class TepPusher:
         from dstm_orch.push.orchestrate import NETCONF
 
         if self.inv.domain.teps[tep].kind != NETCONF:
-            return None
+            return self.linux.drifted(tep)
         report = self._run(tep, check=True)
         return any(device.get("changed") for device in report.netconf)
 
