@@ -94,7 +94,7 @@ def run_server(state: str, group_commit: bool, ready, stop) -> None:
     os.sched_setaffinity(0, {SERVER_CPU})  # before any thread starts: all of them
     nodes = {f"k{i}": RoamingNode(f"k{i}", secret(i)) for i in range(NODES)}
     limits = Limits(node_requests=10**9, global_requests=10**9)
-    service = RoamingService(make_domain(), Path(state), Guard(nodes, limits), NoPusher(),
+    service = RoamingService(make_domain(), state, Guard(nodes, limits), NoPusher(),
                              source_check=False, group_commit=group_commit)
     server = RoamingHTTPServer(("::1", 0), service)
     threading.Thread(target=server.serve_forever, daemon=True).start()
@@ -102,6 +102,7 @@ def run_server(state: str, group_commit: bool, ready, stop) -> None:
     stop.wait()
     server.shutdown()
     server.server_close()
+    service.close()
 
 
 class Client:
@@ -189,15 +190,18 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def measure_dstm(group_commit: bool, seconds: float, counts: list[int]) -> dict:
-    """Run a server on a fresh store; measure new leases then renews for each count."""
+def measure_dstm(group_commit: bool, seconds: float, counts: list[int],
+                 state: str | None = None) -> dict:
+    """Run a server on a fresh store (an SQLite file in a temporary directory, or the
+    empty ``postgresql://`` store ``state``); measure new leases then renews for each
+    count."""
     context = multiprocessing.get_context("fork")
     found: dict = {}
     with tempfile.TemporaryDirectory(prefix="dstm-bench-kea-") as tmp:
         ready, ready_child = context.Pipe()
         stop = context.Event()
         server = context.Process(target=run_server, args=(
-            str(Path(tmp) / "leases.sqlite"), group_commit, ready_child, stop))
+            state or str(Path(tmp) / "leases.sqlite"), group_commit, ready_child, stop))
         server.start()
         try:
             port = ready.recv()
@@ -235,11 +239,12 @@ def load(port: int, clients: int, action: str, first: int, seconds: float,
 # -- Kea ------------------------------------------------------------------------------
 
 
+MEMFILE = ('{"type": "memfile", "persist": true, "name": "%(dir)s/leases4.csv", '
+           '"lfc-interval": 0}')
 KEA_CONFIG = """{"Dhcp4": {
   "interfaces-config": {"interfaces": ["%(veth)s/198.18.0.1"], "dhcp-socket-type": "udp"},
-  "lease-database": {"type": "memfile", "persist": true, "name": "%(dir)s/leases4.csv",
-                     "lfc-interval": 0},
-  "multi-threading": {"enable-multi-threading": false},
+  "lease-database": %(lease_db)s,
+  "multi-threading": %(threads)s,
   "valid-lifetime": 3600,
   "subnet4": [{"id": 1, "subnet": "198.18.0.0/15",
                "pools": [{"pool": "198.18.1.0 - 198.19.255.254"}]}],
@@ -278,14 +283,21 @@ class Kea:
             self.__exit__()
             raise
 
-    def start(self) -> None:
-        """Start kea-dhcp4 on a fresh memfile (pinned to ``SERVER_CPU``)."""
+    def start(self, lease_db: str = MEMFILE, threads: int = 0) -> None:
+        """Start kea-dhcp4 (pinned to ``SERVER_CPU``) on a fresh memfile, or on
+        ``lease_db`` (the JSON of a ``lease-database`` map: its leases are the caller's to
+        clear); ``threads`` > 0 turns multi-threading on with that many threads."""
         self.stop()
         for name in ("leases4.csv", "leases4.csv.2", "kea.log"):
             with contextlib.suppress(FileNotFoundError):
                 (self.tmp / name).unlink()
         config = self.tmp / "kea.json"
-        config.write_text(KEA_CONFIG % {"veth": self.veth[0], "dir": self.tmp})
+        mt = (json.dumps({"enable-multi-threading": True, "thread-pool-size": threads,
+                          "packet-queue-size": 64 * threads}) if threads
+              else '{"enable-multi-threading": false}')
+        config.write_text(KEA_CONFIG % {"veth": self.veth[0], "dir": self.tmp,
+                                        "lease_db": lease_db % {"dir": self.tmp},
+                                        "threads": mt})
         env = {**os.environ, "KEA_PIDFILE_DIR": str(self.tmp),
                "KEA_LOCKFILE_DIR": str(self.tmp)}
         self.proc = subprocess.Popen(["ip", "netns", "exec", self.server, "taskset", "-c",
@@ -324,9 +336,11 @@ class Kea:
                 stats["max_ms"] = _number(r"max delay: ([\d.]+)", section)
         return stats
 
-    def knee(self, seconds: int) -> tuple[dict, list[dict]]:
-        """Raise the offered rate until Kea drops; return the last clean run and all."""
-        self.start()
+    def knee(self, seconds: int, lease_db: str = MEMFILE,
+             threads: int = 0) -> tuple[dict, list[dict]]:
+        """Raise the offered rate until Kea drops; return the last clean run and all.
+        ``lease_db`` and ``threads`` as for :meth:`start`."""
+        self.start(lease_db, threads)
         runs, best = [], None
         for rate in KEA_RATES:
             pid = self.pid()
