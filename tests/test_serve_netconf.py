@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import ipaddress
 import os
 import signal
 import socket
@@ -23,6 +24,7 @@ import pytest
 import yaml
 
 from dstm_orch.cli.main import main
+from dstm_orch.domain.model import utcnow
 from dstm_orch.store import LeaseStore
 from tests.conftest import ROOT, needs_root
 from tests.netconf_server import NetconfServer
@@ -205,6 +207,119 @@ def test_the_drift_check_restores_a_table_changed_behind_the_servers_back(router
         with LeaseStore(state) as store:
             details = [p.detail for p in store.pushes("rtr1")]
         assert "plan: the device drifted from its last push" in details
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def device_table(router):
+    """The router's running ``dstm`` bind-instance: version and entries."""
+    from dstm_orch.push.netconf.payload import parse_table, render_filter
+    from tests.test_cli_netconf import session
+
+    with session(router) as m:
+        reply = m.get_config("running", filter=("subtree", render_filter("dstm")))
+        return parse_table(reply.data_ele, "dstm")
+
+
+def test_a_burst_of_200_lease_changes_reaches_the_router_in_one_commit(router, tmp_path):
+    """Issue 9 section 2: changes are coalesced per TEP, one edit and one confirmed commit
+    per batch, and a lease added and removed within one batch ends absent.
+
+    50 leases are pushed first. Then 200 changes (100 allocations, 40 revocations of the
+    first leases, 30 leases allocated and revoked again inside the burst) are written by
+    CLI commands on the store while the burst holds the TEP's push lock, as a push or an
+    ``apply`` in progress would: the server follows the events meanwhile and waits for
+    the lock. A push covers every event up to the id read before it and sends the table
+    of the leases current when it runs, so the design gives exactly one commit for the
+    burst; a later push for the events it did not cover finds the device in step and
+    commits nothing.
+
+    Commits are counted on the device: every commit dstm-orch makes sets
+    ``binding-table-versioning/version`` to the device's version + 1 (RFC 8676), checked
+    by the read-back, and a push with nothing to change commits nothing, so the version
+    read from netconfd's running datastore before and after counts the commits that
+    reached it. The push journal must agree: one applied push with that version.
+    """
+    names = ([f"a{i}" for i in range(50)] + [f"b{i}" for i in range(100)]
+             + [f"c{i}" for i in range(30)])
+    conn = router.connection()
+    inv, state, log = tmp_path / "inv", tmp_path / "leases.sqlite", tmp_path / "serve.log"
+    (inv / "group_vars" / "all").mkdir(parents=True)
+    (inv / "hosts.yml").write_text(yaml.safe_dump({"all": {"children": {
+        "dstm_teps": {"hosts": {"rtr1": {
+            "ansible_host": str(conn["host"]), "ansible_port": conn["port"],
+            "ansible_user": conn["username"],
+            "ansible_ssh_private_key_file": str(conn["key_filename"]),
+            "dstm_tep_kind": "netconf", "dstm_tep_ipv6": "2001:db8:c0f:1::a",
+            "dstm_tep_netconf_known_hosts": str(conn["known_hosts"]),
+            "dstm_tep_netconf_confirm_timeout": 60}}},
+        "dstm_nodes": {"hosts": {name: {"ansible_host": f"2001:db8:c0f:2::1:{i:x}"}
+                                 for i, name in enumerate(names)}},
+    }}}))
+    (inv / "group_vars" / "all" / "dstm.yml").write_text(yaml.safe_dump({"dstm_domain": {
+        "name": "burst", "lease_policy": {"hold_time": 0},
+        "pools": [{"name": "p1", "tep": "rtr1", "ranges": ["203.0.113.1-203.0.113.254"]}]}}))
+    argv = [sys.executable, "-m", "dstm_orch", "serve", "-i", str(inv), "--state",
+            str(state), "--listen", f"[::1]:{_free_port()}", "--api-listen", "off",
+            "--push", "teps"]
+    for name in names[:50]:
+        assert cli(inv, state, "allocate", name) == 0
+    with log.open("w") as out:
+        proc = subprocess.Popen(argv, stdout=out, stderr=out, env={
+            **os.environ, "PYTHONPATH": str(ROOT), "DSTM_ORCH_TEP_LOCK_WAIT": "900"})
+
+    def in_step() -> bool:
+        with LeaseStore(state) as store:
+            active = {str(lease.node_ipv6): str(lease.ipv4)
+                      for lease in store.active_leases(utcnow())}
+        return device_entries(router) == active
+
+    try:
+        wait_for(proc, log, lambda: "pushed TEP rtr1 (events up to 50)" in log.read_text(),
+                 "the first 50 leases are pushed", deadline=300)
+        before = device_table(router)
+        assert len(before.entries) == 50
+        with LeaseStore(state) as store:
+            journaled = len(store.pushes("rtr1"))
+            first_event = store.last_event_id()
+        burst = []
+        for i in range(100):
+            burst.append(("allocate", f"b{i}"))
+            if i % 5 == 4:        # 20 pairs: c0..c19 added and removed one after the other
+                burst += [("allocate", f"c{i // 5}"), ("revoke", f"c{i // 5}")]
+            if i % 5 == 2:        # 20 revocations of a0..a19
+                burst.append(("revoke", f"a{i // 5}"))
+        burst += [("revoke", f"a{i}") for i in range(20, 40)]
+        burst += [(verb, f"c{i}") for i in range(20, 30) for verb in ("allocate", "revoke")]
+        assert len(burst) == 200
+        with LeaseStore(state) as store, store.tep_lock("burst", "rtr1", purpose="burst"):
+            for verb, name in burst:
+                assert cli(inv, state, verb, name) == 0, (verb, name)
+            assert device_table(router).version == before.version  # nothing pushed yet
+        with LeaseStore(state) as store:
+            assert store.last_event_id() == first_event + 200
+        wait_for(proc, log, in_step, "the burst reaches the router", deadline=300)
+        wait_for(proc, log, lambda: f"(events up to {first_event + 200})" in log.read_text(),
+                 "the server covered every event of the burst", deadline=300)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=120) == 0
+
+        after = device_table(router)
+        with LeaseStore(state) as store:
+            active = store.active_leases(utcnow())
+            new = store.pushes("rtr1")[journaled:]
+        assert after.version == before.version + 1, (before.version, after.version)
+        assert [(p.applied, p.version) for p in new if p.version != before.version] == [
+            (True, before.version + 1)], new
+        assert sorted(lease.node for lease in active) == sorted(
+            [f"a{i}" for i in range(40, 50)] + [f"b{i}" for i in range(100)])
+        assert {key: str(b.ipv4) for key, b in after.entries.items()} == {
+            str(lease.node_ipv6): str(lease.ipv4) for lease in active}
+        # The leases added and removed inside the burst are absent (names[150:] are c*).
+        gone = {ipaddress.IPv6Address(f"2001:db8:c0f:2::1:{i:x}") for i in range(150, 180)}
+        assert not gone & {ipaddress.IPv6Address(str(key)) for key in after.entries}
     finally:
         if proc.poll() is None:
             proc.kill()

@@ -7,7 +7,10 @@ goes back to the pool (section 6, phase 3: short leases, reclaimed and reused). 
 the allocator (:meth:`Allocator.expire`, the path of ``dstm-orch expire``), bounded as
 Kea bounds its lease reclamation (``max-reclaim-leases``, ``max-reclaim-time``): at most
 ``max_leases`` leases and about ``max_time`` seconds per cycle; what is left waits for
-the next cycle (the backlog, logged when it lasts ``warn_cycles`` cycles).
+the next cycle (the backlog, logged when it lasts ``warn_cycles`` cycles). A lease
+that ends before the next cycle is due gets a cycle of its own just after its end (at
+most one every ``follow`` seconds, and none early while a backlog waits), so that its
+withdrawal does not wait up to ``interval`` seconds (:meth:`Lifecycle.next_end`).
 
 Every ``follow`` seconds the loop reads the store's event sequence
 (:meth:`LeaseStore.changes_since`): the events that change a TEP's mapping table
@@ -38,6 +41,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from datetime import timedelta
 
 from dstm_orch.domain.errors import DstmError, PushError
 from dstm_orch.domain.model import ReclaimSettings, utcnow
@@ -50,6 +54,8 @@ TABLE_EVENTS = frozenset({"allocate", "move", "tep-move", "revoke", "expire"})
 """Lease events that change a TEP's mapping table (a renew does not)."""
 CHUNK = 50
 """Leases ended per write transaction inside a cycle (the time bound is checked between)."""
+END_SLACK = 0.05
+"""Seconds after a lease's end at which the loop wakes to reclaim it."""
 
 
 @dataclass(frozen=True)
@@ -124,6 +130,7 @@ class Lifecycle:
         self.cursor = 0
         self.marked: dict[str, int] = {}
         self.waiting_cycles = 0
+        self.backlog = 0
         self.last_cycle: float | None = None
 
     def start(self) -> None:
@@ -148,22 +155,31 @@ class Lifecycle:
             with self._lock:
                 self.cursor = self.service.store().last_event_id()
                 self.marked = {tep: self.cursor for tep in self.service.domain.teps}
-            next_reclaim = 0.0
+            next_reclaim = last_reclaim = 0.0
             next_drift = time.monotonic() + self.policy.drift
             while not self._stop.is_set():
                 try:
+                    cursor, cycled = self.cursor, False
                     if time.monotonic() >= next_reclaim:
-                        next_reclaim = time.monotonic() + self.policy.interval
+                        last_reclaim = time.monotonic()
+                        next_reclaim = last_reclaim + self.policy.interval
                         self.reclaim()
+                        cycled = True
                     if self.policy.drift and time.monotonic() >= next_drift:
                         self.drift_check()
                         next_drift = time.monotonic() + self.policy.drift
                     if self.follow():
                         self._moved()
+                    if (cycled or self.cursor != cursor) and not self.backlog:
+                        end = self.next_end()
+                        if end is not None:
+                            next_reclaim = min(next_reclaim,
+                                               max(end, last_reclaim + self.policy.follow))
                     self.push()
                 except DstmError as exc:
                     log.error("lifecycle: %s", exc)
-                self._wake.wait(self.policy.follow)
+                self._wake.wait(max(0.0, min(self.policy.follow,
+                                             next_reclaim - time.monotonic())))
                 self._wake.clear()
         finally:
             self.service.release_thread()
@@ -187,6 +203,7 @@ class Lifecycle:
         service.metrics.cycles.inc()
         service.metrics.reclaims.inc(len(ended))
         service.metrics.backlog.set(backlog)
+        self.backlog = backlog
         self.waiting_cycles = self.waiting_cycles + 1 if backlog else 0
         if self.waiting_cycles >= policy.warn_cycles:
             log.warning("lifecycle: %d ended lease(s) still wait after %d cycles (raise "
@@ -197,6 +214,21 @@ class Lifecycle:
                      lease.ipv4, lease.ended.isoformat() if lease.ended else "?")
         self.last_cycle = time.time()
         return ended
+
+    def next_end(self) -> float | None:
+        """Return the ``time.monotonic()`` instant just after the earliest end of an
+        active lease due within the next ``interval`` seconds (lease ends are whole
+        seconds in the store, so ``END_SLACK`` past it the lease is due), or None when
+        none ends that soon. The loop runs a cycle then rather than at the next interval,
+        so that an ended lease is withdrawn about a push after its end (issue 9: p99 <= 5
+        s) instead of up to ``interval`` later."""
+        now = utcnow()
+        with self.service.store().read() as tx:
+            soon = tx.due(now + timedelta(seconds=self.policy.interval), 1)
+        if not soon or soon[0].end is None:
+            return None
+        ahead = max(0.0, (soon[0].end - now).total_seconds()) + END_SLACK
+        return time.monotonic() + ahead
 
     def follow(self) -> int:
         """Read the store's new events and mark the TEPs whose table they change (for a
