@@ -211,6 +211,20 @@ def test_operator_api_metrics_and_health(server):
     requests = {(s.labels["verb"], s.labels["result"]): s.value
                 for s in families["dstm_requests"].samples if s.name.endswith("_total")}
     assert requests == {("request", "ok"): 1.0}
+    # campus: 203.0.113.0/25 less its 2 exclusions; branch: 198.51.100.64-95. Whole
+    # addresses, so one port set each. ws-01 holds one campus address.
+    usage = {(f.name, s.labels["pool"], s.labels["unit"]): s.value
+             for f in families.values() if f.name in ("dstm_pool_capacity", "dstm_pool_used")
+             for s in f.samples}
+    assert usage == {
+        ("dstm_pool_capacity", "campus", "addresses"): 126.0,
+        ("dstm_pool_capacity", "campus", "port_sets"): 126.0,
+        ("dstm_pool_capacity", "branch", "addresses"): 32.0,
+        ("dstm_pool_capacity", "branch", "port_sets"): 32.0,
+        ("dstm_pool_used", "campus", "addresses"): 1.0,
+        ("dstm_pool_used", "campus", "port_sets"): 1.0,
+        ("dstm_pool_used", "branch", "addresses"): 0.0,
+        ("dstm_pool_used", "branch", "port_sets"): 0.0}
 
 
 def test_sigkill_then_restart_keeps_every_lease(server):
@@ -267,6 +281,16 @@ def test_the_loop_reclaims_an_ended_lease_without_anyone(server):
     families = {f.name: f for f in text_string_to_metric_families(metrics[1])}
     assert [s.value for s in families["dstm_reclaims"].samples
             if s.name == "dstm_reclaims_total"] == [1.0]
+
+    def withdrawals():
+        (metrics,) = server.calls(api("GET", "/metrics", token=None))
+        return {s.labels["tep"]: s.value for f in text_string_to_metric_families(metrics[1])
+                if f.name == "dstm_withdrawal_seconds" for s in f.samples
+                if s.name == "dstm_withdrawal_seconds_count"}
+
+    # The lease of ws-01 (pool campus) was on tep-linux; the push that covers its end
+    # (here to no device: --push none) is its withdrawal.
+    server.wait_for(lambda: withdrawals() == {"tep-linux": 1.0}, "the withdrawal is counted")
 
 
 @pytest.mark.parametrize("server", [["--push", "none", "--reclaim-interval", "3600"]],

@@ -129,6 +129,9 @@ class Lifecycle:
         self._thread: threading.Thread | None = None
         self.cursor = 0
         self.marked: dict[str, int] = {}
+        # Per TEP, leases that ended and are still on it: (the newest event id that a
+        # push must cover to withdraw them, when they ended in epoch seconds).
+        self.ended: dict[str, list[tuple[int, float]]] = {}
         self.waiting_cycles = 0
         self.backlog = 0
         self.last_cycle: float | None = None
@@ -209,6 +212,12 @@ class Lifecycle:
             log.warning("lifecycle: %d ended lease(s) still wait after %d cycles (raise "
                         "--max-reclaim-leases or --max-reclaim-time)", backlog,
                         self.waiting_cycles)
+        if ended:
+            covering = store.last_event_id()
+            with self._lock:
+                for lease in ended:
+                    at = (lease.end or lease.ended or utcnow()).timestamp()
+                    self.ended.setdefault(lease.tep, []).append((covering, at))
         for lease in ended:
             log.info("reclaimed lease %d of node %s (%s, ended %s)", lease.id, lease.node,
                      lease.ipv4, lease.ended.isoformat() if lease.ended else "?")
@@ -239,6 +248,8 @@ class Lifecycle:
             while True:
                 changes = store.changes_since(self.cursor)
                 for event_id, tep, event, left in changes:
+                    if event == "revoke":  # revoked or released: it ends when read here
+                        self.ended.setdefault(tep, []).append((event_id, time.time()))
                     if event in TABLE_EVENTS:
                         for name in (tep, left) if left else (tep,):
                             self.marked[name] = max(self.marked.get(name, 0), event_id)
@@ -311,6 +322,23 @@ class Lifecycle:
             except PushError as exc:
                 log.warning("push to TEP %s failed (attempt %d, next in %.0f s): %s", tep,
                             sync.failures, max(0.0, sync.next_try - time.monotonic()), exc)
+        self._withdrawn()
+
+    def _withdrawn(self) -> None:
+        """Observe ``dstm_withdrawal_seconds`` for the ended leases whose TEP a completed
+        push has covered (the push read the store after their end was written)."""
+        now = time.time()
+        with self._lock:
+            for tep, waiting in list(self.ended.items()):
+                pushed = self.service.sync(tep).pushed
+                done = [at for covering, at in waiting if pushed >= covering]
+                for at in done:
+                    self.service.metrics.withdrawal.labels(tep).observe(max(0.0, now - at))
+                left = [(c, at) for c, at in waiting if pushed < c]
+                if left and tep in self.service.domain.teps:
+                    self.ended[tep] = left
+                else:
+                    self.ended.pop(tep, None)
 
     def _unmark(self, tep: str, event_id: int) -> None:
         with self._lock:

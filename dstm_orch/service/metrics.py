@@ -14,6 +14,13 @@ one process, as in tests). Names (all prefixed ``dstm_``):
   cycle that hit its bound);
 - ``dstm_push_seconds{tep}`` (histogram) and ``dstm_push_failures_total{tep}``;
 - ``dstm_inventory_reloads_total{result}`` (ok or error);
+- ``dstm_pool_capacity{pool,unit}`` and ``dstm_pool_used{pool,unit}``: a pool's usable
+  addresses (its ranges less its exclusions) and port sets (per address, the PSIDs whose
+  port set holds a usable port, RFC 7597 section 5.1; 1 for whole addresses), and how
+  many of each the current leases hold (``unit`` is ``addresses`` or ``port_sets``);
+- ``dstm_withdrawal_seconds{tep}`` (histogram): from a lease's end (its lifetime's end
+  for a reclaimed lease; when the server read the revocation or release otherwise) to
+  the completed push of its TEP that withdrew it (draft section 5);
 - ``dstm_drift_checks_total{tep,result}``: periodic drift checks of a TEP's table
   (``in_step``, ``drifted``: it differed from the leases and is pushed again, ``error``);
 - ``dstm_commit_group_size`` (histogram): lease changes per durable transaction (group
@@ -43,17 +50,41 @@ class _LeaseCollector:
         yield family
 
 
+class _PoolCollector:
+    def __init__(self, usage: Callable[[], dict[str, dict[str, tuple[int, int]]]]):
+        self.usage = usage
+
+    def collect(self):
+        capacity = GaugeMetricFamily(
+            "dstm_pool_capacity", "Usable addresses and port sets of a pool",
+            labels=["pool", "unit"])
+        used = GaugeMetricFamily(
+            "dstm_pool_used", "Addresses and port sets of a pool held by current leases",
+            labels=["pool", "unit"])
+        for pool, units in sorted(self.usage().items()):
+            for unit, (total, held) in sorted(units.items()):
+                capacity.add_metric([pool, unit], total)
+                used.add_metric([pool, unit], held)
+        yield capacity
+        yield used
+
+
 class Metrics:
     """The server's metrics (see the module docstring).
 
     Args:
         lease_counts: returns the current leases per pool name (called at each scrape).
+        pool_usage: returns per pool ``{"addresses": (usable, held), "port_sets":
+            (usable, held)}`` (called at each scrape; None: no pool figures).
     """
 
-    def __init__(self, lease_counts: Callable[[], dict[str, int]]):
+    def __init__(self, lease_counts: Callable[[], dict[str, int]],
+                 pool_usage: Callable[[], dict[str, dict[str, tuple[int, int]]]] | None = None):
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
         r.register(_LeaseCollector(lease_counts))
+        if pool_usage is not None:
+            r.register(_PoolCollector(pool_usage))
         self.requests = Counter("dstm_requests", "Node API requests by verb and result",
                                 ["verb", "result"], registry=r)
         self.allocations = Counter("dstm_allocations", "Leases granted", registry=r)
@@ -66,6 +97,9 @@ class Metrics:
         self.push_seconds = Histogram("dstm_push_seconds", "Duration of pushes to a TEP",
                                       ["tep"], registry=r,
                                       buckets=(0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120))
+        self.withdrawal = Histogram("dstm_withdrawal_seconds", "From a lease's end to the "
+                                    "push that withdrew it from its TEP", ["tep"], registry=r,
+                                    buckets=(0.5, 1, 2, 5, 10, 30, 60, 120, 300))
         self.push_failures = Counter("dstm_push_failures", "Pushes to a TEP that failed",
                                      ["tep"], registry=r)
         self.reloads = Counter("dstm_inventory_reloads", "Inventory reloads by result",

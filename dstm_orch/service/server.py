@@ -115,7 +115,7 @@ class RoamingService:
         self.guard = guard
         self.pusher = pusher
         self.source_check = source_check
-        self.metrics = metrics or Metrics(self.lease_counts)
+        self.metrics = metrics or Metrics(self.lease_counts, self.pool_usage)
         self._write = threading.Lock()
         self._sync: dict[str, TepSync] = {}
         self._sync_lock = threading.Lock()
@@ -172,6 +172,23 @@ class RoamingService:
         """Return the number of current leases per pool of the domain (0 for none)."""
         counts = Counter(lease.pool for lease in self._store().active_leases(utcnow()))
         return {pool: counts.get(pool, 0) for pool in {*self.domain.pools, *counts}}
+
+    def pool_usage(self) -> dict[str, dict[str, tuple[int, int]]]:
+        """Return per pool of the domain ``{"addresses": (usable, held), "port_sets":
+        (usable, held)}``: its allocatable addresses (ranges less exclusions) and port
+        sets (each address times the PSIDs whose port set holds a usable port, RFC 7597
+        section 5.1; one per address without the ports option), and how many of each the
+        current leases hold (distinct addresses; leases)."""
+        leases = [lease for lease in self._store().active_leases(utcnow())
+                  if lease.pool in self.domain.pools]
+        usage = {}
+        for name, pool in self.domain.pools.items():
+            mine = [lease for lease in leases if lease.pool == name]
+            usage[name] = {
+                "addresses": (pool.size, len({lease.ipv4 for lease in mine})),
+                "port_sets": (pool.size * len(pool.usable_psids), len(mine)),
+            }
+        return usage
 
     def close(self) -> None:
         """Write the changes still queued, stop the writer, close the store connections."""
