@@ -24,7 +24,8 @@ answers only after the push of the TEP, the lease's time running meanwhile, and 
 took 20 to 80 s on the loaded 2-core VM, longer than the 10 and 20 s leases here.
 
 How long: about 3 to 5 minutes per test on that VM, most of it Ansible pushes (lab up,
-first push, two requests, the withdrawal, n3's request and release); 581 s for the file.
+first push, two requests, the withdrawal, n3's request and release); 359 to 581 s for
+the file.
 
 The lab is the inventories/lab domain named ``t9ag`` on 2001:db8:e70::/64 (TEP tunnel
 address 2001:db8:e71::a, decapsulation addresses 2001:db8:e72::/64: no other lab uses
