@@ -19,10 +19,8 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -32,7 +30,8 @@ from ansible.parsing.vault import VaultLib, VaultSecret
 from dstm_orch import lab
 from dstm_orch.config.ansible_inventory import AnsibleInventory
 from dstm_orch.store import LeaseStore
-from tests.conftest import ROOT, copy_lab_inventory, needs_root
+from tests.conftest import copy_lab_inventory, needs_root
+from tests.lab_serve import serving
 
 pytestmark = [pytest.mark.lab, pytest.mark.slow, needs_root()]
 
@@ -74,25 +73,6 @@ def roaming_inventory(base: Path) -> Path:
     return inventory
 
 
-def free_port(host: str) -> int:
-    with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as probe:
-        probe.bind((host, 0))
-        return probe.getsockname()[1]
-
-
-def wait_listening(address: str, port: int, process: subprocess.Popen, log: Path) -> None:
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            pytest.fail(f"dstm-orch serve exited {process.returncode}:\n{log.read_text()}")
-        try:
-            socket.create_connection((address, port), timeout=1).close()
-            return
-        except OSError:
-            time.sleep(0.1)
-    pytest.fail(f"dstm-orch serve did not listen on [{address}]:{port}:\n{log.read_text()}")
-
-
 @pytest.fixture(scope="module")
 def roam_lab(tmp_path_factory):
     base = tmp_path_factory.mktemp("roam-lab")
@@ -106,26 +86,12 @@ def roam_lab(tmp_path_factory):
     secret.chmod(0o600)
     state = base / "leases.sqlite"
     log = base / "serve.log"
-    server = None
     try:
         lab.lab_up(raw)
-        port = free_port(CONTROLLER)
-        with log.open("w") as out:
-            server = subprocess.Popen(
-                [sys.executable, "-m", "dstm_orch", "serve", "-i", str(inventory),
-                 "--state", str(state), "--listen", f"[{CONTROLLER}]:{port}",
-                 "--vault-password-file", str(password), "--api-listen", "off"],
-                cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
-        wait_listening(CONTROLLER, port, server, log)
-        yield {"raw": raw, "port": port, "secret": secret, "state": state, "log": log}
+        with serving(inventory, state, CONTROLLER, log,
+                     "--vault-password-file", str(password)) as port:
+            yield {"raw": raw, "port": port, "secret": secret, "state": state, "log": log}
     finally:
-        if server is not None:
-            server.terminate()
-            try:
-                server.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                server.kill()
-                server.wait()
         lab.lab_down(raw)
 
 

@@ -23,7 +23,6 @@ from __future__ import annotations
 import contextlib
 import io
 import json
-import re
 import shutil
 import signal
 import subprocess
@@ -38,6 +37,7 @@ from dstm_orch import lab
 from dstm_orch.cli.main import main
 from dstm_orch.store import LeaseStore
 from tests.conftest import needs_root
+from tests.lab_serve import echoes
 from tests.test_lab import LabNet, write_inventory
 
 pytestmark = [pytest.mark.lab, pytest.mark.slow, needs_root()]
@@ -136,20 +136,10 @@ def move_while_pinging(base: Path, name: str = "t13mv") -> dict:
         resumed = in_lab(raw, "n1", "ping", "-n", "-c", "2", "-W", "2", TARGET).returncode == 0
         return {"ipv4": ipv4, "tep1": mapped(raw, "tep1"), "tep2": mapped(raw, "tep2"),
                 "lease_tep": tep, "resumed": resumed, "push_s": push_s, "apply_s": apply_s,
-                **_echoes(output)}
+                **echoes(output)}
     finally:
         lab.lab_down(raw)
         shutil.rmtree(state_dir, ignore_errors=True)
-
-
-def _echoes(output: str) -> dict:
-    """Echoes sent and lost, from ping's summary; the sequence numbers never answered."""
-    summary = re.search(r"(\d+) packets transmitted, (\d+) received", output)
-    assert summary, output
-    sent, received = int(summary[1]), int(summary[2])
-    seen = {int(n) for n in re.findall(r"icmp_seq=(\d+) ", output)}
-    return {"sent": sent, "lost": sent - received,
-            "missing": sorted(set(range(1, sent + 1)) - seen)}
 
 
 def report(seen: dict) -> str:

@@ -40,7 +40,10 @@ from dstm_orch.domain.protocol import RoamingError
 LABEL = "lo:dstm"
 PROTOCOL = 211
 LIFETIME_TOLERANCE = 5
-"""Seconds of difference in remaining lifetime that count as unchanged."""
+"""Seconds of difference in remaining lifetime that count as unchanged, at most a
+quarter of the lease's time left: a 10 s lease renewed at half its time has 5 s left
+in the kernel against 10 s in the answer, and must be refreshed, or the kernel drops
+the address (and the route using it as source) before the next renewal."""
 SYSCTL_ROOT = Path("/proc/sys/net/ipv6/conf")
 PORT_RANGE = Path("/proc/sys/net/ipv4/ip_local_port_range")
 
@@ -188,7 +191,7 @@ class NodeConfig:
         lifetime = "forever" if lease.remaining is None else str(lease.remaining)
         forever = 4294967295
         want = forever if lease.remaining is None else lease.remaining
-        if current is None or abs(int(current) - want) > LIFETIME_TOLERANCE:
+        if current is None or abs(int(current) - want) > min(LIFETIME_TOLERANCE, want // 4):
             changes.append(self._ip("addr", "replace", wanted, "dev", "lo", "label", LABEL,
                                     "valid_lft", lifetime, "preferred_lft", lifetime))
         return changes
