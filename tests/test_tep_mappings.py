@@ -98,13 +98,23 @@ def test_one_push_per_batch_touches_only_the_mapping_entries(env):
     pusher = AnsiblePusher(env["inventory"], domain, env["state"], roaming=())
     sync = TepSync("tep1", lambda: last_event(env))
     cli(env, "allocate", "n1")
+    # The pusher's first push converges the whole TEP (the lab's TEP was never applied):
+    # its own End.DX4 route too.
     assert sync.ensure(last_event(env), pusher) is True
     assert ipv4_routes(env) == {POOL, N1}
-    # Only the mapping table: the TEP's own End.DX4 route is apply's (the whole role).
+    assert ipv6_routes(env) == {TEP_DECAP}
+    # Later pushes touch only the mapping table: removed by hand, the End.DX4 route
+    # stays removed until apply (the whole role) puts it back.
+    in_tep(env, "ip", "-6", "route", "del", f"{TEP_DECAP}/128",
+           "proto", "211").check_returncode()
+    cli(env, "allocate", "n2")
+    assert sync.ensure(last_event(env), pusher) is True
+    assert ipv4_routes(env) == {POOL, N1, N2}
     assert ipv6_routes(env) == set()
+    cli(env, "revoke", "n2")
 
-    # One batch: n2 gets a lease and loses it again before the push; the push that
-    # follows covers both events and leaves n2 absent from the table.
+    # One batch: n2's lease is revoked, n2 gets a lease and loses it again before the
+    # push; the push that follows covers the three events and leaves n2 absent.
     cli(env, "allocate", "n2")
     cli(env, "revoke", "n2")
     assert sync.ensure(last_event(env), pusher) is True

@@ -77,8 +77,10 @@ class AnsiblePusher:
     A push runs the playbook ``dstm.orch.tep_mappings`` (the ``mappings`` entry point of
     the ``dstm.orch.dstm_tep`` role: tunnels, port-set tables and rules, binding and pool
     routes, after the role's input checks) with ``--limit <tep>``: one Ansible run per
-    batch of lease changes, touching only the mapping entries. Forwarding and the TEP's
-    own decapsulation route are ``dstm-orch apply``'s (the whole role, ``apply.yml``).
+    batch of lease changes, touching only the mapping entries. The first push to each
+    TEP by a pusher (the server starting or reloading) runs the whole role instead
+    (``apply.yml``: also forwarding and the TEP's own decapsulation route), so that a TEP
+    never applied, or rebooted, carries traffic after the server's first push.
     SSH connections are reused between runs when the inventory's ``ControlPersist``
     (``ansible_ssh_common_args``) keeps them; ``ansible.cfg`` turns on pipelining.
 
@@ -88,12 +90,14 @@ class AnsiblePusher:
         store_path: the lease store (an SQLite file or a ``postgresql://`` URL).
         roaming: names of roaming nodes; their bindings carry ``roaming: true`` so
             that the role maps the lease to the node's current address itself.
-        playbook: the collection's playbook file; ``apply.yml`` pushes the whole role
-            (the benchmark's anchor).
+        playbook: the collection's playbook file of the pushes after the first;
+            ``apply.yml`` pushes the whole role every time (the benchmark's anchor).
     """
 
     MAPPINGS = "tep_mappings.yml"
     """The collection's playbook that converges only a TEP's mapping table."""
+    WHOLE = "apply.yml"
+    """The collection's playbook that converges a whole TEP (``dstm-orch apply``)."""
 
     def __init__(self, inventory: Path, domain: Domain, store_path: str | Path,
                  roaming: Collection[str], playbook: str = MAPPINGS):
@@ -103,15 +107,19 @@ class AnsiblePusher:
         self.roaming = frozenset(roaming)
         self.playbook = playbook
         self.label = (f"ansible (dstm.orch.{playbook.removesuffix('.yml')}, "
-                      "--limit <tep>)")
+                      "--limit <tep>; the first push to a TEP: dstm.orch.apply)")
+        self._converged: set[str] = set()
 
     def push(self, tep: str) -> None:
-        """Converge TEP ``tep``'s mapping table.
+        """Converge TEP ``tep``'s mapping table (the whole TEP on this pusher's first
+        push to it).
 
         Raises:
             PushError: the run failed on the TEP or did not reach it.
         """
-        self._run(tep, check=False)
+        whole = tep not in self._converged
+        self._run(tep, check=False, playbook=self.WHOLE if whole else self.playbook)
+        self._converged.add(tep)
 
     def drifted(self, tep: str) -> bool:
         """Tell whether TEP ``tep``'s mapping table differs from the current leases: the
@@ -124,7 +132,7 @@ class AnsiblePusher:
         """
         return self._run(tep, check=True).changed > 0
 
-    def _run(self, tep: str, *, check: bool):
+    def _run(self, tep: str, *, check: bool, playbook: str | None = None):
         from dstm_orch.push.ansible import run_apply
         from dstm_orch.push.intent import render_intent
 
@@ -134,7 +142,7 @@ class AnsiblePusher:
         extravars = render_intent(self.domain, leases, now).as_extravars()
         mark_roaming(extravars, self.roaming)
         result = run_apply(self.inventory, extravars, check=check, limit=tep,
-                           playbook=self.playbook)
+                           playbook=playbook or self.playbook)
         host = result.hosts.get(tep)
         if not result.ok or host is None:
             why = "; ".join(host.messages) if host else "the run did not reach it"
@@ -187,7 +195,7 @@ class TepPusher:
         report = self._run(tep, check=True)
         return any(device.get("changed") for device in report.netconf)
 
-    def _run(self, tep: str, *, check: bool):
+    def _run(self, tep: str, *, check: bool, playbook: str | None = None):
         """Plan (``check``) or push the intent of the current leases on router TEP
         ``tep``; return the orchestrator's report.
 
