@@ -136,7 +136,7 @@ def lab_part(repeat: int, table: Table) -> None:
 
 
 def routers_part(count: int, repeat: int, table: Table) -> None:
-    from tests.netconf_server import NetconfServer
+    from tests.netconf_server import NetconfServer, tep_host_vars
 
     with tempfile.TemporaryDirectory(prefix="dstm-bench-routers-") as tmp, \
             contextlib.ExitStack() as stack:
@@ -150,13 +150,7 @@ def routers_part(count: int, repeat: int, table: Table) -> None:
         teps, nodes, pools = {}, {}, []
         for i, (name, server) in enumerate(servers.items(), 1):
             conn = server.connection()
-            teps[name] = {
-                "ansible_host": str(conn["host"]), "ansible_port": conn["port"],
-                "ansible_user": conn["username"],
-                "ansible_ssh_private_key_file": str(conn["key_filename"]),
-                "dstm_tep_kind": "netconf", "dstm_tep_ipv6": f"2001:db8:c0f:1::{i:x}",
-                "dstm_tep_netconf_known_hosts": str(conn["known_hosts"]),
-                "dstm_tep_netconf_confirm_timeout": 30}
+            teps[name] = tep_host_vars(conn, f"2001:db8:c0f:1::{i:x}")
             nodes[f"n{i}"] = {"ansible_host": f"2001:db8:c0f:2::{i:x}",
                               "dstm_node_pool": f"p{i}"}
             pools.append({"name": f"p{i}", "tep": name,

@@ -69,7 +69,7 @@ from dstm_orch.push.netconf.payload import (  # noqa: E402
 from dstm_orch.push.netconf.table import DeviceTable, compute_diff  # noqa: E402
 from dstm_orch.store import LeaseStore  # noqa: E402
 from dstm_orch.store.journal import PendingCommits  # noqa: E402
-from tests.netconf_server import NetconfServer  # noqa: E402
+from tests.netconf_server import NetconfServer, tep_host_vars  # noqa: E402
 
 TEP_IPV6 = "2001:db8:cfe:ffff::a"
 
@@ -96,13 +96,7 @@ def write_inventory(inv: Path, server: NetconfServer, latency: int, nodes: int) 
     hosts |= {f"s{i}": {"ansible_host": f"2001:db8:cfe:2::{i + 1:x}"} for i in range(nodes)}
     (inv / "group_vars" / "all").mkdir(parents=True)
     (inv / "hosts.yml").write_text(yaml.safe_dump({"all": {"children": {
-        "dstm_teps": {"hosts": {"rtr1": {
-            "ansible_host": str(conn["host"]), "ansible_port": conn["port"],
-            "ansible_user": conn["username"],
-            "ansible_ssh_private_key_file": str(conn["key_filename"]),
-            "dstm_tep_kind": "netconf", "dstm_tep_ipv6": TEP_IPV6,
-            "dstm_tep_netconf_known_hosts": str(conn["known_hosts"]),
-            "dstm_tep_netconf_confirm_timeout": 120}}},
+        "dstm_teps": {"hosts": {"rtr1": tep_host_vars(conn, TEP_IPV6, confirm_timeout=120)}},
         "dstm_nodes": {"hosts": hosts},
     }}}))
     (inv / "group_vars" / "all" / "dstm.yml").write_text(yaml.safe_dump({"dstm_domain": {

@@ -413,3 +413,18 @@ def _tail(path: Path, lines: int = 8) -> str:
         return " | ".join(path.read_text(errors="replace").splitlines()[-lines:])
     except FileNotFoundError:
         return f"({path} missing)"
+
+
+def tep_host_vars(conn: dict, tep_ipv6: str, confirm_timeout: int = 30) -> dict:
+    """The inventory host vars of a router TEP reached at ``conn``
+    (:meth:`NetconfServer.connection`): NETCONF over SSH with the server's client key and
+    known_hosts, ``tep_ipv6`` the TEP's tunnel address, ``confirm_timeout`` seconds for
+    its confirmed commits."""
+    return {
+        "ansible_host": str(conn["host"]), "ansible_port": conn["port"],
+        "ansible_user": conn["username"],
+        "ansible_ssh_private_key_file": str(conn["key_filename"]),
+        "dstm_tep_kind": "netconf", "dstm_tep_ipv6": tep_ipv6,
+        "dstm_tep_netconf_known_hosts": str(conn["known_hosts"]),
+        "dstm_tep_netconf_confirm_timeout": confirm_timeout,
+    }

@@ -26,7 +26,7 @@ from dstm_orch.cli.main import main
 from dstm_orch.store import LeaseStore
 from dstm_orch.store.journal import PendingCommits
 from tests.conftest import needs_root
-from tests.netconf_server import NetconfServer
+from tests.netconf_server import NetconfServer, tep_host_vars
 
 pytestmark = [pytest.mark.lab, needs_root()]
 
@@ -48,14 +48,7 @@ def inventory(tmp_path, router):
     inv = tmp_path / "inv"
     (inv / "group_vars" / "all").mkdir(parents=True)
     (inv / "hosts.yml").write_text(yaml.safe_dump({"all": {"children": {
-        "dstm_teps": {"hosts": {"rtr1": {
-            "ansible_host": str(conn["host"]), "ansible_port": conn["port"],
-            "ansible_user": conn["username"],
-            "ansible_ssh_private_key_file": str(conn["key_filename"]),
-            "dstm_tep_kind": "netconf", "dstm_tep_ipv6": TEP_IPV6,
-            "dstm_tep_netconf_known_hosts": str(conn["known_hosts"]),
-            "dstm_tep_netconf_confirm_timeout": 30,
-        }}},
+        "dstm_teps": {"hosts": {"rtr1": tep_host_vars(conn, TEP_IPV6)}},
         "dstm_nodes": {"hosts": {
             "n1": {"ansible_host": "2001:db8:c0f:2::11"},
             "n2": {"ansible_host": "2001:db8:c0f:2::12"},

@@ -27,7 +27,7 @@ from dstm_orch.cli.main import main
 from dstm_orch.domain.model import utcnow
 from dstm_orch.store import LeaseStore
 from tests.conftest import ROOT, needs_root
-from tests.netconf_server import NetconfServer
+from tests.netconf_server import NetconfServer, tep_host_vars
 from tests.test_cli_netconf import add_by_hand, device_entries
 from tests.test_cli_netconf import inventory as inventory
 from tests.test_tep_move import tep_vars
@@ -248,13 +248,8 @@ def test_a_burst_of_200_lease_changes_reaches_the_router_in_one_commit(router, t
     inv, state, log = tmp_path / "inv", tmp_path / "leases.sqlite", tmp_path / "serve.log"
     (inv / "group_vars" / "all").mkdir(parents=True)
     (inv / "hosts.yml").write_text(yaml.safe_dump({"all": {"children": {
-        "dstm_teps": {"hosts": {"rtr1": {
-            "ansible_host": str(conn["host"]), "ansible_port": conn["port"],
-            "ansible_user": conn["username"],
-            "ansible_ssh_private_key_file": str(conn["key_filename"]),
-            "dstm_tep_kind": "netconf", "dstm_tep_ipv6": "2001:db8:c0f:1::a",
-            "dstm_tep_netconf_known_hosts": str(conn["known_hosts"]),
-            "dstm_tep_netconf_confirm_timeout": 60}}},
+        "dstm_teps": {"hosts": {"rtr1": tep_host_vars(conn, "2001:db8:c0f:1::a",
+                                                      confirm_timeout=60)}},
         "dstm_nodes": {"hosts": {name: {"ansible_host": f"2001:db8:c0f:2::1:{i:x}"}
                                  for i, name in enumerate(names)}},
     }}}))

@@ -32,6 +32,7 @@ from dstm_orch.agent.client import RoamingClient
 from dstm_orch.cli.main import main
 from dstm_orch.store import open_store
 from tests.conftest import ROOT, needs_root
+from tests.netconf_server import tep_host_vars
 from tests.test_cli_netconf import TEP_IPV6, device_entries
 from tests.test_serve_netconf import _free_port
 from tests.test_serve_netconf import router as router
@@ -52,13 +53,7 @@ def inventory(tmp_path, router):
     (inv / "group_vars" / "all").mkdir(parents=True)
     (inv / "host_vars").mkdir()
     (inv / "hosts.yml").write_text(yaml.safe_dump({"all": {"children": {
-        "dstm_teps": {"hosts": {"rtr1": {
-            "ansible_host": str(conn["host"]), "ansible_port": conn["port"],
-            "ansible_user": conn["username"],
-            "ansible_ssh_private_key_file": str(conn["key_filename"]),
-            "dstm_tep_kind": "netconf", "dstm_tep_ipv6": TEP_IPV6,
-            "dstm_tep_netconf_known_hosts": str(conn["known_hosts"]),
-            "dstm_tep_netconf_confirm_timeout": 30}}},
+        "dstm_teps": {"hosts": {"rtr1": tep_host_vars(conn, TEP_IPV6)}},
         "dstm_nodes": {"hosts": {"n1": {"ansible_host": N1}, "n2": {"ansible_host": N2}}},
     }}}))
     for name, secret in SECRETS.items():

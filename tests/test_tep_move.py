@@ -21,7 +21,7 @@ import yaml
 from dstm_orch.cli.main import main
 from dstm_orch.store import LeaseStore
 from tests.conftest import needs_root
-from tests.netconf_server import NetconfServer
+from tests.netconf_server import NetconfServer, tep_host_vars
 from tests.test_cli_netconf import device_entries
 
 pytestmark = [pytest.mark.lab, needs_root()]
@@ -40,12 +40,7 @@ def routers(tmp_path):
 
 def tep_vars(server, name) -> dict:
     conn = server.connection()
-    return {"ansible_host": str(conn["host"]), "ansible_port": conn["port"],
-            "ansible_user": conn["username"],
-            "ansible_ssh_private_key_file": str(conn["key_filename"]),
-            "dstm_tep_kind": "netconf", "dstm_tep_ipv6": BR[name],
-            "dstm_tep_netconf_known_hosts": str(conn["known_hosts"]),
-            "dstm_tep_netconf_confirm_timeout": 30}
+    return tep_host_vars(conn, BR[name])
 
 
 def cli(inv, tmp_path, *args) -> tuple[int, str, str]:
