@@ -305,8 +305,13 @@ class RoamingService:
         self._count(request.action, before, lease)
         sync = self.sync(lease.tep)
         try:
-            pushed = (sync.ensure(event_id, self.pusher) if changed
-                      else sync.retry(self.pusher))
+            if changed:
+                # True once a push covering the change has completed: this request's,
+                # or the lifecycle loop's that read its event first.
+                sync.ensure(event_id, self.pusher)
+                pushed = True
+            else:
+                pushed = sync.retry(self.pusher)
         except PushError as exc:
             raise Refusal(Reason.PUSH_FAILED, f"lease recorded but TEP {lease.tep!r} was "
                           f"not updated: {exc}; retry the request",
