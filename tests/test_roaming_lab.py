@@ -182,6 +182,9 @@ def test_a_node_inside_the_domain_asks_and_gets_its_decapsulation_route(roam_lab
     (decap,) = [r for r in json.loads(out) if r.get("encap") == "seg6local"]
     assert (decap["dst"], decap["action"], decap["nh4"], decap["dev"]) == (
         "2001:db8:e11::12", "End.DX4", answer["ipv4"], "eth0")
+    # The route expires with the lease, as the address does (valid_lft): set to the
+    # answer's remaining seconds, read back a few seconds later at most.
+    assert answer["remaining"] - 5 <= decap["expires"] <= answer["remaining"]
     assert in_node(roam_lab, "n2", "ping", "-n", "-c", "2", "-W", "2",
                    IPV4_HOST).returncode == 0
     proc = in_node(roam_lab, "n2", *[a if a != "request" else "release" for a in argv])

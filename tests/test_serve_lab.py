@@ -162,6 +162,12 @@ def lo_ipv4(env, host: str, lifetime: int | None = None) -> list[str]:
             and (lifetime is None or a["valid_life_time"] <= lifetime)]
 
 
+def decap_routes(env, host: str) -> list[dict]:
+    """The End.DX4 routes of ``host``'s decapsulation address (protocol 211)."""
+    out = in_node(env, host, "ip", "-j", "-d", "-6", "route", "show", "proto", "211").stdout
+    return [r for r in json.loads(out) if r.get("encap") == "seg6local"]
+
+
 def tep_mapped(env) -> set[str]:
     """The IPv4 destinations of the TEP's mapping routes (protocol 211)."""
     out = in_node(env, "tep1", "ip", "-j", "-4", "route", "show", "proto", "211").stdout
@@ -199,6 +205,8 @@ def test_a_dead_agents_lease_ends_on_the_node_and_at_the_tep_by_itself(agent_lab
         first = str(lease_of(env, "n1").ipv4)
         second = str(lease_of(env, "n2").ipv4)
         assert first != second and tep_mapped(env) == {first, second}
+        (route,) = decap_routes(env, "n1")
+        assert 0 < route["expires"] <= LIFETIME  # goes with the lease if the agent dies
         assert pings(env, "n1") and pings(env, "n2")
 
         agents["n1"].kill()  # SIGKILL: no release, no cleanup on the node
@@ -207,9 +215,11 @@ def test_a_dead_agents_lease_ends_on_the_node_and_at_the_tep_by_itself(agent_lab
         lease = lease_of(env, "n1")
         assert lease.end > killed and lo_ipv4(env, "n1") == [first]  # still leased
 
-        # The kernel drops the address at the end (valid_lft), nobody else does.
+        # The kernel drops the address at the end (valid_lft), nobody else does, and
+        # stops using the decapsulation route (expires): expired, or already collected.
         wait_until(lambda: lo_ipv4(env, "n1") == [], "n1's address goes", LIFETIME + 30)
         gone = utcnow()
+        assert all(route.get("expires", 1) <= 0 for route in decap_routes(env, "n1"))
         # The server reclaims the lease and withdraws the mapping, no CLI command run.
         wait_until(lambda: first not in tep_mapped(env), "the TEP drops n1's mapping",
                    GENEROUS, env["log"])

@@ -18,7 +18,8 @@ sections 4.1-4.4; README, "The roles and the data path"), owned by the same mark
   (section 6). A node inside the domain whose inventory gives it a decapsulation
   address (``dstm_node_decap_ipv6``, in the answer as ``node_decap_ipv6``) gets the
   role's route for it: ``<decap>/128 encap seg6local action End.DX4 nh4 <IPv4> dev
-  <uplink>``, as the TEP encapsulates its return traffic to that address;
+  <uplink> expires <remaining>``, as the TEP encapsulates its return traffic to that
+  address (the role's route has no ``expires``: ``apply`` withdraws it);
 - with the ports option, the node's own sockets stay inside its port set:
   ``net.ipv4.ip_local_port_range`` is the set's one range (PSID offset 0; a set of
   several ranges cannot be enforced with the seg6 driver, README, "The ports option").
@@ -224,7 +225,10 @@ class NodeConfig:
 
     def _decap_route(self, lease: NodeLease) -> list[str]:
         """The End.DX4 route of the node's decapsulation address (RFC 8986 section
-        4.6), to the leased IPv4 address; any other decap route of ours goes."""
+        4.6), to the leased IPv4 address, expiring with the lease (``expires`` = the
+        lease's remaining seconds: if the agent dies, the kernel stops using the route
+        at the lease end, as it drops the address, and removes it at its next route
+        garbage collection); any other decap route of ours goes."""
         wanted = None if lease.decap_ipv6 is None else {
             "dst": f"{lease.decap_ipv6}", "action": "End.DX4", "nh4": str(lease.ipv4),
             "dev": self.uplink}
@@ -233,14 +237,17 @@ class NodeConfig:
             seen = {"dst": route.get("dst"), "action": route.get("action"),
                     "nh4": route.get("nh4"), "dev": route.get("dev")}
             if wanted is not None and seen == wanted:
-                present = True
+                # A renewal refreshes the expiry in place (replace): no gap in the route.
+                present = _expires_as(route, lease)
             else:
                 changes.append(self._ip("-6", "route", "del", route["dst"], "proto",
                                         str(PROTOCOL)))
         if wanted is not None and not present:
+            expires = () if lease.remaining is None else ("expires", str(lease.remaining))
             changes.append(self._ip("-6", "route", "replace", f"{lease.decap_ipv6}/128",
                                     "proto", str(PROTOCOL), "encap", "seg6local", "action",
-                                    "End.DX4", "nh4", str(lease.ipv4), "dev", self.uplink))
+                                    "End.DX4", "nh4", str(lease.ipv4), "dev", self.uplink,
+                                    *expires))
         return changes
 
     def _json(self, *args: str) -> list[dict]:
@@ -255,6 +262,15 @@ class NodeConfig:
         if proc.returncode != 0:
             raise RoamingError(f"{line} failed: {proc.stderr.strip()}")
         return line
+
+
+def _expires_as(route: dict, lease: NodeLease) -> bool:
+    """Tell whether a route's ``expires`` (seconds left, absent: never) is the lease's
+    remaining time, within :data:`LIFETIME_TOLERANCE` as for the address."""
+    left = route.get("expires")
+    if lease.remaining is None or left is None:
+        return lease.remaining is None and left is None
+    return abs(int(left) - lease.remaining) <= min(LIFETIME_TOLERANCE, lease.remaining // 4)
 
 
 def _route_dst(route: dict) -> str:
