@@ -337,6 +337,12 @@ def test_unknown_node_is_refused(servers, node):
         status, answer = post(conn, request_of(node=node), SECRETS["r1"])
     assert (status, answer["error"]) == (401, "unknown_node")
     assert repr(node) in answer["message"]
+    # Unsigned, it is refused for what it is, not for the missing signature (README's
+    # refusal table: 401 unknown_node, "not a node of the domain").
+    with servers.client(server, "r1") as conn:
+        status, answer = conn.send(path_of("request"), request_of(node=node).body(), None,
+                                   source="::1")
+    assert (status, answer["error"]) == (401, "unknown_node")
     assert history(servers.state) == ([], [])
 
 

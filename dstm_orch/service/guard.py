@@ -13,12 +13,12 @@ denial of service):
    HMAC-SHA256 signature, compared in constant time; a node authenticated by its
    address (``dstm_node_auth: source``, section 7's intranet trust): the request's IPv6
    source is its inventory address;
-6. the timestamp is within ``window`` seconds of the server's clock, and not before
+5. the timestamp is within ``window`` seconds of the server's clock, and not before
    the server started (nonces live in memory: a request signed before a restart is
    refused rather than risk its replay);
-7. the nonce was not seen for this node within the window (then it is recorded: a
+6. the nonce was not seen for this node within the window (then it is recorded: a
    request refused earlier does not burn its nonce);
-8. the node's own request rate (checked after authentication, so that forgeries in
+7. the node's own request rate (checked after authentication, so that forgeries in
    a node's name cannot use up its budget).
 """
 
@@ -136,8 +136,11 @@ class Guard:
                               f"{self.limits.global_period:g} s; retry later")
         request = LeaseRequest.parse(action, body)
         node = self.nodes.get(request.node)
+        if node is None:
+            raise Refusal(Reason.UNKNOWN_NODE, f"node {request.node!r} is not a node "
+                          "of this domain (dstm_nodes)")
         secret = getattr(node, "secret", None)
-        if node is not None and secret is None:
+        if secret is None:
             if peer is None or peer != node.ipv6:
                 raise Refusal(Reason.BAD_SOURCE, f"node {request.node!r} is authenticated by "
                               f"its address {node.ipv6} (dstm_node_auth: source) but the "
@@ -145,16 +148,10 @@ class Guard:
         elif not signature:
             raise Refusal(Reason.MISSING_SIGNATURE, "no X-DSTM-Signature header "
                           "(HMAC-SHA256 of the canonical request with the node's secret)")
-        elif node is None:
-            raise Refusal(Reason.UNKNOWN_NODE, f"node {request.node!r} is not a node "
-                          "of this domain (dstm_nodes)")
         elif not is_signature(signature) or not _matches(secret, method, path, body,
                                                          signature):
             raise Refusal(Reason.BAD_SIGNATURE, f"the signature does not match node "
                           f"{request.node!r}'s secret for {method} {path}")
-        if node is None:
-            raise Refusal(Reason.UNKNOWN_NODE, f"node {request.node!r} is not a node "
-                          "of this domain (dstm_nodes)")
         window = self.limits.window
         skew = request.timestamp - int(now)
         if abs(skew) > window:
