@@ -21,7 +21,10 @@ import json
 import os
 import secrets
 import shutil
+import signal
 import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -349,6 +352,28 @@ class TestUpLab:
             assert proc.stdout.strip() == f"net:[{inode}]"
         with pytest.raises(LabError, match="has no host 'nope'"):
             lab.lab_exec(up_lab.inv, "nope", ["true"])
+
+    def test_lab_exec_is_the_command_so_a_signal_reaches_it(self, up_lab):
+        # `kill` of `dstm-orch lab exec HOST -- CMD` must stop CMD (an agent run this
+        # way releases its lease on SIGTERM), not leave it running orphaned.
+        marker = f"{secrets.randbelow(10**6) + 10**6}.5"
+        cli = subprocess.Popen([sys.executable, "-m", "dstm_orch", "lab", "exec", "-i",
+                                str(up_lab.inv.path), "n1", "--", "sleep", marker])
+        try:
+            def sleeping() -> list[str]:
+                return subprocess.run(["pgrep", "-f", f"^sleep {marker}$"],
+                                      capture_output=True, text=True).stdout.split()
+            deadline = time.monotonic() + 60
+            while not sleeping() and time.monotonic() < deadline and cli.poll() is None:
+                time.sleep(0.1)
+            assert sleeping() == [str(cli.pid)]  # the command is this very process
+            cli.send_signal(signal.SIGTERM)
+            assert cli.wait(timeout=30) == -signal.SIGTERM
+            assert sleeping() == []
+        finally:
+            if cli.poll() is None:
+                cli.kill()
+                cli.wait()
 
     def test_readiness_names_the_silent_sshd_and_its_log(self, up_lab, tmp_path):
         # Nothing listens on the controller's own address: refused until the timeout.

@@ -67,8 +67,20 @@ def lab_status_cmd(inventory: str, as_json: bool) -> None:
 @click.argument("host")
 @click.argument("argv", nargs=-1, required=True, type=click.UNPROCESSED)
 def lab_exec_cmd(inventory: str, host: str, argv: tuple[str, ...]) -> None:
-    """Run a command inside lab HOST's namespace: lab exec HOST -- CMD..."""
-    from dstm_orch import lab as labmod
+    """Run a command inside lab HOST's namespace: lab exec HOST -- CMD... (the command
+    replaces this process: a signal sent to it reaches the command, and its exit status
+    is the command's)."""
+    import os
+    import sys
 
-    proc = labmod.lab_exec(_lab_inventory(inventory), host, list(argv))
-    raise SystemExit(proc.returncode)
+    from dstm_orch import lab as labmod
+    from dstm_orch.domain.errors import LabError
+
+    command = labmod.lab_exec_argv(_lab_inventory(inventory), host, list(argv))
+    sys.stdout.flush()
+    sys.stderr.flush()
+    try:
+        os.execvp(command[0], command)
+    except OSError as exc:
+        raise LabError(f"lab exec on {host}: cannot run {command[0]}: "
+                              f"{exc.strerror}") from None

@@ -12,6 +12,7 @@ from __future__ import annotations
 from dstm_orch.lab.lifecycle import (
     lab_down,
     lab_exec,
+    lab_exec_argv,
     lab_status,
     lab_up,
     namespace_of,
@@ -31,6 +32,7 @@ __all__ = [
     "build_plan",
     "lab_down",
     "lab_exec",
+    "lab_exec_argv",
     "lab_status",
     "lab_up",
     "namespace_of",

@@ -154,6 +154,18 @@ def lab_exec(inv: AnsibleInventory, host: str, argv: Sequence[str],
     Raises:
         LabError: unknown host, empty ``argv``, not root, or the lab is not up.
     """
+    return subprocess.run(lab_exec_argv(inv, host, argv), capture_output=capture,
+                          text=capture or None, check=False)
+
+
+def lab_exec_argv(inv: AnsibleInventory, host: str, argv: Sequence[str]) -> list[str]:
+    """The command line that runs ``argv`` inside ``host``'s namespace (``ip netns exec
+    NS argv...``), for a caller that executes it itself (``lab exec`` replaces its own
+    process with it, so that signals and the exit status are the command's).
+
+    Raises:
+        LabError: as :func:`lab_exec`.
+    """
     ns = namespace_of(inv, host)
     name = lab_settings(inv).name
     if not argv:
@@ -162,8 +174,7 @@ def lab_exec(inv: AnsibleInventory, host: str, argv: Sequence[str],
     if not netns.namespace_exists(ns):
         raise LabError(f"lab '{name}' is not up: namespace {ns} does not exist "
                        "(run `dstm-orch lab up`)")
-    return subprocess.run([netns.IP, "netns", "exec", ns, *argv], capture_output=capture,
-                          text=capture or None, check=False)
+    return [netns.IP, "netns", "exec", ns, *argv]
 
 
 # -- building ------------------------------------------------------------------------
