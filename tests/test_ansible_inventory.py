@@ -209,7 +209,7 @@ def test_empty_vars_file_is_no_vars(tmp_path):
 
 def test_missing_directory(tmp_path):
     problem = the_problem(tmp_path / "nope")
-    assert (problem.file, problem.key) == (str(tmp_path / "nope"), "-")
+    assert (problem.file, problem.key) == (str(tmp_path / "nope"), "--inventory")
     assert "inventory not found" in problem.reason
 
 

@@ -8,6 +8,10 @@ import json
 import os
 import shutil
 import stat
+import subprocess
+import sys
+
+import pytest
 
 from dstm_orch.cli.main import main
 from dstm_orch.ipam.allocator import Allocator
@@ -173,6 +177,27 @@ def test_a_client_server_address_that_is_not_ipv6_is_a_usage_error():
             "(IPv6 only, draft section 5)") in err.getvalue()
 
 
+def test_a_serve_listen_address_that_is_not_ipv6_is_a_usage_error(tmp_path):
+    rc, _, err = run(tmp_path, "serve", "--listen", "127.0.0.1:3786")
+    assert rc == 2
+    assert ("Invalid value for --listen: listen address '127.0.0.1:3786' is not [IPV6]:PORT "
+            "(IPv6 only, draft section 5)") in err
+
+
+def test_serve_names_the_address_it_cannot_listen_on(tmp_path):
+    import socket
+
+    assert run(tmp_path, "store", "init")[0] == 0
+    with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as taken:
+        taken.bind(("::1", 0))
+        taken.listen(1)
+        port = taken.getsockname()[1]
+        rc, _, err = run(tmp_path, "serve", "--listen", "[::1]:0", "--api-listen",
+                         f"[::1]:{port}", "--push", "none")
+    assert rc == 1
+    assert f"cannot listen on [::1]:{port}: Address already in use" in err
+
+
 def test_empty_answers_say_so_in_words(tmp_path):
     assert run(tmp_path, "store", "init")[0] == 0
     assert run(tmp_path, "leases") == (0, "no active lease\n", "")
@@ -180,3 +205,19 @@ def test_empty_answers_say_so_in_words(tmp_path):
     assert run(tmp_path, "expire") == (
         0, "nothing to reclaim: no lease has ended unreclaimed\n", "")
     assert run(tmp_path, "expire", "--json") == (0, "[]\n", "")
+
+
+@pytest.mark.lab
+def test_a_store_on_a_read_only_file_system_says_so(tmp_path):
+    # A real read-only file system: a read-only bind mount in a private mount namespace
+    # (unshare -m), gone with the process. SQLite alone says "unable to open database
+    # file"; WAL mode cannot even read there (its -shm file).
+    assert run(tmp_path, "store", "init")[0] == 0
+    argv = ["unshare", "-m", "sh", "-c",
+            f'mount --bind -o ro "{tmp_path}" "{tmp_path}" && exec "$@"', "sh",
+            sys.executable, "-m", "dstm_orch", "leases", "-i", str(LAB_INVENTORY),
+            "--state", str(tmp_path / "s.sqlite")]
+    proc = subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False)
+    assert proc.returncode == 1, proc.stderr
+    assert f"lease store {tmp_path / 's.sqlite'}: cannot open" in proc.stderr
+    assert f"({tmp_path} is on a read-only file system)" in proc.stderr

@@ -403,8 +403,8 @@ def test_the_agent_renews_at_half_the_lifetime_and_releases_on_sigterm(server):
             agent.wait()
 
 
-def status(state_dir: Path) -> tuple[int, str]:
-    """Run ``dstm-orch client status --json`` as the node's operator would."""
+def status(state_dir: Path, *, as_json: bool = True) -> tuple[int, str]:
+    """Run ``dstm-orch client status [--json]`` as the node's operator would."""
     import contextlib as ctx
     import io
 
@@ -412,7 +412,8 @@ def status(state_dir: Path) -> tuple[int, str]:
 
     out = io.StringIO()
     with ctx.redirect_stdout(out), ctx.redirect_stderr(io.StringIO()):
-        rc = main(["client", "status", "--state-dir", str(state_dir), "--json"])
+        rc = main(["client", "status", "--state-dir", str(state_dir)]
+                  + (["--json"] if as_json else []))
     return rc, out.getvalue()
 
 
@@ -457,6 +458,10 @@ def test_client_status_shows_the_running_agents_lease_and_next_renewal(server, t
         agent.wait()
         rc, out = status(state_dir)
         assert rc == 1 and json.loads(out)["running"] is False
+        # A dead agent renews nothing: no "next renewal" line, only its last lease.
+        rc, text = status(state_dir, as_json=False)
+        assert rc == 1 and "NOT running" in text and "next renewal" not in text
+        assert "s left)" in text  # the 600 s lease has not ended
     finally:
         if agent.poll() is None:
             agent.kill()

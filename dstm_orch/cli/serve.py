@@ -114,8 +114,9 @@ def serve(inventory: str, state: str | None, listen: str, api_listen: str,
                     max_leases=max_leases)
     _logging(log_format)
     options = Options(
-        inventory=inventory, state=state, listen=parse_listen(listen),
-        api_listen=None if api_listen == "off" else parse_listen(api_listen, API_PORT),
+        inventory=inventory, state=state, listen=_listen(listen, "--listen"),
+        api_listen=None if api_listen == "off" else _listen(api_listen, "--api-listen",
+                                                            API_PORT),
         vault_password_file=vault_password_file, limits=limits, push=push,
         source_check=not no_source_check, tls=tls_context(cert, key) if cert else None,
         policy=ReclaimPolicy(interval=reclaim_interval, max_leases=max_reclaim_leases,
@@ -123,15 +124,20 @@ def serve(inventory: str, state: str | None, listen: str, api_listen: str,
         policy_from_cli=_given({"reclaim_interval": "interval",
                                 "max_reclaim_leases": "max_leases",
                                 "max_reclaim_time": "max_time"}))
-    try:
-        daemon = Daemon(options)
-    except OSError as exc:
-        raise RoamingError(f"cannot listen on {listen} / {api_listen}: {exc.strerror}") from None
+    daemon = Daemon(options)
     node, api = daemon.urls
     nodes = daemon.service.guard.nodes
     click.echo(f"dstm-orch serve: {len(nodes)} node(s) on {node}; operator API "
                f"{api or 'off'}; push: {daemon.service.pusher.label}", err=True)
     daemon.run()
+
+
+def _listen(value: str, option: str, default_port: int = DEFAULT_PORT) -> tuple[str, int]:
+    """Parse a listen option's ``[IPV6]:PORT``; a bad one is a usage error (exit 2)."""
+    try:
+        return parse_listen(value, default_port)
+    except RoamingError as exc:
+        raise click.BadParameter(str(exc), param_hint=option) from None
 
 
 def _given(names: dict[str, str]) -> frozenset[str]:
@@ -191,7 +197,8 @@ LIFETIME = click.option("--lifetime", type=click.IntRange(min=1), metavar="SECON
 
 @click.group()
 def client() -> None:
-    """A roaming node's side: request, renew or release its lease and configure itself."""
+    """A node's side (every node of the domain, roaming or not): request, renew or
+    release its lease and configure itself, once or as the agent `client run`."""
 
 
 @client.command()
@@ -342,9 +349,11 @@ def agent_status(state_dir: str, as_json: bool) -> None:
                    f"via TEP {facts['tep_ipv6']} (server {status.server})")
         if status.time_left is None:
             click.echo("  lease: static, does not end")
-        else:
+        elif status.time_left > 0:
             click.echo(f"  lease ends {facts['end']} ({status.time_left} s left)")
-        if status.renews_in is not None:
+        else:
+            click.echo(f"  lease ended {facts['end']}")
+        if status.renews_in is not None and status.running:
             when = (f"in {status.renews_in} s" if status.renews_in >= 0 else
                     f"overdue by {-status.renews_in} s, retrying")
             click.echo(f"  next renewal {facts['next_renewal']} ({when})")

@@ -133,7 +133,8 @@ class AnsibleInventory:
 
 def _read(path: Path) -> AnsibleInventory:
     if not path.exists():
-        raise InventoryError([Problem(str(path), "-", "inventory not found")])
+        raise InventoryError([Problem(str(path), "--inventory", "inventory not found: no such "
+                                      "file or directory (check -i or DSTM_ORCH_INVENTORY)")])
     from ansible.errors import AnsibleError
 
     from dstm_orch.config.guarded_loader import GuardedLoader

@@ -99,7 +99,7 @@ def ipv6_socket(listen: tuple[str, int]) -> socket.socket:
     """Return a listening ``AF_INET6`` TCP socket, IPv6 only even on ``::`` (section 5).
 
     Raises:
-        OSError: the address cannot be bound.
+        RoamingError: the address cannot be bound (the message names it and why).
     """
     sock = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
     try:
@@ -107,9 +107,10 @@ def ipv6_socket(listen: tuple[str, int]) -> socket.socket:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind(listen)
         sock.listen(128)
-    except OSError:
+    except OSError as exc:
         sock.close()
-        raise
+        raise RoamingError(f"cannot listen on [{listen[0]}]:{listen[1]}: "
+                           f"{exc.strerror or exc}") from None
     sock.setblocking(False)
     return sock
 

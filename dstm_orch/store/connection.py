@@ -135,7 +135,8 @@ class LeaseStore:
                 self.path, timeout=BUSY_TIMEOUT, isolation_level=None, check_same_thread=True
             )
         except sqlite3.Error as exc:
-            raise StoreError(f"lease store {self.path}: cannot open: {exc}") from exc
+            raise StoreError(f"lease store {self.path}: cannot open: {exc}"
+                             f"{_unwritable(self.path)}") from exc
         try:
             self._configure()
             self._migrate()
@@ -144,7 +145,8 @@ class LeaseStore:
             raise
         except sqlite3.Error as exc:
             self._db.close()
-            raise StoreError(f"lease store {self.path}: cannot open: {exc}") from exc
+            raise StoreError(f"lease store {self.path}: cannot open: {exc}"
+                             f"{_unwritable(self.path)}") from exc
 
     def _configure(self) -> None:
         db = self._db
@@ -488,3 +490,21 @@ class Transaction(LeaseRows, AllocationIndex, PushJournal):
         self._db = db
         self._marks = {} if marks is None else marks
         self.new_marks: dict[_MarkKey, _Mark] = {}
+
+
+def _unwritable(path: Path) -> str:
+    """Why SQLite's "unable to open database file" happened, when it is that the store
+    cannot be written: WAL mode (even a read) needs the file and its directory writable
+    (the ``-wal`` and ``-shm`` files live beside it). Returns "" when both are."""
+    directory = path.parent
+    try:
+        if os.statvfs(directory).f_flag & os.ST_RDONLY:
+            return f" ({directory} is on a read-only file system)"
+    except OSError:
+        return ""
+    if not os.access(directory, os.W_OK):
+        return (f" (directory {directory} is not writable: the store creates its -wal and "
+                "-shm files there, even to read)")
+    if path.exists() and not os.access(path, os.W_OK):
+        return f" ({path} is not writable)"
+    return ""
