@@ -461,3 +461,42 @@ def test_client_status_shows_the_running_agents_lease_and_next_renewal(server, t
         if agent.poll() is None:
             agent.kill()
             agent.wait()
+
+
+def log_records(server: Server, since: int = 0) -> list[dict]:
+    """The JSON records of the log from its byte ``since`` on; every line there but the
+    start's banner (``dstm-orch serve: ...``, not a log record) must be one."""
+    lines = server.log.read_bytes()[since:].decode().splitlines()
+    return [json.loads(line) for line in lines if not line.startswith("dstm-orch serve: ")]
+
+
+@pytest.mark.parametrize("server", [["--push", "none", "--log-format", "json",
+                                     "--log-level", "debug"]], indirect=True)
+def test_log_level_and_one_json_line_per_event(server, monkeypatch):
+    # --log-level debug shows a renewal that changed only the lease's end (DEBUG).
+    answers = server.calls(node("ws-01"), node("ws-01", "renew"))
+    assert [status for status, _ in answers] == [200, 200]
+    server.wait_for(lambda: any(r["level"] == "DEBUG" and r["message"].startswith(
+        "renew node ws-01 ") for r in log_records(server)), "the renewal's DEBUG line")
+    # A refused reload is one record, once (not also a text line on stderr).
+    dstm = server.inventory / "group_vars" / "all" / "dstm.yml"
+    good = dstm.read_text()
+    dstm.write_text(good.replace("hold_time: 300", "hold_time: -5"))
+    (refused,) = server.calls(api("POST", "/v1/reload"))
+    assert refused[0] == 422
+    errors = [r for r in log_records(server) if r["level"] == "ERROR"]
+    assert [r["logger"] for r in errors] == ["dstm_orch.service"]
+    assert errors[0]["message"].startswith("reload refused, still serving the previous "
+                                           "inventory: invalid inventory (1 problem(s)): ")
+    # DSTM_ORCH_LOG_LEVEL=warning: no INFO or DEBUG record; the refusal still is one.
+    dstm.write_text(good)
+    assert server.stop() == 0
+    monkeypatch.setenv("DSTM_ORCH_LOG_LEVEL", "warning")
+    server.extra = ["--push", "none", "--log-format", "json"]
+    since = server.log.stat().st_size
+    server.start()
+    assert [s for s, _ in server.calls(node("ws-01", "renew"), node("ws-02"))] == [200, 200]
+    dstm.write_text(good.replace("hold_time: 300", "hold_time: -5"))
+    (refused,) = server.calls(api("POST", "/v1/reload"))
+    assert refused[0] == 422
+    assert [r["level"] for r in log_records(server, since)] == ["ERROR"]

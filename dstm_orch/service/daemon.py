@@ -149,7 +149,8 @@ class Daemon:
         except DstmError as exc:
             self.reload_error = str(exc)
             self.service.metrics.reloads.labels("error").inc()
-            log.error("reload refused, still serving the previous inventory: %s", exc)
+            log.error("reload refused, still serving the previous inventory: %s",
+                      " ".join(line.strip() for line in self.reload_error.splitlines()))
             return self.reload_error
         self.loaded, self.reload_error = loaded, None
         policy = self.policy(loaded)
