@@ -19,6 +19,7 @@ from dstm_orch.cli.logs import ProcessLogs
 from dstm_orch.domain.protocol import RoamingError
 from dstm_orch.service.guard import Limits
 from dstm_orch.service.httpd import DEFAULT_PORT, parse_listen
+from dstm_orch.service.inventory_watch import LONGEST_WAIT, SETTLE
 
 API_PORT = 3787
 
@@ -93,6 +94,15 @@ RATE = _Rate()
 @click.option("--cert", type=click.Path(dir_okay=False, exists=True),
               help="TLS certificate (PEM); with --key the node API speaks HTTPS.")
 @click.option("--key", type=click.Path(dir_okay=False, exists=True), help="TLS private key.")
+@click.option("--watch-inventory", is_flag=True, envvar="DSTM_ORCH_WATCH_INVENTORY",
+              help="Reload the inventory when one of its files changes (created, modified, "
+              "deleted, renamed; .git/ and editors' swap files aside), as SIGHUP does, "
+              "once they have stayed unchanged for --watch-settle seconds (env "
+              "DSTM_ORCH_WATCH_INVENTORY=1).")
+@click.option("--watch-settle", type=click.FloatRange(min=0.05, max=LONGEST_WAIT),
+              default=SETTLE, show_default=True, metavar="SECONDS", help="How long the "
+              "inventory's files must stay unchanged before --watch-inventory reloads (a "
+              "git checkout writing many files leads to one reload).")
 @click.option("--log-format", type=click.Choice(["text", "json"]), default="text",
               show_default=True, help="One line per event on stderr, as text or JSON.")
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]),
@@ -103,10 +113,12 @@ def serve(inventory: str, state: str | None, listen: str, api_listen: str,
           global_rate: tuple[int, float], max_leases: int | None, push: str,
           reclaim_interval: float, max_reclaim_leases: int, max_reclaim_time: float,
           drift_interval: float, no_source_check: bool, cert: str | None, key: str | None,
-          log_format: str, log_level: str) -> None:
+          watch_inventory: bool, watch_settle: float, log_format: str,
+          log_level: str) -> None:
     """Run the DSTM server of the domain (draft sections 5 and 6): lease requests of
     every node over HTTP on IPv6, reclamation of ended leases, pushes to the TEPs,
-    operator API and metrics. SIGHUP reloads the inventory; SIGTERM stops gracefully."""
+    operator API and metrics. SIGHUP (and, with --watch-inventory, a change to the
+    inventory's files) reloads the inventory; SIGTERM stops gracefully."""
     from dstm_orch.service.daemon import Daemon, Options
     from dstm_orch.service.httpd import tls_context
     from dstm_orch.service.lifecycle import ReclaimPolicy
@@ -126,7 +138,8 @@ def serve(inventory: str, state: str | None, listen: str, api_listen: str,
                              max_time=max_reclaim_time, drift=drift_interval),
         policy_from_cli=_given({"reclaim_interval": "interval",
                                 "max_reclaim_leases": "max_leases",
-                                "max_reclaim_time": "max_time"}))
+                                "max_reclaim_time": "max_time"}),
+        watch_inventory=watch_inventory, watch_settle=watch_settle)
     try:
         daemon = Daemon(options)
     except OSError as exc:
