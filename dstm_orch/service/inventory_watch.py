@@ -95,8 +95,9 @@ class WatchedInventory:
 async def inventory_changes(watched: WatchedInventory, stop: asyncio.Event,
                             settle: float = SETTLE) -> AsyncIterator[list[str]]:
     """Yield the paths (relative to ``watched.root``, sorted) changed since the previous
-    batch, each batch once no new path has changed for ``settle`` seconds (changes keep
-    accumulating while the caller handles a batch; they come in the next one). A batch
+    batch, each batch once no new path has changed for ``settle`` seconds (watchfiles
+    looks once per ``settle``: a batch comes 1 to 2 settle times after its last change;
+    changes keep accumulating while the caller handles a batch and come in the next one). A batch
     grows for :data:`LONGEST_WAIT` seconds at most. Ends when ``stop`` is set (within
     ``settle`` seconds).
 
