@@ -173,12 +173,12 @@ def test_every_node_asks_by_its_source_address_and_refusals_write_nothing(server
     assert br[1]["ipv4"].startswith("198.51.100.")
     before = event_count(server.state)
     # ws-02 asking from ws-01's address, and from an address not its own; a name that is
-    # no node and sends no signature is asked for one.
+    # no node is refused for that, signed or not.
     refused = server.calls(node("ws-02", ipv6=NODES["ws-01"]),
                            node("ws-02", ipv6=NODES["ws-03"]),
                            node("nobody", ipv6=NODES["ws-03"]))
     assert [(s, a["error"]) for s, a in refused] == [
-        (401, "bad_source"), (401, "bad_source"), (401, "missing_signature")]
+        (401, "bad_source"), (401, "bad_source"), (401, "unknown_node")]
     assert event_count(server.state) == before
     assert {lease.node for lease in store_leases(server.state)} == {"ws-01", "br-01"}
 
@@ -332,7 +332,7 @@ def test_reclaim_settings_come_from_the_inventory_and_the_command_line_wins(serv
 
 def test_sighup_reloads_and_a_broken_inventory_keeps_the_old_one(server):
     (before,) = server.calls(node("ws-03"))
-    assert before[0] == 401 and before[1]["error"] == "missing_signature"  # not a node yet
+    assert before[0] == 401 and before[1]["error"] == "unknown_node"  # not a node yet
     hosts = server.inventory / "hosts.yml"
     text = hosts.read_text()
     hosts.write_text(text.replace('            ws-02:\n',
@@ -466,3 +466,169 @@ def test_client_status_shows_the_running_agents_lease_and_next_renewal(server, t
         if agent.poll() is None:
             agent.kill()
             agent.wait()
+
+
+def reload_counts(server: Server) -> dict[str, float]:
+    """``dstm_inventory_reloads_total`` by result, from ``/metrics``."""
+    (metrics,) = server.calls(api("GET", "/metrics", token=None))
+    return {s.labels["result"]: s.value for f in text_string_to_metric_families(metrics[1])
+            if f.name == "dstm_inventory_reloads" for s in f.samples
+            if s.name.endswith("_total")}
+
+
+def watch_lines(server: Server) -> list[str]:
+    """The log's ``inventory changed (...)`` lines, one per reload the watch made."""
+    return [line.split(" INFO ", 1)[1] for line in server.log.read_text().splitlines()
+            if " INFO inventory changed (" in line]
+
+
+WATCH = ["--push", "none", "--watch-inventory"]
+
+
+@pytest.mark.parametrize("server", [WATCH], indirect=True)
+def test_watch_inventory_reloads_an_edit_and_refuses_a_broken_one(server):
+    """Issue 9 section 4: a change to the inventory's files reloads it as SIGHUP does; a
+    broken one is refused, counted, logged with its file and key, shown by /readyz, and
+    the server keeps serving the old one; the next good edit is loaded."""
+    (before,) = server.calls(node("ws-03"))
+    assert before[0] == 401 and before[1]["error"] == "unknown_node"  # not a node yet
+    assert reload_counts(server) == {}
+    # (a) A node added by hand to hosts.yml.
+    hosts = server.inventory / "hosts.yml"
+    hosts.write_text(hosts.read_text().replace(
+        '            ws-02:\n',
+        f'            ws-03:\n              ansible_host: "{NODES["ws-03"]}"\n'
+        '            ws-02:\n'))
+    server.wait_for(lambda: reload_counts(server) == {"ok": 1.0}, "the edit is reloaded")
+    assert watch_lines(server) == ["inventory changed (1 path(s): hosts.yml): reloading"]
+    (granted,) = server.calls(node("ws-03"))
+    assert granted[0] == 200 and granted[1]["pool"] == "campus", granted
+    # (b) A pool block with host bits set: refused, the old inventory (with ws-03) kept.
+    dstm = server.inventory / "group_vars" / "all" / "dstm.yml"
+    good = dstm.read_text()
+    assert "        - 203.0.113.0/25\n" in good
+    dstm.write_text(good.replace("        - 203.0.113.0/25\n", "        - 203.0.113.5/25\n"))
+    server.wait_for(lambda: reload_counts(server) == {"ok": 1.0, "error": 1.0},
+                    "the broken edit is refused")
+    # One line names the file, the line, the key and what is wrong.
+    (refused,) = [line for line in server.log.read_text().splitlines()
+                  if "reload refused, still serving the previous inventory" in line]
+    assert refused.endswith(
+        f"reload refused, still serving the previous inventory: invalid inventory (1 "
+        f"problem(s)): {dstm}:31: dstm_domain.pools[0].prefixes[0]: '203.0.113.5/25' is "
+        "not a valid IPv4 block: 203.0.113.5/25 has host bits set"), refused
+    (ready,) = server.calls(api("GET", "/readyz", token=None))
+    assert ready[0] == 200 and ready[1]["ready"] is True, ready
+    (problem,) = ready[1]["problems"]
+    assert problem.startswith("last reload refused (old inventory kept)")
+    assert "dstm_domain.pools[0].prefixes[0]" in problem
+    renewed, asked = server.calls(node("ws-03", "renew"), node("ws-01"))
+    assert renewed[0] == 200 and renewed[1]["ipv4"] == granted[1]["ipv4"], renewed
+    assert asked[0] == 200 and asked[1]["ipv4"].startswith("203.0.113."), asked
+    # (c) Fixed: loaded, and /readyz no longer shows the refusal.
+    dstm.write_text(good)
+    server.wait_for(lambda: reload_counts(server) == {"ok": 2.0, "error": 1.0},
+                    "the fixed inventory is loaded")
+    (ready,) = server.calls(api("GET", "/readyz", token=None))
+    assert ready == [200, {"ready": True, "problems": []}]
+    assert watch_lines(server)[1:] == [
+        "inventory changed (1 path(s): group_vars/all/dstm.yml): reloading"] * 2
+
+
+def git(inventory: Path, *args: str) -> str:
+    return subprocess.run(["git", "-C", str(inventory), "-c", "user.name=dstm-orch tests",
+                           "-c", "user.email=tests@example.org", *args], check=True,
+                          capture_output=True, text=True).stdout
+
+
+@pytest.fixture
+def checkout(inventory):
+    """The inventory as a git work tree on ``main``, with a branch ``more`` that adds 30
+    nodes (hosts.yml and a host_vars file each) and edits group_vars/all/dstm.yml: 32
+    files."""
+    git(inventory, "init", "-q", "-b", "main")
+    git(inventory, "add", "-A")
+    git(inventory, "commit", "-q", "-m", "example")
+    git(inventory, "checkout", "-q", "-b", "more")
+    hosts = inventory / "hosts.yml"
+    added = "".join(f"            ws-{n}:\n" for n in range(100, 130))
+    hosts.write_text(hosts.read_text().replace("            ws-02:\n",
+                                               added + "            ws-02:\n"))
+    for n in range(100, 130):
+        (inventory / "host_vars" / f"ws-{n}.yml").write_text(
+            f'ansible_host: "2001:db8:e0:10::{n}"\n')
+    dstm = inventory / "group_vars" / "all" / "dstm.yml"
+    dstm.write_text(dstm.read_text() + "# 30 more workstations\n")
+    git(inventory, "add", "-A")
+    git(inventory, "commit", "-q", "-m", "30 more workstations")
+    git(inventory, "checkout", "-q", "main")
+    return inventory
+
+
+@pytest.mark.parametrize("server", [WATCH], indirect=True)
+def test_a_git_checkout_of_many_files_is_one_reload(checkout, server):
+    """A ``git checkout`` that writes 32 files (and .git/) leads to one reload. The
+    server is stopped (SIGSTOP) during the checkout, so that every change waits in the
+    kernel's inotify queue and the watch sees them within one settle time however slow
+    this machine is; then a later edit of one file is the second reload, so no part of
+    the checkout made a reload of its own after the first."""
+    changed = git(checkout, "diff", "--name-only", "main", "more").split()
+    assert len(changed) == 32
+    (unknown,) = server.calls(api("POST", "/v1/leases/ws-129", {"lifetime": 600}))
+    assert unknown[0] == 404, unknown
+    server.proc.send_signal(signal.SIGSTOP)
+    try:
+        git(checkout, "checkout", "-q", "more")
+    finally:
+        server.proc.send_signal(signal.SIGCONT)
+    server.wait_for(lambda: reload_counts(server) == {"ok": 1.0}, "the checkout is reloaded")
+    (line,) = watch_lines(server)
+    assert line.startswith("inventory changed (32 path(s): "), line
+    assert "reloaded inventory" in server.log.read_text()
+    (allocated,) = server.calls(api("POST", "/v1/leases/ws-129", {"lifetime": 600}))
+    assert allocated[0] == 200 and allocated[1]["pool"] == "campus", allocated
+    dstm = checkout / "group_vars" / "all" / "dstm.yml"
+    dstm.write_text(dstm.read_text() + "# and a later edit\n")
+    server.wait_for(lambda: reload_counts(server) == {"ok": 2.0}, "the later edit")
+    assert watch_lines(server)[1:] == [
+        "inventory changed (1 path(s): group_vars/all/dstm.yml): reloading"]
+    assert reload_counts(server) == {"ok": 2.0}
+
+
+def log_records(server: Server, since: int = 0) -> list[dict]:
+    """The JSON records of the log from its byte ``since`` on; every line there but the
+    start's banner (``dstm-orch serve: ...``, not a log record) must be one."""
+    lines = server.log.read_bytes()[since:].decode().splitlines()
+    return [json.loads(line) for line in lines if not line.startswith("dstm-orch serve: ")]
+
+
+@pytest.mark.parametrize("server", [["--push", "none", "--log-format", "json",
+                                     "--log-level", "debug"]], indirect=True)
+def test_log_level_and_one_json_line_per_event(server, monkeypatch):
+    # --log-level debug shows a renewal that changed only the lease's end (DEBUG).
+    answers = server.calls(node("ws-01"), node("ws-01", "renew"))
+    assert [status for status, _ in answers] == [200, 200]
+    server.wait_for(lambda: any(r["level"] == "DEBUG" and r["message"].startswith(
+        "renew node ws-01 ") for r in log_records(server)), "the renewal's DEBUG line")
+    # A refused reload is one record, once (not also a text line on stderr).
+    dstm = server.inventory / "group_vars" / "all" / "dstm.yml"
+    good = dstm.read_text()
+    dstm.write_text(good.replace("hold_time: 300", "hold_time: -5"))
+    (refused,) = server.calls(api("POST", "/v1/reload"))
+    assert refused[0] == 422
+    errors = [r for r in log_records(server) if r["level"] == "ERROR"]
+    assert [r["logger"] for r in errors] == ["dstm_orch.service"]
+    assert errors[0]["message"].startswith("reload refused, still serving the previous "
+                                           "inventory: invalid inventory (1 problem(s)): ")
+    # DSTM_ORCH_LOG_LEVEL=warning: no INFO or DEBUG record; the refusal still is one.
+    dstm.write_text(good)
+    assert server.stop() == 0
+    monkeypatch.setenv("DSTM_ORCH_LOG_LEVEL", "warning")
+    server.extra = ["--push", "none", "--log-format", "json"]
+    since = server.log.stat().st_size
+    server.start()
+    assert [s for s, _ in server.calls(node("ws-01", "renew"), node("ws-02"))] == [200, 200]
+    dstm.write_text(good.replace("hold_time: 300", "hold_time: -5"))
+    (refused,) = server.calls(api("POST", "/v1/reload"))
+    assert refused[0] == 422
+    assert [r["level"] for r in log_records(server, since)] == ["ERROR"]

@@ -55,7 +55,8 @@ def open_log_file(path: Path):
 class ProcessLogs:
     """The handlers one run of the CLI installs, and removes again with :meth:`close`.
 
-    Records of ``dstm_orch`` at WARNING and above go to stderr; with a log file, every
+    Records of ``dstm_orch`` at WARNING and above go to stderr (a long-running command
+    chooses its own stderr lines with :meth:`log_to_stderr`); with a log file, every
     record at INFO and above (the libraries' too) also goes there.
     """
 
@@ -63,6 +64,7 @@ class ProcessLogs:
         self.file: Path | None = None
         self._installed: list[tuple[logging.Logger, logging.StreamHandler, bool]] = []
         self._root_level = logging.getLogger().level
+        self._package_level = logging.getLogger("dstm_orch").level
         handler = logging.StreamHandler(sys.stderr)
         handler.setLevel(logging.WARNING)
         handler.setFormatter(logging.Formatter(STDERR_FORMAT))
@@ -77,6 +79,17 @@ class ProcessLogs:
         logging.getLogger().setLevel(logging.INFO)
         self.file = target
 
+    def log_to_stderr(self, handler: logging.StreamHandler, level: str) -> None:
+        """Send the records of ``dstm_orch`` at ``level`` (a :mod:`logging` level name)
+        and above to ``handler``, on stderr, instead of the WARNING lines: one line per
+        event in the format of ``handler``, none twice."""
+        package = logging.getLogger("dstm_orch")
+        for installed in [i for i in self._installed if i[0] is package and not i[2]]:
+            package.removeHandler(installed[1])
+            self._installed.remove(installed)
+        self._install(package, handler, owns_stream=False)
+        package.setLevel(level)
+
     def _install(self, logger: logging.Logger, handler: logging.StreamHandler,
                  owns_stream: bool) -> None:
         logger.addHandler(handler)
@@ -90,3 +103,4 @@ class ProcessLogs:
                 handler.stream.close()
         self._installed.clear()
         logging.getLogger().setLevel(self._root_level)
+        logging.getLogger("dstm_orch").setLevel(self._package_level)

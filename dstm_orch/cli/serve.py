@@ -15,9 +15,11 @@ from collections.abc import Callable
 
 import click
 
+from dstm_orch.cli.logs import ProcessLogs
 from dstm_orch.domain.protocol import RoamingError
 from dstm_orch.service.guard import Limits
 from dstm_orch.service.httpd import DEFAULT_PORT, parse_listen
+from dstm_orch.service.inventory_watch import LONGEST_WAIT, SETTLE
 
 API_PORT = 3787
 
@@ -92,17 +94,31 @@ RATE = _Rate()
 @click.option("--cert", type=click.Path(dir_okay=False, exists=True),
               help="TLS certificate (PEM); with --key the node API speaks HTTPS.")
 @click.option("--key", type=click.Path(dir_okay=False, exists=True), help="TLS private key.")
+@click.option("--watch-inventory", is_flag=True, envvar="DSTM_ORCH_WATCH_INVENTORY",
+              help="Reload the inventory when one of its files changes (created, modified, "
+              "deleted, renamed; .git/ and editors' swap files aside), as SIGHUP does, "
+              "once they have stayed unchanged for --watch-settle seconds (env "
+              "DSTM_ORCH_WATCH_INVENTORY=1).")
+@click.option("--watch-settle", type=click.FloatRange(min=0.05, max=LONGEST_WAIT),
+              default=SETTLE, show_default=True, metavar="SECONDS", help="How long the "
+              "inventory's files must stay unchanged before --watch-inventory reloads (a "
+              "git checkout writing many files leads to one reload).")
 @click.option("--log-format", type=click.Choice(["text", "json"]), default="text",
               show_default=True, help="One line per event on stderr, as text or JSON.")
+@click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]),
+              envvar="DSTM_ORCH_LOG_LEVEL", default="info", show_default=True,
+              help="The least severe events logged (env DSTM_ORCH_LOG_LEVEL).")
 def serve(inventory: str, state: str | None, listen: str, api_listen: str,
           vault_password_file: str | None, window: int, node_rate: tuple[int, float],
           global_rate: tuple[int, float], max_leases: int | None, push: str,
           reclaim_interval: float, max_reclaim_leases: int, max_reclaim_time: float,
           drift_interval: float, no_source_check: bool, cert: str | None, key: str | None,
-          log_format: str) -> None:
+          watch_inventory: bool, watch_settle: float, log_format: str,
+          log_level: str) -> None:
     """Run the DSTM server of the domain (draft sections 5 and 6): lease requests of
     every node over HTTP on IPv6, reclamation of ended leases, pushes to the TEPs,
-    operator API and metrics. SIGHUP reloads the inventory; SIGTERM stops gracefully."""
+    operator API and metrics. SIGHUP (and, with --watch-inventory, a change to the
+    inventory's files) reloads the inventory; SIGTERM stops gracefully."""
     from dstm_orch.service.daemon import Daemon, Options
     from dstm_orch.service.httpd import tls_context
     from dstm_orch.service.lifecycle import ReclaimPolicy
@@ -112,7 +128,7 @@ def serve(inventory: str, state: str | None, listen: str, api_listen: str,
     limits = Limits(window=window, node_requests=node_rate[0], node_period=node_rate[1],
                     global_requests=global_rate[0], global_period=global_rate[1],
                     max_leases=max_leases)
-    _logging(log_format)
+    _logging(log_format, log_level)
     options = Options(
         inventory=inventory, state=state, listen=_listen(listen, "--listen"),
         api_listen=None if api_listen == "off" else _listen(api_listen, "--api-listen",
@@ -123,7 +139,8 @@ def serve(inventory: str, state: str | None, listen: str, api_listen: str,
                              max_time=max_reclaim_time, drift=drift_interval),
         policy_from_cli=_given({"reclaim_interval": "interval",
                                 "max_reclaim_leases": "max_leases",
-                                "max_reclaim_time": "max_time"}))
+                                "max_reclaim_time": "max_time"}),
+        watch_inventory=watch_inventory, watch_settle=watch_settle)
     daemon = Daemon(options)
     node, api = daemon.urls
     nodes = daemon.service.guard.nodes
@@ -157,13 +174,13 @@ class _JsonFormatter(logging.Formatter):
                            "logger": record.name, "message": record.getMessage()})
 
 
-def _logging(log_format: str) -> None:
+def _logging(log_format: str, level: str) -> None:
+    """Log every event of ``dstm_orch`` at ``level`` and above on stderr, one line each."""
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(_JsonFormatter() if log_format == "json" else
                          logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
-    for name in ("dstm_orch.service", "dstm_orch.push"):
-        logging.getLogger(name).addHandler(handler)
-        logging.getLogger(name).setLevel(logging.INFO)
+    click.get_current_context().ensure_object(ProcessLogs).log_to_stderr(handler,
+                                                                         level.upper())
 
 
 def _client_options(func: Callable) -> Callable:

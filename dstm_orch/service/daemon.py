@@ -23,9 +23,11 @@ to the leases. :class:`Daemon` runs, on one asyncio loop:
 - the lifecycle loop (:mod:`dstm_orch.service.lifecycle`) in its own thread.
 
 SIGHUP reloads the inventory: a broken one is refused (logged, counted in
-``dstm_inventory_reloads_total{result="error"}``) and the old one kept. SIGTERM and
-SIGINT stop gracefully: listeners close, in-flight requests are answered, the lifecycle
-loop finishes its push, the store is closed.
+``dstm_inventory_reloads_total{result="error"}``) and the old one kept. With
+``watch_inventory`` a change to the inventory's files does the same reload once the tree
+has been quiet for ``watch_settle`` seconds (:mod:`dstm_orch.service.inventory_watch`).
+SIGTERM and SIGINT stop gracefully: listeners close, in-flight requests are answered, the
+lifecycle loop finishes its push, the store is closed.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ import os
 import signal
 import socket
 import ssl
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -48,6 +51,7 @@ from dstm_orch.domain.errors import DstmError, LeaseNotFoundError, UnknownNodeEr
 from dstm_orch.domain.model import utcnow
 from dstm_orch.ipam.allocator import Allocator
 from dstm_orch.service.httpd import WORKERS, ipv6_socket, json_response, node_app, start_sites
+from dstm_orch.service.inventory_watch import SETTLE, WatchedInventory, inventory_changes
 from dstm_orch.service.lifecycle import Lifecycle, ReclaimPolicy, effective_policy
 from dstm_orch.service.metrics import CONTENT_TYPE
 from dstm_orch.service.server import Loaded, RoamingService, load
@@ -76,6 +80,10 @@ class Options:
     policy_from_cli: frozenset[str] = field(default_factory=frozenset)
     """The fields of ``policy`` given on the command line: they override the inventory's
     ``lease_policy`` (the others come from there when it sets them)."""
+    watch_inventory: bool = False
+    """Reload when a file of the inventory changes (``--watch-inventory``)."""
+    watch_settle: float = SETTLE
+    """Seconds the inventory's files must stay unchanged before that reload."""
 
 
 def notify(state: str) -> None:
@@ -100,6 +108,7 @@ class Daemon:
     Raises:
         InventoryError, RoamingError, StoreError: the inventory, its secrets or the store
             cannot be used (at start; a reload keeps the old inventory instead).
+        DstmError: ``watch_inventory`` with an inventory that is no directory or file.
         OSError: a listen address cannot be bound.
     """
 
@@ -113,6 +122,10 @@ class Daemon:
         self.api_socket = ipv6_socket(options.api_listen) if options.api_listen else None
         self.executor = ThreadPoolExecutor(WORKERS, thread_name_prefix="dstm-request")
         self.reload_error: str | None = None
+        self.watched = (WatchedInventory.of(options.inventory) if options.watch_inventory
+                        else None)
+        self.watch_error: str | None = None
+        self._reloading = threading.Lock()
         self._stop: asyncio.Event | None = None
 
     def policy(self, loaded: Loaded) -> ReclaimPolicy:
@@ -129,7 +142,12 @@ class Daemon:
 
     def reload(self) -> str | None:
         """Re-read the inventory; keep the old one if the new one is broken. Return
-        None, or the error that kept the old inventory."""
+        None, or the error that kept the old inventory. Reloads (SIGHUP, the operator
+        API, the inventory watch, the lifecycle loop) run one at a time."""
+        with self._reloading:
+            return self._reload_notified()
+
+    def _reload_notified(self) -> str | None:
         notify("RELOADING=1")
         try:
             return self._reload_inventory()
@@ -149,7 +167,8 @@ class Daemon:
         except DstmError as exc:
             self.reload_error = str(exc)
             self.service.metrics.reloads.labels("error").inc()
-            log.error("reload refused, still serving the previous inventory: %s", exc)
+            log.error("reload refused, still serving the previous inventory: %s",
+                      " ".join(line.strip() for line in self.reload_error.splitlines()))
             return self.reload_error
         self.loaded, self.reload_error = loaded, None
         policy = self.policy(loaded)
@@ -192,6 +211,8 @@ class Daemon:
             sites.append((self._api_app(), self.api_socket, None))
         runners = await start_sites(sites)
         self.lifecycle.start()
+        watch = (asyncio.create_task(self._watch_inventory(self.watched))
+                 if self.watched is not None else None)
         notify("READY=1")
         node, api = self.urls
         log.info("serving %d node(s) on %s, operator API %s, push: %s",
@@ -201,10 +222,31 @@ class Daemon:
             notify("STOPPING=1")
             log.info("stopping: answering in-flight requests")
         finally:
+            self._stop.set()
             for runner in runners:
                 await runner.cleanup()
+            if watch is not None:
+                await watch
             await loop.run_in_executor(None, self.lifecycle.stop)
             log.info("stopped")
+
+    async def _watch_inventory(self, watched: WatchedInventory) -> None:
+        """Reload (as SIGHUP does) after each settled batch of changes to the inventory's
+        files, until the server stops. A watch that fails is logged and shown by
+        ``/readyz``; SIGHUP and ``POST /v1/reload`` still reload."""
+        settle = self.options.watch_settle
+        log.info("watching the inventory %s for changes (reload once quiet for %g s)",
+                 watched.root, settle)
+        try:
+            async for paths in inventory_changes(watched, self._stop, settle):
+                shown = ", ".join(paths[:10]) + (f" and {len(paths) - 10} more"
+                                                 if len(paths) > 10 else "")
+                log.info("inventory changed (%d path(s): %s): reloading", len(paths), shown)
+                await asyncio.get_running_loop().run_in_executor(self.executor, self.reload)
+        except Exception as exc:  # the server goes on without its watch
+            self.watch_error = str(exc) or type(exc).__name__
+            log.error("inventory watch stopped (%s); SIGHUP and POST /v1/reload still "
+                      "reload", self.watch_error, exc_info=not isinstance(exc, OSError))
 
     # -- the operator API ------------------------------------------------------------
 
@@ -263,11 +305,15 @@ class Daemon:
             if self.reload_error:
                 problems.append(f"last reload refused (old inventory kept): "
                                 f"{self.reload_error}")
+            if self.watch_error:
+                problems.append(f"inventory watch stopped: {self.watch_error}")
             return problems
 
         problems = await self._blocking(check)
-        # A refused reload leaves the server serving: ready, with the error shown.
-        failing = [p for p in problems if not p.startswith("last reload")]
+        # A refused reload or a stopped watch leaves the server serving: ready, with the
+        # error shown.
+        failing = [p for p in problems
+                   if not p.startswith(("last reload", "inventory watch"))]
         return json_response(503 if failing else 200,
                              {"ready": not failing, "problems": problems})
 
