@@ -196,9 +196,14 @@ def test_operator_api_metrics_and_health(server):
     assert server.calls(node("ws-01"))[0][0] == 200
     (revoked,) = server.calls(api("DELETE", "/v1/leases/br-01"))
     assert revoked[0] == 200 and revoked[1]["state"] == "revoked"
-    missing, unknown = server.calls(api("DELETE", "/v1/leases/br-01"),
-                                    api("POST", "/v1/leases/nope", {}))
-    assert missing[0] == 404 and unknown[0] == 404
+    assert "operator API: revoke node br-01 -> " in server.log.read_text()
+    missing, unknown, unknown_shown = server.calls(api("DELETE", "/v1/leases/br-01"),
+                                                   api("POST", "/v1/leases/nope", {}),
+                                                   api("GET", "/v1/leases/nope"))
+    assert (missing[0], missing[1]["error"]) == (404, "no_lease")
+    assert (unknown[0], unknown[1]["error"]) == (404, "unknown_node")
+    assert (unknown_shown[0], unknown_shown[1]["error"]) == (404, "unknown_node")
+    assert "'nope'" in unknown_shown[1]["message"]
     (ready,) = server.calls(api("GET", "/readyz", token=None))
     assert ready == [200, {"ready": True, "problems": []}]
     (metrics,) = server.calls(api("GET", "/metrics", token=None))
@@ -344,6 +349,9 @@ def test_sighup_reloads_and_a_broken_inventory_keeps_the_old_one(server):
     dstm.write_text(dstm.read_text().replace("hold_time: 300", "hold_time: -5"))
     (refused,) = server.calls(api("POST", "/v1/reload"))
     assert refused[0] == 422 and "hold_time" in refused[1]["message"], refused
+    # The problems as the CLI's --json gives them: file, key, reason, line.
+    (problem,) = refused[1]["problems"]
+    assert problem["file"].endswith("dstm.yml") and problem["key"].endswith("hold_time")
     (metrics,) = server.calls(api("GET", "/metrics", token=None))
     reloads = {s.labels["result"]: s.value
                for f in text_string_to_metric_families(metrics[1])

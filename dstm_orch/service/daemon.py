@@ -43,7 +43,7 @@ import ssl
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 
 from aiohttp import web
 
@@ -122,6 +122,7 @@ class Daemon:
         self.api_socket = ipv6_socket(options.api_listen) if options.api_listen else None
         self.executor = ThreadPoolExecutor(WORKERS, thread_name_prefix="dstm-request")
         self.reload_error: str | None = None
+        self.reload_problems: list = []  # the refused reload's Problem list (file, key)
         self.watched = (WatchedInventory.of(options.inventory) if options.watch_inventory
                         else None)
         self.watch_error: str | None = None
@@ -166,11 +167,12 @@ class Daemon:
             self.service.replace(loaded.domain, loaded.guard, loaded.pusher)
         except DstmError as exc:
             self.reload_error = str(exc)
+            self.reload_problems = list(getattr(exc, "problems", ()))
             self.service.metrics.reloads.labels("error").inc()
             log.error("reload refused, still serving the previous inventory: %s",
                       " ".join(line.strip() for line in self.reload_error.splitlines()))
             return self.reload_error
-        self.loaded, self.reload_error = loaded, None
+        self.loaded, self.reload_error, self.reload_problems = loaded, None, []
         policy = self.policy(loaded)
         if policy != self.lifecycle.policy:
             self.lifecycle.policy = policy
@@ -324,11 +326,18 @@ class Daemon:
 
     async def _show(self, request: web.Request) -> web.Response:
         node = request.match_info["node"]
+        if node not in self.service.domain.nodes:
+            return self._unknown(node)
         lease = await self._blocking(lambda: self._allocator().lease_of(node))
         if lease is None:
             return json_response(404, {"error": "no_lease",
                                        "message": f"node {node!r} holds no lease"})
         return json_response(200, lease.as_of(utcnow()).as_dict())
+
+    def _unknown(self, node: str) -> web.Response:
+        return json_response(404, {"error": "unknown_node", "message": f"node {node!r} is "
+                                   f"not a node of domain {self.service.domain.name!r} "
+                                   "(dstm_nodes)"})
 
     async def _allocate(self, request: web.Request) -> web.Response:
         node = request.match_info["node"]
@@ -340,19 +349,27 @@ class Daemon:
         if lifetime is not None and (not isinstance(lifetime, int) or lifetime < 1):
             return json_response(400, {"error": "malformed", "message": "the body is "
                                        "{\"lifetime\": seconds} (optional, 1 or more)"})
-        return await self._write(lambda: self._allocator().allocate(node, lifetime))
+        return await self._write("allocate", node,
+                                 lambda: self._allocator().allocate(node, lifetime))
 
     async def _revoke(self, request: web.Request) -> web.Response:
         node = request.match_info["node"]
-        return await self._write(lambda: self._allocator().revoke(node))
+        return await self._write("revoke", node, lambda: self._allocator().revoke(node))
 
-    async def _write(self, change) -> web.Response:
+    async def _write(self, action: str, node: str, change) -> web.Response:
+        if node not in self.service.domain.nodes:
+            return self._unknown(node)
         try:
             lease = await self._blocking(change)
-        except (UnknownNodeError, LeaseNotFoundError) as exc:
-            return json_response(404, {"error": "not_found", "message": str(exc)})
+        except UnknownNodeError:
+            return self._unknown(node)
+        except LeaseNotFoundError as exc:
+            return json_response(404, {"error": "no_lease", "message": str(exc)})
         except DstmError as exc:
+            log.info("operator API: %s node %s refused: %s", action, node, exc)
             return json_response(409, {"error": "refused", "message": str(exc)})
+        log.info("operator API: %s node %s -> %s (lease %d)", action, node, lease.ipv4,
+                 lease.id)
         self.lifecycle.wake()
         return json_response(200, lease.as_dict())
 
@@ -364,5 +381,7 @@ class Daemon:
     async def _reload(self, request: web.Request) -> web.Response:
         error = await self._blocking(self.reload)
         if error:
-            return json_response(422, {"error": "reload_refused", "message": error})
+            return json_response(422, {"error": "reload_refused", "message": error,
+                                       "problems": [asdict(problem) for problem
+                                                    in self.reload_problems]})
         return json_response(200, {"reloaded": True, "nodes": len(self.loaded.guard.nodes)})
