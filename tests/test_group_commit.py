@@ -429,3 +429,24 @@ def test_a_group_a_deadlock_rolls_back_runs_again_whole(pg_url, tmp_path):
     finally:
         with contextlib.suppress(ProcessLookupError):
             server.stop(signal.SIGKILL)
+
+
+@pytest.mark.postgres
+def test_a_failed_write_inside_a_write_undoes_the_outer_one_on_postgresql(pg_url):
+    # PostgreSQL: a write inside another write of a group takes no savepoint of its own
+    # (a round trip each); if it fails and the outer block goes on anyway, the outer
+    # write is undone when it ends and raises, the group's other writes are committed.
+    from dstm_orch.domain.errors import StoreError
+
+    with open_store(pg_url) as store, store.group():
+        with store.write() as tx:
+            tx.insert(**_fields("n1", "192.0.2.1"))
+        failed = "a write inside this one failed"
+        with pytest.raises(StoreError, match=failed), store.write() as tx:
+            tx.insert(**_fields("n2", "192.0.2.2"))
+            with contextlib.suppress(RuntimeError), store.write() as inner:
+                inner.insert(**_fields("n3", "192.0.2.3"))
+                raise RuntimeError("the inner write fails")
+        with store.write() as tx:
+            tx.insert(**_fields("n4", "192.0.2.4"))
+    assert [lease["node"] for lease in read_back(pg_url)[0]] == ["n1", "n4"]

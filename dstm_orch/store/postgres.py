@@ -301,7 +301,9 @@ class PgLeaseStore(LeaseStore):
         inside it is a SAVEPOINT, released when its block returns and rolled back alone
         when it raises; :meth:`read` reads the open transaction. One COMMIT at the end
         makes every operation that succeeded durable at once; nothing is before it.
-        Other threads' transactions are their own (the group is the thread's).
+        Other threads' transactions are their own (the group is the thread's). Unlike
+        SQLite's, a write inside another write has no savepoint of its own: if it fails,
+        the outer write is undone with it (:meth:`_in_group`).
 
         Raises:
             TransientGroupError: a serialization failure or deadlock in the group (or at
@@ -361,7 +363,15 @@ class PgLeaseStore(LeaseStore):
     @contextmanager
     def _in_group(self, group: _Group, write: bool) -> Iterator[Transaction]:
         """One operation of a group: a SAVEPOINT for a write, the open transaction for a
-        read. Skip marks a write finds stay in the group until it commits."""
+        read. Skip marks a write finds stay in the group until it commits.
+
+        Round trips are what a group costs on PostgreSQL, so a write's SAVEPOINT is
+        released only when the next write starts, in the same round trip (``RELEASE
+        SAVEPOINT dstm_op; SAVEPOINT dstm_op``; COMMIT releases the last), and a write
+        inside another (the allocator's, inside the writer's) takes no savepoint of its
+        own: it is part of the outer one. If it raises and the outer block goes on
+        regardless, the outer write is rolled back when it ends and raises
+        ``StoreError``, so nothing of a failed write survives."""
         if group.transient is not None:
             raise self._doomed(group.transient)
         if group.broken is not None:
@@ -373,24 +383,44 @@ class PgLeaseStore(LeaseStore):
         if not write:
             yield transaction
             return
-        group.depth += 1
-        name = f"op{group.depth}"
-        try:
-            conn.execute(f"SAVEPOINT {name}")
+        outer = group.operation
+        if outer is not None:
+            transaction.new_marks = outer.new_marks  # kept or dropped with the outer write
             try:
                 yield transaction
+            except BaseException as exc:
+                group.spoiled = True
+                if isinstance(exc, _TRANSIENT):
+                    group.transient = exc
+                    raise self._doomed(exc) from exc
+                if isinstance(exc, (psycopg.Error, ConstraintError)):
+                    raise StoreError(f"lease store {self.path}: {exc}") from exc
+                raise
+            return
+        group.operation, group.spoiled = transaction, False
+        try:
+            conn.execute(f"RELEASE SAVEPOINT {_SAVEPOINT}; SAVEPOINT {_SAVEPOINT}"
+                         if group.unreleased else f"SAVEPOINT {_SAVEPOINT}")
+            group.unreleased = True
+            try:
+                yield transaction
+                if group.spoiled:
+                    raise StoreError(f"lease store {self.path}: a write inside this one "
+                                     "failed; both are undone")
             except BaseException as exc:
                 if isinstance(exc, _TRANSIENT):
                     group.transient = exc
                     raise self._doomed(exc) from exc
-                try:
-                    conn.execute(f"ROLLBACK TO SAVEPOINT {name}; RELEASE SAVEPOINT {name}")
-                except psycopg.Error as lost:
-                    group.broken = lost
+                if group.transient is None:
+                    try:
+                        conn.execute(f"ROLLBACK TO SAVEPOINT {_SAVEPOINT};"
+                                     f" RELEASE SAVEPOINT {_SAVEPOINT}")
+                        group.unreleased = False
+                    except psycopg.Error as lost:
+                        group.broken = lost
                 if isinstance(exc, (psycopg.Error, ConstraintError)):
                     raise StoreError(f"lease store {self.path}: {exc}") from exc
                 raise
-            conn.execute(f"RELEASE SAVEPOINT {name}")
         except _TRANSIENT as exc:
             group.transient = exc
             raise self._doomed(exc) from exc
@@ -398,7 +428,7 @@ class PgLeaseStore(LeaseStore):
             group.broken = exc
             raise StoreError(f"lease store {self.path}: {exc}") from exc
         finally:
-            group.depth -= 1
+            group.operation = None
         group.marks.update(transaction.new_marks)
 
     @contextmanager
@@ -515,13 +545,22 @@ class PgLeaseStore(LeaseStore):
         self._marks.update(transaction.new_marks)
 
 
+_SAVEPOINT = "dstm_op"
+"""The name of a group's per-operation savepoint (one exists at a time)."""
+
+
 class _Group:
     """The open group transaction of one thread (:meth:`PgLeaseStore.group`)."""
 
     def __init__(self, conn: psycopg.Connection):
         self.conn = conn
-        self.depth = 0
         self.marks: dict[_MarkKey, _Mark] = {}
+        self.operation: Transaction | None = None
+        """The outermost write running now (the one with the savepoint)."""
+        self.spoiled = False
+        """A write inside :attr:`operation` raised: the operation must be undone."""
+        self.unreleased = False
+        """The savepoint of the last write that succeeded is not released yet."""
         self.transient: BaseException | None = None
         """The serialization failure or deadlock that doomed the group."""
         self.broken: BaseException | None = None
