@@ -8,7 +8,9 @@ in one ``LeaseStore.group`` transaction, each in its own SAVEPOINT, commits once
 WAL fsync, ``synchronous=FULL``) and only then hands each request its own outcome: its
 lease, or its own refusal (a refused change is rolled back alone and the others are
 written). While a group commits, the next one gathers in the queue, so the group size
-follows the load and nothing waits for a timer. If the group itself fails (the commit,
+follows the load and nothing waits for a timer; the changes that arrive while a group
+waits for the store's write lock (another server or a CLI process holds it) join that
+group once the lock is held. If the group itself fails (the commit,
 or SQLite rolled the transaction back, or PostgreSQL's connection was lost), its
 changes run again one transaction each, so a change that breaks the transaction fails
 alone (after a PostgreSQL commit whose outcome is unknown too, as the nodes' retries
@@ -86,6 +88,8 @@ class GroupWriter:
         self.retries = 0
         """Groups rolled back as transient and run again whole."""
         self._batches: dict[asyncio.AbstractEventLoop, list] = {}
+        self._backlog: list = []  # taken from the queue, not yet in a group (writer thread)
+        self._stopping = False
 
     def start(self) -> None:
         """Start the thread and wait until it has opened the store.
@@ -164,33 +168,41 @@ class GroupWriter:
             return
         self._opened.set()
         try:
-            backlog: list = []
-            stopping = False
-            while backlog or not stopping:
-                if not backlog:
+            while self._backlog or not self._stopping:
+                if not self._backlog:
                     item = self._queue.get()
                     if item is _STOP:
-                        stopping = True
+                        self._stopping = True
                         continue
-                    backlog.extend(item)
-                while len(backlog) < self.max_group and not stopping:
-                    try:
-                        item = self._queue.get_nowait()
-                    except queue.Empty:
-                        break
-                    if item is _STOP:
-                        stopping = True
-                    else:
-                        backlog.extend(item)
-                jobs, backlog = backlog[:self.max_group], backlog[self.max_group:]
-                self._group(store, jobs)
+                    self._backlog.extend(item)
+                jobs: list = []
+                self._gather(jobs)
+                self._group(store, jobs, gather=True)
         finally:
             store.close()
 
-    def _group(self, store: LeaseStore, jobs: list) -> None:
+    def _gather(self, jobs: list) -> None:
+        """Move changes that are waiting (the backlog, then the queue, without blocking)
+        into ``jobs``, up to ``max_group``."""
+        while len(self._backlog) < self.max_group - len(jobs) and not self._stopping:
+            try:
+                item = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if item is _STOP:
+                self._stopping = True
+            else:
+                self._backlog.extend(item)
+        room = self.max_group - len(jobs)
+        jobs.extend(self._backlog[:room])
+        del self._backlog[:room]
+
+    def _group(self, store: LeaseStore, jobs: list, gather: bool = False) -> None:
+        """Run ``jobs`` in one group (with ``gather``, also the changes that arrived
+        while the group waited for the store's write lock) and settle each."""
         for attempt in range(1, TRANSIENT_ATTEMPTS + 1):
             try:
-                outcomes = self._attempt(store, jobs)
+                outcomes = self._attempt(store, jobs, gather and attempt == 1)
                 break
             except TransientGroupError as exc:
                 if attempt < TRANSIENT_ATTEMPTS:
@@ -216,8 +228,10 @@ class GroupWriter:
             self._observe(len(jobs))
         self._settle(jobs, outcomes)
 
-    def _attempt(self, store: LeaseStore, jobs: list) -> list:
+    def _attempt(self, store: LeaseStore, jobs: list, gather: bool) -> list:
         """Run ``jobs`` in one group transaction; return their outcomes once committed.
+        With ``gather``, the changes waiting once the write lock is held join ``jobs``
+        first (another writer, a second server or the CLI, held it meanwhile).
 
         Raises:
             TransientGroupError: the group was rolled back as transient (run it again).
@@ -226,6 +240,8 @@ class GroupWriter:
         """
         outcomes: list[tuple[Any, BaseException | None]] = []
         with store.group():
+            if gather:
+                self._gather(jobs)
             for change, _, _ in jobs:
                 try:
                     with store.write():
