@@ -90,7 +90,8 @@ class RoamingService:
             one kept open until :meth:`close`) or a ``postgresql://`` URL (one store whose
             connection pool serves every thread, one connection per transaction; several
             servers may share it).
-        pool_size: PostgreSQL: the most connections the store opens at once.
+        pool_size: PostgreSQL: the most connections the store opens at once (the
+            group writer opens a store of its own: two more).
         guard: admission (secrets or source addresses, clock window, replay, rates).
         pusher: how TEPs are converged.
         source_check: require the claimed ``ipv6`` to be the request's source address.
