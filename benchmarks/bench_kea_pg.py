@@ -17,9 +17,11 @@ no TCP listener; fsync and synchronous_commit on) serves everything measured her
   (benchmarks/bench_pg.py), 1 and 8 client processes;
 - dstm-orch: ``serve``'s node API (bench_vs_kea.py's server and closed-loop load
   generator: new leases, then renews, 1 and 8 clients, kept-alive HTTP/1.1 on [::1],
-  signed requests) with ``--state postgresql://...`` on a fresh schema: one durable
-  transaction per request under the store's advisory write lock (the store has no group
-  commit). The PostgreSQL server processes are not pinned.
+  signed requests) with ``--state postgresql://...`` on a fresh schema, twice: ``single``,
+  one durable transaction per request under the store's advisory write lock with a new
+  allocator each (``group_commit=False``, the path before group commit on PostgreSQL),
+  and ``group``, group commit (one transaction for the requests that arrive together,
+  the writer's allocator kept warm). The PostgreSQL server processes are not pinned.
 
 The table gives each dstm-orch rate over Kea's knees and over the raw commit rate from
 as many clients, with the load averages at the start and the end. The cluster, Kea and
@@ -116,7 +118,7 @@ def main() -> None:
     modes = {"Kea 1 thread": 0, f"Kea {args.threads} threads": args.threads}
     kea_runs: dict[str, list] = {mode: [] for mode in modes}
     raw_runs: dict[int, list[float]] = {count: [] for count in COUNTS}
-    dstm_runs: list[dict] = []
+    dstm_runs: dict[str, list[dict]] = {"single": [], "group": []}
     cluster = Cluster(binaries)
     try:
         cluster.start()
@@ -133,9 +135,11 @@ def main() -> None:
                     kea.stop()
                 for count in COUNTS:
                     raw_runs[count].append(raw_rate(cluster, count, args.count))
-                url = cluster.fresh_url()
-                open_store(url).close()
-                dstm_runs.append(measure_dstm(False, args.seconds, COUNTS, state=url))
+                for path, runs in dstm_runs.items():
+                    url = cluster.fresh_url()
+                    open_store(url).close()
+                    runs.append(measure_dstm(path == "group", args.seconds, COUNTS,
+                                             state=url))
     finally:
         cluster.stop()
     load_after = os.getloadavg()
@@ -163,16 +167,19 @@ def main() -> None:
               f"{cpu:>9,.0f}")
     for count in COUNTS:
         print(f"{f'raw one-row commits, {count} cl.':<30}{raw[count]:>9,.0f}")
-    for kind, label in (("new", "serve new leases"), ("renew", "serve renews")):
+    for kind, label in (("new", "new leases"), ("renew", "renews")):
         for count in COUNTS:
-            def med(field: str, key: tuple = (kind, count)) -> float:
-                return statistics.median(run[key][field] for run in dstm_runs)
-            rate = med("rate")
-            ratios = "".join(f"{rate / knees[m]:>16.2f}x" if knees[m] else f"{'-':>17}"
-                             for m in names)
-            print(f"{label + f', {count} cl.':<30}{rate:>9,.0f}{ratios}"
-                  f"{rate / raw[count]:>7.2f}x{med('p99_ms'):>9.1f}{med('cpu_us'):>9,.0f}")
-    failed = sum(run[key]["failed"] for run in dstm_runs for key in run)
+            for path, runs in dstm_runs.items():
+                def med(field: str, key: tuple = (kind, count), runs: list = runs) -> float:
+                    return statistics.median(run[key][field] for run in runs)
+                rate = med("rate")
+                ratios = "".join(f"{rate / knees[m]:>16.2f}x" if knees[m] else f"{'-':>17}"
+                                 for m in names)
+                print(f"{f'{path} {label}, {count} cl.':<30}{rate:>9,.0f}{ratios}"
+                      f"{rate / raw[count]:>7.2f}x{med('p99_ms'):>9.1f}"
+                      f"{med('cpu_us'):>9,.0f}")
+    failed = sum(run[key]["failed"] for runs in dstm_runs.values() for run in runs
+                 for key in run)
     print(f"refused or failed dstm-orch requests: {failed}")
     print(f"load average at end: {' '.join(f'{x:.2f}' for x in load_after)}; "
           f"median of {args.repeat} run(s), {args.seconds:g} s per dstm-orch measure, "
@@ -180,7 +187,8 @@ def main() -> None:
     if args.json:
         Path(args.json).write_text(json.dumps(
             {"kea": kea_runs, "raw": raw_runs,
-             "dstm": [{f"{k[0]}-{k[1]}": v for k, v in run.items()} for run in dstm_runs],
+             "dstm": {path: [{f"{k[0]}-{k[1]}": v for k, v in run.items()} for run in runs]
+                      for path, runs in dstm_runs.items()},
              "load": [load_before, load_after]}, indent=1))
 
 

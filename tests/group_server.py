@@ -1,11 +1,13 @@
 """A ``dstm-orch serve`` node API in a process of its own, for the group commit tests
-(``python -m tests.group_server STATE READY_FILE POOL_SIZE NODES``).
+(``python -m tests.group_server STATE READY_FILE POOL_SIZE NODES [HOLD_TIME]``).
 
 The service is the server's own (:class:`RoamingService` with its group writer, the
-aiohttp node app of ``serve``) over a real SQLite store, on ``[::1]``, nodes ``g0`` ...
-signing with their secrets (``secret_of``), TEP pushes off, no source check (every
-client is ``::1``). A second listener answers ``GET /writer`` with the writer's
-counters ``{"pending": N, "groups": N}`` and ``GET /metrics``. The process writes
+aiohttp node app of ``serve``) over a real store (STATE: an SQLite file or a
+``postgresql://`` URL), on ``[::1]``, nodes ``g0`` ... signing with their secrets
+(``secret_of``), TEP pushes off, no source check (every client is ``::1``), the pool's
+hold time HOLD_TIME seconds (default 60). A second listener answers ``GET /writer``
+with the writer's counters ``{"pending": N, "groups": N, "retries": N}`` and
+``GET /metrics``. The process writes
 ``NODE_PORT WRITER_PORT`` to READY_FILE once serving and stops on SIGTERM (answering
 what is in flight); SIGKILL is the crash the tests make.
 """
@@ -41,14 +43,14 @@ def ipv6_of(index: int) -> str:
     return f"2001:db8:e30::{index + 1:x}"
 
 
-def make_domain(pool_size: int, nodes: int) -> model.Domain:
+def make_domain(pool_size: int, nodes: int, hold_time: int = 60) -> model.Domain:
     first = int(ipaddress.IPv4Address(FIRST))
     pool = model.Pool(
         name="g", tep="t",
         addresses=netaddr.IPSet(netaddr.IPRange(first, first + pool_size - 1)),
         prefixes=(),
         policy=model.LeasePolicy(default_lifetime=3600, max_lifetime=MAX_LIFETIME,
-                                 hold_time=60),
+                                 hold_time=hold_time),
     )
     tep = model.Tep("t", ipaddress.IPv6Address("2001:db8:e31::a"),
                     ipaddress.IPv6Address("2001:db8:e30::a"))
@@ -57,8 +59,9 @@ def make_domain(pool_size: int, nodes: int) -> model.Domain:
         for i in range(nodes)})
 
 
-async def serve(state: Path, ready: Path, pool_size: int, nodes: int) -> None:
-    domain = make_domain(pool_size, nodes)
+async def serve(state: str, ready: Path, pool_size: int, nodes: int,
+                hold_time: int) -> None:
+    domain = make_domain(pool_size, nodes, hold_time)
     guard = Guard({name: RoamingNode(name, secret_of(name)) for name in domain.nodes},
                   Limits(node_requests=10**9, global_requests=10**9))
     service = RoamingService(domain, state, guard, NoPusher(), source_check=False)
@@ -66,7 +69,8 @@ async def serve(state: Path, ready: Path, pool_size: int, nodes: int) -> None:
 
     async def writer(request: web.Request) -> web.Response:
         return web.json_response({"pending": service.writer.pending,
-                                  "groups": service.writer.groups})
+                                  "groups": service.writer.groups,
+                                  "retries": service.writer.retries})
 
     async def metrics(request: web.Request) -> web.Response:
         return web.Response(body=service.metrics.render())
@@ -90,5 +94,5 @@ async def serve(state: Path, ready: Path, pool_size: int, nodes: int) -> None:
 
 
 if __name__ == "__main__":
-    asyncio.run(serve(Path(sys.argv[1]), Path(sys.argv[2]), int(sys.argv[3]),
-                      int(sys.argv[4])))
+    asyncio.run(serve(sys.argv[1], Path(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]),
+                      int(sys.argv[5]) if len(sys.argv) > 5 else 60))

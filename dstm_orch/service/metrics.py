@@ -24,8 +24,10 @@ one process, as in tests). Names (all prefixed ``dstm_``):
 - ``dstm_drift_checks_total{tep,result}``: periodic drift checks of a TEP's table
   (``in_step``, ``drifted``: it differed from the leases and is pushed again, ``error``);
 - ``dstm_commit_group_size`` (histogram): lease changes per durable transaction (group
-  commit, :mod:`dstm_orch.service.writer`), and ``dstm_commit_pending``: changes
-  waiting for their group's commit.
+  commit, :mod:`dstm_orch.service.writer`), ``dstm_commit_pending``: changes
+  waiting for their group's commit, and ``dstm_commit_group_retries_total``: groups
+  PostgreSQL rolled back as transient (serialization failure, deadlock) and the writer
+  ran again whole.
 """
 
 from __future__ import annotations
@@ -109,6 +111,9 @@ class Metrics:
         self.group_size = Histogram("dstm_commit_group_size", "Lease changes per durable "
                                     "transaction (group commit)", registry=r,
                                     buckets=(1, 2, 4, 8, 16, 32, 64, 128))
+        self.group_retries = Counter("dstm_commit_group_retries", "Group transactions "
+                                     "rolled back as transient (PostgreSQL serialization "
+                                     "failure or deadlock) and run again whole", registry=r)
         self.pending = Gauge("dstm_commit_pending", "Lease changes waiting for their "
                              "group's commit", registry=r)
 

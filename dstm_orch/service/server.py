@@ -17,14 +17,18 @@ a request whose change is already covered by a push that started after it does n
 push again. The first request after start pushes once, whatever it changed (the TEP
 may be stale).
 
-Lease changes are written by group commit when the store has it (SQLite,
+Lease changes are written by group commit (SQLite and PostgreSQL,
 :mod:`dstm_orch.service.writer`): the changes of requests that arrive together share
 one durable transaction, each with its own SAVEPOINT, answer and refusal; an answer
-leaves only after the commit. The HTTP side (:meth:`RoamingService.handle_async`)
+leaves only after the commit. The writer's allocator stays warm between requests (its
+pools' address spaces, the store's skip marks, which every use checks against the
+revoke and expire events committed since, by any process); the database's unique
+indexes judge every insert, so several servers and CLI processes may write one store.
+The HTTP side (:meth:`RoamingService.handle_async`)
 admits a request (HMAC, JSON, limits) on the event loop, waits for the writer without
 holding the loop, and runs a TEP push in a thread only when one is needed. Without
-group commit (PostgreSQL, or ``group_commit=False``) each request is one transaction
-on a thread of its own (:meth:`RoamingService.handle`).
+group commit (``group_commit=False``) each request is one transaction with an allocator
+of its own, on a thread of its own (:meth:`RoamingService.handle`).
 
 Security properties (section 7): the server listens on one IPv6 address only
 (:mod:`dstm_orch.service.httpd`); by default the address a request claims must be the
@@ -86,13 +90,14 @@ class RoamingService:
             one kept open until :meth:`close`) or a ``postgresql://`` URL (one store whose
             connection pool serves every thread, one connection per transaction; several
             servers may share it).
-        pool_size: PostgreSQL: the most connections the store opens at once.
+        pool_size: PostgreSQL: the most connections the store opens at once (the
+            group writer opens a store of its own: two more).
         guard: admission (secrets or source addresses, clock window, replay, rates).
         pusher: how TEPs are converged.
         source_check: require the claimed ``ipv6`` to be the request's source address.
         metrics: where counters go (None: a new :class:`Metrics`).
-        group_commit: write lease changes by group commit when the store has it
-            (False: one transaction per request, the path PostgreSQL takes).
+        group_commit: write lease changes by group commit (False: one transaction
+            per request, with a new allocator each, the path before group commit).
         max_group: the most lease changes per group transaction.
 
     Raises:
@@ -125,7 +130,8 @@ class RoamingService:
         self.writer: GroupWriter | None = None
         if group_commit and getattr(self._keeper, "GROUP_COMMIT", False):
             self.writer = GroupWriter(self.store_path, max_group,
-                                      self.metrics.group_size.observe)
+                                      self.metrics.group_size.observe,
+                                      self.metrics.group_retries.inc)
             self.metrics.pending.set_function(lambda: self.writer.pending)
             self.writer.start()
 

@@ -10,7 +10,13 @@ Imports only :mod:`dstm_orch.domain`.
 """
 
 from dstm_orch.domain.model import WHOLE
-from dstm_orch.store.connection import LeaseStore, Transaction, TransientStoreError, retried
+from dstm_orch.store.connection import (
+    LeaseStore,
+    Transaction,
+    TransientGroupError,
+    TransientStoreError,
+    retried,
+)
 from dstm_orch.store.identity import SCHEMA_VERSION
 from dstm_orch.store.index import Slot
 from dstm_orch.store.journal import PushRecord
@@ -30,6 +36,7 @@ __all__ = [
     "Slot",
     "TepBusyError",
     "Transaction",
+    "TransientGroupError",
     "TransientStoreError",
     "is_postgres",
     "open_store",

@@ -59,6 +59,14 @@ class TransientStoreError(StoreError):
     (PostgreSQL); nothing of it was written and running the operation again is safe."""
 
 
+class TransientGroupError(TransientStoreError):
+    """A group transaction (``group``) was rolled back by a serialization failure or a
+    deadlock: nothing of the whole group was written, and every operation of the group
+    must run again in a new group (a retry of the one operation that met it would run
+    inside a rolled-back transaction, and the locks the group's earlier operations hold
+    could close the same deadlock again). ``retried`` does not retry it."""
+
+
 TRANSIENT_ATTEMPTS = 5
 """Runs of one write operation when the store rolls it back as transient (a PostgreSQL
 serialization failure or deadlock): nothing of a rolled-back run was written, and a
@@ -66,13 +74,16 @@ run again reads the node's lease afresh, so a retry never hands out a second lea
 
 
 def retried(method: Callable[..., T]) -> Callable[..., T]:
-    """Run a write operation again when the store raises ``TransientStoreError``."""
+    """Run a write operation again when the store raises ``TransientStoreError``
+    (not ``TransientGroupError``: the group's owner runs the whole group again)."""
 
     @functools.wraps(method)
     def run(self: Any, *args: Any, **kwargs: Any) -> T:
         for attempt in range(1, TRANSIENT_ATTEMPTS + 1):
             try:
                 return method(self, *args, **kwargs)
+            except TransientGroupError:
+                raise
             except TransientStoreError:
                 if attempt == TRANSIENT_ATTEMPTS:
                     raise
@@ -97,7 +108,7 @@ class LeaseStore:
     """
 
     GROUP_COMMIT = True
-    """:meth:`group` is available (the PostgreSQL store has no group commit)."""
+    """:meth:`group` is available (on both backends)."""
 
     def __init__(self, path: str | Path):
         self.path = Path(path)

@@ -28,6 +28,16 @@ connection; one inside the block rolls everything back and raises
 allocator does): a retried allocation finds the node's lease if the first attempt
 committed, so no duplicate is ever handed out. A commit whose outcome is unknown
 (connection lost during COMMIT) raises ``StoreError`` saying so.
+
+Group commit (``group``, as SQLite's ``LeaseStore.group``): one write transaction on
+one pooled connection, taken with the same advisory write lock, holds the operations of
+one thread (``serve``'s writer), each ``write`` a SAVEPOINT released when its block
+returns and rolled back alone when it raises, each ``read`` the open transaction; one
+COMMIT (one WAL flush) makes them all durable. A serialization failure or deadlock in
+any of them dooms the whole group: it is rolled back and ``TransientGroupError`` tells
+the caller to run every operation again (no retry of the one operation inside the
+group: its transaction is aborted, and the row locks its earlier operations hold could
+close the same deadlock again).
 """
 
 from __future__ import annotations
@@ -36,7 +46,9 @@ import contextlib
 import functools
 import hashlib
 import re
+import threading
 import time
+from collections import ChainMap
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -47,7 +59,12 @@ import psycopg_pool
 from psycopg import errors as pgerrors
 
 from dstm_orch.domain.errors import StoreError
-from dstm_orch.store.connection import LeaseStore, Transaction, TransientStoreError
+from dstm_orch.store.connection import (
+    LeaseStore,
+    Transaction,
+    TransientGroupError,
+    TransientStoreError,
+)
 from dstm_orch.store.identity import SCHEMA_VERSION
 from dstm_orch.store.index import _Mark, _MarkKey
 from dstm_orch.store.leases import ConstraintError
@@ -170,14 +187,14 @@ class PgLeaseStore(LeaseStore):
             was changed).
     """
 
-    GROUP_COMMIT = False
-    """No group commit here (``LeaseStore.group`` is SQLite's): ``serve`` runs one
-    transaction per request on PostgreSQL."""
+    GROUP_COMMIT = True
+    """:meth:`group` is available: ``serve`` writes by group commit on PostgreSQL too."""
 
     def __init__(self, url: str, pool_size: int = 4):
         self.url = url
         self.path = redact(url)  # type: ignore[assignment]  # what messages name
         self._marks: dict[_MarkKey, _Mark] = {}
+        self._local = threading.local()  # the calling thread's open group, if any
         # One plain connection first: an unreachable server or a refused login fails
         # at once with libpq's reason (a pool would retry until its timeout).
         try:
@@ -278,6 +295,143 @@ class PgLeaseStore(LeaseStore):
             yield transaction
 
     @contextmanager
+    def group(self) -> Iterator[None]:
+        """Run a block as one durable write transaction holding several operations of
+        the calling thread (group commit; see the module docstring): each :meth:`write`
+        inside it is a SAVEPOINT, released when its block returns and rolled back alone
+        when it raises; :meth:`read` reads the open transaction. One COMMIT at the end
+        makes every operation that succeeded durable at once; nothing is before it.
+        Other threads' transactions are their own (the group is the thread's). Unlike
+        SQLite's, a write inside another write has no savepoint of its own: if it fails,
+        the outer write is undone with it (:meth:`_in_group`).
+
+        Raises:
+            TransientGroupError: a serialization failure or deadlock in the group (or at
+                its commit) rolled it all back: nothing was written; run every
+                operation of the group again.
+            StoreError: the transaction could not begin, the connection was lost inside
+                the group (nothing was written), or the commit failed (its outcome is
+                unknown; the message says so).
+        """
+        if getattr(self._local, "group", None) is not None:
+            raise StoreError(f"lease store {self.path}: a group is already open")
+        conn = self._begin(write=True)
+        group = self._local.group = _Group(conn)
+        try:
+            try:
+                yield
+            except BaseException as exc:
+                _rollback(conn)
+                if group.transient is not None or isinstance(exc, _TRANSIENT):
+                    raise self._doomed(group.transient or exc) from exc
+                if isinstance(exc, psycopg.Error):
+                    raise StoreError(f"lease store {self.path}: {exc}; nothing of the "
+                                     "group was written") from exc
+                raise
+            if group.transient is not None or group.broken is not None:
+                _rollback(conn)
+                if group.transient is not None:
+                    raise self._doomed(group.transient) from group.transient
+                raise StoreError(f"lease store {self.path}: {group.broken}; nothing of the"
+                                 " group was written") from group.broken
+            try:
+                conn.execute("COMMIT")
+            except _TRANSIENT as exc:
+                _rollback(conn)
+                raise self._doomed(exc) from exc
+            except psycopg.Error as exc:
+                _rollback(conn)
+                raise StoreError(
+                    f"lease store {self.path}: commit failed, its outcome is unknown: {exc}"
+                ) from exc
+        finally:
+            self._local.group = None
+            self._pool.putconn(conn)
+        self._marks.update(group.marks)
+
+    def _doomed(self, exc: BaseException) -> TransientGroupError:
+        return TransientGroupError(f"lease store {self.path}: {exc}; the group was rolled "
+                                   "back, nothing of it was written")
+
+    @property
+    def in_group(self) -> bool:
+        """Whether the calling thread has a :meth:`group` open and still usable (no
+        transient failure or lost connection doomed it)."""
+        group = getattr(self._local, "group", None)
+        return group is not None and group.transient is None and group.broken is None
+
+    @contextmanager
+    def _in_group(self, group: _Group, write: bool) -> Iterator[Transaction]:
+        """One operation of a group: a SAVEPOINT for a write, the open transaction for a
+        read. Skip marks a write finds stay in the group until it commits.
+
+        Round trips are what a group costs on PostgreSQL, so a write's SAVEPOINT is
+        released only when the next write starts, in the same round trip (``RELEASE
+        SAVEPOINT dstm_op; SAVEPOINT dstm_op``; COMMIT releases the last), and a write
+        inside another (the allocator's, inside the writer's) takes no savepoint of its
+        own: it is part of the outer one. If it raises and the outer block goes on
+        regardless, the outer write is rolled back when it ends and raises
+        ``StoreError``, so nothing of a failed write survives."""
+        if group.transient is not None:
+            raise self._doomed(group.transient)
+        if group.broken is not None:
+            raise StoreError(f"lease store {self.path}: {group.broken}; the group's "
+                             "transaction is lost")
+        conn = group.conn
+        transaction = Transaction(_Connection(conn),  # type: ignore[arg-type]
+                                  ChainMap(group.marks, self._marks))  # type: ignore[arg-type]
+        if not write:
+            yield transaction
+            return
+        outer = group.operation
+        if outer is not None:
+            transaction.new_marks = outer.new_marks  # kept or dropped with the outer write
+            try:
+                yield transaction
+            except BaseException as exc:
+                group.spoiled = True
+                if isinstance(exc, _TRANSIENT):
+                    group.transient = exc
+                    raise self._doomed(exc) from exc
+                if isinstance(exc, (psycopg.Error, ConstraintError)):
+                    raise StoreError(f"lease store {self.path}: {exc}") from exc
+                raise
+            return
+        group.operation, group.spoiled = transaction, False
+        try:
+            conn.execute(f"RELEASE SAVEPOINT {_SAVEPOINT}; SAVEPOINT {_SAVEPOINT}"
+                         if group.unreleased else f"SAVEPOINT {_SAVEPOINT}")
+            group.unreleased = True
+            try:
+                yield transaction
+                if group.spoiled:
+                    raise StoreError(f"lease store {self.path}: a write inside this one "
+                                     "failed; both are undone")
+            except BaseException as exc:
+                if isinstance(exc, _TRANSIENT):
+                    group.transient = exc
+                    raise self._doomed(exc) from exc
+                if group.transient is None:
+                    try:
+                        conn.execute(f"ROLLBACK TO SAVEPOINT {_SAVEPOINT};"
+                                     f" RELEASE SAVEPOINT {_SAVEPOINT}")
+                        group.unreleased = False
+                    except psycopg.Error as lost:
+                        group.broken = lost
+                if isinstance(exc, (psycopg.Error, ConstraintError)):
+                    raise StoreError(f"lease store {self.path}: {exc}") from exc
+                raise
+        except _TRANSIENT as exc:
+            group.transient = exc
+            raise self._doomed(exc) from exc
+        except psycopg.Error as exc:
+            group.broken = exc
+            raise StoreError(f"lease store {self.path}: {exc}") from exc
+        finally:
+            group.operation = None
+        group.marks.update(transaction.new_marks)
+
+    @contextmanager
     def tep_lock(self, domain: str, tep: str, *, wait: float | None = None,
                  purpose: str = "push") -> Iterator[None]:
         """Hold TEP ``tep``'s push lock for the block (:mod:`dstm_orch.store.teplock`):
@@ -356,6 +510,11 @@ class PgLeaseStore(LeaseStore):
 
     @contextmanager
     def _transaction(self, write: bool) -> Iterator[Transaction]:  # type: ignore[override]
+        group = getattr(self._local, "group", None)
+        if group is not None:
+            with self._in_group(group, write) as transaction:
+                yield transaction
+            return
         conn = self._begin(write)
         transaction = Transaction(_Connection(conn), self._marks)  # type: ignore[arg-type]
         try:
@@ -384,6 +543,28 @@ class PgLeaseStore(LeaseStore):
         finally:
             self._pool.putconn(conn)
         self._marks.update(transaction.new_marks)
+
+
+_SAVEPOINT = "dstm_op"
+"""The name of a group's per-operation savepoint (one exists at a time)."""
+
+
+class _Group:
+    """The open group transaction of one thread (:meth:`PgLeaseStore.group`)."""
+
+    def __init__(self, conn: psycopg.Connection):
+        self.conn = conn
+        self.marks: dict[_MarkKey, _Mark] = {}
+        self.operation: Transaction | None = None
+        """The outermost write running now (the one with the savepoint)."""
+        self.spoiled = False
+        """A write inside :attr:`operation` raised: the operation must be undone."""
+        self.unreleased = False
+        """The savepoint of the last write that succeeded is not released yet."""
+        self.transient: BaseException | None = None
+        """The serialization failure or deadlock that doomed the group."""
+        self.broken: BaseException | None = None
+        """The error that left the group's transaction unusable (a lost connection)."""
 
 
 def _rollback(conn: psycopg.Connection) -> None:
