@@ -9,7 +9,13 @@ to converge, then times, ``--repeat`` rounds each, in one run:
 - ``apply`` with nothing changed: devices in step are skipped (no device contacted);
 - ``plan`` with nothing to change (reads every device: Ansible check mode);
 - after one lease change (``revoke n2``): ``apply --refresh`` (anchor) against ``apply``
-  (only the devices whose intent changed), the lease allocated back in between.
+  (only the devices whose intent changed), the lease allocated back in between;
+- ``plan`` and ``apply --refresh`` with nothing to change, each also with the playbook cut
+  into a TEP play and then a node play (strategy linear, the shape of ``dstm.orch.apply``
+  before its one play with strategy free; written from the playbook by
+  :func:`serial_playbook`), the anchor; with the CPU seconds each spent in
+  ansible-playbook (its workers included) and on the hosts (the processes under each
+  lab host's sshd), and ``plan`` against its target of 5 s (issue 10).
 
 Router part (``--routers N``, default 3; 0 skips it): N netconfd routers in their own
 namespaces, one lease each; ``plan`` and ``apply --refresh`` with one NETCONF session at a
@@ -25,20 +31,23 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import io
 import json
 import os
+import resource
 import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+import dstm_orch.push.ansible as ansible_push
 from dstm_orch import lab
 from dstm_orch.cli.main import main
 from dstm_orch.config.ansible_inventory import AnsibleInventory
@@ -69,6 +78,76 @@ def contacted(result: dict) -> int:
     return len(result.get("hosts", [])) + len(result.get("netconf", []))
 
 
+PLAN_TARGET = 5.0
+"""Seconds: ``plan`` on the lab with nothing to change (issue 10, section 4)."""
+
+
+def serial_playbook(dest: Path) -> Path:
+    """Write ``dstm.orch.apply`` cut into two plays, the TEPs' then the nodes' (strategy
+    linear: the second play starts when the first has ended on every host), each with
+    the checks and the role of its group; return the file."""
+    source = ansible_push.collection_root() / "playbooks" / "apply.yml"
+    (play,) = yaml.safe_load(source.read_text())
+    tasks = play["tasks"]
+    role_of = {"dstm_teps": "dstm.orch.dstm_tep", "dstm_nodes": "dstm.orch.dstm_node"}
+    plays = []
+    for group, role in role_of.items():
+        keep = [task for task in tasks
+                if (task.get("ansible.builtin.include_role") or {}).get("name", role) == role]
+        plays.append({**play, "name": f"{play['name']} ({group})", "hosts": group,
+                      "strategy": "linear", "tasks": keep})
+    dest.write_text(yaml.safe_dump(plays, sort_keys=False))
+    return dest
+
+
+@contextlib.contextmanager
+def playbook(path: Path | None) -> Iterator[None]:
+    """Make ``dstm-orch`` run the playbook file ``path`` instead of ``dstm.orch.apply``
+    for the block (None: leave it)."""
+    original = ansible_push.run_apply
+    if path is not None:
+        ansible_push.run_apply = functools.partial(original, playbook=str(path))
+    try:
+        yield
+    finally:
+        ansible_push.run_apply = original
+
+
+def _tree_cpu(pid: int) -> float:
+    """CPU seconds of process ``pid`` and its descendants, waited-for children included
+    (``/proc/PID/stat`` utime, stime, cutime, cstime)."""
+    children: dict[int, list[int]] = {}
+    own: dict[int, int] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            fields = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(entry))
+        own[int(entry)] = sum(int(f) for f in fields[11:15])
+    total, todo = 0, [pid]
+    while todo:
+        current = todo.pop()
+        total += own.get(current, 0)
+        todo += children.get(current, [])
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+class CpuMeter:
+    """CPU seconds spent by this process's waited-for children (ansible-playbook and its
+    workers) and by every lab host's sshd and what it runs (the modules)."""
+
+    def __init__(self, raw: AnsibleInventory) -> None:
+        self.sshd = [h.sshd_pid for h in lab.lab_status(raw).hosts if h.sshd_pid]
+
+    def read(self) -> tuple[float, float]:
+        children = resource.getrusage(resource.RUSAGE_CHILDREN)
+        return (children.ru_utime + children.ru_stime,
+                sum(_tree_cpu(pid) for pid in self.sshd))
+
+
 class Table:
     def __init__(self) -> None:
         self.rows: list[tuple[str, str, list[float], list[float], str]] = []
@@ -85,6 +164,13 @@ class Table:
                   + (f"; {note}" if note else ""))
 
 
+def cpu_note(figures: dict[str, list[tuple[float, float]]], key: str) -> str:
+    """``CPU ansible X s + hosts Y s`` (medians) of the runs recorded under ``key``."""
+    runs = figures[key]
+    return (f"CPU ansible-playbook {statistics.median(r[0] for r in runs):.1f} s"
+            f" + hosts {statistics.median(r[1] for r in runs):.1f} s")
+
+
 def lab_part(repeat: int, table: Table) -> None:
     with tempfile.TemporaryDirectory(prefix="dstm-bench-apply-") as tmp:
         base = Path(tmp)
@@ -94,17 +180,32 @@ def lab_part(repeat: int, table: Table) -> None:
             f.write_text(f.read_text().replace("2001:db8:100::", MANAGEMENT))
         common = ["-i", str(inventory), "--state", str(base / "leases.sqlite")]
         raw = AnsibleInventory.load(inventory)
+        serial = serial_playbook(base / "apply-serial.yml")
         started = time.perf_counter()
         lab.lab_up(raw)
         print(f"lab up: {time.perf_counter() - started:.2f} s", flush=True)
         try:
+            meter = CpuMeter(raw)
             for node in ("n1", "n2", "n3"):
                 run(["allocate", node, *common])
             first, _ = timed(["apply", "--json", *common])
             print(f"first apply (converge, 4 hosts): {first:.2f} s", flush=True)
             refresh, skip, plan, change_refresh, change = [], [], [], [], []
             seen: dict[str, int] = {}
+            shape: dict[str, list[float]] = {}
+            cpu: dict[str, list[tuple[float, float]]] = {}
             for _ in range(repeat):
+                for label, path in (("two plays", serial), ("one play", None)):
+                    for args in (["plan"], ["apply", "--refresh"]):
+                        key = f"{' '.join(args)}, {label}"
+                        before = meter.read()
+                        with playbook(path):
+                            t, r = timed([*args, "--json", *common])
+                        after = meter.read()
+                        assert r["changed"] == 0 and contacted(r) == 4, r
+                        shape.setdefault(key, []).append(t)
+                        cpu.setdefault(key, []).append(
+                            (after[0] - before[0], after[1] - before[1]))
                 t, r = timed(["apply", "--refresh", "--json", *common])
                 assert r["changed"] == 0, r
                 refresh.append(t)
@@ -133,6 +234,13 @@ def lab_part(repeat: int, table: Table) -> None:
     table.add("lab: apply after one lease change (revoke n2)", "apply --refresh",
               change_refresh, change,
               f"{seen['change']} of {seen['change--refresh']} devices contacted")
+    for args in ("plan", "apply --refresh"):
+        table.add(f"lab: {args}, in step, one play (free)", "TEP play, node play",
+                  shape[f"{args}, two plays"], shape[f"{args}, one play"],
+                  f"{cpu_note(cpu, f'{args}, one play')} (anchor "
+                  f"{cpu_note(cpu, f'{args}, two plays').removeprefix('CPU ')})")
+    table.add("lab: plan, in step, against the target", "target",
+              [PLAN_TARGET], shape["plan, one play"], "issue 10: under 5 s")
 
 
 def routers_part(count: int, repeat: int, table: Table) -> None:

@@ -2,10 +2,10 @@
 
 ``python tests/kernel_lab_guest.py PLAN.json`` builds the lab's network from the plan's
 ``ip`` batches, runs the plan's rounds of module calls (each host's calls in order, the
-TEP before the nodes, as ``dstm.orch.apply`` orders them),
-and observes the kernel after each round. It asserts nothing: the last line of its
-output is ``DSTM-KERNEL-REPORT <json>`` with what it saw, for the test on the host to
-check. Standard library only, but Ansible's module library imported once for all
+TEP before the nodes: one of the orders ``dstm.orch.apply``, whose hosts run at their own
+pace, may take), and observes the kernel after each round. It asserts nothing: the last
+line of its output is ``DSTM-KERNEL-REPORT <json>`` with what it saw, for the test on the
+host to check. Standard library only, but Ansible's module library imported once for all
 module calls (every import costs seconds under emulation).
 
 Plan (written by tests/test_kernel_ip6tnl.py)::
@@ -130,8 +130,8 @@ class Guest:
                 "seconds": round(time.monotonic() - started, 2), "started_at": started_at}
 
     def converge(self, round_: dict) -> None:
-        """Run one round: each host's calls in order, the TEP first (as the playbook's
-        plays are ordered), a host stopping at its first failed call."""
+        """Run one round: each host's calls in order, the TEP first (one order the
+        playbook may take), a host stopping at its first failed call."""
         rendered_at = round_["rendered_at"] if round_.get("shift") else None
         results: dict[str, list[dict]] = {}
         started = time.monotonic()

@@ -2,13 +2,14 @@
 templating without running anything.
 
 The playbook ``dstm.orch.apply`` maps the ``dstm_intent`` extra variable onto the roles'
-inputs (its play and role ``vars``); the roles turn those into module arguments through
-their ``defaults``, ``vars`` and ``tasks``. :func:`role_tasks` evaluates exactly those
-files with ``ansible.template.Templar`` for one host (each task's ``when`` included) and
-returns ``[{"task": name, "module": short name, "args": {...}}, ...]`` in task order, so a
-test can run the modules directly (``python <module>.py <args.json>``) where a full
-Ansible run is too slow, as under an emulated kernel (draft-ietf-ngtrans-dstm-08
-sections 4 and 5: the node's and the TEP's configuration).
+inputs (its play ``vars`` and the ``vars`` of the task that includes each role); the
+roles turn those into module arguments through their ``defaults``, ``vars`` and ``tasks``.
+:func:`role_tasks` evaluates exactly those files with ``ansible.template.Templar`` for one
+host (each task's ``when`` included) and returns ``[{"task": name, "module": short name,
+"args": {...}}, ...]`` in task order, so a test can run the modules directly (``python
+<module>.py <args.json>``) where a full Ansible run is too slow, as under an emulated
+kernel (draft-ietf-ngtrans-dstm-08 sections 4 and 5: the node's and the TEP's
+configuration).
 """
 
 from __future__ import annotations
@@ -21,8 +22,6 @@ from tests.conftest import ROOT
 
 COLLECTION = ROOT / "ansible_collections" / "dstm" / "orch"
 PLAYBOOK = COLLECTION / "playbooks" / "apply.yml"
-PLAYS = {"dstm_tep": "dstm_teps", "dstm_node": "dstm_nodes"}
-"""Role -> the host group of the play of ``dstm.orch.apply`` that runs it."""
 
 
 def _trusted(value: Any) -> Any:
@@ -56,7 +55,7 @@ def role_tasks(role: str, host: str, hostvars: dict[str, Any],
         preflight: its checks are Ansible assertions, not modules.
 
     Raises:
-        KeyError: the playbook has no play for ``role``.
+        StopIteration: the playbook includes no ``role``.
     """
     from ansible.parsing.dataloader import DataLoader
     from ansible.template import Templar
@@ -66,12 +65,13 @@ def role_tasks(role: str, host: str, hostvars: dict[str, Any],
     def load(path: Path) -> Any:
         return _trusted(loader.load_from_file(str(path)))
 
-    play = next(p for p in load(PLAYBOOK) if p["hosts"] == PLAYS[role])
-    entry = next(r for r in play["roles"] if r["role"] == f"dstm.orch.{role}")
+    play, entry = next((p, task) for p in load(PLAYBOOK) for task in p["tasks"]
+                       if (task.get("ansible.builtin.include_role") or {}).get("name")
+                       == f"dstm.orch.{role}")
     base = COLLECTION / "roles" / role
     variables: dict[str, Any] = {}
     # Precedence as Ansible applies it: role defaults < inventory < extra vars and
-    # magic variables < play vars < role vars < the play's vars for the role.
+    # magic variables < play vars < role vars < the including task's vars.
     variables.update(load(base / "defaults" / "main.yml"))
     variables.update(hostvars)
     variables.update(dstm_intent=json.loads(json.dumps(intent)), inventory_hostname=host,
