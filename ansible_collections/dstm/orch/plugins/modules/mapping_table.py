@@ -282,13 +282,13 @@ def next_hops(params: dict) -> dict[str, dict]:
     for index, binding in enumerate(params["bindings"]):
         if params["driver"] == "seg6" and binding["roaming"]:
             segment = _needs(index, binding, "node_ipv6", "a roaming binding needs it")
-            hop = {"dev": uplink, "encap": {"type": "seg6", "mode": "encap",
-                                             "segs": [segment]}}
+            encap = {"type": "seg6", "mode": "encap", "segs": [segment]}
+            hop = {"dev": uplink, "encap": encap}
         elif params["driver"] == "seg6":
             segment = _needs(index, binding, "node_decap_ipv6",
                              "driver seg6 needs it for a node that is not roaming")
-            hop = {"dev": uplink, "encap": {"type": "seg6", "mode": "encap.red",
-                                             "segs": [segment]}}
+            encap = {"type": "seg6", "mode": "encap.red", "segs": [segment]}
+            hop = {"dev": uplink, "encap": encap}
         else:
             remote = _needs(index, binding, "node_ipv6", "driver ip6tnl needs it (the "
                             "tunnel's remote end)")
