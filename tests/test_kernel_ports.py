@@ -158,11 +158,16 @@ def ports_inventory(base):
     return inventory
 
 
+TUNNEL_CALLS = ("tunnel", "mapping_table")
+"""The calls that converge a host's tunnels: a node's dstm.orch.tunnel, the TEP's
+dstm.orch.mapping_table (its whole mapping table, the tunnels first)."""
+
+
 def check_round(round_: dict) -> dict:
     """Keep each host's tunnel call only, in check mode with a diff."""
     round_["hosts"] = {host: [{**c, "args": {**c["args"], "_ansible_check_mode": True,
                                              "_ansible_diff": True}}
-                              for c in calls if c["module"] == "tunnel"]
+                              for c in calls if c["module"] in TUNNEL_CALLS]
                        for host, calls in round_["hosts"].items()}
     return round_
 
@@ -175,7 +180,7 @@ def report(tmp_path_factory):
     lab = Domain(ports_inventory(base), base / "leases.sqlite")
     leases = {node: lab.cli("allocate", node) for node in NODES}
     fix = lab.round("drift_fix", (TEP, "n1"))
-    fix["hosts"][TEP] = [c for c in fix["hosts"][TEP] if c["module"] == "tunnel"]
+    fix["hosts"][TEP] = [c for c in fix["hosts"][TEP] if c["module"] in TUNNEL_CALLS]
     rounds = [lab.round("apply", (TEP, *NODES)),
               check_round(lab.round("drift_check", (TEP, "n1"))), fix,
               check_round(lab.round("drift_recheck", (TEP, "n1")))]
@@ -332,8 +337,10 @@ def test_drift_is_reported_in_check_mode_and_corrected(report):
                                                     DRIFT_MTU) + "\n"
     assert node_call["diff"]["after"] == node_line(TEP_IPV6, "none", NODE_HOP_LIMIT,
                                                    NODE_MTU) + "\n"
-    assert tep_line(DRIFT_MTU) in tep_call["diff"]["before"].splitlines()
-    assert tep_line(TEP_MTU) in tep_call["diff"]["after"].splitlines()
+    tep_diff = tep_call["diff"][0]  # mapping_table: the tunnels' diff comes first
+    assert tep_diff["before_header"] == "ip6tnl links d4o6-*"
+    assert tep_line(DRIFT_MTU) in tep_diff["before"].splitlines()
+    assert tep_line(TEP_MTU) in tep_diff["after"].splitlines()
     # Check mode changed nothing: the real run still found the drift.
     fix = report["rounds"]["drift_fix"]["results"]
     assert [c["changed"] for c in fix[TEP]] == [True]

@@ -186,14 +186,19 @@ def _host_results(runner) -> dict[str, HostResult]:
 
 
 def _diff_text(task: str, res: dict) -> list[str]:
+    """Unified diffs of a task result's ``diff`` (one dict, or a list of them: a module
+    that converges several owned sets, such as ``dstm.orch.mapping_table``, gives one per
+    set, labelled then by its ``before_header``)."""
     diffs = res.get("diff") or []
     if isinstance(diffs, dict):
         diffs = [diffs]
     out = []
     for d in diffs:
         before, after = d.get("before", ""), d.get("after", "")
+        label = (f"{task}: {d['before_header']}" if len(diffs) > 1 and d.get("before_header")
+                 else task)
         if isinstance(before, str) and isinstance(after, str) and before != after:
             out.append("".join(difflib.unified_diff(
                 before.splitlines(keepends=True), after.splitlines(keepends=True),
-                f"{task} (device)", f"{task} (intent)")))
+                f"{label} (device)", f"{label} (intent)")))
     return out

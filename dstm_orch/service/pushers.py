@@ -77,7 +77,8 @@ class AnsiblePusher:
     A push runs the playbook ``dstm.orch.tep_mappings`` (the ``mappings`` entry point of
     the ``dstm.orch.dstm_tep`` role: tunnels, port-set tables and rules, binding and pool
     routes, after the role's input checks) with ``--limit <tep>``: one Ansible run per
-    batch of lease changes, touching only the mapping entries. The first push to each
+    batch of lease changes, touching only the mapping entries, with one module run on
+    the TEP (``dstm.orch.mapping_table``, the host checks included). The first push to each
     TEP by a pusher (the server starting or reloading) runs the whole role instead
     (``apply.yml``: also forwarding and the TEP's own decapsulation route), so that a TEP
     never applied, or rebooted, carries traffic after the server's first push.
@@ -124,8 +125,8 @@ class AnsiblePusher:
     def drifted(self, tep: str) -> bool:
         """Tell whether TEP ``tep``'s mapping table differs from the current leases: the
         push's playbook in check mode (``--check --diff``, nothing changed) on the TEP,
-        drift being any task that would change (a route, rule or tunnel missing, stale
-        or different; draft section 5: the table equals the active leases).
+        drift being a change it would make (a route, rule or tunnel missing, stale or
+        different; draft section 5: the table equals the active leases).
 
         Raises:
             PushError: the run failed on the TEP or did not reach it.

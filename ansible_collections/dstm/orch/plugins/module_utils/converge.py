@@ -6,7 +6,9 @@ entries are created, different ones replaced and, with ``purge``, the others rem
 (draft-ietf-ngtrans-dstm-08 section 5: a TEP's mapping table follows the active leases).
 :func:`plan_owned` computes that plan as commands without running any;
 :func:`exit_with` reports it in the one shape every module returns (``changed``,
-``commands``, the module's own fields and, in diff mode, before and after as text).
+``commands``, the module's own fields and, in diff mode, before and after as text);
+:func:`exit_with_outcomes` does the same for a module that converges several owned sets
+in one run (an :class:`Outcome` each), with one diff per set.
 """
 
 from __future__ import annotations
@@ -74,6 +76,24 @@ def plan_owned(wanted: dict, current: dict, *, purge: bool,
     return plan
 
 
+@dataclass
+class Outcome:
+    """What converging one owned set did (or would do, in check mode).
+
+    Attributes:
+        commands: argv lists run, or that would run in check mode.
+        header: what the diff shows (for example ``ipv4 rules protocol 211``).
+        before, after: the owned entries before and after, one line each.
+        fields: the return values of the set (``routes``, ``added``...).
+    """
+
+    commands: list
+    header: str
+    before: list[str]
+    after: list[str]
+    fields: dict = field(default_factory=dict)
+
+
 def in_order(entries: dict) -> list:
     """Return the values of ``entries`` in the order of their keys."""
     return [entries[key] for key in sorted(entries)]
@@ -103,4 +123,27 @@ def exit_with(module, commands: list, *, header: str, before, after, **fields) -
     if module._diff:
         result["diff"] = {"before_header": header, "after_header": header,
                           "before": text(before), "after": text(after)}
+    module.exit_json(**result)
+
+
+def exit_with_outcomes(module, outcomes: list[Outcome], **fields) -> None:
+    """End the run of a module that converged several owned sets, one after the other.
+
+    ``changed`` is whether any set ran a command, ``commands`` those of every set in the
+    order they ran; in diff mode ``diff`` is a list with one before/after per set, as
+    Ansible shows a list of diffs (each under its header).
+
+    Args:
+        module: the running ``AnsibleModule``.
+        outcomes: the sets, in the order they were converged.
+        fields: the module's own return values.
+    """
+    commands = [c for outcome in outcomes for c in outcome.commands]
+    result = dict(fields)
+    result["changed"] = bool(commands)
+    result["commands"] = [c if isinstance(c, str) else " ".join(c) for c in commands]
+    if module._diff:
+        result["diff"] = [{"before_header": o.header, "after_header": o.header,
+                           "before": text(o.before), "after": text(o.after)}
+                          for o in outcomes]
     module.exit_json(**result)

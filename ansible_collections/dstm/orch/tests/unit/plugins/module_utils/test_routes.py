@@ -1,4 +1,5 @@
-"""dstm.orch.routes: validation, kernel parsing and the plan, without a kernel."""
+"""module_utils routes (dstm.orch.routes, dstm.orch.mapping_table): validation, kernel
+parsing and the plan, without a kernel."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import re
 
 import pytest
 
-from ansible_collections.dstm.orch.plugins.modules.routes import (
+from ansible_collections.dstm.orch.plugins.module_utils.routes import (
     RouteError,
     kernel_routes,
     plan_routes,

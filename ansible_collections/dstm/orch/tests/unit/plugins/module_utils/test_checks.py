@@ -1,8 +1,8 @@
-"""dstm.orch.preflight: the checks, without a host."""
+"""module_utils checks (dstm.orch.preflight, dstm.orch.mapping_table), without a host."""
 
 from __future__ import annotations
 
-from ansible_collections.dstm.orch.plugins.modules.preflight import (
+from ansible_collections.dstm.orch.plugins.module_utils.checks import (
     host_problem,
     port_set_problems,
     prefix_problem,

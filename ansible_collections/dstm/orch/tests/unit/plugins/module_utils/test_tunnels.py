@@ -1,10 +1,11 @@
-"""dstm.orch.tunnel: the ip6tnl plan (RFC 2473, encaplimit none) and drift, without a kernel."""
+"""module_utils tunnels (dstm.orch.tunnel, dstm.orch.mapping_table): the ip6tnl plan
+(RFC 2473, encaplimit none) and drift, without a kernel."""
 
 from __future__ import annotations
 
 import pytest
 
-from ansible_collections.dstm.orch.plugins.modules.tunnel import canonical_link, plan_tunnels
+from ansible_collections.dstm.orch.plugins.module_utils.tunnels import canonical_link, plan_tunnels
 
 PARAMS = {"name_prefix": "dstm", "purge": True, "link": "eth0", "mtu": 1460, "hop_limit": 64,
           "tunnels": [{"name": "dstm0", "local": "2001:db8:100::11",

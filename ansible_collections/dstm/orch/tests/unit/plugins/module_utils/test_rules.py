@@ -1,10 +1,11 @@
-"""dstm.orch.rules: port ranges, kernel parsing and the plan, without a kernel."""
+"""module_utils rules (dstm.orch.rules, dstm.orch.mapping_table): port ranges, kernel
+parsing and the plan, without a kernel."""
 
 from __future__ import annotations
 
 import pytest
 
-from ansible_collections.dstm.orch.plugins.modules.rules import (
+from ansible_collections.dstm.orch.plugins.module_utils.rules import (
     RuleError,
     canonical_kernel,
     plan_rules,
