@@ -234,6 +234,49 @@ class Allocator:
             return lease if seconds is None else _extend(tx, lease, moment, seconds, pool)
 
     @retried
+    def recount(self, lease: model.Lease, now: datetime | None = None) -> model.Lease:
+        """Count a lease's granted lifetime again from ``now``: extend lease ``lease.id``
+        to ``now + lifetime`` (a ``renew`` event) when that passes its end.
+
+        Draft-ietf-ngtrans-dstm-08 section 5: the address is allocated "for a fixed
+        amount of time" and the response carries that duration. When the answer leaves
+        well after the lease was written (``serve`` answers a request that moved a
+        binding only once its TEP was pushed), the node would otherwise get less than
+        the lifetime it was granted; Kea likewise counts a lease from its ACK (cltt).
+        The lease keeps its address and binding (nothing at the TEP changes).
+
+        Args:
+            lease: the lease as last written (its ``id`` is what counts).
+            now: the time of the answer (UTC); None means the current time.
+
+        Returns:
+            The lease as stored: extended; or unchanged when it is static, its pool is
+            draining or no longer in the domain (not renewed, it ends at its end),
+            or ``now + lifetime`` would not pass its end. The lifetime is the lease's
+            last granted one, at most its pool's ``max_lifetime`` now.
+
+        Raises:
+            LeaseNotFoundError: the lease is no longer current (revoked, released or
+                past its end since it was written).
+            StoreError: the store failed; nothing was written.
+        """
+        with self.store.write() as tx:
+            moment = _moment(now)
+            current = tx.get(lease.id)
+            if current is None or not current.is_current(moment):
+                state = "gone" if current is None else current.as_of(moment).state.value
+                raise LeaseNotFoundError(
+                    f"lease {lease.id} of node {lease.node!r} ({lease.ipv4}) is no longer "
+                    f"current ({state})")
+            pool = self.domain.pools.get(current.pool)
+            if current.end is None or current.lifetime is None or pool is None:
+                return current
+            seconds = min(current.lifetime, pool.policy.max_lifetime)
+            if moment + model.seconds(seconds) <= current.end:
+                return current
+            return _extend(tx, current, moment, seconds, pool)
+
+    @retried
     def revoke(self, node_name: str, now: datetime | None = None) -> model.Lease:
         """End a node's active lease now (its address then enters the hold time).
 
