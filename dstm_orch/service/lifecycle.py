@@ -18,9 +18,13 @@ Every ``follow`` seconds the loop reads the store's event sequence
 (this server's node API, its operator API, its own reclamation, or a CLI process on the
 same store, ``apply`` moving a pool's leases to another TEP included), mark their TEP (a
 ``tep-move`` also the TEP the lease left); each marked TEP is then pushed once
-(:class:`TepSync` skips what a push already covered). A failed push is retried with
-backoff. At start every TEP is marked once, since leases may have changed while the
-server was down.
+(:class:`TepSync` skips what a push already covered). A TEP stays marked until a push
+covering its events completes, so a failed push (the loop's own, or that of a node
+request, which was refused ``push_failed``) is retried here with backoff
+(:attr:`TepSync.next_try`: 2 s doubling to 60 s); node requests that change nothing at
+the TEP never push (:mod:`dstm_orch.service.server`), so this loop is the only retry.
+At start every TEP is marked once, since leases may have changed while the server was
+down.
 
 Every ``drift`` seconds (0: never) the loop checks each TEP's mapping table between its
 pushes (:meth:`TepPusher.drifted`: a router's binding table read over NETCONF, what
