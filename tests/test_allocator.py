@@ -329,10 +329,15 @@ def test_recount_refuses_an_ended_lease_and_keeps_the_pool_maximum(store):
     with pytest.raises(LeaseNotFoundError, match=r"lease 1 of node 'n1' .* \(revoked\)"):
         alloc.recount(lease, now=at(30))
     assert [e.event for e in alloc.store.events(lease.id)] == ["allocate", "revoke"]
-    # Past its end (not reclaimed yet): expired, not extended.
+    # Reclaimed at its end: not extended. Past its end and left out of reclamation
+    # (its answer waited for a push longer than its lifetime): extended.
     late = alloc.allocate("n2", lifetime=60, now=T0)
+    waiting = alloc.allocate("n4", lifetime=60, now=T0)
+    assert alloc.expire(now=at(70), keep={waiting.id}) == [
+        dataclasses.replace(late, state=model.LeaseState.EXPIRED, ended=at(60))]
     with pytest.raises(LeaseNotFoundError, match=r"\(expired\)"):
-        alloc.recount(late, now=at(60))
+        alloc.recount(late, now=at(70))
+    assert alloc.recount(waiting, now=at(70)).end == at(130)
     # The pool's maximum fell to 100 s since a 3600 s grant (a reload): at most 100 s.
     long = alloc.allocate("n3", lifetime=3600, now=T0)
     reloaded = with_pool(alloc, policy=dataclasses.replace(POLICY, max_lifetime=100))

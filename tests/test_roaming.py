@@ -497,7 +497,8 @@ def test_failed_push_is_reported_and_retried_by_the_lifecycle_loop(servers):
 
 class HeldPusher:
     """A push that lasts until ``lost`` seconds of the node's lease have passed (the time
-    a TEP's push takes under load, or waits for another process's push lock)."""
+    a TEP's push takes under load, or waits for another process's push lock), or until
+    the lease was ended."""
 
     label = "test: holds each push"
 
@@ -509,7 +510,7 @@ class HeldPusher:
         while time.monotonic() < deadline:
             with LeaseStore(self.state) as store:
                 lease = store.lease_of(self.node)
-            if lease is not None and lease.lifetime - (
+            if lease is None or lease.lifetime - (
                     lease.end - dt.datetime.now(dt.UTC)).total_seconds() > self.lost:
                 return
             time.sleep(0.05)
@@ -532,6 +533,26 @@ def test_a_lifetime_counts_from_the_answer_after_a_long_push(servers, group_comm
         events = [e.event for e in store.events(stored.id)]
     assert int(stored.end.timestamp()) == lease["valid_until"]
     assert events == ["allocate", "renew"]
+
+
+def test_a_push_longer_than_the_lifetime_does_not_end_the_lease(servers):
+    """A 2 s lease whose push takes more than 4 s of it: the lifecycle loop, running,
+    does not reclaim it while its answer waits (its lifetime counts from the answer),
+    and the node gets 1 or 2 s; the history has no expire."""
+    from dstm_orch.service.lifecycle import Lifecycle, ReclaimPolicy
+
+    server = servers.start(pusher=HeldPusher(servers.state, "r1", 4.0))
+    loop = Lifecycle(server.service, ReclaimPolicy(interval=0.1, follow=0.05))
+    loop.start()
+    try:
+        with servers.client(server) as conn:
+            lease = conn.call("request", HOME, lifetime=2, source="::1")
+    finally:
+        loop.stop()
+    assert lease["state"] == "active" and 1 <= lease["remaining"] <= 2, lease
+    with LeaseStore(servers.state) as store:
+        events = [e.event for e in store.events(lease["id"])]
+    assert events == ["allocate", "renew"], events
 
 
 # -- TLS and secrets on the node ---------------------------------------------------------

@@ -43,7 +43,7 @@ so the history answers who held an address from which IPv6 address when.
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Iterable, Iterator
+from collections.abc import Collection, Iterable, Iterator
 from datetime import UTC, datetime
 
 from dstm_orch.domain import model
@@ -249,6 +249,11 @@ class Allocator:
             lease: the lease as last written (its ``id`` is what counts).
             now: the time of the answer (UTC); None means the current time.
 
+        A lease past its end that nobody ended (reclaimed, revoked) is extended too:
+        its answer waited for a push longer than its lifetime, and the node never had
+        it (``serve`` keeps such leases out of its reclamation meanwhile, ``keep`` of
+        :meth:`expire`); it still holds its address, so no other lease can have it.
+
         Returns:
             The lease as stored: extended; or unchanged when it is static, its pool is
             draining or no longer in the domain (not renewed, it ends at its end),
@@ -256,18 +261,18 @@ class Allocator:
             last granted one, at most its pool's ``max_lifetime`` now.
 
         Raises:
-            LeaseNotFoundError: the lease is no longer current (revoked, released or
-                past its end since it was written).
+            LeaseNotFoundError: the lease was ended since it was written (revoked,
+                released, reclaimed).
             StoreError: the store failed; nothing was written.
         """
         with self.store.write() as tx:
             moment = _moment(now)
             current = tx.get(lease.id)
-            if current is None or not current.is_current(moment):
-                state = "gone" if current is None else current.as_of(moment).state.value
+            if current is None or current.state is not model.LeaseState.ACTIVE:
+                state = "gone" if current is None else current.state.value
                 raise LeaseNotFoundError(
-                    f"lease {lease.id} of node {lease.node!r} ({lease.ipv4}) is no longer "
-                    f"current ({state})")
+                    f"lease {lease.id} of node {lease.node!r} ({lease.ipv4}) was ended "
+                    f"({state})")
             pool = self.domain.pools.get(current.pool)
             if current.end is None or current.lifetime is None or pool is None:
                 return current
@@ -349,7 +354,8 @@ class Allocator:
 
     @retried
     def expire(
-        self, now: datetime | None = None, max_leases: int | None = None
+        self, now: datetime | None = None, max_leases: int | None = None,
+        keep: Collection[int] = (),
     ) -> list[model.Lease]:
         """Reclaim active dynamic leases whose end is at or before ``now`` (one cycle).
 
@@ -360,6 +366,8 @@ class Allocator:
             now: the time of the cycle (UTC); None means the current time.
             max_leases: at most this many leases per cycle (Kea's bounded
                 reclamation); None means all that are due.
+            keep: ids of leases not to reclaim in this cycle (``serve``: leases whose
+                answer waits for a push, to be counted from the answer, ``recount``).
 
         Returns:
             The reclaimed leases.
@@ -371,9 +379,10 @@ class Allocator:
             raise ValueError(f"max_leases must be 0 or more, not {max_leases}")
         with self.store.write() as tx:
             moment = _moment(now)
+            due = due_leases(tx, moment, max_leases, keep)
             # finish() skips a lease another writer ended already: reclaimed once.
             ended = (tx.finish(lease, model.LeaseState.EXPIRED, lease.end, moment)
-                     for lease in tx.due(moment, max_leases) if lease.end is not None)
+                     for lease in due if lease.end is not None)
             return [lease for lease in ended if lease is not None]
 
     def active_leases(self, now: datetime | None = None) -> list[model.Lease]:
@@ -571,6 +580,17 @@ class Allocator:
         raise PoolExhaustedError(
             strategy.exhausted(pool, space, _iso(now), tx.count_due(pool.name, now))
         )
+
+
+def due_leases(tx: Transaction, now: datetime, limit: int | None,
+               keep: Collection[int] = ()) -> list[model.Lease]:
+    """Return the active dynamic leases whose end is at or before ``now``, earliest
+    first, at most ``limit`` (None: all), leaving out the ids in ``keep``."""
+    if not keep:
+        return tx.due(now, limit)
+    due = [lease for lease in tx.due(now, None if limit is None else limit + len(keep))
+           if lease.id not in keep]
+    return due if limit is None else due[:limit]
 
 
 def _extend(tx: Transaction, lease: model.Lease, now: datetime, seconds: int,

@@ -24,8 +24,11 @@ push (tens of seconds for an Ansible run under load, longer than a short lease):
 granted lifetime has lost more than :data:`LOST_SLACK` seconds by the time the push is
 done, the lease is extended to the answer's time plus that lifetime
 (:meth:`Allocator.recount <dstm_orch.ipam.allocator.Allocator.recount>`, a ``renew``
-event, durable before the answer; nothing is pushed again). A lease ended meanwhile
-(revoked, released) is not extended: the request is refused ``no_lease``.
+event, durable before the answer; nothing is pushed again). Meanwhile the lifecycle loop
+does not reclaim the lease (:meth:`RoamingService.answering`), so a push longer than
+the lifetime does not end it before the node has it. A lease ended meanwhile (revoked,
+released, or reclaimed by another process) is not extended: the request is refused
+``no_lease``.
 
 Pushes go through a :class:`~dstm_orch.service.pushers.Pusher`, serialised and
 coalesced per TEP by the store's event sequence (:class:`~dstm_orch.service.pushers.TepSync`):
@@ -50,11 +53,13 @@ refusal happens before anything is written.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import ipaddress
 import logging
 import threading
 from collections import Counter
+from collections.abc import Iterator
 from concurrent.futures import Executor
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -155,6 +160,8 @@ class RoamingService:
         self._write = threading.Lock()
         self._sync: dict[str, TepSync] = {}
         self._sync_lock = threading.Lock()
+        self._answering: Counter[int] = Counter()  # lease ids: requests waiting, by lease
+        self._answering_lock = threading.Lock()
         # The writer's allocator, kept between requests (its pool spaces and the store's
         # skip marks stay warm); rebuilt when a reload replaces the domain.
         self._allocator: Allocator | None = None
@@ -273,14 +280,15 @@ class RoamingService:
             self._count(request.action, outcome.before, outcome.lease)
             lease = outcome.lease
             if outcome.changed:
-                self._push(lease, outcome.event_id)
-                if _lost(outcome, utcnow()) > LOST_SLACK:
-                    recount = functools.partial(self._recount, lease)
-                    if self.writer is not None:
-                        lease = self.writer.run(recount)
-                    else:
-                        with self._write:
-                            lease = recount(self._store())
+                with self._awaiting(lease):
+                    self._push(lease, outcome.event_id)
+                    if _lost(outcome, utcnow()) > LOST_SLACK:
+                        recount = functools.partial(self._recount, lease)
+                        if self.writer is not None:
+                            lease = self.writer.run(recount)
+                        else:
+                            with self._write:
+                                lease = recount(self._store())
             answer = self._answered(request, outcome.before, lease, outcome.changed)
         except Refusal as refusal:
             return self._refused(action, peer, refusal)
@@ -305,12 +313,13 @@ class RoamingService:
             self._count(request.action, outcome.before, outcome.lease)
             lease = outcome.lease
             if outcome.changed:
-                if self.sync(lease.tep).pushed < outcome.event_id:
-                    await loop.run_in_executor(executor, self._push, lease,
-                                               outcome.event_id)
-                if _lost(outcome, utcnow()) > LOST_SLACK:
-                    lease = await self.writer.run_async(
-                        functools.partial(self._recount, lease))
+                with self._awaiting(lease):
+                    if self.sync(lease.tep).pushed < outcome.event_id:
+                        await loop.run_in_executor(executor, self._push, lease,
+                                                   outcome.event_id)
+                    if _lost(outcome, utcnow()) > LOST_SLACK:
+                        lease = await self.writer.run_async(
+                            functools.partial(self._recount, lease))
             # Unchanged at the TEP: answered now, whatever the TEP's pushes are doing.
             answer = self._answered(request, outcome.before, lease, outcome.changed)
         except Refusal as refusal:
@@ -343,6 +352,25 @@ class RoamingService:
                           f"mapping is keyed by its inventory address {fixed}, not "
                           f"{request.ipv6}")
         return request
+
+    def answering(self) -> frozenset[int]:
+        """Return the ids of the leases whose request waits for a push of their TEP (and
+        for its recount): the lifecycle loop does not reclaim them meanwhile, since
+        their lifetime counts from the answer."""
+        with self._answering_lock:
+            return frozenset(self._answering)
+
+    @contextlib.contextmanager
+    def _awaiting(self, lease: Lease) -> Iterator[None]:
+        with self._answering_lock:
+            self._answering[lease.id] += 1
+        try:
+            yield
+        finally:
+            with self._answering_lock:
+                self._answering[lease.id] -= 1
+                if not self._answering[lease.id]:
+                    del self._answering[lease.id]
 
     def _push(self, lease: Lease, event_id: int) -> None:
         """Wait until a push of the lease's TEP covering event ``event_id`` has completed:
