@@ -26,7 +26,10 @@ done, the lease is extended to the answer's time plus that lifetime
 (:meth:`Allocator.recount <dstm_orch.ipam.allocator.Allocator.recount>`, a ``renew``
 event, durable before the answer; nothing is pushed again). Meanwhile the lifecycle loop
 does not reclaim the lease (:meth:`RoamingService.answering`), so a push longer than
-the lifetime does not end it before the node has it. A lease ended meanwhile (revoked,
+the lifetime does not end it before the node has it; such a push read the current
+leases after the lease's end and left it out of the TEP's table, so its recount is
+pushed too before the answer (once, then recounted again for that push's time). A lease
+ended meanwhile (revoked,
 released, or reclaimed by another process) is not extended: the request is refused
 ``no_lease``.
 
@@ -282,13 +285,13 @@ class RoamingService:
             if outcome.changed:
                 with self._awaiting(lease):
                     self._push(lease, outcome.event_id)
-                    if _lost(outcome, utcnow()) > LOST_SLACK:
-                        recount = functools.partial(self._recount, lease)
-                        if self.writer is not None:
-                            lease = self.writer.run(recount)
-                        else:
-                            with self._write:
-                                lease = recount(self._store())
+                    now = utcnow()
+                    if outcome.granted and _lost(lease, now) > LOST_SLACK:
+                        lease, event_id = self._recount_blocking(lease)
+                        if _ended(outcome, now):
+                            self._push(lease, event_id)
+                            if _lost(lease, utcnow()) > LOST_SLACK:
+                                lease, _ = self._recount_blocking(lease)
             answer = self._answered(request, outcome.before, lease, outcome.changed)
         except Refusal as refusal:
             return self._refused(action, peer, refusal)
@@ -317,9 +320,16 @@ class RoamingService:
                     if self.sync(lease.tep).pushed < outcome.event_id:
                         await loop.run_in_executor(executor, self._push, lease,
                                                    outcome.event_id)
-                    if _lost(outcome, utcnow()) > LOST_SLACK:
-                        lease = await self.writer.run_async(
+                    now = utcnow()
+                    if outcome.granted and _lost(lease, now) > LOST_SLACK:
+                        lease, event_id = await self.writer.run_async(
                             functools.partial(self._recount, lease))
+                        if _ended(outcome, now):
+                            await loop.run_in_executor(executor, self._push, lease,
+                                                       event_id)
+                            if _lost(lease, utcnow()) > LOST_SLACK:
+                                lease, _ = await self.writer.run_async(
+                                    functools.partial(self._recount, lease))
             # Unchanged at the TEP: answered now, whatever the TEP's pushes are doing.
             answer = self._answered(request, outcome.before, lease, outcome.changed)
         except Refusal as refusal:
@@ -388,18 +398,28 @@ class RoamingService:
                           f"not updated: {exc}; retry the request",
                           {"lease": self._answer(lease)}) from None
 
-    def _recount(self, lease: Lease, store: LeaseStore) -> Lease:
+    def _recount_blocking(self, lease: Lease) -> tuple[Lease, int]:
+        """:meth:`_recount` from a thread: on the writer, or under the write lock."""
+        recount = functools.partial(self._recount, lease)
+        if self.writer is not None:
+            return self.writer.run(recount)
+        with self._write:
+            return recount(self._store())
+
+    def _recount(self, lease: Lease, store: LeaseStore) -> tuple[Lease, int]:
         """Count the lease's lifetime from now, the answer's time (see the module
-        docstring; draft-ietf-ngtrans-dstm-08 section 5): the lease as stored after
-        :meth:`Allocator.recount` (extended by a ``renew`` event, or unchanged). Runs on
-        the group writer's thread inside its transaction, or under the write lock.
+        docstring; draft-ietf-ngtrans-dstm-08 section 5): return the lease as stored
+        after :meth:`Allocator.recount` (extended by a ``renew`` event, or unchanged)
+        and the store's newest event id. Runs on the group writer's thread inside its
+        transaction, or under the write lock.
 
         Raises:
             Refusal: ``no_lease``: the lease ended (revoked, released, expired) while its
                 TEP was pushed; nothing is written.
         """
         try:
-            return Allocator(self.domain, store).recount(lease, utcnow())
+            return Allocator(self.domain, store).recount(lease, utcnow()), \
+                store.last_event_id()
         except LeaseNotFoundError as exc:
             raise Refusal(Reason.NO_LEASE, f"{exc}: it ended while TEP {lease.tep!r} was "
                           "pushed; send a request") from None
@@ -536,13 +556,19 @@ def _outcome(request: LeaseRequest, before: Lease | None, lease: Lease, now: dat
     return Outcome(before, lease, store.last_event_id() if changed else 0, changed, granted)
 
 
-def _lost(outcome: Outcome, now: datetime) -> float:
-    """Seconds of the lifetime the change granted that have passed at ``now`` (0 when it
-    granted none)."""
-    lease = outcome.lease
-    if not outcome.granted or lease.end is None or lease.lifetime is None:
+def _lost(lease: Lease, now: datetime) -> float:
+    """Seconds of the lease's last granted lifetime that have passed at ``now`` (0 for a
+    static lease)."""
+    if lease.end is None or lease.lifetime is None:
         return 0.0
     return lease.lifetime - (lease.end - now).total_seconds()
+
+
+def _ended(outcome: Outcome, now: datetime) -> bool:
+    """Tell whether the lease as written had reached its end by ``now``: a push that
+    read the current leases after that end left it out of the TEP's table (its
+    recount then needs a push of its own)."""
+    return outcome.lease.end is not None and outcome.lease.end <= now
 
 
 def _moved(before: Lease | None, after: Lease, now: datetime) -> bool:
