@@ -7,6 +7,7 @@ every test pool: default 600 s, max 3600 s, hold 300 s.
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 from datetime import UTC, datetime, timedelta
 
@@ -299,6 +300,62 @@ def test_renew_without_lease_and_with_bad_lifetime(store):
     assert alloc.lease_of("n1").end == at(600)
     with pytest.raises(UnknownNodeError, match="nobody"):
         alloc.renew("nobody", now=T0)
+
+
+def test_recount_counts_the_granted_lifetime_from_the_answer(store):
+    """A 60 s lease written at T0 and answered at T0 + 40 (after a push): its end moves
+    to T0 + 40 + 60 = T0 + 100, recorded as a renewal (draft section 5: the duration in
+    the answer); it keeps its address and binding."""
+    alloc = allocator(store)
+    lease = alloc.allocate("n1", lifetime=60, now=T0)
+    recounted = alloc.recount(lease, now=at(40))
+    assert (recounted.id, recounted.ipv4, recounted.node_ipv6) == (
+        lease.id, lease.ipv4, lease.node_ipv6)
+    assert (recounted.start, recounted.end, recounted.lifetime) == (T0, at(100), 60)
+    assert alloc.lease_of("n1") == recounted
+    assert [(e.event, e.end) for e in alloc.store.events(lease.id)] == [
+        ("allocate", at(60)), ("renew", at(100))]
+    # Nothing to give back: renewed since, for 3600 s from T0 + 40, the lease ends at
+    # T0 + 3640, as a recount at T0 + 40 would set it (its lifetime is now 3600 s).
+    renewed = alloc.renew("n1", lifetime=3600, now=at(40))
+    assert alloc.recount(lease, now=at(40)) == renewed
+    assert len(alloc.store.events(lease.id)) == 3
+
+
+def test_recount_refuses_an_ended_lease_and_keeps_the_pool_maximum(store):
+    alloc = allocator(store)
+    lease = alloc.allocate("n1", lifetime=60, now=T0)
+    alloc.revoke("n1", now=at(10))
+    with pytest.raises(LeaseNotFoundError, match=r"lease 1 of node 'n1' .* \(revoked\)"):
+        alloc.recount(lease, now=at(30))
+    assert [e.event for e in alloc.store.events(lease.id)] == ["allocate", "revoke"]
+    # Reclaimed at its end: not extended. Past its end and left out of reclamation
+    # (its answer waited for a push longer than its lifetime): extended.
+    late = alloc.allocate("n2", lifetime=60, now=T0)
+    waiting = alloc.allocate("n4", lifetime=60, now=T0)
+    assert alloc.expire(now=at(70), keep={waiting.id}) == [
+        dataclasses.replace(late, state=model.LeaseState.EXPIRED, ended=at(60))]
+    with pytest.raises(LeaseNotFoundError, match=r"\(expired\)"):
+        alloc.recount(late, now=at(70))
+    assert alloc.recount(waiting, now=at(70)).end == at(130)
+    # The pool's maximum fell to 100 s since a 3600 s grant (a reload): at most 100 s.
+    long = alloc.allocate("n3", lifetime=3600, now=T0)
+    reloaded = with_pool(alloc, policy=dataclasses.replace(POLICY, max_lifetime=100))
+    assert reloaded.recount(long, now=at(3550)).end == at(3650)
+    assert reloaded.recount(long, now=at(3555)).end == at(3655)
+
+
+def with_pool(alloc: Allocator, **changes) -> Allocator:
+    """The allocator of a reloaded inventory whose pool ``p`` has ``changes``."""
+    pool = dataclasses.replace(alloc.domain.pools["p"], **changes)
+    return Allocator(dataclasses.replace(alloc.domain, pools={"p": pool}), alloc.store)
+
+
+def test_recount_leaves_a_lease_of_a_draining_pool_at_its_end(store):
+    alloc = allocator(store)
+    lease = alloc.allocate("n1", lifetime=60, now=T0)
+    assert with_pool(alloc, draining=True).recount(lease, now=at(40)).end == at(60)
+    assert [e.event for e in alloc.store.events(lease.id)] == ["allocate"]
 
 
 def test_revoke_ends_the_lease_and_keeps_it_in_history(store):

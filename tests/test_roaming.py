@@ -88,10 +88,11 @@ class Servers:
         self.running: list[RoamingHTTPServer] = []
 
     def start(self, limits: Limits | None = None, source_check: bool = False,
-              pusher=None, nodes=("r1", "r2", "r3")) -> RoamingHTTPServer:
+              pusher=None, nodes=("r1", "r2", "r3"),
+              group_commit: bool = True) -> RoamingHTTPServer:
         guard = Guard({n: RoamingNode(n, SECRETS[n]) for n in nodes}, limits)
         service = RoamingService(self.domain, self.state, guard, pusher or NoPusher(),
-                                 source_check)
+                                 source_check, group_commit=group_commit)
         server = RoamingHTTPServer(("::1", 0), service)
         threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True).start()
         self.running.append(server)
@@ -472,7 +473,9 @@ class FailingPusher:
         self.pushes += 1
 
 
-def test_failed_push_is_reported_and_retried(servers):
+def test_failed_push_is_reported_and_retried_by_the_lifecycle_loop(servers):
+    from dstm_orch.service.lifecycle import Lifecycle, ReclaimPolicy
+
     pusher = FailingPusher()
     server = servers.start(pusher=pusher)
     with servers.client(server) as conn:
@@ -482,10 +485,90 @@ def test_failed_push_is_reported_and_retried(servers):
         assert "tep1" in info.value.message
         assert info.value.extra["lease"]["ipv4"] == FIRST  # recorded, TEP not updated
         pusher.fail = False
-        # A renew that changes nothing at the TEP still pushes: the last push failed.
-        assert conn.call("renew", HOME, source="::1")["pushed"] is True
+        # A renew changes nothing at the TEP: it is answered without pushing, although
+        # the TEP's last push failed; the retry is the lifecycle loop's.
         assert conn.call("renew", HOME, source="::1")["pushed"] is False
+        assert pusher.pushes == 0
+    loop = Lifecycle(server.service, ReclaimPolicy(follow=0.05))
+    loop.start()
+    try:
+        deadline = time.monotonic() + 60
+        while pusher.pushes == 0 and time.monotonic() < deadline:
+            time.sleep(0.05)
+    finally:
+        loop.stop()
     assert pusher.pushes == 1
+    assert server.service.sync("tep1").failures == 0
+
+
+class HeldPusher:
+    """The first push made while the node has a lease lasts until ``lost`` seconds of
+    that lease have passed (the time a TEP's push takes under load, or waits for another
+    process's push lock), or until the lease was ended; the other pushes are quick.
+    ``after_hold`` counts the pushes that began once the held one was done."""
+
+    label = "test: holds one push"
+
+    def __init__(self, state: Path, node: str, lost: float):
+        self.state, self.node, self.lost = state, node, lost
+        self.after_hold = 0
+        self.held = False
+
+    def push(self, tep: str) -> None:
+        self.after_hold += self.held
+        deadline = time.monotonic() + 60
+        while not self.held and time.monotonic() < deadline:
+            with LeaseStore(self.state) as store:
+                lease = store.lease_of(self.node)
+            if lease is None:
+                return
+            if lease.lifetime - (lease.end - dt.datetime.now(dt.UTC)).total_seconds() \
+                    > self.lost:
+                self.held = True
+            time.sleep(0.05)
+
+
+@pytest.mark.parametrize("group_commit", [True, False], ids=["group", "alone"])
+def test_a_lifetime_counts_from_the_answer_after_a_long_push(servers, group_commit):
+    """Draft section 5 (the lifetime is in the answer): a 10 s lease answered after a
+    push that took more than 2 s of it is extended to answer + 10 s (a renew event), so
+    the node gets 9 or 10 s (whole seconds in the store), not 8 or less; the answer
+    agrees with the store. With group commit and without (PostgreSQL's path)."""
+    server = servers.start(pusher=HeldPusher(servers.state, "r1", 2.0),
+                           group_commit=group_commit)
+    with servers.client(server) as conn:
+        lease = conn.call("request", HOME, lifetime=10, source="::1")
+    assert lease["pushed"] is True and lease["lifetime"] == 10
+    assert 9 <= lease["remaining"] <= 10, lease
+    with LeaseStore(servers.state) as store:
+        stored = store.lease_of("r1")
+        events = [e.event for e in store.events(stored.id)]
+    assert int(stored.end.timestamp()) == lease["valid_until"]
+    assert events == ["allocate", "renew"]
+
+
+def test_a_push_longer_than_the_lifetime_does_not_end_the_lease(servers):
+    """A 2 s lease whose push takes more than 4 s of it: the lifecycle loop, running,
+    does not reclaim it while its answer waits (its lifetime counts from the answer),
+    and the node gets 1 or 2 s; the history has no expire; the TEP is pushed again."""
+    from dstm_orch.service.lifecycle import Lifecycle, ReclaimPolicy
+
+    pusher = HeldPusher(servers.state, "r1", 4.0)
+    server = servers.start(pusher=pusher)
+    loop = Lifecycle(server.service, ReclaimPolicy(interval=0.1, follow=0.05))
+    loop.start()
+    try:
+        with servers.client(server) as conn:
+            lease = conn.call("request", HOME, lifetime=2, source="::1")
+    finally:
+        loop.stop()
+    assert lease["state"] == "active" and 1 <= lease["remaining"] <= 2, lease
+    with LeaseStore(servers.state) as store:
+        events = [e.event for e in store.events(lease["id"])]
+    assert events == ["allocate", "renew"], events
+    # The held push read the leases after the 2 s lease's end and left it out of the
+    # TEP's table: the recounted lease was pushed again before the answer.
+    assert lease["pushed"] is True and pusher.held and pusher.after_hold == 1
 
 
 # -- TLS and secrets on the node ---------------------------------------------------------

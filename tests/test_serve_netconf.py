@@ -5,6 +5,10 @@ and a lease is temporary. Leases are changed by CLI processes on the same store
 (``allocate``, ``revoke``) or end by themselves; nobody runs ``apply``: the server
 follows the store's events, reclaims the ended lease, and pushes. Every wait polls the
 device with a deadline.
+
+Node requests while another process holds the router's push lock (as an ``apply`` in
+progress does): a request that waits for its push still gets its whole lifetime
+(counted from the answer), and a renew is answered without waiting for the push.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import io
 import ipaddress
+import json
 import os
 import signal
 import socket
@@ -30,6 +35,8 @@ from tests.conftest import ROOT, needs_root
 from tests.netconf_server import NetconfServer, tep_host_vars
 from tests.test_cli_netconf import add_by_hand, device_entries
 from tests.test_cli_netconf import inventory as inventory
+from tests.test_serve import SERVER, Server, node
+from tests.test_tep_lock import holder
 from tests.test_tep_move import tep_vars
 
 pytestmark = [pytest.mark.lab, pytest.mark.slow, needs_root()]
@@ -319,3 +326,92 @@ def test_a_burst_of_200_lease_changes_reaches_the_router_in_one_commit(router, t
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+@pytest.fixture
+def beside(router, inventory, tmp_path):
+    """``serve --push teps`` with the router TEP rtr1 of ``inventory`` (domain ``nc``),
+    run in the router's namespace beside nodes n1 and n2, whose addresses are on its
+    ``lo``: a node request really comes from the node's address (the nodes have no
+    secret: ``dstm_node_auth: source``), and the server reaches netconfd over IPv6. It
+    returns once the server's start push of rtr1 is done."""
+    for address in (SERVER, N1, N2):
+        subprocess.run(["ip", "-n", router.netns, "addr", "add", f"{address}/128", "dev",
+                        "lo", "nodad"], check=True, capture_output=True)
+    server = Server(router.netns, inventory, tmp_path, ["--push", "teps"])
+    server.start()
+    try:
+        server.wait_for(lambda: "pushed TEP rtr1 (events up to 0)" in server.log.read_text(),
+                        "the start push of rtr1")
+        yield server
+    finally:
+        if server.proc is not None:
+            server.stop(signal.SIGKILL)
+
+
+def lease_of(state, name: str):
+    with LeaseStore(state) as store:
+        return store.lease_of(name)
+
+
+@pytest.mark.parametrize("lifetime, lost", [(20, 6), (3, 5)], ids=["20s", "3s-past-end"])
+def test_a_request_that_waits_for_its_push_gets_its_whole_lifetime(beside, router,
+                                                                  lifetime, lost):
+    """Draft section 5 (the lifetime is in the answer), counted from the answer as Kea
+    counts a lease from its ACK: while another process holds rtr1's push lock (an
+    ``apply`` in progress), n1 asks for a lease of ``lifetime`` seconds; its answer
+    waits for the push. The lock is released only once more than ``lost`` seconds of
+    the written lease have passed, so counted from the write the answer would carry
+    less than 20 - 6 = 14 s, or nothing for the 3 s lease, which is 2 s past its end by
+    then (the lifecycle loop, running, leaves it alone while its answer waits). Counted
+    from the answer it carries the lifetime less the fraction of a second between the
+    recount (whole seconds in the store) and the answer: 19 or 20, 2 or 3. The store
+    agrees with the answer, and the history has the renewal and no expire. The push of
+    the 3 s lease read the leases after its end and left it out, so its extension is
+    pushed before the answer (and the router carries it)."""
+    with holder(str(beside.state), "nc", "rtr1") as lock:
+        caller = beside.spawn_calls(node("n1", lifetime=lifetime, ipv6=N1))
+        beside.wait_for(lambda: (lease := lease_of(beside.state, "n1")) is not None
+                        and lifetime - (lease.end - utcnow()).total_seconds() > lost,
+                        f"more than {lost} s of n1's lease pass while rtr1 is held")
+        assert caller.poll() is None, "answered before its TEP was pushed"
+        assert lock.poll() is None
+    ((status, answer),) = json.loads(caller.communicate(timeout=120)[0])
+    assert status == 200, answer
+    assert answer["pushed"] is True and answer["lifetime"] == lifetime
+    assert lifetime - 1 <= answer["remaining"] <= lifetime, answer
+    stored = lease_of(beside.state, "n1")
+    assert stored.id == answer["id"] and int(stored.end.timestamp()) == answer["valid_until"]
+    assert stored.end.isoformat().replace("+00:00", "Z") == answer["end"]
+    with LeaseStore(beside.state) as store:
+        events = [(e.event, e.end) for e in store.events(stored.id)]
+    # One renewal; two for the 3 s lease (its extension is pushed, then recounted).
+    (allocated, written_end), *renewals = events
+    assert allocated == "allocate" and [e for e, _ in renewals] in (["renew"],
+                                                                     ["renew", "renew"])
+    assert renewals[-1][1] == stored.end
+    assert (stored.end - written_end).total_seconds() >= lost  # whole seconds
+    assert device_entries(router) == {N1: answer["ipv4"]}
+
+
+def test_a_renew_is_answered_while_a_push_of_its_tep_waits(beside, router):
+    """A renew, and a request for a current lease that stays where it is, change nothing
+    at the TEP: they are answered (``pushed: false``) while another process holds rtr1's
+    push lock and n2's new lease waits for its push, the holder still alive when the
+    answers arrive. Then n2's request is answered once the push reaches the router."""
+    ((status, first),) = beside.calls(node("n1", lifetime=600, ipv6=N1))
+    assert status == 200 and first["pushed"] is True, first
+    with holder(str(beside.state), "nc", "rtr1") as lock:
+        mover = beside.spawn_calls(node("n2", ipv6=N2))
+        beside.wait_for(lambda: lease_of(beside.state, "n2") is not None,
+                        "n2's lease is written (its push waits for rtr1)")
+        renewed, again = beside.calls(node("n1", "renew", lifetime=600, ipv6=N1),
+                                      node("n1", ipv6=N1))
+        assert lock.poll() is None and mover.poll() is None
+        assert device_entries(router) == {N1: first["ipv4"]}
+    assert renewed[0] == 200 and again[0] == 200, (renewed, again)
+    assert [(a["id"], a["pushed"]) for _, a in (renewed, again)] == [
+        (first["id"], False), (first["id"], False)]
+    ((status, moved),) = json.loads(mover.communicate(timeout=120)[0])
+    assert status == 200 and moved["pushed"] is True, moved
+    assert device_entries(router) == {N1: first["ipv4"], N2: moved["ipv4"]}

@@ -43,7 +43,7 @@ so the history answers who held an address from which IPv6 address when.
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Iterable, Iterator
+from collections.abc import Collection, Iterable, Iterator
 from datetime import UTC, datetime
 
 from dstm_orch.domain import model
@@ -234,6 +234,54 @@ class Allocator:
             return lease if seconds is None else _extend(tx, lease, moment, seconds, pool)
 
     @retried
+    def recount(self, lease: model.Lease, now: datetime | None = None) -> model.Lease:
+        """Count a lease's granted lifetime again from ``now``: extend lease ``lease.id``
+        to ``now + lifetime`` (a ``renew`` event) when that passes its end.
+
+        Draft-ietf-ngtrans-dstm-08 section 5: the address is allocated "for a fixed
+        amount of time" and the response carries that duration. When the answer leaves
+        well after the lease was written (``serve`` answers a request that moved a
+        binding only once its TEP was pushed), the node would otherwise get less than
+        the lifetime it was granted; Kea likewise counts a lease from its ACK (cltt).
+        The lease keeps its address and binding (nothing at the TEP changes).
+
+        Args:
+            lease: the lease as last written (its ``id`` is what counts).
+            now: the time of the answer (UTC); None means the current time.
+
+        A lease past its end that nobody ended (reclaimed, revoked) is extended too:
+        its answer waited for a push longer than its lifetime, and the node never had
+        it (``serve`` keeps such leases out of its reclamation meanwhile, ``keep`` of
+        :meth:`expire`); it still holds its address, so no other lease can have it.
+
+        Returns:
+            The lease as stored: extended; or unchanged when it is static, its pool is
+            draining or no longer in the domain (not renewed, it ends at its end),
+            or ``now + lifetime`` would not pass its end. The lifetime is the lease's
+            last granted one, at most its pool's ``max_lifetime`` now.
+
+        Raises:
+            LeaseNotFoundError: the lease was ended since it was written (revoked,
+                released, reclaimed).
+            StoreError: the store failed; nothing was written.
+        """
+        with self.store.write() as tx:
+            moment = _moment(now)
+            current = tx.get(lease.id)
+            if current is None or current.state is not model.LeaseState.ACTIVE:
+                state = "gone" if current is None else current.state.value
+                raise LeaseNotFoundError(
+                    f"lease {lease.id} of node {lease.node!r} ({lease.ipv4}) was ended "
+                    f"({state})")
+            pool = self.domain.pools.get(current.pool)
+            if current.end is None or current.lifetime is None or pool is None:
+                return current
+            seconds = min(current.lifetime, pool.policy.max_lifetime)
+            if moment + model.seconds(seconds) <= current.end:
+                return current
+            return _extend(tx, current, moment, seconds, pool)
+
+    @retried
     def revoke(self, node_name: str, now: datetime | None = None) -> model.Lease:
         """End a node's active lease now (its address then enters the hold time).
 
@@ -306,7 +354,8 @@ class Allocator:
 
     @retried
     def expire(
-        self, now: datetime | None = None, max_leases: int | None = None
+        self, now: datetime | None = None, max_leases: int | None = None,
+        keep: Collection[int] = (),
     ) -> list[model.Lease]:
         """Reclaim active dynamic leases whose end is at or before ``now`` (one cycle).
 
@@ -317,6 +366,8 @@ class Allocator:
             now: the time of the cycle (UTC); None means the current time.
             max_leases: at most this many leases per cycle (Kea's bounded
                 reclamation); None means all that are due.
+            keep: ids of leases not to reclaim in this cycle (``serve``: leases whose
+                answer waits for a push, to be counted from the answer, ``recount``).
 
         Returns:
             The reclaimed leases.
@@ -328,9 +379,10 @@ class Allocator:
             raise ValueError(f"max_leases must be 0 or more, not {max_leases}")
         with self.store.write() as tx:
             moment = _moment(now)
+            due = due_leases(tx, moment, max_leases, keep)
             # finish() skips a lease another writer ended already: reclaimed once.
             ended = (tx.finish(lease, model.LeaseState.EXPIRED, lease.end, moment)
-                     for lease in tx.due(moment, max_leases) if lease.end is not None)
+                     for lease in due if lease.end is not None)
             return [lease for lease in ended if lease is not None]
 
     def active_leases(self, now: datetime | None = None) -> list[model.Lease]:
@@ -528,6 +580,17 @@ class Allocator:
         raise PoolExhaustedError(
             strategy.exhausted(pool, space, _iso(now), tx.count_due(pool.name, now))
         )
+
+
+def due_leases(tx: Transaction, now: datetime, limit: int | None,
+               keep: Collection[int] = ()) -> list[model.Lease]:
+    """Return the active dynamic leases whose end is at or before ``now``, earliest
+    first, at most ``limit`` (None: all), leaving out the ids in ``keep``."""
+    if not keep:
+        return tx.due(now, limit)
+    due = [lease for lease in tx.due(now, None if limit is None else limit + len(keep))
+           if lease.id not in keep]
+    return due if limit is None else due[:limit]
 
 
 def _extend(tx: Transaction, lease: model.Lease, now: datetime, seconds: int,

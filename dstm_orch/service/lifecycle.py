@@ -8,6 +8,8 @@ the allocator (:meth:`Allocator.expire`, the path of ``dstm-orch expire``), boun
 Kea bounds its lease reclamation (``max-reclaim-leases``, ``max-reclaim-time``): at most
 ``max_leases`` leases and about ``max_time`` seconds per cycle; what is left waits for
 the next cycle (the backlog, logged when it lasts ``warn_cycles`` cycles). A lease
+whose node request waits for a push of its TEP is left alone until it is answered (its
+lifetime counts from the answer, :mod:`dstm_orch.service.server`). A lease
 that ends before the next cycle is due gets a cycle of its own just after its end (at
 most one every ``follow`` seconds, and none early while a backlog waits), so that its
 withdrawal does not wait up to ``interval`` seconds (:meth:`Lifecycle.next_end`).
@@ -18,9 +20,13 @@ Every ``follow`` seconds the loop reads the store's event sequence
 (this server's node API, its operator API, its own reclamation, or a CLI process on the
 same store, ``apply`` moving a pool's leases to another TEP included), mark their TEP (a
 ``tep-move`` also the TEP the lease left); each marked TEP is then pushed once
-(:class:`TepSync` skips what a push already covered). A failed push is retried with
-backoff. At start every TEP is marked once, since leases may have changed while the
-server was down.
+(:class:`TepSync` skips what a push already covered). A TEP stays marked until a push
+covering its events completes, so a failed push (the loop's own, or that of a node
+request, which was refused ``push_failed``) is retried here with backoff
+(:attr:`TepSync.next_try`: 2 s doubling to 60 s); node requests that change nothing at
+the TEP never push (:mod:`dstm_orch.service.server`), so this loop is the only retry.
+At start every TEP is marked once, since leases may have changed while the server was
+down.
 
 Every ``drift`` seconds (0: never) the loop checks each TEP's mapping table between its
 pushes (:meth:`TepPusher.drifted`: a router's binding table read over NETCONF, what
@@ -45,7 +51,7 @@ from datetime import timedelta
 
 from dstm_orch.domain.errors import DstmError, PushError
 from dstm_orch.domain.model import ReclaimSettings, utcnow
-from dstm_orch.ipam.allocator import Allocator
+from dstm_orch.ipam.allocator import Allocator, due_leases
 from dstm_orch.service.server import RoamingService
 
 log = logging.getLogger("dstm_orch.service")
@@ -194,15 +200,17 @@ class Lifecycle:
         allocator = Allocator(service.domain, store)
         ended: list = []
         started = time.monotonic()
+        # Leases whose answer waits for a push are counted from that answer: not yet.
+        keep = service.answering()
         while True:
             room = CHUNK if not policy.max_leases else min(CHUNK, policy.max_leases - len(ended))
-            batch = allocator.expire(utcnow(), room) if room > 0 else []
+            batch = allocator.expire(utcnow(), room, keep) if room > 0 else []
             ended.extend(batch)
             if (len(batch) < room or room <= 0
                     or (policy.max_time and time.monotonic() - started >= policy.max_time)):
                 break
         with store.read() as tx:
-            backlog = len(tx.due(utcnow(), 100000))
+            backlog = len(due_leases(tx, utcnow(), 100000, keep))
         service.metrics.cycles.inc()
         service.metrics.reclaims.inc(len(ended))
         service.metrics.backlog.set(backlog)
@@ -233,7 +241,8 @@ class Lifecycle:
         s) instead of up to ``interval`` later."""
         now = utcnow()
         with self.service.store().read() as tx:
-            soon = tx.due(now + timedelta(seconds=self.policy.interval), 1)
+            soon = due_leases(tx, now + timedelta(seconds=self.policy.interval), 1,
+                              self.service.answering())
         if not soon or soon[0].end is None:
             return None
         ahead = max(0.0, (soon[0].end - now).total_seconds()) + END_SLACK

@@ -15,7 +15,10 @@ sequence (:meth:`LeaseStore.last_event_id`): a push covers every event up to the
 just before it, so a change that a push which started after it already covers does not
 push again, whoever made it (this server, or a CLI process on the same store). Each
 push holds the TEP's push lock across processes (:meth:`LeaseStore.tep_lock`: ``apply``
-and other ``serve`` instances of the domain wait meanwhile, issue 13).
+and other ``serve`` instances of the domain wait meanwhile, issue 13). Two callers
+wait in :meth:`TepSync.ensure`: a node request whose change moved a binding, and the
+lifecycle loop, which pushes what is pending and retries a failed push with backoff
+(``next_try``); a request that changes nothing at the TEP never pushes.
 """
 
 from __future__ import annotations
@@ -240,7 +243,6 @@ class TepSync:
         self._observe = observe
         self._push = threading.Lock()
         self.pushed = -1  # no push yet: the TEP may be stale when the server starts
-        self.wanted = 0   # the newest event id a push was asked to cover
         self.failures = 0
         self.failing_since: float | None = None
         self.next_try = 0.0
@@ -258,10 +260,6 @@ class TepSync:
                 self.pushed = -1
             return drifted
 
-    def retry(self, pusher: Pusher) -> bool:
-        """Push if the last push failed or none was made; tell whether this call pushed."""
-        return self.ensure(self.wanted, pusher)
-
     def ensure(self, event_id: int, pusher: Pusher) -> bool:
         """Push unless a push covering event ``event_id`` has completed; tell whether
         this call pushed.
@@ -269,7 +267,6 @@ class TepSync:
         Raises:
             PushError: the push failed (``failures`` counts it, ``next_try`` backs off).
         """
-        self.wanted = max(self.wanted, event_id)
         with self._push:
             if self.pushed >= event_id:
                 return False

@@ -9,13 +9,34 @@ allocates (or returns the current lease, moved to that address), ``renew`` exten
 (and moves it), ``release`` revokes it. Then, when
 the TEP's mapping table changed (a new, moved or ended binding; section 5: "the DSTM
 Server MAY be in charge of configuring the IPv4/IPv6 mapping table at the TEP"), the
-TEP is converged before the answer, so the node can use its address at once.
+TEP is converged before the answer, so the node can use its address at once; the
+answer says ``pushed: true``. A request that changes nothing at the TEP (a renew, or a
+request for a current lease that stays where it is) is answered at once with
+``pushed: false`` and never waits for a push, not even when the TEP's last push failed
+or one is in progress: pushing what is pending, and retrying with backoff, is the
+lifecycle loop's job (:mod:`dstm_orch.service.lifecycle`), which also pushes every TEP
+once at start.
+
+The lifetime counts from the answer (section 5: the address is allocated "for a fixed
+amount of time", and the response includes that duration; Kea counts a lease from its
+ACK). A request that waited for a push would otherwise get its lease's lifetime less the
+push (tens of seconds for an Ansible run under load, longer than a short lease): when a
+granted lifetime has lost more than :data:`LOST_SLACK` seconds by the time the push is
+done, the lease is extended to the answer's time plus that lifetime
+(:meth:`Allocator.recount <dstm_orch.ipam.allocator.Allocator.recount>`, a ``renew``
+event, durable before the answer; nothing is pushed again). Meanwhile the lifecycle loop
+does not reclaim the lease (:meth:`RoamingService.answering`), so a push longer than
+the lifetime does not end it before the node has it; such a push read the current
+leases after the lease's end and left it out of the TEP's table, so its recount is
+pushed too before the answer (once, then recounted again for that push's time). A lease
+ended meanwhile (revoked,
+released, or reclaimed by another process) is not extended: the request is refused
+``no_lease``.
 
 Pushes go through a :class:`~dstm_orch.service.pushers.Pusher`, serialised and
 coalesced per TEP by the store's event sequence (:class:`~dstm_orch.service.pushers.TepSync`):
-a request whose change is already covered by a push that started after it does not
-push again. The first request after start pushes once, whatever it changed (the TEP
-may be stale).
+a request whose change is already covered by a completed push that started after it
+does not push again.
 
 Lease changes are written by group commit (SQLite and PostgreSQL,
 :mod:`dstm_orch.service.writer`): the changes of requests that arrive together share
@@ -39,15 +60,18 @@ refusal happens before anything is written.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import ipaddress
 import logging
 import threading
 from collections import Counter
+from collections.abc import Iterator
 from concurrent.futures import Executor
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
+from typing import NamedTuple
 
 from dstm_orch.domain.errors import (
     LeaseNotFoundError,
@@ -74,6 +98,26 @@ from dstm_orch.service.writer import MAX_GROUP, GroupWriter
 from dstm_orch.store import LeaseStore, is_postgres, open_store
 
 log = logging.getLogger("dstm_orch.service")
+
+LOST_SLACK = 1.0
+"""Seconds of a granted lifetime that may pass between the lease's write and its answer
+(the push it waited for) before the lease is extended to count from the answer."""
+
+
+class Outcome(NamedTuple):
+    """A request's lease change, as written (:meth:`RoamingService._change`)."""
+
+    before: Lease | None
+    """The node's lease before the change."""
+    lease: Lease
+    """The node's lease after it."""
+    event_id: int
+    """The store's newest event id when the TEP's binding changed, else 0."""
+    changed: bool
+    """The TEP's binding changed (a new, moved or ended lease)."""
+    granted: bool
+    """The change set the lease's end to its time plus the lifetime (an allocation or
+    renewal), so that lifetime counts from the answer."""
 
 
 class RoamingService:
@@ -124,6 +168,8 @@ class RoamingService:
         self._write = threading.Lock()
         self._sync: dict[str, TepSync] = {}
         self._sync_lock = threading.Lock()
+        self._answering: Counter[int] = Counter()  # lease ids: requests waiting, by lease
+        self._answering_lock = threading.Lock()
         # The writer's allocator, kept between requests (its pool spaces and the store's
         # skip marks stay warm); rebuilt when a reload replaces the domain.
         self._allocator: Allocator | None = None
@@ -237,10 +283,22 @@ class RoamingService:
         try:
             request = self._admit(action, method, path, body, signature, peer)
             if self.writer is not None:
-                change = self.writer.run(functools.partial(self._change, request))
+                outcome = self.writer.run(functools.partial(self._change, request))
             else:
-                change = self._lease_change(request, utcnow())
-            answer = self._settle(request, *change)
+                outcome = self._lease_change(request, utcnow())
+            self._count(request.action, outcome.before, outcome.lease)
+            lease = outcome.lease
+            if outcome.changed:
+                with self._awaiting(lease):
+                    self._push(lease, outcome.event_id)
+                    now = utcnow()
+                    if outcome.granted and _lost(lease, now) > LOST_SLACK:
+                        lease, event_id = self._recount_blocking(lease)
+                        if _ended(outcome, now):
+                            self._push(lease, event_id)
+                            if _lost(lease, utcnow()) > LOST_SLACK:
+                                lease, _ = self._recount_blocking(lease)
+            answer = self._answered(request, outcome.before, lease, outcome.changed)
         except Refusal as refusal:
             return self._refused(action, peer, refusal)
         self.metrics.requests.labels(action, "ok").inc()
@@ -251,7 +309,8 @@ class RoamingService:
                            executor: Executor | None = None) -> tuple[int, dict]:
         """Answer one request on the event loop: admission (HMAC, JSON, limits) runs on
         the loop, the lease change on the group writer (or, without one, the whole
-        request in ``executor``), a TEP push, when one is due, in ``executor``.
+        request in ``executor``), the wait for a TEP push, when the change needs one,
+        in ``executor``, then the lease's recount (:data:`LOST_SLACK`) on the writer.
         Returns ``(HTTP status, JSON body)``; raises as :meth:`handle` does."""
         loop = asyncio.get_running_loop()
         if self.writer is None:
@@ -259,16 +318,26 @@ class RoamingService:
                                               body, signature, peer)
         try:
             request = self._admit(action, method, path, body, signature, peer)
-            before, lease, event_id, changed = await self.writer.run_async(
-                functools.partial(self._change, request))
-            sync = self.sync(lease.tep)
-            if sync.pushed >= (event_id if changed else sync.wanted):
-                # Covered by a push that started after this change: answer at once.
-                self._count(request.action, before, lease)
-                answer = self._answered(request, before, lease, False)
-            else:
-                answer = await loop.run_in_executor(executor, self._settle, request, before,
-                                                    lease, event_id, changed)
+            outcome = await self.writer.run_async(functools.partial(self._change, request))
+            self._count(request.action, outcome.before, outcome.lease)
+            lease = outcome.lease
+            if outcome.changed:
+                with self._awaiting(lease):
+                    if self.sync(lease.tep).pushed < outcome.event_id:
+                        await loop.run_in_executor(executor, self._push, lease,
+                                                   outcome.event_id)
+                    now = utcnow()
+                    if outcome.granted and _lost(lease, now) > LOST_SLACK:
+                        lease, event_id = await self.writer.run_async(
+                            functools.partial(self._recount, lease))
+                        if _ended(outcome, now):
+                            await loop.run_in_executor(executor, self._push, lease,
+                                                       event_id)
+                            if _lost(lease, utcnow()) > LOST_SLACK:
+                                lease, _ = await self.writer.run_async(
+                                    functools.partial(self._recount, lease))
+            # Unchanged at the TEP: answered now, whatever the TEP's pushes are doing.
+            answer = self._answered(request, outcome.before, lease, outcome.changed)
         except Refusal as refusal:
             return self._refused(action, peer, refusal)
         self.metrics.requests.labels(action, "ok").inc()
@@ -300,29 +369,66 @@ class RoamingService:
                           f"{request.ipv6}")
         return request
 
-    def _settle(self, request: LeaseRequest, before: Lease | None, lease: Lease,
-                event_id: int, changed: bool) -> dict:
-        """Push the TEP when the change needs it (or the last push failed); return the
-        answer.
+    def answering(self) -> frozenset[int]:
+        """Return the ids of the leases whose request waits for a push of their TEP (and
+        for its recount): the lifecycle loop does not reclaim them meanwhile, since
+        their lifetime counts from the answer."""
+        with self._answering_lock:
+            return frozenset(self._answering)
+
+    @contextlib.contextmanager
+    def _awaiting(self, lease: Lease) -> Iterator[None]:
+        with self._answering_lock:
+            self._answering[lease.id] += 1
+        try:
+            yield
+        finally:
+            with self._answering_lock:
+                self._answering[lease.id] -= 1
+                if not self._answering[lease.id]:
+                    del self._answering[lease.id]
+
+    def _push(self, lease: Lease, event_id: int) -> None:
+        """Wait until a push of the lease's TEP covering event ``event_id`` has completed:
+        this call's, or another's (a request's, the lifecycle loop's) that read the event
+        first. Blocking (seconds: an Ansible run or a NETCONF commit).
 
         Raises:
-            Refusal: ``push_failed`` (the lease is recorded; the answer carries it).
+            Refusal: ``push_failed`` (the lease is recorded; the refusal carries it; the
+                lifecycle loop retries the push with backoff).
         """
-        self._count(request.action, before, lease)
-        sync = self.sync(lease.tep)
         try:
-            if changed:
-                # True once a push covering the change has completed: this request's,
-                # or the lifecycle loop's that read its event first.
-                sync.ensure(event_id, self.pusher)
-                pushed = True
-            else:
-                pushed = sync.retry(self.pusher)
+            self.sync(lease.tep).ensure(event_id, self.pusher)
         except PushError as exc:
             raise Refusal(Reason.PUSH_FAILED, f"lease recorded but TEP {lease.tep!r} was "
                           f"not updated: {exc}; retry the request",
                           {"lease": self._answer(lease)}) from None
-        return self._answered(request, before, lease, pushed)
+
+    def _recount_blocking(self, lease: Lease) -> tuple[Lease, int]:
+        """:meth:`_recount` from a thread: on the writer, or under the write lock."""
+        recount = functools.partial(self._recount, lease)
+        if self.writer is not None:
+            return self.writer.run(recount)
+        with self._write:
+            return recount(self._store())
+
+    def _recount(self, lease: Lease, store: LeaseStore) -> tuple[Lease, int]:
+        """Count the lease's lifetime from now, the answer's time (see the module
+        docstring; draft-ietf-ngtrans-dstm-08 section 5): return the lease as stored
+        after :meth:`Allocator.recount` (extended by a ``renew`` event, or unchanged)
+        and the store's newest event id. Runs on the group writer's thread inside its
+        transaction, or under the write lock.
+
+        Raises:
+            Refusal: ``no_lease``: the lease ended (revoked, released, expired) while its
+                TEP was pushed; nothing is written.
+        """
+        try:
+            return Allocator(self.domain, store).recount(lease, utcnow()), \
+                store.last_event_id()
+        except LeaseNotFoundError as exc:
+            raise Refusal(Reason.NO_LEASE, f"{exc}: it ended while TEP {lease.tep!r} was "
+                          "pushed; send a request") from None
 
     def _answered(self, request: LeaseRequest, before: Lease | None, lease: Lease,
                   pushed: bool) -> dict:
@@ -337,12 +443,9 @@ class RoamingService:
                     ", TEP pushed" if pushed else "")
         return self._answer(lease) | {"pushed": pushed}
 
-    def _change(self, request: LeaseRequest,
-                store: LeaseStore) -> tuple[Lease | None, Lease, int, bool]:
+    def _change(self, request: LeaseRequest, store: LeaseStore) -> Outcome:
         """The lease change of a request, on the group writer's thread inside its
-        transaction (the time is read there, after the write lock is held). Returns the
-        node's lease before and after, the newest event id when the TEP's binding
-        changed (else 0), and whether it changed.
+        transaction (the time is read there, after the write lock is held).
 
         Raises:
             Refusal: the allocator refused (nothing of this request is written).
@@ -353,8 +456,7 @@ class RoamingService:
             allocator = self._allocator = Allocator(self.domain, store)
         now = utcnow()
         before, lease = self._apply(allocator, store, request, now)
-        changed = request.action == "release" or _moved(before, lease, now)
-        return before, lease, store.last_event_id() if changed else 0, changed
+        return _outcome(request, before, lease, now, store)
 
     def _count(self, action: str, before: Lease | None, lease: Lease) -> None:
         if action == "release":
@@ -364,8 +466,7 @@ class RoamingService:
         else:
             self.metrics.allocations.inc()
 
-    def _lease_change(self, request: LeaseRequest,
-                      now: datetime) -> tuple[Lease | None, Lease, int, bool]:
+    def _lease_change(self, request: LeaseRequest, now: datetime) -> Outcome:
         """Run the allocator call of the request in its own transaction (the path
         without group commit); return what :meth:`_change` returns.
 
@@ -376,8 +477,7 @@ class RoamingService:
         with self._write:
             store = self._store()
             before, lease = self._apply(Allocator(self.domain, store), store, request, now)
-            changed = request.action == "release" or _moved(before, lease, now)
-            return before, lease, store.last_event_id(), changed
+            return _outcome(request, before, lease, now, store)
 
     def _apply(self, allocator: Allocator, store: LeaseStore, request: LeaseRequest,
                now: datetime) -> tuple[Lease | None, Lease]:
@@ -449,6 +549,32 @@ def _check_nodes(domain: Domain, guard: Guard) -> None:
     if missing:
         raise RoamingError(f"node(s) {', '.join(missing)} are not nodes of "
                            f"domain {domain.name!r}")
+
+
+def _outcome(request: LeaseRequest, before: Lease | None, lease: Lease, now: datetime,
+             store: LeaseStore) -> Outcome:
+    """The :class:`Outcome` of a change just written at ``now`` (the store's newest event
+    id is read only when the TEP's binding changed)."""
+    changed = request.action == "release" or _moved(before, lease, now)
+    granted = (lease.state is LeaseState.ACTIVE and lease.end is not None
+               and lease.lifetime is not None
+               and lease.end == now.replace(microsecond=0) + timedelta(seconds=lease.lifetime))
+    return Outcome(before, lease, store.last_event_id() if changed else 0, changed, granted)
+
+
+def _lost(lease: Lease, now: datetime) -> float:
+    """Seconds of the lease's last granted lifetime that have passed at ``now`` (0 for a
+    static lease)."""
+    if lease.end is None or lease.lifetime is None:
+        return 0.0
+    return lease.lifetime - (lease.end - now).total_seconds()
+
+
+def _ended(outcome: Outcome, now: datetime) -> bool:
+    """Tell whether the lease as written had reached its end by ``now``: a push that
+    read the current leases after that end left it out of the TEP's table (its
+    recount then needs a push of its own)."""
+    return outcome.lease.end is not None and outcome.lease.end <= now
 
 
 def _moved(before: Lease | None, after: Lease, now: datetime) -> bool:
