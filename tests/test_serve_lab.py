@@ -192,10 +192,9 @@ def test_a_dead_agents_lease_ends_on_the_node_and_at_the_tep_by_itself(agent_lab
     started = time.monotonic()
     agents = {}
     try:
-        # The mappings reach the TEP first with long leases (see the renewal test: the
-        # lease's time runs during the push of a request, and a renew waits behind a
-        # push in progress); the agents' requests then set n1's lease to 20 s (no push),
-        # n2's stays long so that it does not wait behind the withdrawal's push.
+        # The mappings reach the TEP first with long leases, so that the server's first
+        # pushes (the whole role) are over; the agents' requests then set n1's lease to
+        # 20 s (a renew: nothing moves, nothing is pushed) and n2's stays long.
         for node in ("n1", "n2"):
             client(env, node, "request", "--lifetime", str(LONG))
         for node, lifetime in (("n1", LIFETIME), ("n2", LONG)):
@@ -255,11 +254,9 @@ def test_short_leases_renew_while_the_nodes_ping(agent_lab):
     nodes = ("n1", "n2")
     agents, pingers, monitors, outputs, watched = {}, {}, {}, {}, {}
     try:
-        # A request that maps a node pushes the TEP before it answers (an Ansible run,
-        # 40 s and more on a loaded machine) and the lease's time runs meanwhile; a renew
-        # waits behind a push in progress. So both mappings go to the TEP first with
+        # What is measured is renewals alone: both mappings go to the TEP first with
         # long leases, then each agent's request shortens its lease to 10 s (a renew:
-        # nothing moves, nothing is pushed) and no push runs while the nodes ping.
+        # nothing moves, nothing is pushed), so no push runs while the nodes ping.
         for node in nodes:
             client(env, node, "request", "--lifetime", str(LONG))
         for node in nodes:
@@ -288,8 +285,7 @@ def test_short_leases_renew_while_the_nodes_ping(agent_lab):
             assert agents[node].poll() is None, (env["base"] / f"agent-{node}.log").read_text()
         still = {node: pings(env, node) for node in nodes}
         kept = {node: lease_of(env, node).id for node in nodes}
-        # The events of the pinging time (a release after it pushes and may let the
-        # other 10 s lease end while its renew waits behind that push).
+        # The events of the pinging time (a release after it pushes the TEP).
         during = {node: events_of(env, leases[node].id) for node in nodes}
     finally:
         for process in [*pingers.values(), *monitors.values()]:
