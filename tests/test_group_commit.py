@@ -230,7 +230,11 @@ def test_every_answered_lease_survives_sigkill(servers):
         if len(answers) == 200:
             break
     assert server.stop(signal.SIGKILL) == -signal.SIGKILL
-    answers += [json.loads(line) for line in caller.communicate(timeout=120)[0].splitlines()]
+    # The rest from the same buffered reader: communicate(timeout=...) reads the pipe's
+    # descriptor itself and would miss what the loop above had already buffered (a line
+    # cut in two). The callers end once the server is gone (status 0, or their timeout).
+    answers += [json.loads(line) for line in caller.stdout]
+    assert caller.wait(timeout=120) == 0
     ok = [body for _, _, status, body in answers if status == 200]
     assert len(ok) >= 200
     assert {status for _, _, status, _ in answers} <= {200, 0}

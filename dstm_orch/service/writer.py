@@ -82,7 +82,7 @@ class GroupWriter:
         self._error: BaseException | None = None
         self._count = threading.Lock()
         self.pending = 0
-        """Changes submitted and not settled yet."""
+        """Changes in the writer's queue or group, not settled yet."""
         self.groups = 0
         """Transactions committed (or failed) so far."""
         self.retries = 0
@@ -134,8 +134,6 @@ class GroupWriter:
         # batch of readable sockets) go to the writer together, in one queue item: had
         # the writer woken on the first, it would commit that one alone and the others
         # in a second group, two fsyncs where one does.
-        with self._count:
-            self.pending += 1
         batch = self._batches.setdefault(loop, [])
         batch.append((change, settle, loop))
         if len(batch) == 1:
@@ -143,7 +141,11 @@ class GroupWriter:
         return future
 
     def _flush(self, loop: asyncio.AbstractEventLoop) -> None:
-        self._queue.put(self._batches.pop(loop))
+        # ``pending`` counts what the writer's queue holds: a batch counts once queued.
+        batch = self._batches.pop(loop)
+        with self._count:
+            self.pending += len(batch)
+        self._queue.put(batch)
 
     def run(self, change: Change) -> Any:
         """Queue ``change`` from a thread and wait for its outcome (raised if an error)."""
