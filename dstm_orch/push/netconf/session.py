@@ -176,21 +176,78 @@ def _csv(values: list[str] | None) -> tuple[str, ...]:
 
 
 class Device:
-    """Sessions and RPCs to one target; every failure is a :class:`PushError` naming it."""
+    """Sessions and RPCs to one target; every failure is a :class:`PushError` naming it.
 
-    def __init__(self, target: NetconfTarget):
+    Args:
+        target: the device.
+        keep: keep one session open between :meth:`session` blocks (the server, which
+            pushes the same TEP again and again): the next block reuses it when it is
+            still connected, and opens a new one otherwise (the device restarted, the
+            network cut it). A block that raises closes the kept session, since its
+            state (a lock held, a candidate half edited) is not known. :meth:`close`
+            ends it. Without ``keep`` every block opens and closes its own session.
+    """
+
+    def __init__(self, target: NetconfTarget, keep: bool = False):
         self.target = target
         self.label = target.label
+        self.keep = keep
+        self.connects = 0   # sessions opened so far: a new one may face a changed device
+        self._kept: manager.Manager | None = None
+        self._lock = threading.Lock()
+        self._closed = False
 
     @contextlib.contextmanager
     def session(self) -> Iterator[manager.Manager]:
-        """Open a session, yield its manager, and close it (``<close-session>``)."""
-        mgr = self._connect()
-        try:
-            yield mgr
-        finally:
-            if mgr.connected:
-                self.quietly("close-session", mgr.close_session)
+        """Yield a connected session's manager: the kept one (``keep``), or a new one
+        that is closed (``<close-session>``) at the end of the block.
+
+        Raises:
+            HostKeyError, PushError: the device cannot be reached (see ``_connect``).
+        """
+        if not self.keep:
+            mgr = self._connect()
+            try:
+                yield mgr
+            finally:
+                if mgr.connected:
+                    self.quietly("close-session", mgr.close_session)
+            return
+        with self._lock:
+            mgr = self._kept
+            if mgr is None or not mgr.connected:
+                if mgr is not None:
+                    log.info("%s: the kept NETCONF session ended; opening a new one",
+                             self.label)
+                self._kept = None
+                mgr = self._connect()
+                if not self._closed:
+                    self._kept = mgr
+            try:
+                yield mgr
+            except BaseException:
+                self._drop(mgr)
+                raise
+            if self._kept is not mgr:
+                self._drop(mgr)
+
+    def close(self) -> None:
+        """End the kept session (``<close-session>``), waiting for a block using it; later
+        blocks open and close sessions of their own."""
+        with self._lock:
+            self._closed = True
+            mgr, self._kept = self._kept, None
+            if mgr is not None:
+                self._drop(mgr)
+
+    def _drop(self, mgr: manager.Manager) -> None:
+        if self._kept is mgr:
+            self._kept = None
+        if mgr.connected:
+            self.quietly("close-session", mgr.close_session)
+        if mgr.connected:   # the device did not end it: close the transport ourselves
+            with contextlib.suppress(NCClientError, OSError, paramiko.SSHException):
+                mgr._session.close()
 
     def rpc(self, operation: str, call: Callable, *args, **kwargs):
         """Run one RPC; ``<rpc-error>`` becomes :class:`DeviceRpcError`. Its time is
@@ -246,6 +303,7 @@ class Device:
             raise PushError(f"{t.label}: connect: {exc or type(exc).__name__}") from exc
         mgr.huge_tree = True
         send_at_once(mgr._session)   # (mgr.session is a stub that raises)
+        self.connects += 1
         return mgr
 
 
