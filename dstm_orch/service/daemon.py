@@ -50,6 +50,7 @@ from dstm_orch.ipam.allocator import Allocator
 from dstm_orch.service.httpd import WORKERS, ipv6_socket, json_response, node_app, start_sites
 from dstm_orch.service.lifecycle import Lifecycle, ReclaimPolicy, effective_policy
 from dstm_orch.service.metrics import CONTENT_TYPE
+from dstm_orch.service.pushers import close_pusher
 from dstm_orch.service.server import Loaded, RoamingService, load
 
 log = logging.getLogger("dstm_orch.service")
@@ -151,7 +152,8 @@ class Daemon:
             self.service.metrics.reloads.labels("error").inc()
             log.error("reload refused, still serving the previous inventory: %s", exc)
             return self.reload_error
-        self.loaded, self.reload_error = loaded, None
+        previous, self.loaded, self.reload_error = self.loaded, loaded, None
+        close_pusher(previous.pusher)   # its kept NETCONF sessions: the new one opens its own
         policy = self.policy(loaded)
         if policy != self.lifecycle.policy:
             self.lifecycle.policy = policy
@@ -178,6 +180,7 @@ class Daemon:
             asyncio.run(self._main())
         finally:
             self.executor.shutdown(wait=True)
+            close_pusher(self.service.pusher)
             self.service.close()
 
     async def _main(self) -> None:
