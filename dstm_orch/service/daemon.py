@@ -147,13 +147,13 @@ class Daemon:
                 raise DstmError(f"the lease store moved from {self.loaded.state} to "
                                 f"{loaded.state}; restart the server to change it")
             self.service.replace(loaded.domain, loaded.guard, loaded.pusher)
+            close_pusher(self.loaded.pusher)   # its kept NETCONF sessions (the new one has its own)
         except DstmError as exc:
             self.reload_error = str(exc)
             self.service.metrics.reloads.labels("error").inc()
             log.error("reload refused, still serving the previous inventory: %s", exc)
             return self.reload_error
-        previous, self.loaded, self.reload_error = self.loaded, loaded, None
-        close_pusher(previous.pusher)   # its kept NETCONF sessions: the new one opens its own
+        self.loaded, self.reload_error = loaded, None
         policy = self.policy(loaded)
         if policy != self.lifecycle.policy:
             self.lifecycle.policy = policy
