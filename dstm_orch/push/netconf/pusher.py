@@ -48,6 +48,7 @@ from dstm_orch.push.netconf.session import (
     DeviceRpcError,
     HostKeyError,
     NetconfTarget,
+    SessionLostError,
 )
 from dstm_orch.push.netconf.table import (
     Binding,
@@ -196,7 +197,18 @@ class NetconfPusher:
             schema_source=source, device_digest=table_digest(current),
         )
 
-    def push(
+    def push(self, desired: Iterable[Binding], **options) -> PushResult:
+        """Make the device's bind-instance equal ``desired`` (:meth:`push_once`, which
+        documents the arguments); when a kept session turns out dead at the first RPC
+        (nothing sent), once more on a new session, which reads the device first."""
+        desired = tuple(desired)
+        try:
+            return self.push_once(desired, **options)
+        except SessionLostError as exc:
+            log.info("%s; opening a new session", exc)
+            return self.push_once(desired, **options)
+
+    def push_once(
         self,
         desired: Iterable[Binding],
         *,
@@ -256,7 +268,7 @@ class NetconfPusher:
         if not force:
             self._check(desired)
             self.schemas.check_configured()
-        commit, rpc, quietly = self.commit, self.device.rpc, self.device.quietly
+        commit, quietly = self.commit, self.device.quietly
         pending: PendingCommit | None = None
         trusted = known and not replace and expect is None and expect_digest is None
         kept = self.device.keep
@@ -266,7 +278,7 @@ class NetconfPusher:
             method = commit.method(caps)
             checker, source = (None, "none (forced)") if force else \
                 self.schemas.checker(mgr, caps)
-            rpc(f"lock {method}", mgr.lock, target=method)
+            self.device.first(f"lock {method}", mgr.lock, target=method)
             try:
                 reading = time.monotonic()
                 current = cached if cached is not None else commit.read(mgr)

@@ -64,6 +64,11 @@ class DeviceLockedError(DeviceRpcError):
         self.args = (f"{device}: {operation}: {holder} ({tag}: {message}); nothing was changed",)
 
 
+class SessionLostError(PushError):
+    """A kept session did not answer the first RPC of a block (the device restarted, the
+    path went away): nothing was done through it; it was closed."""
+
+
 class HostKeyError(PushError):
     """The device's SSH host key is unknown, does not match, or known_hosts is unreadable."""
 
@@ -193,6 +198,7 @@ class Device:
         self.label = target.label
         self.keep = keep
         self.connects = 0   # sessions opened so far: a new one may face a changed device
+        self.reused = False  # the current block got the kept session of an earlier one
         self._kept: manager.Manager | None = None
         self._lock = threading.Lock()
         self._closed = False
@@ -215,7 +221,8 @@ class Device:
             return
         with self._lock:
             mgr = self._kept
-            if mgr is None or not mgr.connected:
+            self.reused = mgr is not None and mgr.connected
+            if not self.reused:
                 if mgr is not None:
                     log.info("%s: the kept NETCONF session ended; opening a new one",
                              self.label)
@@ -243,7 +250,8 @@ class Device:
     def _drop(self, mgr: manager.Manager) -> None:
         if self._kept is mgr:
             self._kept = None
-        if mgr.connected:
+        if mgr.connected:   # a device gone silent must not hold this for rpc_timeout
+            mgr.timeout = min(self.target.timeout, self.target.rpc_timeout)
             self.quietly("close-session", mgr.close_session)
         if mgr.connected:   # the device did not end it: close the transport ourselves
             with contextlib.suppress(NCClientError, OSError, paramiko.SSHException):
@@ -261,6 +269,36 @@ class Device:
             raise PushError(f"{self.label}: {operation}: {exc or type(exc).__name__}") from exc
         finally:
             log.debug("%s: %s: %.3f s", self.label, operation, time.monotonic() - started)
+
+    def first(self, operation: str, call: Callable, *args, **kwargs):
+        """Run the first RPC of a block (:meth:`rpc`). On a reused kept session the
+        reply is awaited for at most the connect timeout (``target.timeout``), not the
+        RPC timeout: a session whose device went away without closing it would
+        otherwise hold the push for ``rpc_timeout`` seconds.
+
+        Raises:
+            SessionLostError: the reused session failed or did not answer; the caller
+                may open a new one (a device's ``<rpc-error>`` is raised as usual).
+        """
+        if not (self.keep and self.reused):
+            return self.rpc(operation, call, *args, **kwargs)
+        kept = self._kept
+        saved = kept.timeout if kept is not None else None
+        if kept is not None:
+            kept.timeout = min(self.target.timeout, self.target.rpc_timeout)
+        try:
+            return self.rpc(operation, call, *args, **kwargs)
+        except DeviceRpcError:
+            raise
+        except PushError as exc:
+            if kept is not None:   # no <close-session> on it: it would wait as long again
+                with contextlib.suppress(NCClientError, OSError, paramiko.SSHException):
+                    kept._session.close()
+            raise SessionLostError(f"{self.label}: the kept session did not answer "
+                                   f"{operation} ({exc}); nothing was sent") from exc
+        finally:
+            if kept is not None and saved is not None:
+                kept.timeout = saved
 
     def quietly(self, operation: str, call: Callable, **kwargs) -> None:
         """Run a clean-up RPC; log instead of raising (the first error is the one to see)."""
