@@ -218,6 +218,19 @@ class NetconfServer:
         _run(["ip", "-6", "route", verb, "prohibit", f"{self.host}/128"])
         self._blocked = not reachable
 
+    def restart_netconfd(self, timeout: float = 15.0) -> None:
+        """Kill netconfd with SIGKILL (a crash: no session is closed cleanly) and start
+        it again on the same datastore files; sshd keeps running. The SSH sessions open
+        to it end (their ``netconf-subsystem`` loses the socket).
+
+        Raises:
+            LabError: netconfd did not come back.
+        """
+        if self._netconfd is not None:
+            self._netconfd.kill()
+            self._netconfd.wait()
+        self._start_netconfd(timeout)
+
     def is_running(self) -> bool:
         """True while both daemons are alive."""
         return all(p is not None and p.poll() is None for p in (self._netconfd, self._sshd))

@@ -491,3 +491,67 @@ def test_server_stop_leaves_nothing(tmp_path):
     for pid in pids:
         assert not Path(f"/proc/{pid}").exists()
     etree.fromstring(server.startup_file.read_bytes())  # datastore left readable
+
+
+# -- the session kept open by the server (issue 9: "SSH connections reused") -------------------
+
+REVOKED = [LEASES[0], lease(2, "n2", "198.51.100.11", LeaseState.REVOKED), LEASES[2]]
+WITHOUT_N2 = {k: v for k, v in TABLE.items() if k != "2001:db8:c00:100::12"}
+
+
+def test_a_kept_session_carries_every_push_and_confirms_on_it(server, tmp_path, caplog):
+    """With ``keep_session`` both pushes use one SSH session; the second, told that
+    nothing changed the device since (``known``), sends no ``<get-config>`` before its
+    edit, and confirms its 1.1 confirmed commit with the persist id on the same session
+    while it holds the lock (RFC 6241 section 8.4.1): lock, edit-config, commit
+    confirmed, read-back, confirming commit, unlock."""
+    pusher = pusher_for(server, tmp_path, keep_session=True)
+    assert pusher.push(bindings(LEASES)).version == 1
+    seen: list[PendingCommit] = []
+    with caplog.at_level(logging.INFO, logger="ncclient.operations.rpc"):
+        result = pusher.push(bindings(REVOKED), known=True, on_pending=seen.append)
+    assert rpc_requests(caplog) == ["Lock", "EditConfig", "Commit", "GetConfig", "Commit",
+                                    "Unlock"]
+    assert (result.applied, result.version, result.method) == (
+        True, 2, "candidate+confirmed-commit")
+    assert result.persist_id and [p.persist_id for p in seen] == [result.persist_id]
+    assert pusher.device.connects == 1
+    assert device_entries(server) == WITHOUT_N2 and device_version(server) == "2"
+    assert pusher.verified is not None and len(pusher.verified.entries) == 2
+    pusher.close()
+    assert pusher.verified is None
+
+
+def test_a_known_table_that_the_device_no_longer_holds_fails_the_push_and_changes_nothing(
+        server, tmp_path):
+    """``known`` is the caller's word that nothing changed the device; an entry added by
+    hand since breaks it: the read-back after the commit differs, the confirmed commit is
+    cancelled (the device keeps the hand-made table), and the pusher forgets the table,
+    so that the next push reads the device and removes the entry."""
+    pusher = pusher_for(server, tmp_path, keep_session=True)
+    pusher.push(bindings(LEASES))
+    add_by_hand(server, "2001:db8:c00:100::99", "198.51.100.99")
+    with pytest.raises(PushError, match=r"read-back of running differs .* cancelled"):
+        pusher.push(bindings(REVOKED), known=True)
+    assert set(device_entries(server)) == {*TABLE, "2001:db8:c00:100::99"}
+    assert pusher.verified is None
+    assert pusher.push(bindings(REVOKED), known=True).diff.counts() == {
+        "added": 0, "changed": 0, "removed": 2}
+    assert device_entries(server) == WITHOUT_N2
+
+
+def test_the_kept_session_is_opened_again_after_netconfd_was_killed(server, tmp_path, caplog):
+    """netconfd killed (SIGKILL) and started again between two pushes: the kept session
+    died with it; the next push opens a new one, reads the device there (a new session
+    may face another table, whatever ``known`` says) and lands."""
+    pusher = pusher_for(server, tmp_path, keep_session=True)
+    pusher.push(bindings(LEASES))
+    server.restart_netconfd()
+    with caplog.at_level(logging.INFO, logger="ncclient.operations.rpc"):
+        result = pusher.push(bindings(REVOKED), known=True)
+    requests = rpc_requests(caplog)   # (a new session fetches the device's modules first)
+    assert requests[requests.index("Lock"):][:3] == ["Lock", "GetConfig", "EditConfig"]
+    assert pusher.device.connects == 2
+    assert result.applied
+    assert device_entries(server) == WITHOUT_N2
+    pusher.close()

@@ -116,6 +116,41 @@ def test_the_server_withdraws_revoked_and_ended_leases_from_the_router(router, i
             proc.wait()
 
 
+def test_the_server_opens_its_session_again_after_netconfd_was_killed(router, inventory,
+                                                                       tmp_path):
+    """Issue 9 section 2 ("SSH connections reused"): the server keeps one NETCONF session
+    to the router between pushes. netconfd killed with SIGKILL and started again between
+    two pushes ends that session; the next push opens a new one and lands, and the
+    device's table equals the active leases; every push is journaled as applied."""
+    state, log = tmp_path / "leases.sqlite", tmp_path / "serve.log"
+    argv = [sys.executable, "-m", "dstm_orch", "serve", "-i", str(inventory), "--state",
+            str(state), "--listen", f"[::1]:{_free_port()}", "--api-listen", "off",
+            "--push", "teps"]
+    with log.open("w") as out:
+        proc = subprocess.Popen(argv, stdout=out, stderr=out,
+                                env={**os.environ, "PYTHONPATH": str(ROOT)})
+    try:
+        assert cli(inventory, state, "allocate", "n1") == 0
+        wait_for(proc, log, lambda: "pushed TEP rtr1 (events up to 1)" in log.read_text(),
+                 "the first lease is pushed and confirmed")
+        assert device_entries(router) == {N1: "203.0.113.1"}
+        router.restart_netconfd()
+        assert cli(inventory, state, "allocate", "n2") == 0
+        wait_for(proc, log, lambda: "pushed TEP rtr1 (events up to 2)" in log.read_text(),
+                 "the second lease is pushed after the restart")
+        assert device_entries(router) == {N1: "203.0.113.1", N2: "203.0.113.2"}
+        assert "the kept NETCONF session ended; opening a new one" in log.read_text()
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=120) == 0
+        with LeaseStore(state) as store:
+            pushes = store.pushes("rtr1")
+        assert pushes and all(p.applied for p in pushes), pushes
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
 def test_the_server_follows_a_tep_move_made_by_apply(routers, tmp_path):
     """GitOps moves pool p1 from rtr1 to rtr2 (``apply`` with the new inventory) while
     the server runs: ``apply`` records a ``tep-move`` event per lease; the server follows

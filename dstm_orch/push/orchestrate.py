@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -137,6 +138,66 @@ def held_teps(inv: DstmInventory, store: LeaseStore, *, limit: str | None = None
         yield
 
 
+class KeptSessions:
+    """The NETCONF pushers of one long-running process (``dstm-orch serve``), one per
+    router TEP, each keeping its session open between pushes
+    (``NetconfPusher(keep_session=True)``), and the journal row of the push whose
+    read-back each one holds.
+
+    A push on a kept session reuses that session (no SSH connection, no ``<hello>``),
+    confirms its confirmed commit on it, and leaves out the ``<get-config>`` before
+    the edit when the journal shows that nothing happened to the device since this
+    process's last push: its latest settled row is that push's row (no ``apply`` or
+    other server pushed since, no failure, no drift found by ``plan`` or the drift
+    check, each of which writes a row), no confirmed commit is pending, and the
+    session is the one the push read back on. :meth:`close` ends the sessions (on
+    shutdown, and for the pushers of an inventory that a reload replaced).
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._pushers: dict[str, Any] = {}
+        self._rows: dict[str, int] = {}
+        self._closed = False
+
+    def pusher(self, name: str, make: Callable[[], Any]):
+        """Return TEP ``name``'s kept pusher, made by ``make(keep_session)`` the first
+        time (after :meth:`close`: a new, unkept one each time)."""
+        with self._lock:
+            if self._closed:
+                return make(False)
+            pusher = self._pushers.get(name)
+            if pusher is None:
+                pusher = self._pushers[name] = make(True)
+            return pusher
+
+    def trusted(self, name: str, last: PushRecord | None, pending: bool) -> bool:
+        """Tell whether TEP ``name``'s device is as this process's last push left it,
+        by the journal (``last``: its latest settled row; ``pending``: an unsettled
+        confirmed commit exists)."""
+        with self._lock:
+            row = self._rows.get(name)
+        return (row is not None and not pending and last is not None
+                and last.id == row and last.applied)
+
+    def pushed(self, name: str, row: int | None) -> None:
+        """Remember the journal row of TEP ``name``'s push just made (None: forget)."""
+        with self._lock:
+            if row is None:
+                self._rows.pop(name, None)
+            else:
+                self._rows[name] = row
+
+    def close(self) -> None:
+        """End every kept session (waiting for a push in progress on it)."""
+        with self._lock:
+            self._closed = True
+            pushers, self._pushers = list(self._pushers.values()), {}
+            self._rows.clear()
+        for pusher in pushers:
+            pusher.close()
+
+
 def run(inv: DstmInventory, store: LeaseStore, intent: Intent, now: datetime, *,
         check: bool, limit: str | None = None, hosts: list[str] | None = None,
         **options: Any) -> Report:
@@ -160,7 +221,7 @@ def _run(inv: DstmInventory, store: LeaseStore, intent: Intent, now: datetime, *
         check: bool, limit: str | None = None, replace: bool = False,
         hostkey_verify: bool = True, refresh: bool = False,
         expect_digests: dict[str, str] | None = None,
-        hosts: list[str] | None = None) -> Report:
+        hosts: list[str] | None = None, kept: KeptSessions | None = None) -> Report:
     """Plan (``check``) or apply ``intent`` on the devices ``limit`` selects.
 
     Args:
@@ -176,6 +237,8 @@ def _run(inv: DstmInventory, store: LeaseStore, intent: Intent, now: datetime, *
         expect_digests: NETCONF: per device, the table digest a saved plan read; a
             device whose table differs is refused under its lock, nothing sent.
         hosts: exactly these hosts (a saved plan's), instead of ``limit``.
+        kept: NETCONF: the sessions a long-running process keeps (:class:`KeptSessions`);
+            None: a session per device for this run.
 
     Returns:
         A :class:`Report`; a device that failed is listed in ``errors``, the others
@@ -215,7 +278,8 @@ def _run(inv: DstmInventory, store: LeaseStore, intent: Intent, now: datetime, *
                 result = _netconf(inv, own, intent, by_name[name], now, check=check,
                                   replace=replace, hostkey_verify=hostkey_verify,
                                   digest=digests[name], last=last.get(name),
-                                  expect_digest=(expect_digests or {}).get(name))
+                                  expect_digest=(expect_digests or {}).get(name),
+                                  kept=kept)
         except BaseException:
             if progress:
                 progress.finish(name, "failed")
@@ -308,12 +372,13 @@ def read_digests(inv: DstmInventory, names: list[str],
         return {name: future.result() for name, future in per_device(names, read, pool).items()}
 
 
-def _pusher(inv: DstmInventory, tep: Tep, pools: list[str] | None, hostkey_verify: bool):
+def _pusher(inv: DstmInventory, tep: Tep, pools: list[str] | None, hostkey_verify: bool,
+            keep_session: bool = False):
     from dstm_orch.push.netconf.pusher import NetconfPusher
 
     v = inv.host_vars(tep.name)
     return NetconfPusher(netconf_target(inv, tep, hostkey_verify), pools=pools,
-                         instance=bind_instance(inv, tep),
+                         instance=bind_instance(inv, tep), keep_session=keep_session,
                          yang_dir=_path(v.get("dstm_tep_netconf_yang_dir")),
                          confirm_timeout=int(v.get("dstm_tep_netconf_confirm_timeout", 60)),
                          running_without_rollback=bool(
@@ -322,42 +387,55 @@ def _pusher(inv: DstmInventory, tep: Tep, pools: list[str] | None, hostkey_verif
 
 def _netconf(inv: DstmInventory, store: LeaseStore, intent: Intent, tep: Tep,
              now: datetime, *, check: bool, replace: bool, hostkey_verify: bool,
-             digest: str, last: PushRecord | None, expect_digest: str | None = None) -> dict:
+             digest: str, last: PushRecord | None, expect_digest: str | None = None,
+             kept: KeptSessions | None = None) -> dict:
     from dstm_orch.push.netconf.table import binding_from_dict
 
     wanted = intent.teps[tep.name]
     desired = [binding_from_dict(b, tep.ipv6) for b in wanted["bindings"]]
-    pusher = _pusher(inv, tep, wanted["pools"], hostkey_verify)
+    pusher = _pusher(inv, tep, wanted["pools"], hostkey_verify) if kept is None else \
+        kept.pusher(tep.name, lambda keep: _pusher(inv, tep, wanted["pools"], hostkey_verify,
+                                                   keep_session=keep))
     journal = PendingCommits(store)
     if check:
         plan = pusher.plan(desired)
         pending = [p for p in journal.pending(tep.name) if p.deadline > now]
         return _with_pending({**plan.as_dict(), "text": plan.text()}, pending)
-    for stale in journal.pending(tep.name):
+    unsettled = journal.pending(tep.name)
+    for stale in unsettled:
         if stale.deadline <= now:
             journal.settle(stale.id, applied=False, detail=(
                 f"not confirmed: the pushing process ended before the confirming commit; "
                 f"the device reverted version {stale.version} at {stale.deadline.isoformat()}"))
+    known = kept is not None and kept.trusted(tep.name, last, bool(unsettled))
+    if kept is not None:
+        kept.pushed(tep.name, None)
     recorder = _Recorder(journal, tep.name, now)
     try:
         result = pusher.push(desired, replace=replace, journal=recorder,
-                             on_pending=_pause_hook(), expect_digest=expect_digest)
+                             on_pending=_pause_hook(), expect_digest=expect_digest,
+                             known=known)
     except PushError as exc:
         if recorder.row is None:
             store.record_push(tep.name, now, applied=False, detail=str(exc))
         raise
     in_step = digest if result.applied else None
+    row = last.id if last is not None else None
     if result.changed:
         detail = f"{result.method}: {result.diff.counts()}"
         if recorder.row is None:
-            store.record_push(tep.name, now, applied=result.applied, version=result.version,
-                              detail=detail, intent_digest=in_step)
+            row = store.record_push(tep.name, now, applied=result.applied,
+                                    version=result.version, detail=detail,
+                                    intent_digest=in_step)
         else:
             journal.settle(recorder.row, applied=result.applied, detail=detail,
                            intent_digest=in_step)
+            row = recorder.row
     elif last is None or last.intent_digest != digest:
-        store.record_push(tep.name, now, applied=True, version=result.version,
-                          detail="in step: nothing to change", intent_digest=digest)
+        row = store.record_push(tep.name, now, applied=True, version=result.version,
+                                detail="in step: nothing to change", intent_digest=digest)
+    if kept is not None and result.applied:
+        kept.pushed(tep.name, row)
     return {**result.as_dict(), "text": "\n".join(result.diff.lines()) or "no changes"}
 
 

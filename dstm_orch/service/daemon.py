@@ -54,6 +54,7 @@ from dstm_orch.service.httpd import WORKERS, ipv6_socket, json_response, node_ap
 from dstm_orch.service.inventory_watch import SETTLE, WatchedInventory, inventory_changes
 from dstm_orch.service.lifecycle import Lifecycle, ReclaimPolicy, effective_policy
 from dstm_orch.service.metrics import CONTENT_TYPE
+from dstm_orch.service.pushers import close_pusher
 from dstm_orch.service.server import Loaded, RoamingService, load
 
 log = logging.getLogger("dstm_orch.service")
@@ -165,6 +166,7 @@ class Daemon:
                 raise DstmError(f"the lease store moved from {self.loaded.state} to "
                                 f"{loaded.state}; restart the server to change it")
             self.service.replace(loaded.domain, loaded.guard, loaded.pusher)
+            close_pusher(self.loaded.pusher)   # its kept NETCONF sessions (the new one has its own)
         except DstmError as exc:
             self.reload_error = str(exc)
             self.reload_problems = list(getattr(exc, "problems", ()))
@@ -199,6 +201,7 @@ class Daemon:
             asyncio.run(self._main())
         finally:
             self.executor.shutdown(wait=True)
+            close_pusher(self.service.pusher)
             self.service.close()
 
     async def _main(self) -> None:

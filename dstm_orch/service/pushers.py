@@ -61,6 +61,14 @@ class NoPusher:
         return None
 
 
+def close_pusher(pusher: Pusher) -> None:
+    """End what ``pusher`` keeps open between pushes (a :class:`TepPusher`'s NETCONF
+    sessions), if it has a ``close``; on shutdown, and after a reload replaced it."""
+    close = getattr(pusher, "close", None)
+    if close is not None:
+        close()
+
+
 def mark_roaming(extravars: dict, roaming: Collection[str]) -> dict:
     """Mark the TEP bindings of roaming nodes with ``roaming: true`` (in place).
 
@@ -159,7 +167,10 @@ class AnsiblePusher:
 class TepPusher:
     """Push to any TEP of an inventory: Linux TEPs by :class:`AnsiblePusher`, NETCONF
     routers by ``dstm_orch.push.orchestrate.run`` limited to the TEP (journaled in the
-    store as ``apply`` journals them).
+    store as ``apply`` journals them), over one NETCONF session per router kept open
+    between pushes (``orchestrate.KeptSessions``: no SSH connection per push, the
+    confirmed commit confirmed on it, the table read before the edit left out while the
+    journal shows nothing else touched the device); :meth:`close` ends them.
 
     Args:
         inv: the validated inventory (``DstmInventory``).
@@ -171,9 +182,16 @@ class TepPusher:
              "`apply --limit <tep>`)")
 
     def __init__(self, inv, store_path: str | Path, roaming: Collection[str]):
+        from dstm_orch.push.orchestrate import KeptSessions
+
         self.inv = inv
         self.store_path = store_path
         self.linux = AnsiblePusher(inv.path, inv.domain, store_path, roaming)
+        self.sessions = KeptSessions()
+
+    def close(self) -> None:
+        """End the NETCONF sessions kept open (waiting for a push in progress)."""
+        self.sessions.close()
 
     def push(self, tep: str) -> None:
         from dstm_orch.push.orchestrate import NETCONF
@@ -213,7 +231,8 @@ class TepPusher:
         with open_store(self.store_path) as store:
             intent = render_intent(self.inv.domain, store.active_leases(now), now)
             try:
-                report = run(self.inv, store, intent, now, check=check, limit=tep)
+                report = run(self.inv, store, intent, now, check=check, limit=tep,
+                             kept=self.sessions)
             except DstmError as exc:
                 raise PushError(f"{'reading' if check else 'pushing to'} TEP {tep!r} "
                                 f"failed: {exc}") from None

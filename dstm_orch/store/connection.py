@@ -473,12 +473,13 @@ class LeaseStore:
 
     def record_push(self, device: str, at: datetime, *, applied: bool,
                     version: int | None = None, detail: str = "",
-                    intent_digest: str | None = None) -> None:
+                    intent_digest: str | None = None) -> int:
         """Record a push to ``device`` at ``at``: whether it took, the device's table
         version after it (RFC 8676 binding-table-versioning), a one-line detail and, when
-        the device was brought in step, the digest of the intent it now holds."""
+        the device was brought in step, the digest of the intent it now holds; return
+        the row's id."""
         with self.write() as tx:
-            tx.record_push(device, at, applied, version, detail, intent_digest)
+            return tx.record_push(device, at, applied, version, detail, intent_digest)
 
     def pushes(self, device: str | None = None) -> list[PushRecord]:
         """Return recorded pushes (of one device, or all), oldest first."""

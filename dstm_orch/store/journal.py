@@ -24,6 +24,7 @@ class PushRecord:
     version: int | None
     detail: str
     intent_digest: str | None = None
+    id: int | None = None   # the journal row: a later push of the device has a larger one
 
 
 class PushJournal:
@@ -33,27 +34,28 @@ class PushJournal:
     _db: sqlite3.Connection
 
     def record_push(self, device: str, at: datetime, applied: bool, version: int | None,
-                    detail: str, intent_digest: str | None = None) -> None:
-        self._db.execute(
+                    detail: str, intent_digest: str | None = None) -> int:
+        return self._db.execute(
             "INSERT INTO device_pushes (device, at, applied, version, detail, intent_digest) "
             "VALUES (?, ?, ?, ?, ?, ?)",
-            (device, int(at.timestamp()), int(applied), version, detail, intent_digest))
+            (device, int(at.timestamp()), int(applied), version, detail, intent_digest),
+        ).lastrowid
 
     def pushes(self, device: str | None) -> list[PushRecord]:
         where, args = ("WHERE device = ? ", (device,)) if device else ("", ())
-        rows = self._db.execute("SELECT device, at, applied, version, detail, intent_digest "
-                                f"FROM device_pushes {where}ORDER BY id", args).fetchall()
-        return [PushRecord(d, datetime.fromtimestamp(at, UTC), bool(ok), v, text, digest)
-                for d, at, ok, v, text, digest in rows]
+        rows = self._db.execute("SELECT device, at, applied, version, detail, intent_digest, "
+                                f"id FROM device_pushes {where}ORDER BY id", args).fetchall()
+        return [PushRecord(d, datetime.fromtimestamp(at, UTC), bool(ok), v, text, digest, i)
+                for d, at, ok, v, text, digest, i in rows]
 
     def last_pushes(self) -> dict[str, PushRecord]:
         """Return each device's latest push that is not pending, by device name."""
         rows = self._db.execute(
-            "SELECT device, at, applied, version, detail, intent_digest FROM device_pushes "
-            "WHERE id IN (SELECT max(id) FROM device_pushes WHERE pending = 0 "
+            "SELECT device, at, applied, version, detail, intent_digest, id FROM "
+            "device_pushes WHERE id IN (SELECT max(id) FROM device_pushes WHERE pending = 0 "
             "GROUP BY device)").fetchall()
-        return {d: PushRecord(d, datetime.fromtimestamp(at, UTC), bool(ok), v, text, digest)
-                for d, at, ok, v, text, digest in rows}
+        return {d: PushRecord(d, datetime.fromtimestamp(at, UTC), bool(ok), v, text, digest, i)
+                for d, at, ok, v, text, digest, i in rows}
 
 
 @dataclass(frozen=True)

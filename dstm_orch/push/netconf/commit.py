@@ -3,8 +3,9 @@
 - ``:candidate`` (preferred): edit-config on the candidate, validate, ``commit
   confirmed`` with a timeout (and a persist token with ``:confirmed-commit:1.1``), read
   back the binding subtree, then the confirming commit: from a new session with the
-  persist id (1.1), or in the same session (1.0) (RFC 6241 sections 8.3 and 8.4). A
-  device that cannot be reached again reverts on its own.
+  persist id (1.1), or in the same session (1.0, or 1.1 on a session the server keeps
+  open, still with the persist id) (RFC 6241 sections 8.3 and 8.4). A device that
+  cannot be reached again reverts on its own.
 - ``:writable-running``: edit-config with ``error-option rollback-on-error`` (RFC 6241
   section 8.5), so that a refused edit leaves nothing behind, then a read-back. A device
   without ``:rollback-on-error`` can be left half-configured by a refused edit, so it is
@@ -157,9 +158,9 @@ class CommitProtocol:
     def candidate(self, mgr: manager.Manager, caps: Capabilities, payloads: Iterable[str],
                   desired: Sequence[Binding], instance: BindInstance, version: int,
                   journal: CommitJournal | None,
-                  timeout: int | None = None) -> PendingCommit | None:
+                  timeout: int | None = None) -> tuple[PendingCommit | None, DeviceTable]:
         """Edit the candidate (one ``<edit-config>`` per payload) and commit it once;
-        return the pending confirmed commit, if any.
+        return the pending confirmed commit, if any, and the table read back.
 
         The journal hears of the confirmed commit before it is sent; when it fails
         here (commit refused, read-back differs) the journal hears it settled.
@@ -179,8 +180,7 @@ class CommitProtocol:
             mode = "1.0"
         if mode is None:
             rpc("commit", mgr.commit)
-            self.read_back(mgr, desired, instance, version, cancel=None)
-            return None
+            return None, self.read_back(mgr, desired, instance, version, cancel=None)
         pending = PendingCommit(self.device.target.name, version,
                                 secrets.token_hex(16) if mode == "1.1" else None,
                                 timeout, datetime.now(UTC) + timedelta(seconds=timeout))
@@ -189,17 +189,23 @@ class CommitProtocol:
         try:
             rpc(f"commit confirmed (timeout {timeout} s)", mgr.commit,
                 confirmed=True, timeout=str(timeout), persist=pending.persist_id)
-            self.read_back(mgr, desired, instance, version, cancel=pending)
+            table = self.read_back(mgr, desired, instance, version, cancel=pending)
         except BaseException as exc:
             if journal is not None:
                 journal.settled(pending, False, f"not confirmed: {exc}")
             raise
-        return pending
+        return pending, table
 
     def confirm_here(self, mgr: manager.Manager, pending: PendingCommit) -> None:
-        """Confirm a 1.0 confirmed commit in its own session."""
+        """Confirm ``pending`` in the session that sent it, which still holds the lock:
+        a 1.0 confirmed commit (which must be), or a 1.1 one on a kept session (with its
+        persist id, RFC 6241 section 8.4.1; the candidate already equals running)."""
         try:
-            self.device.rpc("commit (confirming)", mgr.commit)
+            if pending.persist_id is None:
+                self.device.rpc("commit (confirming)", mgr.commit)
+            else:
+                self.device.rpc("commit (confirming, persist-id)", mgr.commit,
+                                persist_id=pending.persist_id)
         except PushError as exc:
             raise CommitNotConfirmedError(
                 f"{self.device.label}: version {pending.version} not confirmed ({exc}); "
@@ -250,17 +256,26 @@ class CommitProtocol:
             journal.settled(pending, True, "confirmed")
 
     def running(self, mgr: manager.Manager, caps: Capabilities, payload: str,
-                desired: Sequence[Binding], instance: BindInstance, version: int) -> None:
-        """Edit ``<running>`` directly (rollback-on-error when offered), then read back."""
+                desired: Sequence[Binding], instance: BindInstance,
+                version: int) -> DeviceTable:
+        """Edit ``<running>`` directly (rollback-on-error when offered), then read back;
+        return the table read back."""
         self.device.rpc(
             "edit-config running", mgr.edit_config, target="running", config=payload,
             error_option="rollback-on-error" if caps.has(ROLLBACK_ON_ERROR) else None,
             test_option="test-then-set" if caps.validate else None)
-        self.read_back(mgr, desired, instance, version, cancel=None)
+        return self.read_back(mgr, desired, instance, version, cancel=None)
 
     def read_back(self, mgr: manager.Manager, desired: Sequence[Binding],
-                  instance: BindInstance, version: int, cancel: PendingCommit | None) -> None:
-        """Check that ``<running>`` now holds exactly the desired table and version."""
+                  instance: BindInstance, version: int,
+                  cancel: PendingCommit | None) -> DeviceTable:
+        """Check that ``<running>`` now holds exactly the desired table and version;
+        return it.
+
+        Raises:
+            PushError: it differs (a pending confirmed commit is cancelled with its
+                persist id, or left to expire).
+        """
         got = self.read(mgr)
         want = {b.key: b for b in desired}
         problems = []
@@ -272,7 +287,7 @@ class CommitProtocol:
             problems.append(f"{len(got.entries)} entries instead of {len(want)} "
                             f"({len(got.entries.keys() ^ want.keys())} keys differ)")
         if not problems:
-            return
+            return got
         outcome = "the change stays committed"
         if cancel is not None and cancel.persist_id is not None:
             self.device.quietly("cancel-commit", mgr.cancel_commit,

@@ -48,6 +48,7 @@ from dstm_orch.push.netconf.session import (
     DeviceRpcError,
     HostKeyError,
     NetconfTarget,
+    SessionLostError,
 )
 from dstm_orch.push.netconf.table import (
     Binding,
@@ -102,6 +103,10 @@ class NetconfPusher:
         edit_size: entries per ``<edit-config>`` to the candidate; a larger change is
             sent in several edits and still committed once. ``<running>`` is edited
             in one piece (several edits there would not be one change).
+        keep_session: keep one NETCONF session open between calls (``dstm-orch
+            serve``; see :class:`~dstm_orch.push.netconf.session.Device`); a 1.1
+            confirmed commit is then confirmed on it, under the lock, with its persist
+            id, instead of from a new session. :meth:`close` ends it.
     """
 
     def __init__(
@@ -118,9 +123,13 @@ class NetconfPusher:
         confirm_mode: str = "auto",
         running_without_rollback: bool = False,
         edit_size: int = EDIT_SIZE,
+        keep_session: bool = False,
     ):
         self.target = target
-        self.device = Device(target)
+        self.device = Device(target, keep=keep_session)
+        # The table the last push read back (or read) on the kept session, with the
+        # session it was read on (``Device.connects``): see push(known=...).
+        self._verified: tuple[int, DeviceTable] | None = None
         self.pools = pools if pools is None or isinstance(pools, netaddr.IPSet) else \
             netaddr.IPSet(str(p) for p in pools)
         self.instance = instance or BindInstance()
@@ -144,6 +153,19 @@ class NetconfPusher:
         with self.device.session() as mgr:
             return self.commit.read(mgr)
 
+    def close(self) -> None:
+        """End the kept session, if any (``keep_session``)."""
+        self._verified = None
+        self.device.close()
+
+    @property
+    def verified(self) -> DeviceTable | None:
+        """The table this pusher's last push left on the device, as read back on the
+        kept session that is still open; None when there is none."""
+        if self._verified is None or self._verified[0] != self.device.connects:
+            return None
+        return self._verified[1]
+
     def plan(self, desired: Iterable[Binding]) -> DevicePlan:
         """Compute what :meth:`push` would change, from the device's real state.
 
@@ -159,6 +181,8 @@ class NetconfPusher:
             caps = Capabilities.of(mgr.server_capabilities)
             checker, source = self.schemas.checker(mgr, caps)
             current = self.commit.read(mgr)
+        if self.verified is not None and table_digest(self.verified) != table_digest(current):
+            self._verified = None   # changed behind our back: the next push reads it
         instance = self.instance.resolved(current.instance)
         self._check_capacity(desired, current)
         diff = compute_diff(current, desired, self.instance)
@@ -173,7 +197,18 @@ class NetconfPusher:
             schema_source=source, device_digest=table_digest(current),
         )
 
-    def push(
+    def push(self, desired: Iterable[Binding], **options) -> PushResult:
+        """Make the device's bind-instance equal ``desired`` (:meth:`push_once`, which
+        documents the arguments); when a kept session turns out dead at the first RPC
+        (nothing sent), once more on a new session, which reads the device first."""
+        desired = tuple(desired)
+        try:
+            return self.push_once(desired, **options)
+        except SessionLostError as exc:
+            log.info("%s; opening a new session", exc)
+            return self.push_once(desired, **options)
+
+    def push_once(
         self,
         desired: Iterable[Binding],
         *,
@@ -184,6 +219,7 @@ class NetconfPusher:
         version: int | None = None,
         on_pending: Callable[[PendingCommit], None] | None = None,
         journal: CommitJournal | None = None,
+        known: bool = False,
     ) -> PushResult:
         """Make the device's bind-instance equal ``desired``, sending only the change.
 
@@ -203,6 +239,15 @@ class NetconfPusher:
                 commit was read back and before the confirming commit.
             journal: hears of a confirmed commit before it is sent and of its outcome
                 (:class:`~dstm_orch.push.netconf.commit.CommitJournal`).
+            known: the caller knows that nothing changed the device since this
+                pusher's last push (its push journal holds no later push, no drift);
+                then the table that push read back on the kept session that is still
+                open (:attr:`verified`) stands for the device's, and the
+                ``<get-config>`` before the edit is left out. The read-back after the
+                commit still checks the whole table; when it differs (the device was
+                changed by hand) the commit is cancelled and the push fails, and the
+                next one reads. Ignored without a kept session or with ``replace``,
+                ``expect`` or ``expect_digest``.
 
         Returns:
             A :class:`PushResult`; ``changed`` False (and nothing sent) when the
@@ -223,17 +268,20 @@ class NetconfPusher:
         if not force:
             self._check(desired)
             self.schemas.check_configured()
-        commit, rpc, quietly = self.commit, self.device.rpc, self.device.quietly
+        commit, quietly = self.commit, self.device.quietly
         pending: PendingCommit | None = None
+        trusted = known and not replace and expect is None and expect_digest is None
+        kept = self.device.keep
         with self.device.session() as mgr:
+            cached, self._verified = self.verified if trusted else None, None
             caps = Capabilities.of(mgr.server_capabilities)
             method = commit.method(caps)
             checker, source = (None, "none (forced)") if force else \
                 self.schemas.checker(mgr, caps)
-            rpc(f"lock {method}", mgr.lock, target=method)
+            self.device.first(f"lock {method}", mgr.lock, target=method)
             try:
                 reading = time.monotonic()
-                current = commit.read(mgr)
+                current = cached if cached is not None else commit.read(mgr)
                 timeout = sized_timeout(commit.confirm_timeout, time.monotonic() - reading,
                                         len(current.entries), len(desired))
                 instance = self.instance.resolved(current.instance)
@@ -251,6 +299,7 @@ class NetconfPusher:
                     self._check_capacity(desired, current)
                 if diff.empty:
                     log.info("%s: binding table up to date, nothing sent", self.target.label)
+                    self._verified = (self.device.connects, current) if kept else None
                     return PushResult(self.target.name, False, True, diff, method,
                                       version=current.version, date=current.date,
                                       schema_source=source,
@@ -267,25 +316,27 @@ class NetconfPusher:
                     for payload in payloads(size):   # all of them before anything is sent
                         self._validate(checker, payload)
                 if method == "candidate":
-                    pending = commit.candidate(mgr, caps, payloads(size), desired, instance,
-                                               new_version, journal, timeout)
-                    if pending is not None and pending.persist_id is None:
+                    pending, table = commit.candidate(mgr, caps, payloads(size), desired,
+                                                      instance, new_version, journal, timeout)
+                    if pending is not None and (pending.persist_id is None or kept):
                         here = pending
                         _notify(on_pending, here)
                         commit.settle(here, journal, lambda: commit.confirm_here(mgr, here))
                 else:
-                    commit.running(mgr, caps, next(payloads(None)), desired, instance,
-                                   new_version)
+                    table = commit.running(mgr, caps, next(payloads(None)), desired,
+                                           instance, new_version)
             except BaseException:
                 if method == "candidate":
                     quietly("discard-changes", mgr.discard_changes)
                 raise
             finally:
                 quietly(f"unlock {method}", mgr.unlock, target=method)
-        if pending is not None and pending.persist_id is not None:
+        if pending is not None and pending.persist_id is not None and not kept:
             later = pending
             _notify(on_pending, later)
             commit.settle(later, journal, lambda: commit.confirm(later))
+        if kept:
+            self._verified = (self.device.connects, table)
         log.info("%s: pushed version %s: %s", self.target.label, new_version, diff.counts())
         return PushResult(self.target.name, True, True, diff,
                           f"{method}+confirmed-commit" if pending else method,

@@ -12,6 +12,8 @@ import contextlib
 import ipaddress
 import logging
 import re
+import threading
+import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,7 +22,8 @@ from urllib.parse import parse_qs
 import paramiko
 from ncclient import NCClientError, manager
 from ncclient.operations import RPCError
-from ncclient.transport.errors import AuthenticationError, SSHUnknownHostError
+from ncclient.transport.errors import AuthenticationError, SSHUnknownHostError, TransportError
+from ncclient.transport.session import END_DELIM, MSG_DELIM, NetconfBase
 from paramiko.hostkeys import HostKeyEntry, InvalidHostKey
 
 from dstm_orch.domain.errors import PushError
@@ -59,6 +62,11 @@ class DeviceLockedError(DeviceRpcError):
         super().__init__(device, operation, tag, path, message, session_id)
         holder = f"locked by session {session_id}" if session_id else "locked by another session"
         self.args = (f"{device}: {operation}: {holder} ({tag}: {message}); nothing was changed",)
+
+
+class SessionLostError(PushError):
+    """A kept session did not answer the first RPC of a block (the device restarted, the
+    path went away): nothing was done through it; it was closed."""
 
 
 class HostKeyError(PushError):
@@ -173,30 +181,124 @@ def _csv(values: list[str] | None) -> tuple[str, ...]:
 
 
 class Device:
-    """Sessions and RPCs to one target; every failure is a :class:`PushError` naming it."""
+    """Sessions and RPCs to one target; every failure is a :class:`PushError` naming it.
 
-    def __init__(self, target: NetconfTarget):
+    Args:
+        target: the device.
+        keep: keep one session open between :meth:`session` blocks (the server, which
+            pushes the same TEP again and again): the next block reuses it when it is
+            still connected, and opens a new one otherwise (the device restarted, the
+            network cut it). A block that raises closes the kept session, since its
+            state (a lock held, a candidate half edited) is not known. :meth:`close`
+            ends it. Without ``keep`` every block opens and closes its own session.
+    """
+
+    def __init__(self, target: NetconfTarget, keep: bool = False):
         self.target = target
         self.label = target.label
+        self.keep = keep
+        self.connects = 0   # sessions opened so far: a new one may face a changed device
+        self.reused = False  # the current block got the kept session of an earlier one
+        self._kept: manager.Manager | None = None
+        self._lock = threading.Lock()
+        self._closed = False
 
     @contextlib.contextmanager
     def session(self) -> Iterator[manager.Manager]:
-        """Open a session, yield its manager, and close it (``<close-session>``)."""
-        mgr = self._connect()
-        try:
-            yield mgr
-        finally:
-            if mgr.connected:
-                self.quietly("close-session", mgr.close_session)
+        """Yield a connected session's manager: the kept one (``keep``), or a new one
+        that is closed (``<close-session>``) at the end of the block.
+
+        Raises:
+            HostKeyError, PushError: the device cannot be reached (see ``_connect``).
+        """
+        if not self.keep:
+            mgr = self._connect()
+            try:
+                yield mgr
+            finally:
+                if mgr.connected:
+                    self.quietly("close-session", mgr.close_session)
+            return
+        with self._lock:
+            mgr = self._kept
+            self.reused = mgr is not None and mgr.connected
+            if not self.reused:
+                if mgr is not None:
+                    log.info("%s: the kept NETCONF session ended; opening a new one",
+                             self.label)
+                self._kept = None
+                mgr = self._connect()
+                if not self._closed:
+                    self._kept = mgr
+            try:
+                yield mgr
+            except BaseException:
+                self._drop(mgr)
+                raise
+            if self._kept is not mgr:
+                self._drop(mgr)
+
+    def close(self) -> None:
+        """End the kept session (``<close-session>``), waiting for a block using it; later
+        blocks open and close sessions of their own."""
+        with self._lock:
+            self._closed = True
+            mgr, self._kept = self._kept, None
+            if mgr is not None:
+                self._drop(mgr)
+
+    def _drop(self, mgr: manager.Manager) -> None:
+        if self._kept is mgr:
+            self._kept = None
+        if mgr.connected:   # a device gone silent must not hold this for rpc_timeout
+            mgr.timeout = min(self.target.timeout, self.target.rpc_timeout)
+            self.quietly("close-session", mgr.close_session)
+        if mgr.connected:   # the device did not end it: close the transport ourselves
+            with contextlib.suppress(NCClientError, OSError, paramiko.SSHException):
+                mgr._session.close()
 
     def rpc(self, operation: str, call: Callable, *args, **kwargs):
-        """Run one RPC; ``<rpc-error>`` becomes :class:`DeviceRpcError`."""
+        """Run one RPC; ``<rpc-error>`` becomes :class:`DeviceRpcError`. Its time is
+        logged at DEBUG (seconds, from the request queued to the reply parsed)."""
+        started = time.monotonic()
         try:
             return call(*args, **kwargs)
         except RPCError as exc:
             raise _rpc_error(self.label, operation, exc) from exc
         except (NCClientError, OSError, paramiko.SSHException) as exc:
             raise PushError(f"{self.label}: {operation}: {exc or type(exc).__name__}") from exc
+        finally:
+            log.debug("%s: %s: %.3f s", self.label, operation, time.monotonic() - started)
+
+    def first(self, operation: str, call: Callable, *args, **kwargs):
+        """Run the first RPC of a block (:meth:`rpc`). On a reused kept session the
+        reply is awaited for at most the connect timeout (``target.timeout``), not the
+        RPC timeout: a session whose device went away without closing it would
+        otherwise hold the push for ``rpc_timeout`` seconds.
+
+        Raises:
+            SessionLostError: the reused session failed or did not answer; the caller
+                may open a new one (a device's ``<rpc-error>`` is raised as usual).
+        """
+        if not (self.keep and self.reused):
+            return self.rpc(operation, call, *args, **kwargs)
+        kept = self._kept
+        saved = kept.timeout if kept is not None else None
+        if kept is not None:
+            kept.timeout = min(self.target.timeout, self.target.rpc_timeout)
+        try:
+            return self.rpc(operation, call, *args, **kwargs)
+        except DeviceRpcError:
+            raise
+        except PushError as exc:
+            if kept is not None:   # no <close-session> on it: it would wait as long again
+                with contextlib.suppress(NCClientError, OSError, paramiko.SSHException):
+                    kept._session.close()
+            raise SessionLostError(f"{self.label}: the kept session did not answer "
+                                   f"{operation} ({exc}); nothing was sent") from exc
+        finally:
+            if kept is not None and saved is not None:
+                kept.timeout = saved
 
     def quietly(self, operation: str, call: Callable, **kwargs) -> None:
         """Run a clean-up RPC; log instead of raising (the first error is the one to see)."""
@@ -238,7 +340,40 @@ class Device:
         except (NCClientError, OSError, paramiko.SSHException) as exc:
             raise PushError(f"{t.label}: connect: {exc or type(exc).__name__}") from exc
         mgr.huge_tree = True
+        send_at_once(mgr._session)   # (mgr.session is a stub that raises)
+        self.connects += 1
         return mgr
+
+
+def send_at_once(session) -> None:
+    """Make ``session`` (an ncclient ``SSHSession``, connected) write each message to
+    the SSH channel when it is sent, in the sending thread.
+
+    ncclient 0.7 queues a message for its session thread, which looks at the queue only
+    between waits of up to ``TICK`` (0.1 s) for data from the device; a request queued
+    just after a reply therefore waits about 0.1 s before it leaves, and a push of a
+    dozen RPCs spent more than a second waiting (measured on netconfd). The framing is
+    ncclient's: RFC 6242 section 4.2 chunks after a base:1.1 hello, the RFC 4742
+    end-of-message mark before. Only the session thread reads; writers take a lock.
+    A session of another transport is left as it is.
+    """
+    channel = getattr(session, "_channel", None)
+    if channel is None or not hasattr(session, "_base"):
+        return
+    lock = threading.Lock()
+
+    def send(message: str) -> None:
+        if not session.connected:
+            raise TransportError("Not connected to NETCONF server")
+        data = message.encode()
+        if session._base == NetconfBase.BASE_11:
+            data = b"\n#%d\n%s%s" % (len(data), data, END_DELIM)
+        else:
+            data += MSG_DELIM
+        with lock:
+            channel.sendall(data)
+
+    session.send = send
 
 
 def known_key(target: NetconfTarget, known_hosts: Path) -> tuple[str, str]:
