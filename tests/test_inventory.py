@@ -227,7 +227,7 @@ def test_missing_hosts_yml(tmp_path):
 
 
 def test_missing_inventory_directory(tmp_path):
-    check(the_problem(tmp_path / "nope"), tmp_path / "nope", "-", "not found")
+    check(the_problem(tmp_path / "nope"), tmp_path / "nope", "--inventory", "not found")
 
 
 def test_invalid_yaml_names_the_file_and_line(tmp_path):
