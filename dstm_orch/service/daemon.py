@@ -53,9 +53,10 @@ from dstm_orch.ipam.allocator import Allocator
 from dstm_orch.service.httpd import WORKERS, ipv6_socket, json_response, node_app, start_sites
 from dstm_orch.service.inventory_watch import SETTLE, WatchedInventory, inventory_changes
 from dstm_orch.service.lifecycle import Lifecycle, ReclaimPolicy, effective_policy
+from dstm_orch.service.loading import Loaded, load
 from dstm_orch.service.metrics import CONTENT_TYPE
 from dstm_orch.service.pushers import close_pusher
-from dstm_orch.service.server import Loaded, RoamingService, load
+from dstm_orch.service.server import RoamingService
 
 log = logging.getLogger("dstm_orch.service")
 

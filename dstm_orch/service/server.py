@@ -68,7 +68,6 @@ import threading
 from collections import Counter
 from collections.abc import Iterator
 from concurrent.futures import Executor
-from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import NamedTuple
@@ -84,7 +83,7 @@ from dstm_orch.domain.errors import (
 from dstm_orch.domain.model import Domain, Lease, LeaseState, utcnow
 from dstm_orch.domain.protocol import LeaseRequest, Reason, Refusal, RoamingError
 from dstm_orch.ipam.allocator import Allocator, Ipv6InUseError
-from dstm_orch.service.guard import Guard, Limits
+from dstm_orch.service.guard import Guard
 from dstm_orch.service.metrics import Metrics
 from dstm_orch.service.pushers import (  # noqa: F401 (re-exported)
     AnsiblePusher,
@@ -590,88 +589,3 @@ def _peer_address(peer: str) -> ipaddress.IPv6Address | None:
         return ipaddress.IPv6Address(peer.split("%", 1)[0])
     except ValueError:
         return None
-
-
-@dataclass
-class Loaded:
-    """What ``serve`` reads from an inventory (:func:`load`)."""
-
-    inventory: object  # DstmInventory
-    domain: Domain
-    guard: Guard
-    pusher: Pusher
-    state: str | Path
-    api_token: bytes | None
-
-
-API_TOKEN_VAR = "dstm_server_api_token"
-"""Group ``all`` variable: the operator API's bearer token, encrypted with ansible-vault."""
-
-
-def load(inventory: str | Path, state: str | Path | None, *,
-         vault_password_file: str | None = None, limits: Limits | None = None,
-         push: str = "teps") -> Loaded:
-    """Read an inventory for ``serve``: its domain, every node's authentication, the
-    pusher and the operator API token. Nothing is written.
-
-    Args:
-        inventory: the inventory directory.
-        state: the lease store (an SQLite file or a ``postgresql://`` URL); None means
-            the CLI's default for the domain.
-        vault_password_file: decrypts ``dstm_node_secret`` and ``dstm_server_api_token``
-            (None: the environment's).
-        limits: :class:`dstm_orch.service.guard.Limits` (None: the defaults).
-        push: ``teps`` (``ansible`` is the same) or ``none`` (:class:`NoPusher`).
-
-    Raises:
-        InventoryError: the inventory or a node's variables are invalid.
-        RoamingError: no node, a bad push choice, a token that cannot be decrypted.
-    """
-    from dstm_orch.config.inventory import load_inventory
-    from dstm_orch.config.secrets import node_auths, open_vault, secret_value
-
-    inv = load_inventory(inventory)
-    domain = inv.domain
-    vault = open_vault(vault_password_file)
-    nodes = node_auths(inv.ansible, {n: node.ipv6 for n, node in domain.nodes.items()}, vault)
-    if not nodes:
-        raise RoamingError(f"inventory {inv.path} declares no node (group dstm_nodes)")
-    if state is None:
-        from dstm_orch.config.paths import default_state
-
-        state = default_state(domain.name)
-    if not is_postgres(state):
-        state = Path(state)
-    if push in ("teps", "ansible"):
-        roaming = [n for n, auth in nodes.items() if auth.roaming]
-        pusher: Pusher = TepPusher(inv, state, roaming)
-    elif push == "none":
-        pusher = NoPusher()
-    else:
-        raise RoamingError(f"push {push!r} is not teps or none")
-    token = inv.ansible.all_vars.get(API_TOKEN_VAR)
-    api_token = None
-    if token is not None:
-        try:
-            api_token = secret_value(token, vault, API_TOKEN_VAR)
-        except ValueError as exc:
-            where = inv.ansible.all_origin.get(API_TOKEN_VAR, str(inv.path))
-            raise RoamingError(f"{where}: {API_TOKEN_VAR}: {exc}") from None
-    return Loaded(inv, domain, Guard(nodes, limits), pusher, state, api_token)
-
-
-def service_from_inventory(inventory: str | Path, state: str | Path | None, *,
-                           vault_password_file: str | None = None,
-                           limits: Limits | None = None, push: str = "teps",
-                           source_check: bool = True) -> RoamingService:
-    """Build the service of an inventory (:func:`load`), opening its lease store.
-
-    Raises:
-        InventoryError: the inventory or a node's variables are invalid.
-        RoamingError: see :func:`load`.
-        StoreError: the store cannot be opened.
-    """
-    loaded = load(inventory, state, vault_password_file=vault_password_file, limits=limits,
-                  push=push)
-    return RoamingService(loaded.domain, loaded.state, loaded.guard, loaded.pusher,
-                          source_check)
