@@ -604,15 +604,17 @@ def test_a_git_checkout_of_many_files_is_one_reload(checkout, server):
 
 
 def log_records(server: Server, since: int = 0) -> list[dict]:
-    """The JSON records of the log from its byte ``since`` on; every line there but the
-    start's banner (``dstm-orch serve: ...``, not a log record) must be one."""
-    lines = server.log.read_bytes()[since:].decode().splitlines()
-    return [json.loads(line) for line in lines if not line.startswith("dstm-orch serve: ")]
+    """The JSON records of the log from its byte ``since`` on; every line there must be
+    one (the start is logged as a record too: ``serving N node(s) on ...``)."""
+    return [json.loads(line) for line in server.log.read_bytes()[since:].decode().splitlines()]
 
 
 @pytest.mark.parametrize("server", [["--push", "none", "--log-format", "json",
                                      "--log-level", "debug"]], indirect=True)
 def test_log_level_and_one_json_line_per_event(server, monkeypatch):
+    # The start is one INFO record, with the node API's address (no text banner).
+    (start,) = [r for r in log_records(server) if r["message"].startswith("serving ")]
+    assert start["level"] == "INFO" and f"on http://{NODE_API}, " in start["message"], start
     # --log-level debug shows a renewal that changed only the lease's end (DEBUG).
     answers = server.calls(node("ws-01"), node("ws-01", "renew"))
     assert [status for status, _ in answers] == [200, 200]

@@ -141,12 +141,7 @@ def serve(inventory: str, state: str | None, listen: str, api_listen: str,
                                 "max_reclaim_leases": "max_leases",
                                 "max_reclaim_time": "max_time"}),
         watch_inventory=watch_inventory, watch_settle=watch_settle)
-    daemon = Daemon(options)
-    node, api = daemon.urls
-    nodes = daemon.service.guard.nodes
-    click.echo(f"dstm-orch serve: {len(nodes)} node(s) on {node}; operator API "
-               f"{api or 'off'}; push: {daemon.service.pusher.label}", err=True)
-    daemon.run()
+    Daemon(options).run()
 
 
 def _listen(value: str, option: str, default_port: int = DEFAULT_PORT) -> tuple[str, int]:
