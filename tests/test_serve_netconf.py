@@ -72,6 +72,24 @@ def cli(inventory, state, *args) -> int:
         return main([*args, "-i", str(inventory), "--state", str(state)])
 
 
+@contextlib.contextmanager
+def serving(inventory, state, log, *options: str, env: dict | None = None):
+    """``dstm-orch serve --push teps`` on ``inventory`` and ``state`` with its node API on
+    a free port of ``::1`` and ``options`` after, its output in ``log``; yields the
+    process and kills it on the way out if a test left it running."""
+    argv = [sys.executable, "-m", "dstm_orch", "serve", "-i", str(inventory), "--state",
+            str(state), "--listen", f"[::1]:{_free_port()}", "--push", "teps", *options]
+    with log.open("w") as out:
+        proc = subprocess.Popen(argv, stdout=out, stderr=out,
+                                env={**os.environ, "PYTHONPATH": str(ROOT), **(env or {})})
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
 def wait_for(proc, log, condition, what: str, deadline: float = 90.0) -> None:
     end = time.monotonic() + deadline
     while time.monotonic() < end:
@@ -85,13 +103,8 @@ def wait_for(proc, log, condition, what: str, deadline: float = 90.0) -> None:
 def test_the_server_withdraws_revoked_and_ended_leases_from_the_router(router, inventory,
                                                                        tmp_path):
     state, log = tmp_path / "leases.sqlite", tmp_path / "serve.log"
-    argv = [sys.executable, "-m", "dstm_orch", "serve", "-i", str(inventory), "--state",
-            str(state), "--listen", f"[::1]:{_free_port()}", "--api-listen", "off",
-            "--push", "teps", "--reclaim-interval", "1"]
-    with log.open("w") as out:
-        proc = subprocess.Popen(argv, stdout=out, stderr=out,
-                                env={**os.environ, "PYTHONPATH": str(ROOT)})
-    try:
+    with serving(inventory, state, log, "--api-listen", "off",
+                 "--reclaim-interval", "1") as proc:
         assert cli(inventory, state, "allocate", "n1") == 0
         assert cli(inventory, state, "allocate", "n2") == 0
         wait_for(proc, log, lambda: device_entries(router) == {
@@ -110,10 +123,6 @@ def test_the_server_withdraws_revoked_and_ended_leases_from_the_router(router, i
             pushes = store.pushes("rtr1")
         assert n1.state.value == "expired" and n1.ended == n1.end
         assert pushes and all(p.applied for p in pushes), pushes
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
 
 
 def test_the_server_opens_its_session_again_after_netconfd_was_killed(router, inventory,
@@ -123,13 +132,7 @@ def test_the_server_opens_its_session_again_after_netconfd_was_killed(router, in
     two pushes ends that session; the next push opens a new one and lands, and the
     device's table equals the active leases; every push is journaled as applied."""
     state, log = tmp_path / "leases.sqlite", tmp_path / "serve.log"
-    argv = [sys.executable, "-m", "dstm_orch", "serve", "-i", str(inventory), "--state",
-            str(state), "--listen", f"[::1]:{_free_port()}", "--api-listen", "off",
-            "--push", "teps"]
-    with log.open("w") as out:
-        proc = subprocess.Popen(argv, stdout=out, stderr=out,
-                                env={**os.environ, "PYTHONPATH": str(ROOT)})
-    try:
+    with serving(inventory, state, log, "--api-listen", "off") as proc:
         assert cli(inventory, state, "allocate", "n1") == 0
         wait_for(proc, log, lambda: "pushed TEP rtr1 (events up to 1)" in log.read_text(),
                  "the first lease is pushed and confirmed")
@@ -145,10 +148,6 @@ def test_the_server_opens_its_session_again_after_netconfd_was_killed(router, in
         with LeaseStore(state) as store:
             pushes = store.pushes("rtr1")
         assert pushes and all(p.applied for p in pushes), pushes
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
 
 
 def test_the_server_follows_a_tep_move_made_by_apply(routers, tmp_path):
@@ -171,13 +170,7 @@ def test_the_server_follows_a_tep_move_made_by_apply(routers, tmp_path):
             "pools": [{"name": "p1", "tep": tep, "ranges": ["203.0.113.1-203.0.113.6"]}]}}))
 
     pools("rtr1")
-    argv = [sys.executable, "-m", "dstm_orch", "serve", "-i", str(inv), "--state",
-            str(state), "--listen", f"[::1]:{_free_port()}", "--api-listen", "off",
-            "--push", "teps", "--reclaim-interval", "1"]
-    with log.open("w") as out:
-        proc = subprocess.Popen(argv, stdout=out, stderr=out,
-                                env={**os.environ, "PYTHONPATH": str(ROOT)})
-    try:
+    with serving(inv, state, log, "--api-listen", "off", "--reclaim-interval", "1") as proc:
         assert cli(inv, state, "allocate", "n1") == 0
         assert cli(inv, state, "allocate", "n2") == 0
         # Both routers pushed and confirmed (events 1 and 2 are the two allocations).
@@ -201,10 +194,6 @@ def test_the_server_follows_a_tep_move_made_by_apply(routers, tmp_path):
             events = [(e.event, e.old_tep) for e in store.events(n1.id)]
         assert n1.tep == "rtr2"
         assert events == [("allocate", None), ("tep-move", "rtr1")]
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
 
 
 def drift_checks(api: str) -> dict[str, float]:
@@ -225,13 +214,8 @@ def test_the_drift_check_restores_a_table_changed_behind_the_servers_back(router
     drift in ``/metrics``, journaled, and removed by a push, with no CLI command."""
     state, log = tmp_path / "leases.sqlite", tmp_path / "serve.log"
     api_port = _free_port()
-    argv = [sys.executable, "-m", "dstm_orch", "serve", "-i", str(inventory), "--state",
-            str(state), "--listen", f"[::1]:{_free_port()}", "--api-listen",
-            f"[::1]:{api_port}", "--push", "teps", "--drift-interval", "1"]
-    with log.open("w") as out:
-        proc = subprocess.Popen(argv, stdout=out, stderr=out,
-                                env={**os.environ, "PYTHONPATH": str(ROOT)})
-    try:
+    with serving(inventory, state, log, "--api-listen", f"[::1]:{api_port}",
+                 "--drift-interval", "1") as proc:
         assert cli(inventory, state, "allocate", "n1") == 0
         wait_for(proc, log, lambda: "pushed TEP rtr1 (events up to 1)" in log.read_text(),
                  "the lease is pushed and confirmed")
@@ -249,10 +233,6 @@ def test_the_drift_check_restores_a_table_changed_behind_the_servers_back(router
         with LeaseStore(state) as store:
             details = [p.detail for p in store.pushes("rtr1")]
         assert "plan: the device drifted from its last push" in details
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
 
 
 def device_table(router):
@@ -298,14 +278,8 @@ def test_a_burst_of_200_lease_changes_reaches_the_router_in_one_commit(router, t
     (inv / "group_vars" / "all" / "dstm.yml").write_text(yaml.safe_dump({"dstm_domain": {
         "name": "burst", "lease_policy": {"hold_time": 0},
         "pools": [{"name": "p1", "tep": "rtr1", "ranges": ["203.0.113.1-203.0.113.254"]}]}}))
-    argv = [sys.executable, "-m", "dstm_orch", "serve", "-i", str(inv), "--state",
-            str(state), "--listen", f"[::1]:{_free_port()}", "--api-listen", "off",
-            "--push", "teps"]
     for name in names[:50]:
         assert cli(inv, state, "allocate", name) == 0
-    with log.open("w") as out:
-        proc = subprocess.Popen(argv, stdout=out, stderr=out, env={
-            **os.environ, "PYTHONPATH": str(ROOT), "DSTM_ORCH_TEP_LOCK_WAIT": "900"})
 
     def in_step() -> bool:
         with LeaseStore(state) as store:
@@ -313,7 +287,8 @@ def test_a_burst_of_200_lease_changes_reaches_the_router_in_one_commit(router, t
                       for lease in store.active_leases(utcnow())}
         return device_entries(router) == active
 
-    try:
+    with serving(inv, state, log, "--api-listen", "off",
+                 env={"DSTM_ORCH_TEP_LOCK_WAIT": "900"}) as proc:
         wait_for(proc, log, lambda: "pushed TEP rtr1 (events up to 50)" in log.read_text(),
                  "the first 50 leases are pushed", deadline=300)
         before = device_table(router)
@@ -357,10 +332,6 @@ def test_a_burst_of_200_lease_changes_reaches_the_router_in_one_commit(router, t
         # The leases added and removed inside the burst are absent (names[150:] are c*).
         gone = {ipaddress.IPv6Address(f"2001:db8:c0f:2::1:{i:x}") for i in range(150, 180)}
         assert not gone & {ipaddress.IPv6Address(str(key)) for key in after.entries}
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
 
 
 @pytest.fixture
