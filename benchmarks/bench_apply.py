@@ -174,10 +174,8 @@ def cpu_note(figures: dict[str, list[tuple[float, float]]], key: str) -> str:
 def lab_part(repeat: int, table: Table) -> None:
     with tempfile.TemporaryDirectory(prefix="dstm-bench-apply-") as tmp:
         base = Path(tmp)
-        inventory = copy_lab_inventory(base / "inventory", "bench", base / "lab-state")
-        for name in ("hosts.yml", "group_vars/all/lab.yml"):   # beside a lab already up
-            f = inventory / name
-            f.write_text(f.read_text().replace("2001:db8:100::", MANAGEMENT))
+        inventory = copy_lab_inventory(base / "inventory", "bench", base / "lab-state",
+                                       MANAGEMENT)   # beside a lab already up
         common = ["-i", str(inventory), "--state", str(base / "leases.sqlite")]
         raw = AnsibleInventory.load(inventory)
         serial = serial_playbook(base / "apply-serial.yml")

@@ -68,10 +68,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="bench-tep-push-") as tmp:
         base = Path(tmp)
         state_dir = Path(f"/tmp/dstm-t9push-{os.getpid()}")  # short: ssh ControlPath
-        inventory = copy_lab_inventory(base / "inventory", "t9push", state_dir)
-        for name in ("hosts.yml", "group_vars/all/lab.yml"):
-            path = inventory / name
-            path.write_text(path.read_text().replace("2001:db8:100::", MANAGEMENT))
+        inventory = copy_lab_inventory(base / "inventory", "t9push", state_dir, MANAGEMENT)
         raw = AnsibleInventory.load(inventory)
         try:
             lab.lab_up(raw)

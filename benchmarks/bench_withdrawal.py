@@ -102,10 +102,7 @@ def main() -> None:
         base = Path(tmp)
         # A short state dir: ssh's ControlPath sockets in it must fit in 107 bytes.
         inventory = copy_lab_inventory(base / "inventory", "t9bench",
-                                       Path(f"/tmp/dstm-t9bench-{os.getpid()}"))
-        for name in ("hosts.yml", "group_vars/all/lab.yml"):
-            path = inventory / name
-            path.write_text(path.read_text().replace("2001:db8:100::", MANAGEMENT))
+                                       Path(f"/tmp/dstm-t9bench-{os.getpid()}"), MANAGEMENT)
         raw = AnsibleInventory.load(inventory)
         try:
             lab.lab_up(raw)

@@ -37,13 +37,19 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(pytest.mark.lab)
 
 
-def copy_lab_inventory(dest: Path, name: str, state_dir: Path) -> Path:
-    """Copy inventories/lab to ``dest`` with its own lab name and state directory."""
+def copy_lab_inventory(dest: Path, name: str, state_dir: Path,
+                       management: str | None = None) -> Path:
+    """Copy inventories/lab to ``dest`` with its own lab name and state directory and,
+    given ``management`` (a /48 written as ``2001:db8:e9a::``), its management prefix
+    in place of ``2001:db8:100::``, so that it can run beside a lab that is up."""
     shutil.copytree(LAB_INVENTORY, dest)
     lab_file = dest / "group_vars" / "all" / "lab.yml"
     data = yaml.safe_load(lab_file.read_text())
     data["dstm_lab"].update(name=name, state_dir=str(state_dir))
     lab_file.write_text(yaml.safe_dump(data))
+    if management is not None:
+        for path in (dest / "hosts.yml", lab_file):
+            path.write_text(path.read_text().replace("2001:db8:100::", management))
     return dest
 
 

@@ -52,10 +52,8 @@ DEADLINE = 120.0
 def env(tmp_path_factory):
     base = tmp_path_factory.mktemp("t9map")
     # A short state dir: ssh's ControlPath sockets in it must fit in 107 bytes.
-    inventory = copy_lab_inventory(base / "inventory", LAB, Path(f"/tmp/dstm-{LAB}-{os.getpid()}"))
-    for name in ("hosts.yml", "group_vars/all/lab.yml"):
-        path = inventory / name
-        path.write_text(path.read_text().replace("2001:db8:100::", MANAGEMENT))
+    inventory = copy_lab_inventory(base / "inventory", LAB,
+                                   Path(f"/tmp/dstm-{LAB}-{os.getpid()}"), MANAGEMENT)
     raw = AnsibleInventory.load(inventory)
     try:
         lab.lab_up(raw)
