@@ -260,5 +260,23 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         ALLOCATE_EVENT_TRIGGER,
         EVENTS_IN_ORDER_TRIGGER,
     ),
+    # 8: an allocation writes three index entries fewer (issue 10). The history of an
+    # address and of a node is read from indexes of ended leases only: an active lease
+    # is found by the partial unique indexes over active leases (leases_active_ipv4,
+    # leases_active_node), which it is in anyway. Active whole addresses are counted in
+    # leases_active_layout, whose order for the layout (0, 0) and PSID 0 is the same;
+    # leases_active_psid keeps the port sets. A lease's entries in the ended indexes
+    # are written once, when it ends.
+    (
+        "DROP INDEX leases_ipv4",
+        "CREATE INDEX leases_ended_ipv4 ON leases (ipv4, ended_at) WHERE ended_at IS NOT NULL",
+        "DROP INDEX leases_node",
+        "CREATE INDEX leases_ended_node ON leases (node, id) WHERE ended_at IS NOT NULL",
+        "DROP INDEX leases_active_psid",
+        """
+        CREATE INDEX leases_active_psid ON leases (psid_offset, psid_len, psid, ipv4)
+        WHERE state = 'active' AND psid_len > 0
+        """,
+    ),
 )
 """Schema migrations in order; migration N takes ``PRAGMA user_version`` from N-1 to N."""
