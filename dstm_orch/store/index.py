@@ -12,7 +12,7 @@ rolled-back transaction are dropped. Only the layout's usable PSIDs count
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 from dstm_orch.domain.model import WHOLE, Layout
@@ -233,15 +233,31 @@ class AllocationIndex:
                 yield start + 1, stop
             current = stop + 1
 
-    def active_psids(self, ipv4: int) -> list[tuple[Layout, int]]:
-        """Return ``((psid_offset, psid_len), psid)`` of the active leases on an
-        address, by PSID (at most 2^k rows, one index range)."""
+    def taken_psids(self, ipv4: int, layout: Layout, first: int, last: int) -> Sequence[int]:
+        """Return, ascending, the PSIDs in ``[first, last]`` that active leases of
+        ``layout`` hold on an address.
+
+        One covering count when they are ``first``, ``first + 1``, ... with no gap (an
+        address being filled in ``pack`` order): the answer is that ``range``, whatever
+        its length; otherwise the PSIDs are read (at most 2^k rows, one index range).
+        """
+        count, highest = self._db.execute(
+            "SELECT count(*), max(psid) FROM leases INDEXED BY leases_active_layout"
+            " WHERE state = 'active' AND psid_offset = ? AND psid_len = ? AND ipv4 = ?"
+            " AND psid BETWEEN ? AND ?",
+            (*layout, ipv4, first, last),
+        ).fetchone()
+        if not count:
+            return range(first, first)
+        if highest - first + 1 == count:  # PSIDs are unique per address: no gap
+            return range(first, highest + 1)
         return [
-            ((offset, length), psid)
-            for psid, offset, length in self._db.execute(
-                "SELECT psid, psid_offset, psid_len FROM leases INDEXED BY leases_active_ipv4"
-                " WHERE state = 'active' AND ipv4 = ? ORDER BY psid",
-                (ipv4,),
+            psid
+            for (psid,) in self._db.execute(
+                "SELECT psid FROM leases INDEXED BY leases_active_layout"
+                " WHERE state = 'active' AND psid_offset = ? AND psid_len = ? AND ipv4 = ?"
+                " AND psid BETWEEN ? AND ? ORDER BY psid",
+                (*layout, ipv4, first, last),
             )
         ]
 
