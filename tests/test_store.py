@@ -612,6 +612,21 @@ def test_ipv6_text_in_the_store_is_the_rfc_5952_text_ipaddress_writes(written, t
     assert _text(address) == text == str(address)
 
 
+def test_latest_of_many_gives_each_node_its_newest_lease(store):
+    with store.write() as tx:
+        old = tx.insert(**lease_fields("n1", "192.0.2.1"))
+        tx.finish(old, model.LeaseState.REVOKED, T0, T0)
+        new = tx.insert(**lease_fields("n1", "192.0.2.2"))
+        ended = tx.insert(**lease_fields("n2", "192.0.2.3"))
+        tx.finish(ended, model.LeaseState.EXPIRED, T0, T0)
+    # 1,000 names: more than one statement's worth (500 per statement).
+    names = ["n1", *(f"m{i}" for i in range(998)), "n2"]
+    with store.read() as tx:
+        found = tx.latest_of_many(names)
+    assert {node: (lease.id, lease.state.value) for node, lease in found.items()} == {
+        "n1": (new.id, "active"), "n2": (ended.id, "expired")}
+
+
 def version_7_file(path) -> None:
     """Write a lease store of schema version 7 by hand, through the schema of version 7
     (its triggers write the 'allocate' events): on 192.0.2.1 a revoked whole-address

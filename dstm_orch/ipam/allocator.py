@@ -45,6 +45,7 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Collection, Iterable, Iterator
 from datetime import UTC, datetime
+from typing import cast
 
 from dstm_orch.domain import model
 from dstm_orch.domain.errors import (
@@ -66,6 +67,9 @@ from dstm_orch.store import (
     Transaction,
     retried,
 )
+
+_UNREAD = object()
+"""A node's latest lease not read yet (``Allocator._allocate``)."""
 
 
 class Ipv6InUseError(DstmError):
@@ -171,10 +175,18 @@ class Allocator:
         walks: dict[str, Iterator[Candidate]] = {}
         with self.store.write() as tx:
             moment = _moment(now)
+            # Each node's latest lease, read for the whole batch at once; a node named
+            # twice reads it again (its first request changed it).
+            unread = {node.name for node in batch}
+            latest = tx.latest_of_many(unread)
             leases = []
             for index, node in enumerate(batch, 1):
+                read = _UNREAD
+                if node.name in unread:
+                    unread.discard(node.name)
+                    read = latest.get(node.name)
                 try:
-                    leases.append(self._allocate(tx, node, lifetime, moment, walks))
+                    leases.append(self._allocate(tx, node, lifetime, moment, walks, read=read))
                 except PoolExhaustedError as exc:
                     raise PoolExhaustedError(
                         f"{exc} (request {index} of {len(batch)}, for node {node.name!r};"
@@ -512,10 +524,13 @@ class Allocator:
         now: datetime,
         walks: dict[str, Iterator[Candidate]],
         node_ipv6: model.IPv6 | None = None,
+        read: object = _UNREAD,
     ) -> model.Lease:
+        """``read``: the node's latest lease as read in this transaction (None: it has
+        none), or ``_UNREAD`` (the default): it is read here."""
         pool = self._pool(node)
         tep = self.domain.tep_of(node)
-        latest = tx.latest_of(node.name)
+        latest = tx.latest_of(node.name) if read is _UNREAD else cast(model.Lease | None, read)
         current = latest if latest and latest.state is model.LeaseState.ACTIVE else None
         if current is not None:
             if current.is_current(now):

@@ -18,6 +18,7 @@ import functools
 import ipaddress
 import socket
 import sqlite3
+from collections.abc import Collection
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 
@@ -129,6 +130,28 @@ class LeaseRows:
             node,
             node,
         )
+
+    def latest_of_many(self, nodes: Collection[str]) -> dict[str, model.Lease]:
+        """Return each node's most recent lease (see :meth:`latest_of`) by node name,
+        for the nodes that have one: two index lookups per node in one statement per
+        500 nodes (SQLite's bound parameters), not one statement per node."""
+        found: dict[str, model.Lease] = {}
+        names = list(nodes)
+        for first in range(0, len(names), 500):
+            chunk = names[first:first + 500]
+            marks = ", ".join("?" * len(chunk))
+            for lease in self._all(
+                f"SELECT {_COLUMNS} FROM leases INDEXED BY leases_active_node"
+                f" WHERE state = 'active' AND node IN ({marks})"
+                f" UNION ALL SELECT {_COLUMNS} FROM leases WHERE id IN (SELECT max(id)"
+                " FROM leases INDEXED BY leases_ended_node WHERE ended_at IS NOT NULL"
+                f" AND node IN ({marks}) GROUP BY node)",
+                *chunk,
+                *chunk,
+            ):
+                # The active lease comes first and is the node's most recent.
+                found.setdefault(lease.node, lease)
+        return found
 
     def ipv6_in_use(self, node_ipv6: model.IPv6, node: str) -> str | None:
         """Return the name of another node whose active lease maps ``node_ipv6``, or None."""
