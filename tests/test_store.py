@@ -153,6 +153,10 @@ def test_leases_are_never_deleted(store, store_state):
     try:
         with pytest.raises(integrity_errors(), match="never deleted"):
             raw.execute("DELETE FROM leases")
+        # Nor their events (ids are never reused: a process following the event
+        # sequence by id, serve, never misses one).
+        with pytest.raises(integrity_errors(), match="lease events are history"):
+            raw.execute("DELETE FROM lease_events")
     finally:
         raw.close()
 
@@ -737,6 +741,10 @@ def test_a_version_7_store_is_upgraded_keeping_every_lease_and_event(tmp_path):
         assert raw.execute("SELECT * FROM lease_events WHERE id < 8 ORDER BY id"
                            ).fetchall() == events_before
         assert raw.execute("SELECT max(id) FROM lease_events").fetchone()[0] == 8
+        # Ids without AUTOINCREMENT (no sqlite_sequence row to update per insert).
+        assert raw.execute("SELECT count(*) FROM sqlite_sequence").fetchone()[0] == 0
+        with pytest.raises(sqlite3.IntegrityError, match="lease events are history"):
+            raw.execute("DELETE FROM lease_events WHERE id = 8")
         indexes = {name for (name,) in raw.execute(
             "SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'leases'")}
     finally:
