@@ -61,8 +61,12 @@ def make_domain(prefix: str) -> model.Domain:
 
 
 def make_nodes(prefix: str, count: int) -> list[model.Node]:
+    """Nodes ``<prefix>0``... with IPv6 addresses of their own (one active lease per IPv6
+    address: the prefix is part of the address)."""
+    group = int.from_bytes(prefix.encode(), "big") << 32
     return [
-        model.Node(f"{prefix}{i}", ipaddress.IPv6Address(0x20010DB80E01 << 80 | i), "bench")
+        model.Node(f"{prefix}{i}", ipaddress.IPv6Address(0x20010DB80E01 << 80 | group | i),
+                   "bench")
         for i in range(count)
     ]
 

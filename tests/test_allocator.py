@@ -557,3 +557,20 @@ def test_one_ipv6_address_never_maps_two_active_leases(store):
     # Once n1 is revoked, n2 gets its lease.
     alloc.revoke("n1", now=at(40))
     assert alloc.allocate("n2", now=at(40)).node_ipv6 == n2_address
+
+
+def test_a_batch_naming_a_node_twice_gives_it_one_lease(store):
+    alloc = allocator(store)
+    alloc.allocate("n2", now=T0)
+    alloc.revoke("n2", now=at(10))
+    # n2's .1 is held from n1, and n2 gets it back (affinity); the second request of
+    # each node returns the lease its first one made.
+    batch = alloc.allocate_many(["n1", "n2", "n1", "n2"], now=at(20))
+    assert [(lease.node, str(lease.ipv4), lease.id) for lease in batch] == [
+        ("n1", "198.51.100.2", 2),
+        ("n2", "198.51.100.1", 3),
+        ("n1", "198.51.100.2", 2),
+        ("n2", "198.51.100.1", 3),
+    ]
+    assert [(lease.node, lease.state.value) for lease in alloc.history()] == [
+        ("n2", "revoked"), ("n1", "active"), ("n2", "active")]

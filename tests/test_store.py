@@ -20,6 +20,7 @@ from dstm_orch.store import (
     LeaseStore,
     open_store,
 )
+from dstm_orch.store.leases import _text
 from dstm_orch.store.migrations import APPLICATION_ID, MIGRATIONS
 from tests.conftest import RawConnection, integrity_errors
 
@@ -152,6 +153,10 @@ def test_leases_are_never_deleted(store, store_state):
     try:
         with pytest.raises(integrity_errors(), match="never deleted"):
             raw.execute("DELETE FROM leases")
+        # Nor their events (ids are never reused: a process following the event
+        # sequence by id, serve, never misses one).
+        with pytest.raises(integrity_errors(), match="lease events are history"):
+            raw.execute("DELETE FROM lease_events")
     finally:
         raw.close()
 
@@ -219,9 +224,11 @@ def test_first_unleased_and_unleased_runs_by_hand(store):
         assert tx.first_unleased(ip("192.0.2.8"), ip("192.0.2.9")) == ip("192.0.2.10")
         assert tx.first_unleased(ip("192.0.2.0"), ip("192.0.2.9")) == ip("192.0.2.0")
         runs = list(tx.unleased_runs(ip("192.0.2.1"), ip("192.0.2.10")))
+    # Each maximal run's first address alone, then the rest of the run.
     assert runs == [
         (ip("192.0.2.4"), ip("192.0.2.4")),
-        (ip("192.0.2.6"), ip("192.0.2.7")),
+        (ip("192.0.2.6"), ip("192.0.2.6")),
+        (ip("192.0.2.7"), ip("192.0.2.7")),
         (ip("192.0.2.10"), ip("192.0.2.10")),
     ]
 
@@ -391,7 +398,7 @@ def test_a_version_1_store_is_migrated_keeping_its_history(tmp_path):
     path = tmp_path / "v1.sqlite"
     version_1_file(path)
     with LeaseStore(path) as store:
-        assert store.schema_version == SCHEMA_VERSION == 7
+        assert store.schema_version == SCHEMA_VERSION == 8
         leases = store.leases(include_history=True)
         assert [(lease.node, lease.state, lease.port_set) for lease in leases] == [
             ("old", model.LeaseState.REVOKED, None), ("now", model.LeaseState.ACTIVE, None)]
@@ -588,3 +595,159 @@ def test_a_store_for_another_thread_writes_the_same_file(tmp_path):
         last = store.last_pushes()
         assert {d: (r.applied, r.version, r.intent_digest) for d, r in last.items()} == {
             "rtr1": (True, 3, "d"), "rtr2": (True, 3, "d")}
+
+
+@pytest.mark.parametrize("written, text", [
+    # RFC 5952 section 4: no leading zeros, one zero field not compressed (4.2.2), the
+    # longest run compressed (4.2.3), the first of two equal runs (4.2.3), lowercase (4.3).
+    ("2001:0db8::0001", "2001:db8::1"),
+    ("2001:db8:0:1:1:1:1:1", "2001:db8:0:1:1:1:1:1"),
+    ("2001:0:0:1:0:0:0:1", "2001:0:0:1::1"),
+    ("2001:db8:0:0:1:0:0:1", "2001:db8::1:0:0:1"),
+    ("2001:DB8::AbCd", "2001:db8::abcd"),
+    ("::", "::"),
+    ("::1", "::1"),
+    # Forms inet_ntop writes with a dotted quad: the store keeps ipaddress's text.
+    ("::ffff:192.0.2.1", "::ffff:c000:201"),
+    ("::192.0.2.1", "::c000:201"),
+])
+def test_ipv6_text_in_the_store_is_the_rfc_5952_text_ipaddress_writes(written, text):
+    address = ipaddress.IPv6Address(written)
+    assert _text(address) == text == str(address)
+
+
+def test_latest_of_many_gives_each_node_its_newest_lease(store):
+    with store.write() as tx:
+        old = tx.insert(**lease_fields("n1", "192.0.2.1"))
+        tx.finish(old, model.LeaseState.REVOKED, T0, T0)
+        new = tx.insert(**lease_fields("n1", "192.0.2.2"))
+        ended = tx.insert(**lease_fields("n2", "192.0.2.3"))
+        tx.finish(ended, model.LeaseState.EXPIRED, T0, T0)
+    # 1,000 names: more than one statement's worth (500 per statement).
+    names = ["n1", *(f"m{i}" for i in range(998)), "n2"]
+    with store.read() as tx:
+        found = tx.latest_of_many(names)
+    assert {node: (lease.id, lease.state.value) for node, lease in found.items()} == {
+        "n1": (new.id, "active"), "n2": (ended.id, "expired")}
+
+
+def version_7_file(path) -> None:
+    """Write a lease store of schema version 7 by hand, through the schema of version 7
+    (its triggers write the 'allocate' events): on 192.0.2.1 a revoked whole-address
+    lease of n1 (start 0, ended 100) and then an active one of n2 (start 200); on
+    192.0.2.2 port sets (0, 2) of n3 (PSID 1, expired at 600) and n4 (PSID 2, active);
+    n1 again, active on 192.0.2.3 from 300 (times are seconds after T0)."""
+    base = int(T0.timestamp())
+    raw = sqlite3.connect(path, isolation_level=None)
+    try:
+        raw.execute("PRAGMA foreign_keys = ON")
+        raw.execute("BEGIN")
+        for migration in MIGRATIONS[:7]:
+            for statement in migration:
+                raw.execute(statement)
+        raw.execute("PRAGMA user_version = 7")
+        for node, ipv4, layout, psid, start in (
+            ("n1", "192.0.2.1", (0, 0), 0, 0), ("n3", "192.0.2.2", (0, 2), 1, 0),
+            ("n4", "192.0.2.2", (0, 2), 2, 0),
+        ):
+            raw.execute(
+                "INSERT INTO leases (node, node_ipv6, ipv4, psid_offset, psid_len, psid, pool,"
+                " tep, tep_ipv6, start_at, end_at, lifetime, state) VALUES (?, ?, ?, ?, ?, ?,"
+                " 'p', 't', ?, ?, ?, 600, 'active')",
+                (node, str(node_ipv6(node)), ip(ipv4), *layout, psid, str(TEP6),
+                 base + start, base + start + 600))
+        raw.execute("UPDATE leases SET state = 'revoked', ended_at = ? WHERE node = 'n1'",
+                    (base + 100,))
+        raw.execute("INSERT INTO lease_events (lease_id, at, event, end_at, node_ipv6)"
+                    " VALUES (1, ?, 'revoke', ?, ?)", (base + 100, base + 600, str(NODE6)))
+        raw.execute("UPDATE leases SET state = 'expired', ended_at = ? WHERE node = 'n3'",
+                    (base + 600,))
+        raw.execute("INSERT INTO lease_events (lease_id, at, event, end_at, node_ipv6)"
+                    " VALUES (2, ?, 'expire', ?, ?)",
+                    (base + 700, base + 600, str(node_ipv6("n3"))))
+        for node, ipv4, start in (("n2", "192.0.2.1", 200), ("n1", "192.0.2.3", 300)):
+            raw.execute(
+                "INSERT INTO leases (node, node_ipv6, ipv4, pool, tep, tep_ipv6, start_at,"
+                " end_at, lifetime, state) VALUES (?, ?, ?, 'p', 't', ?, ?, ?, 600, 'active')",
+                (node, str(node_ipv6(node)), ip(ipv4), str(TEP6), base + start,
+                 base + start + 600))
+        raw.execute("COMMIT")
+    finally:
+        raw.close()
+
+
+def test_a_version_7_store_is_upgraded_keeping_every_lease_and_event(tmp_path):
+    path = tmp_path / "v7.sqlite"
+    version_7_file(path)
+    raw = sqlite3.connect(path)
+    try:
+        rows_before = raw.execute("SELECT * FROM leases ORDER BY id").fetchall()
+        events_before = raw.execute("SELECT * FROM lease_events ORDER BY id").fetchall()
+    finally:
+        raw.close()
+    assert len(rows_before) == 5 and len(events_before) == 7
+
+    def at(seconds: int) -> datetime:
+        return T0 + timedelta(seconds=seconds)
+
+    with LeaseStore(path) as store:
+        assert store.schema_version == SCHEMA_VERSION == 8
+        # The history of an address and of a node, active and ended leases alike.
+        assert [(lease.id, lease.node) for lease in store.history("192.0.2.1")] == [
+            (1, "n1"), (4, "n2")]
+        assert [(lease.id, str(lease.ipv4)) for lease in store.history(node="n1")] == [
+            (1, "192.0.2.1"), (5, "192.0.2.3")]
+        assert [lease.id for lease in store.history("192.0.2.2", "n3")] == [2]
+        with store.read() as tx:
+            # n1's newest lease is its active one; n3 has only an ended one.
+            assert tx.latest_of("n1").id == 5
+            assert (tx.latest_of("n3").id, tx.latest_of("n3").state) == (
+                2, model.LeaseState.EXPIRED)
+            assert tx.latest_of("n9") is None
+            # Who held 192.0.2.1 at 50 s (n1, revoked at 100), at 150 s (nobody), at 250 s
+            # (n2); 192.0.2.2 at 500 s (n3 and n4), at 650 s (n4; n3 ended at 600).
+            assert [h.lease.id for h in tx.holders("192.0.2.1", at(50))] == [1]
+            assert tx.holders("192.0.2.1", at(150)) == []
+            assert [h.lease.id for h in tx.holders("192.0.2.1", at(250))] == [4]
+            assert [h.lease.id for h in tx.holders("192.0.2.2", at(500))] == [2, 3]
+            assert [h.lease.id for h in tx.holders("192.0.2.2", at(650))] == [3]
+            # The hold time: n3's PSID 1 ended at 600, held for another node after 500.
+            assert tx.is_held_for_other(ip("192.0.2.2"), int(at(500).timestamp()), "n9",
+                                        (0, 2), 1)
+            assert not tx.is_held_for_other(ip("192.0.2.2"), int(at(500).timestamp()), "n3",
+                                            (0, 2), 1)
+            # Active leases are counted in the rebuilt indexes: whole addresses and PSIDs.
+            assert tx.count_active(ip("192.0.2.1"), ip("192.0.2.3")) == 2
+            assert tx.count_active(ip("192.0.2.1"), ip("192.0.2.3"), (0, 2), 2) == 1
+            assert tx.first_unleased(ip("192.0.2.1"), ip("192.0.2.9")) == ip("192.0.2.2")
+        # The database still refuses a second active lease of an address, node or IPv6
+        # address, and writes the new lease's 'allocate' event after the old ones.
+        with pytest.raises(AddressTakenError), store.write() as tx:
+            tx.insert(**{**lease_fields("n7", "192.0.2.3"), "start": at(900)})
+        with pytest.raises(AddressTakenError), store.write() as tx:
+            tx.insert(**{**lease_fields("n7", "192.0.2.2"), "start": at(900)},
+                      port_set=PortSet(0, 2, 2))
+        with pytest.raises(StoreError, match=r"failed: leases\.node$"), store.write() as tx:
+            tx.insert(**{**lease_fields("n2", "192.0.2.9"), "start": at(900),
+                         "node_ipv6": node_ipv6("n8")})
+        with store.write() as tx:
+            fresh = tx.insert(**{**lease_fields("n7", "192.0.2.4"), "start": at(900)})
+        assert fresh.id == 6
+        assert [(e.event, e.at) for e in store.events(fresh.id)] == [("allocate", at(900))]
+    raw = sqlite3.connect(path)
+    try:
+        assert raw.execute("SELECT * FROM leases WHERE id < 6 ORDER BY id").fetchall() == (
+            rows_before)
+        assert raw.execute("SELECT * FROM lease_events WHERE id < 8 ORDER BY id"
+                           ).fetchall() == events_before
+        assert raw.execute("SELECT max(id) FROM lease_events").fetchone()[0] == 8
+        # Ids without AUTOINCREMENT (no sqlite_sequence row to update per insert).
+        assert raw.execute("SELECT count(*) FROM sqlite_sequence").fetchone()[0] == 0
+        with pytest.raises(sqlite3.IntegrityError, match="lease events are history"):
+            raw.execute("DELETE FROM lease_events WHERE id = 8")
+        indexes = {name for (name,) in raw.execute(
+            "SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'leases'")}
+    finally:
+        raw.close()
+    assert {"leases_ended_ipv4", "leases_ended_node", "leases_active_psid"} <= indexes
+    assert not {"leases_ipv4", "leases_node"} & indexes

@@ -42,9 +42,11 @@ so the history answers who held an address from which IPv6 address when.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 from collections.abc import Collection, Iterable, Iterator
 from datetime import UTC, datetime
+from typing import cast
 
 from dstm_orch.domain import model
 from dstm_orch.domain.errors import (
@@ -55,6 +57,7 @@ from dstm_orch.domain.errors import (
     PoolExhaustedError,
     UnknownNodeError,
 )
+from dstm_orch.domain.portset import PortSet
 from dstm_orch.ipam import space as pools
 from dstm_orch.ipam import strategy
 from dstm_orch.ipam.strategy import Candidate
@@ -66,6 +69,9 @@ from dstm_orch.store import (
     Transaction,
     retried,
 )
+
+_UNREAD = object()
+"""A node's latest lease not read yet (``Allocator._allocate``)."""
 
 
 class Ipv6InUseError(DstmError):
@@ -171,10 +177,18 @@ class Allocator:
         walks: dict[str, Iterator[Candidate]] = {}
         with self.store.write() as tx:
             moment = _moment(now)
+            # Each node's latest lease, read for the whole batch at once; a node named
+            # twice reads it again (its first request changed it).
+            unread = {node.name for node in batch}
+            latest = tx.latest_of_many(unread)
             leases = []
             for index, node in enumerate(batch, 1):
+                read = _UNREAD
+                if node.name in unread:
+                    unread.discard(node.name)
+                    read = latest.get(node.name)
                 try:
-                    leases.append(self._allocate(tx, node, lifetime, moment, walks))
+                    leases.append(self._allocate(tx, node, lifetime, moment, walks, read=read))
                 except PoolExhaustedError as exc:
                     raise PoolExhaustedError(
                         f"{exc} (request {index} of {len(batch)}, for node {node.name!r};"
@@ -512,10 +526,13 @@ class Allocator:
         now: datetime,
         walks: dict[str, Iterator[Candidate]],
         node_ipv6: model.IPv6 | None = None,
+        read: object = _UNREAD,
     ) -> model.Lease:
+        """``read``: the node's latest lease as read in this transaction (None: it has
+        none), or ``_UNREAD`` (the default): it is read here."""
         pool = self._pool(node)
         tep = self.domain.tep_of(node)
-        latest = tx.latest_of(node.name)
+        latest = tx.latest_of(node.name) if read is _UNREAD else cast(model.Lease | None, read)
         current = latest if latest and latest.state is model.LeaseState.ACTIVE else None
         if current is not None:
             if current.is_current(now):
@@ -573,7 +590,7 @@ class Allocator:
         for ipv4, psid in proposals:
             try:
                 return tx.insert(
-                    ipv4=ipv4, lifetime=seconds, port_set=pool.port_set(psid), **fields
+                    ipv4=ipv4, lifetime=seconds, port_set=_port_set(*pool.layout, psid), **fields
                 )
             except AddressTakenError:
                 continue
@@ -639,6 +656,14 @@ def _ipv6(value: object) -> model.IPv6:
 
 def _epoch(moment: datetime) -> int:
     return int(moment.timestamp())
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def _port_set(psid_offset: int, psid_len: int, psid: int) -> PortSet | None:
+    """The port set of ``psid`` under a layout (RFC 7597 section 5.1), None for whole
+    addresses (``psid_len`` 0); shared, as a ``PortSet`` is immutable and building one
+    checks its fields (more time than the lease's own SQL statement)."""
+    return PortSet(psid_offset, psid_len, psid) if psid_len else None
 
 
 def _iso(moment: datetime) -> str:

@@ -22,7 +22,7 @@ from __future__ import annotations
 import bisect
 import heapq
 import itertools
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -137,8 +137,9 @@ class SlotIndex(Protocol):
         """Runs of addresses in ``[first, last]`` where no active lease holds ``psid``."""
         ...
 
-    def active_psids(self, ipv4: int) -> list[tuple[Layout, int]]:
-        """Layout and PSID of every active lease on an address."""
+    def taken_psids(self, ipv4: int, layout: Layout, first: int, last: int) -> Sequence[int]:
+        """PSIDs in ``[first, last]`` of active leases of ``layout`` on an address,
+        ascending."""
         ...
 
 
@@ -157,13 +158,15 @@ def pack_slots(
         space: the pool's addresses.
         layout: the pool's ``(psid_offset, psid_len)``; k = ``layout[1]`` > 0.
         held: ``(ipv4, psid)`` slots within their hold time.
-        closed: addresses with no free slot (reserved, or held by another layout).
+        closed: addresses with no free slot: reserved, or with active leases of
+            another layout or ended ones within their hold time (the store refuses a
+            lease of another layout on an address anyway).
 
     Returns:
         An iterator over ``(ipv4, psid)`` of usable PSIDs only (``usable_psids``: a
-        port set without a port in 1024-65534 is never proposed); an address whose
-        active leases use another layout is skipped. Each address costs two index
-        queries, full addresses before it cost a galloping count.
+        port set without a port in 1024-65534 is never proposed). Each address costs
+        two index queries (its taken PSIDs are one count while they run from the first
+        usable PSID without a gap), full addresses before it cost a galloping count.
     """
     usable = usable_psids(*layout)
     closed = set(closed)
@@ -179,11 +182,15 @@ def pack_slots(
             current = ipv4 + 1
             if ipv4 in closed:
                 continue
-            active = index.active_psids(ipv4)
-            if any(other != layout for other, _ in active):
-                continue
-            taken = sorted({psid for _, psid in active} | held_psids.get(ipv4, set()))
-            for psid in free_addresses(((usable.start, usable.stop - 1),), taken):
+            taken = index.taken_psids(ipv4, layout, usable.start, usable.stop - 1)
+            held_here = held_psids.get(ipv4)
+            if held_here is None and isinstance(taken, range):
+                # PSIDs from the first usable one up taken, none held: the rest is free.
+                free: Iterable[int] = range(taken.stop, usable.stop)
+            else:
+                free = free_addresses(((usable.start, usable.stop - 1),),
+                                      sorted(set(taken) | (held_here or set())))
+            for psid in free:
                 yield ipv4, psid
 
 

@@ -12,7 +12,7 @@ rolled-back transaction are dropped. Only the layout's usable PSIDs count
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 from dstm_orch.domain.model import WHOLE, Layout
@@ -36,6 +36,17 @@ class _Mark:
     upto: int
     event_id: int
 
+
+_NEXT_LAYOUT = (
+    "SELECT * FROM (SELECT psid_offset, psid_len FROM leases INDEXED BY leases_active_layout"
+    " WHERE state = 'active' AND psid_offset = ? AND psid_len > ? ORDER BY psid_len LIMIT 1)"
+    " AS same_offset UNION ALL SELECT * FROM (SELECT psid_offset, psid_len FROM leases"
+    " INDEXED BY leases_active_layout WHERE state = 'active' AND psid_offset > ?"
+    " ORDER BY psid_offset, psid_len LIMIT 1) AS greater_offset LIMIT 1"
+)
+"""The lowest layout of active leases after a layout ``(offset, length)`` (parameters:
+offset, length, offset): two index seeks in one statement, the second only when the
+first finds nothing (a row-value ``>`` would scan the rest of its first column's range)."""
 
 _MarkKey = tuple[int, Layout, int | None]
 """A skip mark's start address, layout and PSID (None: any PSID, see ``first_unleased``)."""
@@ -81,7 +92,8 @@ class AllocationIndex:
         """
         return (
             self._db.execute(
-                "SELECT 1 FROM leases WHERE ipv4 = ? AND ended_at > ? AND node != ?"
+                "SELECT 1 FROM leases INDEXED BY leases_ended_ipv4"
+                " WHERE ipv4 = ? AND ended_at > ? AND node != ?"
                 " AND (psid = ? OR psid_offset != ? OR psid_len != ?) LIMIT 1",
                 (ipv4, since, node, psid, *layout),
             ).fetchone()
@@ -107,10 +119,18 @@ class AllocationIndex:
                 " AND ipv4 BETWEEN ? AND ? AND psid BETWEEN ? AND ?",
                 (*layout, first, last, usable.start, usable.stop - 1),
             ).fetchone()[0]
+        if not layout[1]:
+            # Whole addresses: PSID 0 only, leases_active_layout in the same order.
+            return self._db.execute(
+                "SELECT count(*) FROM leases INDEXED BY leases_active_layout"
+                " WHERE state = 'active' AND psid_offset = ? AND psid_len = 0"
+                " AND ipv4 BETWEEN ? AND ? AND psid = ?",
+                (layout[0], first, last, psid),
+            ).fetchone()[0]
         return self._db.execute(
             "SELECT count(*) FROM leases INDEXED BY leases_active_psid"
-            " WHERE state = 'active' AND psid_offset = ? AND psid_len = ? AND psid = ?"
-            " AND ipv4 BETWEEN ? AND ?",
+            " WHERE state = 'active' AND psid_len > 0 AND psid_offset = ? AND psid_len = ?"
+            " AND psid = ? AND ipv4 BETWEEN ? AND ?",
             (*layout, psid, first, last),
         ).fetchone()[0]
 
@@ -119,10 +139,17 @@ class AllocationIndex:
     ) -> int | None:
         """Return the lowest address in ``[first, last]`` with an active lease of
         ``layout`` and ``psid``, or None (one index seek)."""
+        if not layout[1]:
+            return self._db.execute(
+                "SELECT min(ipv4) FROM leases INDEXED BY leases_active_layout"
+                " WHERE state = 'active' AND psid_offset = ? AND psid_len = 0"
+                " AND ipv4 BETWEEN ? AND ? AND psid = ?",
+                (layout[0], first, last, psid),
+            ).fetchone()[0]
         return self._db.execute(
             "SELECT min(ipv4) FROM leases INDEXED BY leases_active_psid"
-            " WHERE state = 'active' AND psid_offset = ? AND psid_len = ? AND psid = ?"
-            " AND ipv4 BETWEEN ? AND ?",
+            " WHERE state = 'active' AND psid_len > 0 AND psid_offset = ? AND psid_len = ?"
+            " AND psid = ? AND ipv4 BETWEEN ? AND ?",
             (*layout, psid, first, last),
         ).fetchone()[0]
 
@@ -144,38 +171,42 @@ class AllocationIndex:
         """
         capacity = 1 if psid is not None else len(usable_psids(*layout))
         key = (first, layout, psid)
-        low = self._leased_up_to(key, first, last)
+        low, event_id = self._leased_up_to(key, first, last)
         span = 1
         while low <= last:
             high = min(low + span - 1, last)
-            if self.count_active(low, high, layout, psid) < (high - low + 1) * capacity:
-                while low < high:
+            count = self.count_active(low, high, layout, psid)
+            if count < (high - low + 1) * capacity:
+                # ``count`` leases in [low, high], fewer than full; none: low has room.
+                while count and low < high:
                     middle = (low + high) // 2
-                    if self.count_active(low, middle, layout, psid) == (
-                        middle - low + 1
-                    ) * capacity:
-                        low = middle + 1
+                    left = self.count_active(low, middle, layout, psid)
+                    if left == (middle - low + 1) * capacity:
+                        low, count = middle + 1, count - left
                     else:
-                        high = middle
+                        high, count = middle, left
                 break
             low, span = high + 1, span * 2
         low = min(low, last + 1)
-        self.new_marks[key] = _Mark(low, self._last_event())
+        self.new_marks[key] = _Mark(low, event_id)
         return low
 
-    def _leased_up_to(self, key: _MarkKey, first: int, last: int) -> int:
+    def _leased_up_to(self, key: _MarkKey, first: int, last: int) -> tuple[int, int]:
+        """Where the search from ``first`` starts, and the newest event id now (the
+        searches of a transaction write nothing, so that id is the mark's)."""
         # Resume after a known full run from ``first`` if no lease in it has ended
         # since (leases only stop being active by revoke or expire events).
         mark = self._marks.get(key)
         if mark is None or mark.upto <= first:
-            return first
-        ended = self._db.execute(
-            "SELECT 1 FROM lease_events AS e CROSS JOIN leases AS l ON l.id = e.lease_id"
-            " WHERE e.id > ? AND e.event IN ('revoke', 'expire')"
-            " AND l.ipv4 >= ? AND l.ipv4 < ? LIMIT 1",
+            return first, self._last_event()
+        ended, event_id = self._db.execute(
+            "SELECT (SELECT 1 FROM lease_events AS e CROSS JOIN leases AS l"
+            " ON l.id = e.lease_id WHERE e.id > ? AND e.event IN ('revoke', 'expire')"
+            " AND l.ipv4 >= ? AND l.ipv4 < ? LIMIT 1),"
+            " (SELECT coalesce(max(id), 0) FROM lease_events)",
             (mark.event_id, first, mark.upto),
         ).fetchone()
-        return first if ended else min(mark.upto, last + 1)
+        return (first if ended else min(mark.upto, last + 1)), event_id
 
     def _last_event(self) -> int:
         return self._db.execute("SELECT coalesce(max(id), 0) FROM lease_events").fetchone()[0]
@@ -183,28 +214,50 @@ class AllocationIndex:
     def unleased_runs(
         self, first: int, last: int, layout: Layout = WHOLE, psid: int = 0
     ) -> Iterator[tuple[int, int]]:
-        """Yield, ascending and lazily, the maximal runs ``(first, last)`` of addresses
-        in ``[first, last]`` where no active lease of ``layout`` holds ``psid`` (holds,
-        reservations and other layouts are the caller's to apply)."""
+        """Yield, ascending and lazily, the runs ``(first, last)`` of addresses in
+        ``[first, last]`` where no active lease of ``layout`` holds ``psid`` (holds,
+        reservations and other layouts are the caller's to apply): of each maximal run
+        its first address alone, then the rest of it, so that a walk that takes the
+        first address never seeks the run's end."""
         current = first
         while current <= last:
             start = self.first_unleased(current, last, layout, psid)
             if start > last:
                 return
-            following = self.next_active(start + 1, last, layout, psid) if start < last else None
+            yield start, start
+            if start == last:
+                return
+            following = self.next_active(start + 1, last, layout, psid)
             stop = last if following is None else following - 1
-            yield start, stop
+            if stop > start:
+                yield start + 1, stop
             current = stop + 1
 
-    def active_psids(self, ipv4: int) -> list[tuple[Layout, int]]:
-        """Return ``((psid_offset, psid_len), psid)`` of the active leases on an
-        address, by PSID (at most 2^k rows, one index range)."""
+    def taken_psids(self, ipv4: int, layout: Layout, first: int, last: int) -> Sequence[int]:
+        """Return, ascending, the PSIDs in ``[first, last]`` that active leases of
+        ``layout`` hold on an address.
+
+        One covering count when they are ``first``, ``first + 1``, ... with no gap (an
+        address being filled in ``pack`` order): the answer is that ``range``, whatever
+        its length; otherwise the PSIDs are read (at most 2^k rows, one index range).
+        """
+        count, highest = self._db.execute(
+            "SELECT count(*), max(psid) FROM leases INDEXED BY leases_active_layout"
+            " WHERE state = 'active' AND psid_offset = ? AND psid_len = ? AND ipv4 = ?"
+            " AND psid BETWEEN ? AND ?",
+            (*layout, ipv4, first, last),
+        ).fetchone()
+        if not count:
+            return range(first, first)
+        if highest - first + 1 == count:  # PSIDs are unique per address: no gap
+            return range(first, highest + 1)
         return [
-            ((offset, length), psid)
-            for psid, offset, length in self._db.execute(
-                "SELECT psid, psid_offset, psid_len FROM leases INDEXED BY leases_active_ipv4"
-                " WHERE state = 'active' AND ipv4 = ? ORDER BY psid",
-                (ipv4,),
+            psid
+            for (psid,) in self._db.execute(
+                "SELECT psid FROM leases INDEXED BY leases_active_layout"
+                " WHERE state = 'active' AND psid_offset = ? AND psid_len = ? AND ipv4 = ?"
+                " AND psid BETWEEN ? AND ? ORDER BY psid",
+                (*layout, ipv4, first, last),
             )
         ]
 
@@ -218,39 +271,56 @@ class AllocationIndex:
         a pool of several intervals, which the walk never proposes).
         """
         found: set[int] = set()
-        other = self._next_layout(None)
-        while other is not None:
-            if other != tuple(layout):
-                found.update(
-                    ipv4
-                    for (ipv4,) in self._db.execute(
-                        "SELECT ipv4 FROM leases INDEXED BY leases_active_layout"
-                        " WHERE state = 'active' AND psid_offset = ? AND psid_len = ?"
-                        " AND ipv4 BETWEEN ? AND ?",
-                        (*other, first, last),
-                    )
+        for other in self._other_layouts(tuple(layout)):
+            found.update(
+                ipv4
+                for (ipv4,) in self._db.execute(
+                    "SELECT ipv4 FROM leases INDEXED BY leases_active_layout"
+                    " WHERE state = 'active' AND psid_offset = ? AND psid_len = ?"
+                    " AND ipv4 BETWEEN ? AND ?",
+                    (*other, first, last),
                 )
-            other = self._next_layout(other)
+            )
         return sorted(found)
 
-    def _next_layout(self, after: Layout | None) -> Layout | None:
-        if after is None:
-            row = self._db.execute(
-                "SELECT psid_offset, psid_len FROM leases INDEXED BY leases_active_layout"
-                " WHERE state = 'active' ORDER BY psid_offset, psid_len LIMIT 1"
-            ).fetchone()
-            return (row[0], row[1]) if row else None
-        # Two seeks (a row-value ">" would scan the rest of its first column's range).
+    def _other_layouts(self, layout: Layout) -> Iterator[Layout]:
+        """Yield, ascending, the layouts of active leases other than ``layout``: the
+        lowest layout and the one after ``layout`` come from one statement (when only
+        ``layout`` is in use, that is all), each further one from one more."""
+        lowest = above = None
+        for which, offset, length in self._db.execute(
+            f"SELECT 0, * FROM (SELECT psid_offset, psid_len FROM leases INDEXED BY"
+            f" leases_active_layout WHERE state = 'active'"
+            f" ORDER BY psid_offset, psid_len LIMIT 1) AS lowest"
+            f" UNION ALL SELECT 1, * FROM ({_NEXT_LAYOUT}) AS above",
+            (*layout, layout[0]),
+        ):
+            if which:
+                above = (offset, length)
+            else:
+                lowest = (offset, length)
+        current = lowest
+        while current is not None and current < layout:
+            yield current
+            current = self._next_layout(current)
+        current = above
+        while current is not None:
+            yield current
+            current = self._next_layout(current)
+
+    def _next_layout(self, after: Layout) -> Layout | None:
+        row = self._db.execute(_NEXT_LAYOUT, (*after, after[0])).fetchone()
+        return (row[0], row[1]) if row else None
+        # Two seeks in one statement (a row-value ">" would scan the rest of its first
+        # column's range); the second runs only when the first finds nothing.
         row = self._db.execute(
-            "SELECT psid_offset, psid_len FROM leases INDEXED BY leases_active_layout"
-            " WHERE state = 'active' AND psid_offset = ? AND psid_len > ?"
-            " ORDER BY psid_len LIMIT 1",
-            after,
-        ).fetchone() or self._db.execute(
-            "SELECT psid_offset, psid_len FROM leases INDEXED BY leases_active_layout"
-            " WHERE state = 'active' AND psid_offset > ?"
-            " ORDER BY psid_offset, psid_len LIMIT 1",
-            (after[0],),
+            "SELECT * FROM (SELECT psid_offset, psid_len FROM leases INDEXED BY"
+            " leases_active_layout WHERE state = 'active' AND psid_offset = ?"
+            " AND psid_len > ? ORDER BY psid_len LIMIT 1) AS same_offset"
+            " UNION ALL SELECT * FROM (SELECT psid_offset, psid_len FROM leases INDEXED BY"
+            " leases_active_layout WHERE state = 'active' AND psid_offset > ?"
+            " ORDER BY psid_offset, psid_len LIMIT 1) AS greater_offset LIMIT 1",
+            (*after, after[0]),
         ).fetchone()
         return (row[0], row[1]) if row else None
 

@@ -234,5 +234,18 @@ PG_MIGRATIONS: tuple[tuple[str, ...], ...] = (
             ADD CHECK ((event = 'tep-move') = (old_tep IS NOT NULL))
         """,
     ),
+    # 8: the history indexes hold ended leases only, leases_active_psid port sets only
+    # (see migrations.py, version 8).
+    (
+        "DROP INDEX leases_ipv4",
+        "CREATE INDEX leases_ended_ipv4 ON leases (ipv4, ended_at) WHERE ended_at IS NOT NULL",
+        "DROP INDEX leases_node",
+        "CREATE INDEX leases_ended_node ON leases (node, id) WHERE ended_at IS NOT NULL",
+        "DROP INDEX leases_active_psid",
+        """
+        CREATE INDEX leases_active_psid ON leases (psid_offset, psid_len, psid, ipv4)
+        WHERE state = 'active' AND psid_len > 0
+        """,
+    ),
 )
 """PostgreSQL migrations in order, one per SQLite migration (same version numbers)."""
