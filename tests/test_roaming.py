@@ -467,6 +467,11 @@ def test_node_api_http_framing(servers):
                      b"Content-Length: 0\r\n\r\n" * 2)
         got = _answers(sock, 2)
         assert [(s, h["connection"]) for s, h, _ in got] == [(404, "keep-alive")] * 2
+    with socket.create_connection(server.server_address[:2], timeout=10) as sock:
+        sock.sendall(steal)
+        sock.shutdown(socket.SHUT_WR)  # a client that sent all it will still gets its answer
+        [(status, headers, _)] = _answers(sock, 1)
+        assert status == 404 and _closed(sock)
 
 
 # -- limits: one client cannot exhaust the pool or the server -----------------------------

@@ -140,6 +140,11 @@ class _NodeConnection(asyncio.Protocol):
             self.idle.cancel()
         self.transport = None
 
+    def eof_received(self) -> bool:
+        # The client sent all it will: answer the request in flight, if any, then close.
+        self.keep_alive = False
+        return self.task is not None
+
     def close(self) -> None:
         if self.transport is not None:
             self.transport.close()
