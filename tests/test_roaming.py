@@ -401,6 +401,79 @@ def test_http_edges(servers):
         conn.close()
 
 
+def _answers(sock: socket.socket, count: int) -> list[tuple[int, dict, dict]]:
+    """Read ``count`` HTTP answers from ``sock``: (status, headers by lower-case name,
+    JSON body)."""
+    data, found = b"", []
+    while len(found) < count:
+        end = data.find(b"\r\n\r\n")
+        if end >= 0:
+            head = data[:end].decode("latin-1").split("\r\n")
+            headers = {k.lower(): v.strip() for k, _, v in (h.partition(":") for h in head[1:])}
+            size = end + 4 + int(headers["content-length"])
+            if len(data) >= size:
+                found.append((int(head[0].split(" ")[1]), headers,
+                              json.loads(data[end + 4:size])))
+                data = data[size:]
+                continue
+        chunk = sock.recv(65536)
+        assert chunk, f"connection closed after {len(found)} of {count} answers"
+        data += chunk
+    return found
+
+
+def _closed(sock: socket.socket) -> bool:
+    sock.settimeout(10)
+    return sock.recv(1) == b""
+
+
+def test_node_api_http_framing(servers):
+    """The node API's own HTTP/1.1 server (RFC 9112): pipelined requests are answered
+    in order on a kept-alive connection; ``Connection: close``, HTTP/1.0 without
+    keep-alive, and requests whose body cannot be delimited are answered, then closed."""
+    server = servers.start()
+    steal = b"POST /dstm/v1/steal HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\n{}"
+    with socket.create_connection(server.server_address[:2], timeout=10) as sock:
+        sock.sendall(steal + steal + b"GET /dstm/v1/request HTTP/1.1\r\nHost: x\r\n\r\n"
+                     + b"POST /dstm/v1/request?x=1 HTTP/1.1\r\nContent-Length: 0\r\n\r\n")
+        got = _answers(sock, 4)
+        assert [status for status, _, _ in got] == [404, 404, 501, 404]
+        assert [body["error"] for _, _, body in got] == ["not_found", "not_found",
+                                                         "not_implemented", "not_found"]
+        assert got[0][1]["content-type"] == "application/json; charset=utf-8"
+        assert got[0][1]["cache-control"] == "no-store" and got[0][1]["date"].endswith("GMT")
+        assert "connection" not in got[0][1]  # HTTP/1.1: still open
+        sock.sendall(b"POST /dstm/v1/renew HTTP/1.1\r\nContent-Length: 0\r\n\r\n")
+        [(status, _, body)] = _answers(sock, 1)  # no signature: refused by the guard
+        assert status == 400 and body["error"] == "malformed"
+    for request, status in (
+            (b"POST /dstm/v1/steal HTTP/1.1\r\nConnection: close\r\nContent-Length: 0\r\n\r\n",
+             404),
+            (b"POST /dstm/v1/steal HTTP/1.0\r\nContent-Length: 0\r\n\r\n", 404),
+            (b"HELLO\r\n\r\n", 400),
+            (b"POST /dstm/v1/renew HTTP/1.1\r\nno colon here\r\n\r\n", 400),
+            (b"POST /dstm/v1/renew HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+             400),
+            (b"POST /dstm/v1/renew HTTP/1.1\r\nContent-Length: 5000\r\n\r\n", 400),
+            (b"POST /dstm/v1/renew HTTP/1.1\r\nContent-Length: -1\r\n\r\n", 400)):
+        with socket.create_connection(server.server_address[:2], timeout=10) as sock:
+            sock.sendall(request)
+            [(got_status, headers, body)] = _answers(sock, 1)
+            assert (got_status, headers["connection"]) == (status, "close"), request
+            assert body["error"] == ("not_found" if status == 404 else "malformed")
+            assert _closed(sock), request
+    with socket.create_connection(server.server_address[:2], timeout=10) as sock:
+        sock.sendall(b"POST /dstm/v1/steal HTTP/1.0\r\nConnection: keep-alive\r\n"
+                     b"Content-Length: 0\r\n\r\n" * 2)
+        got = _answers(sock, 2)
+        assert [(s, h["connection"]) for s, h, _ in got] == [(404, "keep-alive")] * 2
+    with socket.create_connection(server.server_address[:2], timeout=10) as sock:
+        sock.sendall(steal)
+        sock.shutdown(socket.SHUT_WR)  # a client that sent all it will still gets its answer
+        [(status, headers, _)] = _answers(sock, 1)
+        assert status == 404 and _closed(sock)
+
+
 # -- limits: one client cannot exhaust the pool or the server -----------------------------
 
 

@@ -224,11 +224,11 @@ class LeaseRequest:
             raise Refusal(Reason.MALFORMED, f"timestamp {timestamp!r} is not an integer "
                           "(epoch seconds)")
         try:
-            ipv6 = _ipv6(data["ipv6"])
+            ipv6, usable = _ipv6(data["ipv6"])
         except (ValueError, TypeError):
             raise Refusal(Reason.MALFORMED, f"ipv6 {data['ipv6']!r} is not an IPv6 address "
                           "(draft section 5: client/server traffic is IPv6)") from None
-        if not global_unicast(ipv6):
+        if not usable:
             raise Refusal(Reason.MALFORMED, f"ipv6 {ipv6} is not a global unicast address "
                           "(RFC 4291 section 2.4); it cannot key a TEP mapping")
         lifetime = data.get("lifetime")
@@ -240,8 +240,9 @@ class LeaseRequest:
 
 
 @functools.lru_cache(maxsize=1 << 14)
-def _ipv6(text: object) -> ipaddress.IPv6Address:
-    """``IPv6Address(text)``, remembered: a node asks from the same address again and
-    again (raises ValueError or TypeError as ``IPv6Address`` does; an unhashable value
-    raises TypeError)."""
-    return ipaddress.IPv6Address(text)
+def _ipv6(text: object) -> tuple[ipaddress.IPv6Address, bool]:
+    """``IPv6Address(text)`` and whether :func:`global_unicast` holds for it, remembered:
+    a node asks from the same address again and again (raises ValueError or TypeError as
+    ``IPv6Address`` does; an unhashable value raises TypeError)."""
+    address = ipaddress.IPv6Address(text)
+    return address, global_unicast(address)

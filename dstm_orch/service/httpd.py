@@ -1,4 +1,5 @@
-"""The HTTP(S) side of ``dstm-orch serve``, on aiohttp: one IPv6 socket per listener.
+"""The HTTP(S) side of ``dstm-orch serve``: one IPv6 socket per listener; the node API
+on a small HTTP/1.1 server of its own (:class:`NodeAPI`), the operator API on aiohttp.
 
 Draft-ietf-ngtrans-dstm-08 section 5: "The communication between the DSTM client and
 the server MUST be in IPv6": sockets are ``AF_INET6`` with ``IPV6_V6ONLY`` set, and a
@@ -21,7 +22,9 @@ import logging
 import socket
 import ssl
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
+from email.utils import formatdate
 from pathlib import Path
 
 from aiohttp import web
@@ -48,51 +51,239 @@ WORKERS = 8
 """Threads running pushes, operator calls and, without group commit, whole requests
 (each with its own SQLite connection)."""
 
-EXECUTOR = web.AppKey("executor", ThreadPoolExecutor)
-SERVICE = web.AppKey("service", RoamingService)
-
 
 def json_response(status: int, answer: dict) -> web.Response:
     return web.Response(status=status, text=json.dumps(answer, sort_keys=True),
                         content_type="application/json", headers={"Cache-Control": "no-store"})
 
 
-def _refusal(refusal: Refusal) -> web.Response:
-    return json_response(refusal.status, refusal.as_dict())
+MAX_HEAD = 8192
+"""Largest request line and headers of a node request, in bytes."""
+_REASONS = {200: "OK", 400: "Bad Request", 401: "Unauthorized", 403: "Forbidden",
+            404: "Not Found", 409: "Conflict", 429: "Too Many Requests",
+            500: "Internal Server Error", 501: "Not Implemented", 502: "Bad Gateway",
+            503: "Service Unavailable"}
 
 
-async def _node_request(request: web.Request) -> web.Response:
-    action = action_of(request.path)
-    if request.method != "POST":
-        return json_response(501, {"error": "not_implemented",
-                                   "message": f"{request.method} is not supported (POST only)"})
-    if action is None or request.query_string:
-        return _refusal(Refusal(Reason.NOT_FOUND, f"no such resource {request.path_qs!r} "
+class NodeAPI:
+    """The node API's HTTP/1.1 server: ``POST /dstm/v1/request|renew|release`` only, so it
+    reads just what that needs (a request line, headers, a ``Content-Length`` body of at
+    most ``MAX_BODY`` bytes), on an ``asyncio.Protocol`` per connection: a request costs
+    about a quarter of aiohttp's handling of it (issue 10 section 1; benchmarks/README.md).
+    Connections are kept alive (HTTP/1.1 unless ``Connection: close``; HTTP/1.0 with
+    ``Connection: keep-alive``) for ``KEEPALIVE`` idle seconds; pipelined requests are
+    answered in order, one at a time. Answers are JSON (``Content-Type: application/json;
+    charset=utf-8``, ``Cache-Control: no-store``, ``Date``). A method other than POST is
+    answered ``501``, another path or a query ``404 not_found``, a POST without
+    ``Content-Length`` ``400 malformed``; a request line or headers that are not
+    HTTP/1.x (or over ``MAX_HEAD`` bytes), or a body that is not read (``Transfer-Encoding``,
+    a ``Content-Length`` that is not 0 to ``MAX_BODY``), are answered ``400 malformed``
+    (or the method's or path's refusal) and the connection closed. Start with
+    :meth:`start`; :meth:`cleanup` stops listening and lets in-flight requests be
+    answered (up to ``SHUTDOWN_GRACE`` seconds), then closes every connection.
+    """
+
+    def __init__(self, service: RoamingService, executor: ThreadPoolExecutor):
+        self.service = service
+        self.executor = executor
+        self._server: asyncio.base_events.Server | None = None
+        self._connections: set[_NodeConnection] = set()
+        self._date = (0, b"")
+
+    async def start(self, sock: socket.socket, tls: ssl.SSLContext | None) -> None:
+        """Serve on the listening socket ``sock`` (TLS with ``tls``)."""
+        self._server = await asyncio.get_running_loop().create_server(
+            lambda: _NodeConnection(self), sock=sock, ssl=tls)
+
+    async def cleanup(self) -> None:
+        """Stop listening, let in-flight requests be answered, close every connection."""
+        if self._server is not None:
+            self._server.close()
+        tasks = {c.task for c in self._connections if c.task is not None}
+        if tasks:
+            await asyncio.wait(tasks, timeout=SHUTDOWN_GRACE)
+        for connection in list(self._connections):
+            connection.close()
+
+    def date(self) -> bytes:
+        """The ``Date`` header's value (RFC 9110 section 6.6.1), built once a second."""
+        now = int(time.time())
+        if self._date[0] != now:
+            self._date = (now, formatdate(now, usegmt=True).encode("ascii"))
+        return self._date[1]
+
+
+class _NodeConnection(asyncio.Protocol):
+    """One client connection of :class:`NodeAPI`."""
+
+    def __init__(self, api: NodeAPI):
+        self.api = api
+        self.transport: asyncio.Transport | None = None
+        self.peer = ""
+        self.buffer = b""
+        self.task: asyncio.Task | None = None
+        self.keep_alive = True
+        self.old = False  # an HTTP/1.0 request: keep-alive only when asked, and said
+        self.idle: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        peer = transport.get_extra_info("peername")
+        self.peer = peer[0] if peer else ""
+        self.api._connections.add(self)
+        self._arm()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        # A request in flight goes on (its lease is written); its answer is dropped.
+        self.api._connections.discard(self)
+        if self.idle is not None:
+            self.idle.cancel()
+        self.transport = None
+
+    def eof_received(self) -> bool:
+        # The client sent all it will: answer the request in flight, if any, then close.
+        self.keep_alive = False
+        return self.task is not None
+
+    def close(self) -> None:
+        if self.transport is not None:
+            self.transport.close()
+
+    def _arm(self) -> None:
+        if self.idle is not None:
+            self.idle.cancel()
+        self.idle = asyncio.get_running_loop().call_later(KEEPALIVE, self._idle)
+
+    def _idle(self) -> None:
+        if self.task is None:
+            self.close()
+
+    def data_received(self, data: bytes) -> None:
+        self.buffer += data
+        if self.task is None:
+            self._next()
+        elif len(self.buffer) > MAX_HEAD + MAX_BODY and self.transport is not None:
+            self.transport.pause_reading()  # pipelined: wait for the answer in progress
+
+    def _next(self) -> None:
+        """Start the next whole request in the buffer, if any."""
+        buffer = self.buffer
+        end = buffer.find(b"\r\n\r\n", 0, MAX_HEAD + 4)
+        if end < 0:
+            if len(buffer) > MAX_HEAD:
+                self._fail(f"request line and headers over {MAX_HEAD} bytes")
+            return
+        lines = buffer[:end].decode("latin-1").split("\r\n")
+        parts = lines[0].split(" ")
+        if len(parts) != 3 or not parts[2].startswith("HTTP/1."):
+            self._fail(f"request line {lines[0][:100]!r} is not METHOD TARGET HTTP/1.x")
+            return
+        method, target, version = parts
+        headers: dict[str, str] = {}
+        for line in lines[1:]:
+            name, sep, value = line.partition(":")
+            if not sep or not name or name != name.strip():
+                self._fail(f"header line {line[:100]!r} is not NAME: VALUE")
+                return
+            headers[name.lower()] = value.strip()
+        connection = headers.get("connection", "").lower()
+        self.old = version == "HTTP/1.0"
+        self.keep_alive = connection == "keep-alive" if self.old else connection != "close"
+        length = headers.get("content-length", "")
+        if "transfer-encoding" in headers or (length and not length.isdigit()) or \
+                int(length or 0) > MAX_BODY:
+            # A body not read (where it ends is unknown, or too long): answer, then close.
+            self.keep_alive = False
+            self.buffer = b""
+            self._answer(*_early(method, target) or _no_length(length))
+            return
+        size = end + 4 + int(length or 0)
+        if len(buffer) < size:
+            if headers.get("expect", "").lower() == "100-continue" and \
+                    self.transport is not None and len(buffer) == end + 4:
+                self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+            return
+        body, self.buffer = buffer[end + 4:size], buffer[size:]
+        self.task = asyncio.get_running_loop().create_task(
+            self._handle(method, target, length, body, headers.get(SIGNATURE_HEADER.lower())))
+
+    async def _handle(self, method: str, target: str, length: str, body: bytes,
+                      signature: str | None) -> None:
+        try:
+            status, answer = await _node_answer(self.api, method, target, length, body,
+                                                signature, self.peer)
+        except Exception:
+            log.exception("request failed")
+            status, answer = _refusal(Refusal(Reason.INTERNAL, "the server failed to answer"))
+        self._answer(status, answer)
+
+    def _answer(self, status: int, answer: dict) -> None:
+        self.task = None
+        transport = self.transport
+        if transport is None:
+            return
+        body = json.dumps(answer, sort_keys=True).encode()
+        transport.write(b"HTTP/1.1 %d %s\r\nContent-Type: application/json; charset=utf-8\r\n"
+                        b"Content-Length: %d\r\nCache-Control: no-store\r\nDate: %s\r\n%s\r\n"
+                        % (status, _REASONS.get(status, "Unknown").encode(), len(body),
+                           self.api.date(), b"Connection: close\r\n" if not self.keep_alive
+                           else b"Connection: keep-alive\r\n" if self.old else b"") + body)
+        if not self.keep_alive:
+            transport.close()
+            return
+        self._arm()
+        transport.resume_reading()
+        if self.buffer:
+            self._next()
+
+    def _fail(self, why: str) -> None:
+        self.keep_alive = False
+        self.buffer = b""
+        self._answer(*_refusal(Refusal(Reason.MALFORMED, why)))
+
+
+def _refusal(refusal: Refusal) -> tuple[int, dict]:
+    return refusal.status, refusal.as_dict()
+
+
+def _early(method: str, target: str) -> tuple[int, dict] | None:
+    """The answer to a request that is refused before its body is read (method, path),
+    or None."""
+    path, _, query = target.partition("?")
+    if method != "POST":
+        return 501, {"error": "not_implemented",
+                     "message": f"{method} is not supported (POST only)"}
+    if action_of(path) is None or query:
+        return _refusal(Refusal(Reason.NOT_FOUND, f"no such resource {target!r} "
                                 "(POST /dstm/v1/request|renew|release)"))
-    length = request.headers.get("Content-Length", "")
-    if not length.isdigit() or int(length) > MAX_BODY:
-        return _refusal(Refusal(Reason.MALFORMED, f"Content-Length {length!r}: a body of 0 "
-                                f"to {MAX_BODY} bytes is required"))
-    body = await request.read()
-    service = request.app[SERVICE]
-    peer = request.transport.get_extra_info("peername")[0] if request.transport else ""
+    return None
+
+
+def _no_length(length: str) -> tuple[int, dict]:
+    return _refusal(Refusal(Reason.MALFORMED, f"Content-Length {length!r}: a body of 0 "
+                            f"to {MAX_BODY} bytes is required"))
+
+
+async def _node_answer(api: NodeAPI, method: str, target: str, length: str, body: bytes,
+                       signature: str | None, peer: str) -> tuple[int, dict]:
+    """``(HTTP status, JSON body)`` of one node request whose body has been read."""
+    early = _early(method, target)
+    if early is not None:
+        return early
+    if not length:
+        return _no_length(length)
     try:
-        status, answer = await service.handle_async(
-            action, "POST", request.path, body, request.headers.get(SIGNATURE_HEADER), peer,
-            request.app[EXECUTOR])
+        path = target.partition("?")[0]
+        return await api.service.handle_async(action_of(path), "POST", path, body,
+                                              signature, peer, api.executor)
     except DstmError as exc:
         log.exception("request failed")
         return _refusal(Refusal(Reason.INTERNAL, str(exc)))
-    return json_response(status, answer)
 
 
-def node_app(service: RoamingService, executor: ThreadPoolExecutor) -> web.Application:
-    """Return the aiohttp application of the node API (any path: wrong ones get 404)."""
-    app = web.Application(client_max_size=MAX_BODY)
-    app[SERVICE] = service
-    app[EXECUTOR] = executor
-    app.router.add_route("*", "/{tail:.*}", _node_request)
-    return app
+def node_app(service: RoamingService, executor: ThreadPoolExecutor) -> NodeAPI:
+    """Return the node API (any path: wrong ones get 404), for :func:`start_sites`."""
+    return NodeAPI(service, executor)
 
 
 def ipv6_socket(listen: tuple[str, int]) -> socket.socket:
@@ -115,11 +306,16 @@ def ipv6_socket(listen: tuple[str, int]) -> socket.socket:
     return sock
 
 
-async def start_sites(sites: list[tuple[web.Application, socket.socket,
-                                        ssl.SSLContext | None]]) -> list[web.AppRunner]:
-    """Start one aiohttp runner per ``(app, listening socket, TLS context)``."""
-    runners = []
+async def start_sites(sites: list[tuple[web.Application | NodeAPI, socket.socket,
+                                        ssl.SSLContext | None]]) -> list:
+    """Start one site per ``(app, listening socket, TLS context)``: the node API
+    (:func:`node_app`) or an aiohttp runner; return them (each has ``cleanup()``)."""
+    runners: list = []
     for app, sock, tls in sites:
+        if isinstance(app, NodeAPI):
+            await app.start(sock, tls)
+            runners.append(app)
+            continue
         runner = web.AppRunner(app, access_log=None, keepalive_timeout=KEEPALIVE,
                                shutdown_timeout=SHUTDOWN_GRACE)
         await runner.setup()

@@ -89,6 +89,7 @@ class Metrics:
             r.register(_PoolCollector(pool_usage))
         self.requests = Counter("dstm_requests", "Node API requests by verb and result",
                                 ["verb", "result"], registry=r)
+        self._requests: dict[tuple[str, str], Counter] = {}
         self.allocations = Counter("dstm_allocations", "Leases granted", registry=r)
         self.renews = Counter("dstm_renews", "Leases renewed", registry=r)
         self.releases = Counter("dstm_releases", "Leases released by nodes", registry=r)
@@ -116,6 +117,14 @@ class Metrics:
                                      "failure or deadlock) and run again whole", registry=r)
         self.pending = Gauge("dstm_commit_pending", "Lease changes waiting for their "
                              "group's commit", registry=r)
+
+    def request(self, verb: str, result: str) -> None:
+        """Count one node API request (``dstm_requests_total{verb,result}``); each label
+        pair's child is looked up once (``labels()`` costs a lock and a key build)."""
+        child = self._requests.get((verb, result))
+        if child is None:
+            child = self._requests[verb, result] = self.requests.labels(verb, result)
+        child.inc()
 
     def render(self) -> bytes:
         """Return the text exposition format of every metric."""

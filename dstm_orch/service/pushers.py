@@ -56,6 +56,7 @@ class NoPusher:
 
     label = "none (leases only; TEPs are not configured)"
     locks = False  # nothing is pushed: no TEP lock to take
+    pushes_nothing = True  # a request whose change moved a binding waits for no push
 
     def push(self, tep: str) -> None:
         return None

@@ -10,7 +10,8 @@ allocates (or returns the current lease, moved to that address), ``renew`` exten
 the TEP's mapping table changed (a new, moved or ended binding; section 5: "the DSTM
 Server MAY be in charge of configuring the IPv4/IPv6 mapping table at the TEP"), the
 TEP is converged before the answer, so the node can use its address at once; the
-answer says ``pushed: true``. A request that changes nothing at the TEP (a renew, or a
+answer says ``pushed: true`` (with ``--push none`` nothing is pushed and nothing
+waited for). A request that changes nothing at the TEP (a renew, or a
 request for a current lease that stays where it is) is answered at once with
 ``pushed: false`` and never waits for a push, not even when the TEP's last push failed
 or one is in progress: pushing what is pending, and retrying with backoff, is the
@@ -80,7 +81,7 @@ from dstm_orch.domain.errors import (
     PushError,
     UnknownNodeError,
 )
-from dstm_orch.domain.model import Domain, Lease, LeaseState, utcnow
+from dstm_orch.domain.model import Domain, Lease, LeaseState, address_text, utcnow
 from dstm_orch.domain.protocol import LeaseRequest, Reason, Refusal, RoamingError
 from dstm_orch.ipam.allocator import Allocator, Ipv6InUseError
 from dstm_orch.service.guard import Guard
@@ -111,7 +112,9 @@ class Outcome(NamedTuple):
     lease: Lease
     """The node's lease after it."""
     event_id: int
-    """The store's newest event id when the TEP's binding changed, else 0."""
+    """The store's newest event id when the TEP's binding changed and the request waits
+    for a push covering it, else 0 (nothing changed at the TEP, or a pusher that pushes
+    nothing)."""
     changed: bool
     """The TEP's binding changed (a new, moved or ended lease)."""
     granted: bool
@@ -287,7 +290,7 @@ class RoamingService:
                 outcome = self._lease_change(request, utcnow())
             self._count(request.action, outcome.before, outcome.lease)
             lease = outcome.lease
-            if outcome.changed:
+            if outcome.event_id:  # the TEP's binding changed: wait for its push
                 with self._awaiting(lease):
                     self._push(lease, outcome.event_id)
                     now = utcnow()
@@ -300,7 +303,7 @@ class RoamingService:
             answer = self._answered(request, outcome.before, lease, outcome.changed)
         except Refusal as refusal:
             return self._refused(action, peer, refusal)
-        self.metrics.requests.labels(action, "ok").inc()
+        self.metrics.request(action, "ok")
         return 200, answer
 
     async def handle_async(self, action: str, method: str, path: str, body: bytes,
@@ -320,7 +323,7 @@ class RoamingService:
             outcome = await self.writer.run_async(functools.partial(self._change, request))
             self._count(request.action, outcome.before, outcome.lease)
             lease = outcome.lease
-            if outcome.changed:
+            if outcome.event_id:  # the TEP's binding changed: wait for its push
                 with self._awaiting(lease):
                     if self.sync(lease.tep).pushed < outcome.event_id:
                         await loop.run_in_executor(executor, self._push, lease,
@@ -339,12 +342,12 @@ class RoamingService:
             answer = self._answered(request, outcome.before, lease, outcome.changed)
         except Refusal as refusal:
             return self._refused(action, peer, refusal)
-        self.metrics.requests.labels(action, "ok").inc()
+        self.metrics.request(action, "ok")
         return 200, answer
 
     def _refused(self, action: str, peer: str, refusal: Refusal) -> tuple[int, dict]:
         log.info("refused %s from %s: %s", action, peer, refusal)
-        self.metrics.requests.labels(action, refusal.reason.value).inc()
+        self.metrics.request(action, refusal.reason.value)
         return refusal.status, refusal.as_dict()
 
     def _admit(self, action: str, method: str, path: str, body: bytes,
@@ -423,8 +426,7 @@ class RoamingService:
                 TEP was pushed; nothing is written.
         """
         try:
-            return Allocator(self.domain, store).recount(lease, utcnow()), \
-                store.last_event_id()
+            return self._allocator_for(store).recount(lease, utcnow()), store.last_event_id()
         except LeaseNotFoundError as exc:
             raise Refusal(Reason.NO_LEASE, f"{exc}: it ended while TEP {lease.tep!r} was "
                           "pushed; send a request") from None
@@ -449,13 +451,28 @@ class RoamingService:
         Raises:
             Refusal: the allocator refused (nothing of this request is written).
         """
+        now = utcnow()
+        before, lease = self._apply(self._allocator_for(store), store, request, now)
+        return _outcome(request, before, lease, now, store, self._waits_for_push())
+
+    def _allocator_for(self, store: LeaseStore) -> Allocator:
+        """The group writer's allocator, kept warm between requests (rebuilt when a
+        reload replaced the domain); a new one for any other store (the path without
+        group commit): building one walks every node of the domain (its reserved
+        addresses)."""
         allocator = self._allocator
         if allocator is None or allocator.domain is not self.domain or \
                 allocator.store is not store:
-            allocator = self._allocator = Allocator(self.domain, store)
-        now = utcnow()
-        before, lease = self._apply(allocator, store, request, now)
-        return _outcome(request, before, lease, now, store)
+            allocator = Allocator(self.domain, store)
+            if self.writer is not None:
+                self._allocator = allocator
+        return allocator
+
+    def _waits_for_push(self) -> bool:
+        """Tell whether a request that changed a TEP binding waits for a push: not with
+        a pusher that pushes nothing (``serve --push none``: the TEPs are left to
+        ``apply``), whose push would be a thread hop and a store read for nothing."""
+        return not getattr(self.pusher, "pushes_nothing", False)
 
     def _count(self, action: str, before: Lease | None, lease: Lease) -> None:
         if action == "release":
@@ -476,7 +493,7 @@ class RoamingService:
         with self._write:
             store = self._store()
             before, lease = self._apply(Allocator(self.domain, store), store, request, now)
-            return _outcome(request, before, lease, now, store)
+            return _outcome(request, before, lease, now, store, self._waits_for_push())
 
     def _apply(self, allocator: Allocator, store: LeaseStore, request: LeaseRequest,
                now: datetime) -> tuple[Lease | None, Lease]:
@@ -537,7 +554,7 @@ class RoamingService:
             remaining=remaining,
             valid_until=int(lease.end.timestamp()) if lease.end else None,
             driver=self.domain.teps[lease.tep].driver.value,
-            node_decap_ipv6=None if decap is None else str(decap),
+            node_decap_ipv6=None if decap is None else address_text(decap),
             server_time=int(now.timestamp()),
         )
         return answer
@@ -551,14 +568,16 @@ def _check_nodes(domain: Domain, guard: Guard) -> None:
 
 
 def _outcome(request: LeaseRequest, before: Lease | None, lease: Lease, now: datetime,
-             store: LeaseStore) -> Outcome:
+             store: LeaseStore, pushes: bool = True) -> Outcome:
     """The :class:`Outcome` of a change just written at ``now`` (the store's newest event
-    id is read only when the TEP's binding changed)."""
+    id is read only when the TEP's binding changed and ``pushes``: the request waits for
+    a push covering it)."""
     changed = request.action == "release" or _moved(before, lease, now)
     granted = (lease.state is LeaseState.ACTIVE and lease.end is not None
                and lease.lifetime is not None
                and lease.end == now.replace(microsecond=0) + timedelta(seconds=lease.lifetime))
-    return Outcome(before, lease, store.last_event_id() if changed else 0, changed, granted)
+    event_id = store.last_event_id() if changed and pushes else 0
+    return Outcome(before, lease, event_id, changed, granted)
 
 
 def _lost(lease: Lease, now: datetime) -> float:
