@@ -51,8 +51,8 @@ def role_tasks(role: str, host: str, hostvars: dict[str, Any],
     Returns:
         The tasks whose ``when`` holds that call a ``dstm.orch`` module, in order, as
         ``{"task", "module", "args"}`` with plain JSON values. Other task files that
-        ``main.yml`` imports (``import_tasks``) are followed in place, except the role's
-        preflight: its checks are Ansible assertions, not modules.
+        ``main.yml`` imports (``import_tasks``) are followed in place (their assertions
+        call no module and are left out).
 
     Raises:
         StopIteration: the playbook includes no role.
@@ -88,7 +88,7 @@ def role_tasks(role: str, host: str, hostvars: dict[str, Any],
             imported = task.get("ansible.builtin.import_tasks")
             if imported is None:
                 out.append(task)
-            elif str(imported) != "preflight.yml":
+            else:
                 out.extend(tasks(str(imported)))
         return out
 
