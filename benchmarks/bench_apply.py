@@ -17,6 +17,11 @@ to converge, then times, ``--repeat`` rounds each, in one run:
   ansible-playbook (its workers included) and on the hosts (the processes under each
   lab host's sshd), and ``plan`` against its target of 5 s (issue 10).
 
+With ``--collection LABEL=DIR`` (DIR holding ``ansible_collections/``, for example an
+export of main's), ``plan`` and ``apply --refresh`` in step through that collection's
+``dstm.orch.apply`` (its playbook, roles and modules) are timed in the same rounds, the
+anchor of this checkout's; ``--in-step-only`` times only these in-step runs.
+
 Router part (``--routers N``, default 3; 0 skips it): N netconfd routers in their own
 namespaces, one lease each; ``plan`` and ``apply --refresh`` with one NETCONF session at a
 time (``DSTM_ORCH_NETCONF_SESSIONS=1``, the serial anchor) against the default
@@ -25,6 +30,7 @@ concurrent sessions.
 Prints one table: measure, anchor, dstm-orch's figure (medians), ratio. Needs root. Run:
 
     .venv/bin/python benchmarks/bench_apply.py [--repeat 3] [--routers 3]
+        [--collection main=DIR] [--in-step-only]
 """
 
 from __future__ import annotations
@@ -85,17 +91,11 @@ PLAN_TARGET = 5.0
 def serial_playbook(dest: Path) -> Path:
     """Write ``dstm.orch.apply`` cut into two plays, the TEPs' then the nodes' (strategy
     linear: the second play starts when the first has ended on every host), each with
-    the checks and the role of its group; return the file."""
+    its tasks (the checks, and the include of the host's group's role); return the file."""
     source = ansible_push.collection_root() / "playbooks" / "apply.yml"
     (play,) = yaml.safe_load(source.read_text())
-    tasks = play["tasks"]
-    role_of = {"dstm_teps": "dstm.orch.dstm_tep", "dstm_nodes": "dstm.orch.dstm_node"}
-    plays = []
-    for group, role in role_of.items():
-        keep = [task for task in tasks
-                if (task.get("ansible.builtin.include_role") or {}).get("name", role) == role]
-        plays.append({**play, "name": f"{play['name']} ({group})", "hosts": group,
-                      "strategy": "linear", "tasks": keep})
+    plays = [{**play, "name": f"{play['name']} ({group})", "hosts": group,
+              "strategy": "linear"} for group in ("dstm_teps", "dstm_nodes")]
     dest.write_text(yaml.safe_dump(plays, sort_keys=False))
     return dest
 
@@ -111,6 +111,20 @@ def playbook(path: Path | None) -> Iterator[None]:
         yield
     finally:
         ansible_push.run_apply = original
+
+
+@contextlib.contextmanager
+def collection(path: Path | None) -> Iterator[None]:
+    """Make ``dstm-orch`` run the collection dstm.orch under ``path`` (a directory holding
+    ``ansible_collections/``) for the block: its ``dstm.orch.apply``, roles and modules
+    (None: this checkout's)."""
+    original = ansible_push.collection_root
+    if path is not None:
+        ansible_push.collection_root = lambda: path / "ansible_collections" / "dstm" / "orch"
+    try:
+        yield
+    finally:
+        ansible_push.collection_root = original
 
 
 def _tree_cpu(pid: int) -> float:
@@ -171,7 +185,8 @@ def cpu_note(figures: dict[str, list[tuple[float, float]]], key: str) -> str:
             f" + hosts {statistics.median(r[1] for r in runs):.1f} s")
 
 
-def lab_part(repeat: int, table: Table) -> None:
+def lab_part(repeat: int, table: Table, collections: dict[str, Path],
+             in_step_only: bool) -> None:
     with tempfile.TemporaryDirectory(prefix="dstm-bench-apply-") as tmp:
         base = Path(tmp)
         inventory = copy_lab_inventory(base / "inventory", "bench", base / "lab-state",
@@ -192,18 +207,23 @@ def lab_part(repeat: int, table: Table) -> None:
             seen: dict[str, int] = {}
             shape: dict[str, list[float]] = {}
             cpu: dict[str, list[tuple[float, float]]] = {}
+            variants = [("two plays", serial, None), ("one play", None, None)]
+            variants += [(f"one play, {label}", None, path)
+                         for label, path in collections.items()]
             for _ in range(repeat):
-                for label, path in (("two plays", serial), ("one play", None)):
+                for label, path, other in variants:
                     for args in (["plan"], ["apply", "--refresh"]):
                         key = f"{' '.join(args)}, {label}"
                         before = meter.read()
-                        with playbook(path):
+                        with playbook(path), collection(other):
                             t, r = timed([*args, "--json", *common])
                         after = meter.read()
                         assert r["changed"] == 0 and contacted(r) == 4, r
                         shape.setdefault(key, []).append(t)
                         cpu.setdefault(key, []).append(
                             (after[0] - before[0], after[1] - before[1]))
+                if in_step_only:
+                    continue
                 t, r = timed(["apply", "--refresh", "--json", *common])
                 assert r["changed"] == 0, r
                 refresh.append(t)
@@ -225,18 +245,26 @@ def lab_part(repeat: int, table: Table) -> None:
                     run(["apply", "--json", *common])
         finally:
             lab.lab_down(raw)
-    table.add("lab: apply, nothing changed", "apply --refresh", refresh, skip,
-              f"0 of {seen['refresh']} devices contacted")
-    table.add("lab: plan, nothing to change", "apply --refresh", refresh, plan,
-              f"reads {seen['plan']} devices (Ansible check mode)")
-    table.add("lab: apply after one lease change (revoke n2)", "apply --refresh",
-              change_refresh, change,
-              f"{seen['change']} of {seen['change--refresh']} devices contacted")
+    if not in_step_only:
+        table.add("lab: apply, nothing changed", "apply --refresh", refresh, skip,
+                  f"0 of {seen['refresh']} devices contacted")
+        table.add("lab: plan, nothing to change", "apply --refresh", refresh, plan,
+                  f"reads {seen['plan']} devices (Ansible check mode)")
+        table.add("lab: apply after one lease change (revoke n2)", "apply --refresh",
+                  change_refresh, change,
+                  f"{seen['change']} of {seen['change--refresh']} devices contacted")
     for args in ("plan", "apply --refresh"):
         table.add(f"lab: {args}, in step, one play (free)", "TEP play, node play",
                   shape[f"{args}, two plays"], shape[f"{args}, one play"],
                   f"{cpu_note(cpu, f'{args}, one play')} (anchor "
                   f"{cpu_note(cpu, f'{args}, two plays').removeprefix('CPU ')})")
+    for label in collections:
+        for args in ("plan", "apply --refresh"):
+            ours, theirs = f"{args}, one play", f"{args}, one play, {label}"
+            table.add(f"lab: {args}, in step, against {label}'s collection", label,
+                      shape[theirs], shape[ours],
+                      f"{cpu_note(cpu, ours)} (anchor "
+                      f"{cpu_note(cpu, theirs).removeprefix('CPU ')})")
     table.add("lab: plan, in step, against the target", "target",
               [PLAN_TARGET], shape["plan, one play"], "issue 10: under 5 s")
 
@@ -300,10 +328,22 @@ if __name__ == "__main__":
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--routers", type=int, default=3)
     parser.add_argument("--no-lab", action="store_true", help="only the router part")
+    parser.add_argument("--collection", action="append", default=[], metavar="LABEL=DIR",
+                        help="also time plan and apply --refresh in step through the "
+                             "collection under DIR (holding ansible_collections/), the anchor")
+    parser.add_argument("--in-step-only", action="store_true",
+                        help="on the lab, only plan and apply --refresh in step")
     options = parser.parse_args()
+    others = {}
+    for item in options.collection:
+        label, sep, path = item.partition("=")
+        if not sep or not (Path(path) / "ansible_collections" / "dstm" / "orch").is_dir():
+            parser.error(f"--collection {item}: not LABEL=DIR with DIR/ansible_collections/"
+                         "dstm/orch")
+        others[label] = Path(path).resolve()
     results = Table()
     if not options.no_lab:
-        lab_part(options.repeat, results)
+        lab_part(options.repeat, results, others, options.in_step_only)
     if options.routers:
         routers_part(options.routers, options.repeat, results)
     results.print()

@@ -87,11 +87,9 @@ class Guest:
         namespace (setns) and runs the module file as ``__main__``, as Ansible runs it."""
         args = call["args"]
         started, started_at = time.monotonic(), time.time()
-        if rendered_at is not None and call["module"] == "address":
-            shift = time.time() - rendered_at
-            args = {**args, "addresses": [
-                {**a, "valid_until": None if a.get("valid_until") is None
-                 else int(a["valid_until"] + shift)} for a in args["addresses"]]}
+        if (rendered_at is not None and call["module"] == "node_lease"
+                and args.get("valid_until") is not None):
+            args = {**args, "valid_until": int(args["valid_until"] + time.time() - rendered_at)}
         stem = f"/tmp/{host}-{call['module']}-{time.monotonic_ns()}"
         Path(f"{stem}.json").write_text(json.dumps({"ANSIBLE_MODULE_ARGS": args}))
         module = str(self.modules / f"{call['module']}.py")
@@ -227,8 +225,8 @@ class Guest:
         report["after_short_lease"] = self.observe()
         host, address = short["watch"]["host"], short["watch"]["address"]
         (call,) = [c for c in report["rounds"]["short_lease"]["results"][host]
-                   if c["module"] == "address" and c["args"]["addresses"]]
-        end = call["args"]["addresses"][0]["valid_until"]
+                   if c["module"] == "node_lease"]
+        end = call["args"]["valid_until"]
         report["lease_end"] = end
         report["short_lease_gone"] = self.wait_gone(host, address, end + LEASE_END_SLACK)
         self.finish(started)

@@ -51,11 +51,11 @@ def role_tasks(role: str, host: str, hostvars: dict[str, Any],
     Returns:
         The tasks whose ``when`` holds that call a ``dstm.orch`` module, in order, as
         ``{"task", "module", "args"}`` with plain JSON values. Other task files that
-        ``main.yml`` imports (``import_tasks``) are followed in place, except the role's
-        preflight: its checks are Ansible assertions, not modules.
+        ``main.yml`` imports (``import_tasks``) are followed in place (their assertions
+        call no module and are left out).
 
     Raises:
-        StopIteration: the playbook includes no ``role``.
+        StopIteration: the playbook includes no role.
     """
     from ansible.parsing.dataloader import DataLoader
     from ansible.template import Templar
@@ -65,9 +65,9 @@ def role_tasks(role: str, host: str, hostvars: dict[str, Any],
     def load(path: Path) -> Any:
         return _trusted(loader.load_from_file(str(path)))
 
+    # The one include_role task includes the role of the host's group (its name a template).
     play, entry = next((p, task) for p in load(PLAYBOOK) for task in p["tasks"]
-                       if (task.get("ansible.builtin.include_role") or {}).get("name")
-                       == f"dstm.orch.{role}")
+                       if task.get("ansible.builtin.include_role"))
     base = COLLECTION / "roles" / role
     variables: dict[str, Any] = {}
     # Precedence as Ansible applies it: role defaults < inventory < extra vars and
@@ -88,7 +88,7 @@ def role_tasks(role: str, host: str, hostvars: dict[str, Any],
             imported = task.get("ansible.builtin.import_tasks")
             if imported is None:
                 out.append(task)
-            elif str(imported) != "preflight.yml":
+            else:
                 out.extend(tasks(str(imported)))
         return out
 

@@ -22,9 +22,9 @@ MODULES = sorted(p.stem for p in (COLLECTION / "plugins" / "modules").glob("*.py
 ANSIBLE_DOC = Path(sys.executable).with_name("ansible-doc")
 
 
-def test_the_collection_has_the_nine_modules():
-    assert MODULES == ["address", "mapping_table", "netconf_bindings", "nft", "preflight",
-                       "routes", "rules", "sysctl", "tunnel"]
+def test_the_collection_has_the_ten_modules():
+    assert MODULES == ["address", "mapping_table", "netconf_bindings", "nft", "node_lease",
+                       "preflight", "routes", "rules", "sysctl", "tunnel"]
 
 
 @pytest.mark.parametrize("module", MODULES)

@@ -143,8 +143,7 @@ def test_every_module_call_succeeded(report):
               for host, calls in r["results"].items() for call in calls if call["failed"]]
     assert failed == []
     calls = report["rounds"]["apply"]["results"]
-    assert [c["module"] for c in calls["n1"]] == [
-        "tunnel", "address", "address", "sysctl", "nft", "routes", "routes"]
+    assert [c["module"] for c in calls["n1"]] == ["node_lease"]
     assert all(any(c["changed"] for c in calls[host]) for host in (TEP, *NODES))
 
 
@@ -197,9 +196,10 @@ def assert_lifetime(valid_lft: int, remaining: float, at_most: float) -> None:
 def test_addresses_last_as_long_as_their_lease(report):
     seen = report["after_apply"]["addresses"]
     calls = report["rounds"]["apply"]["results"]["n1"]
-    (address_call,) = [c for c in calls if c["module"] == "address" and c["args"]["addresses"]]
-    (wanted,) = address_call["args"]["addresses"]
-    assert address_call["args"]["dev"] == "dstm0"
+    (address_call,) = [c for c in calls if c["module"] == "node_lease"]
+    wanted = address_call["args"]
+    assert (address_call["args"]["driver"], address_call["args"]["tunnel_name"]) == (
+        "ip6tnl", "dstm0")
     (addr,) = seen["n1"]["addr_info"]
     assert (addr["local"], addr["prefixlen"], addr["label"]) == (POOL_FIRST, 32, "dstm0")
     assert_lifetime(addr["valid_life_time"], wanted["valid_until"] - seen["n1"]["read_at"],
@@ -211,7 +211,7 @@ def test_addresses_last_as_long_as_their_lease(report):
     (addr,) = short["addr_info"]
     assert addr["local"] == report["short"]["ipv4"]
     (short_call,) = [c for c in report["rounds"]["short_lease"]["results"]["n2"]
-                     if c["module"] == "address" and c["args"]["addresses"]]
+                     if c["module"] == "node_lease"]
     assert 0 < addr["valid_life_time"] <= SHORT_LIFETIME
     assert_lifetime(addr["valid_life_time"], report["lease_end"] - short["read_at"],
                     report["lease_end"] - short_call["started_at"])

@@ -158,9 +158,10 @@ def ports_inventory(base):
     return inventory
 
 
-TUNNEL_CALLS = ("tunnel", "mapping_table")
-"""The calls that converge a host's tunnels: a node's dstm.orch.tunnel, the TEP's
-dstm.orch.mapping_table (its whole mapping table, the tunnels first)."""
+TUNNEL_CALLS = ("node_lease", "mapping_table")
+"""The calls that converge a host's tunnels: a node's dstm.orch.node_lease (its whole
+lease, the tunnel first), the TEP's dstm.orch.mapping_table (its whole mapping table,
+the tunnels first)."""
 
 
 def check_round(round_: dict) -> dict:
@@ -333,10 +334,11 @@ def test_drift_is_reported_in_check_mode_and_corrected(report):
         f"ip link add dstm0 type ip6tnl mode ipip6 local {NODE_IPV6['n1']} remote {TEP_IPV6} "
         f"dev eth0 encaplimit none hoplimit {NODE_HOP_LIMIT}",
         f"ip link set dstm0 mtu {NODE_MTU} up"]
-    assert node_call["diff"]["before"] == node_line(DRIFT_REMOTE, "4", DRIFT_HOP_LIMIT,
-                                                    DRIFT_MTU) + "\n"
-    assert node_call["diff"]["after"] == node_line(TEP_IPV6, "none", NODE_HOP_LIMIT,
-                                                   NODE_MTU) + "\n"
+    node_diff = node_call["diff"][0]  # node_lease: the tunnel's diff comes first
+    assert node_diff["before_header"] == "ip6tnl links dstm0*"
+    assert node_diff["before"] == node_line(DRIFT_REMOTE, "4", DRIFT_HOP_LIMIT,
+                                            DRIFT_MTU) + "\n"
+    assert node_diff["after"] == node_line(TEP_IPV6, "none", NODE_HOP_LIMIT, NODE_MTU) + "\n"
     tep_diff = tep_call["diff"][0]  # mapping_table: the tunnels' diff comes first
     assert tep_diff["before_header"] == "ip6tnl links d4o6-*"
     assert tep_line(DRIFT_MTU) in tep_diff["before"].splitlines()
@@ -344,9 +346,13 @@ def test_drift_is_reported_in_check_mode_and_corrected(report):
     # Check mode changed nothing: the real run still found the drift.
     fix = report["rounds"]["drift_fix"]["results"]
     assert [c["changed"] for c in fix[TEP]] == [True]
-    assert [(c["module"], c["changed"]) for c in fix["n1"]] == [
-        ("tunnel", True), ("address", False), ("address", True), ("sysctl", False),
-        ("nft", False), ("routes", True), ("routes", False)]
+    # The re-created tunnel took its address and routes along: put back in the same run.
+    ((node_fix,),) = [fix["n1"]]
+    assert (node_fix["module"], node_fix["changed"]) == ("node_lease", True)
+    assert [c.split(" valid_lft")[0] for c in node_fix["commands"][3:]] == [
+        f"ip -4 addr replace {SHARED}/32 dev dstm0 label dstm0",
+        f"ip -4 route replace unicast 0.0.0.0/0 dev dstm0 src {SHARED} metric 0 proto 211 "
+        "table main"]  # the role's default dstm_node_routes
     recheck = report["rounds"]["drift_recheck"]["results"]
     assert [(c["changed"], c["commands"]) for c in recheck[TEP] + recheck["n1"]] == [
         (False, []), (False, [])]

@@ -1,7 +1,8 @@
 """The checks of dstm.orch's preflight: role inputs and the host's devices, changing
 nothing. Each problem is a sentence naming the variable, its value and what is wrong.
 
-Shared by the modules dstm.orch.preflight and dstm.orch.mapping_table.
+Shared by the modules dstm.orch.preflight, dstm.orch.mapping_table and
+dstm.orch.node_lease.
 """
 
 from __future__ import annotations
@@ -30,6 +31,12 @@ OPTIONS = {
 }
 """The argument spec of the checks: the options of dstm.orch.preflight, and the
 suboptions of O(preflight) of dstm.orch.mapping_table."""
+
+
+def bare(address: object) -> str:
+    """Return ``address`` without its prefix length (``198.51.100.1`` of
+    ``198.51.100.1/32``); the role inputs may carry one or not."""
+    return str(address).split("/", maxsplit=1)[0]
 
 
 def host_problem(value: object, version: int) -> str | None:

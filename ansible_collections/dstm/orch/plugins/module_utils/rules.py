@@ -1,7 +1,8 @@
 """The policy routing rules of one rule protocol number: validation, the kernel's view
 and the plan.
 
-Shared by the modules dstm.orch.rules and dstm.orch.mapping_table. A rule is identified
+Shared by the modules dstm.orch.rules and dstm.orch.mapping_table; the port ranges a
+rule can match (:func:`rule_ranges`) also by dstm.orch.node_lease. A rule is identified
 by all of its fields (priority, destination, IP protocol, destination port range, table).
 """
 
@@ -26,6 +27,10 @@ IP_PROTOCOLS = {"6": "tcp", "17": "udp", "33": "dccp", "132": "sctp"}
 MANAGED_FIELDS = {"priority", "src", "dst", "dstlen", "ipproto", "dport", "dport_start",
                   "dport_end", "table", "protocol"}
 """The fields of ``ip -json rule show`` that a rule this module manages may carry."""
+
+
+RULE_PORTS = (1, 65534)
+"""The ports a rule's range can hold: the kernel refuses 0 and 65535 (fib rules)."""
 
 
 class RuleError(Exception):
@@ -234,3 +239,18 @@ def converge_rules(commands: Commands, *, family: str, protocol: int, priority: 
                        "rules": list(after),
                        "added": [" ".join(rule_args(wanted[k])) for k in plan.added],
                        "removed": [" ".join(rule_args(current[k])) for k in plan.removed]})
+
+
+def rule_ranges(port_set: dict) -> list[list[int]]:
+    """Return the ranges of ``port_set`` that rules can match, sorted and merged: each
+    limited to :data:`RULE_PORTS`, adjacent and overlapping ones joined."""
+    merged: list[list[int]] = []
+    for first, last in sorted((int(a), int(b)) for a, b in port_set.get("ranges") or []):
+        first, last = max(first, RULE_PORTS[0]), min(last, RULE_PORTS[1])
+        if first > last:
+            continue
+        if merged and merged[-1][1] + 1 >= first:
+            merged[-1][1] = max(merged[-1][1], last)
+        else:
+            merged.append([first, last])
+    return merged

@@ -58,14 +58,6 @@ options:
     description: The tunnels this module owns are the ip6tnl links whose name starts with this.
     type: str
     default: d4o6-
-  tunnel_mtu:
-    description: The tunnels' MTU, bytes of IPv4 packet; null leaves the kernel's value.
-    type: int
-    default: 1460
-  tunnel_hop_limit:
-    description: The hop limit of the tunnels' outer IPv6 header (RFC 2473 section 6.3).
-    type: int
-    default: 64
   pools:
     description: The IPv4 prefixes routed to this TEP; each gets a C(blackhole) route.
     type: list
@@ -168,6 +160,7 @@ options:
 extends_documentation_fragment:
   - dstm.orch.owned
   - dstm.orch.owned.protocol
+  - dstm.orch.tunnel
 """
 
 EXAMPLES = r"""
@@ -241,20 +234,16 @@ from ansible_collections.dstm.orch.plugins.module_utils.routes import (
     converge_routes,
     table_range,
 )
-from ansible_collections.dstm.orch.plugins.module_utils.rules import RuleError, converge_rules
+from ansible_collections.dstm.orch.plugins.module_utils.rules import (
+    RuleError,
+    converge_rules,
+    rule_ranges,
+)
 from ansible_collections.dstm.orch.plugins.module_utils.tunnels import converge_tunnels
-
-RULE_PORTS = (1, 65534)
-"""The ports a rule's range can hold: the kernel refuses 0 and 65535 (fib rules)."""
 
 
 class BindingError(Exception):
     """A binding lacks what its driver needs; the message names the binding and field."""
-
-
-def _host(address: object) -> str:
-    """The bare address of ``address`` (``198.51.100.1`` of ``198.51.100.1/32``)."""
-    return str(address).split("/", maxsplit=1)[0]
 
 
 def tunnel_name(prefix: str, node_ipv6: str) -> str:
@@ -297,21 +286,6 @@ def next_hops(params: dict) -> dict[str, dict]:
     return hops
 
 
-def rule_ranges(port_set: dict) -> list[list[int]]:
-    """Return the ranges of ``port_set`` that rules can match, sorted and merged: each
-    limited to :data:`RULE_PORTS`, adjacent and overlapping ones joined."""
-    merged: list[list[int]] = []
-    for first, last in sorted((int(a), int(b)) for a, b in port_set.get("ranges") or []):
-        first, last = max(first, RULE_PORTS[0]), min(last, RULE_PORTS[1])
-        if first > last:
-            continue
-        if merged and merged[-1][1] + 1 >= first:
-            merged[-1][1] = max(merged[-1][1], last)
-        else:
-            merged.append([first, last])
-    return merged
-
-
 def wanted_entries(params: dict) -> dict:
     """Return the four owned sets a present TEP's bindings want: ``tunnels`` (options
     of dstm.orch.tunnel), ``port_routes`` and ``routes`` (O(routes) of dstm.orch.routes)
@@ -333,11 +307,11 @@ def wanted_entries(params: dict) -> dict:
         for binding in params["bindings"]:
             wanted["tunnels"].append({
                 "name": tunnel_name(params["tunnel_prefix"], binding["node_ipv6"]),
-                "mode": "ipip6", "local": _host(params["tep_ipv6"]),
+                "mode": "ipip6", "local": checks.bare(params["tep_ipv6"]),
                 "remote": binding["node_ipv6"]})
     wanted["routes"] = [{"dst": pool, "type": "blackhole"} for pool in params["pools"]]
     for binding in params["bindings"]:
-        ipv4, hop = _host(binding["ipv4"]), hops[binding["node"]]
+        ipv4, hop = checks.bare(binding["ipv4"]), hops[binding["node"]]
         if not isinstance(binding.get("port_set"), dict):
             wanted["routes"].append({"dst": f"{ipv4}/32", **hop})
             continue

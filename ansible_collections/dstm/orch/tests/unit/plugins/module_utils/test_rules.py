@@ -9,6 +9,7 @@ from ansible_collections.dstm.orch.plugins.module_utils.rules import (
     RuleError,
     canonical_kernel,
     plan_rules,
+    rule_ranges,
     wanted_rules,
 )
 
@@ -46,3 +47,10 @@ def test_rules_with_unmanaged_selectors_are_refused():
     with pytest.raises(RuleError, match=r"does not manage \(fwmark\)"):
         canonical_kernel("ipv4", {"priority": 2110, "src": "all", "fwmark": "0x10",
                                   "table": "7", "protocol": "211"})
+
+
+def test_rule_ranges_are_sorted_merged_and_kept_within_1_to_65534():
+    # RFC 7597 section 5.1, a=6, k=2, PSID 0: A=1 -> 1024-1279 and A=2 -> 2048-2303;
+    # adjacent and overlapping runs merge, port 0 and 65535 are left out.
+    port_set = {"ranges": [[2048, 2303], [1024, 1279], [1280, 1300], [0, 10], [65535, 65535]]}
+    assert rule_ranges(port_set) == [[1, 10], [1024, 1300], [2048, 2303]]

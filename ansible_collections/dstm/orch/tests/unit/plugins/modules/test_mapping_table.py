@@ -6,7 +6,6 @@ import pytest
 
 from ansible_collections.dstm.orch.plugins.modules.mapping_table import (
     BindingError,
-    rule_ranges,
     wanted_entries,
 )
 
@@ -16,13 +15,6 @@ PARAMS = {"state": "present", "driver": "seg6", "tep_ipv6": "2001:db8:200::a/64"
           "bindings": [{"node": "n1", "ipv4": "198.51.100.1/32", "node_ipv6": "2001:db8:100::11",
                         "node_decap_ipv6": "2001:db8:201::11", "port_set": None,
                         "roaming": False}]}
-
-
-def test_rule_ranges_are_sorted_merged_and_kept_within_1_to_65534():
-    # RFC 7597 section 5.1, a=6, k=2, PSID 0: A=1 -> 1024-1279 and A=2 -> 2048-2303;
-    # adjacent and overlapping runs merge, port 0 and 65535 are left out.
-    port_set = {"ranges": [[2048, 2303], [1024, 1279], [1280, 1300], [0, 10], [65535, 65535]]}
-    assert rule_ranges(port_set) == [[1, 10], [1024, 1300], [2048, 2303]]
 
 
 def test_a_present_seg6_tep_wants_its_pool_blackhole_and_one_route_per_binding():

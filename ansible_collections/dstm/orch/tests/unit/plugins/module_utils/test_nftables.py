@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from ansible_collections.dstm.orch.plugins.modules.nft import (
+from ansible_collections.dstm.orch.plugins.module_utils.nftables import (
     NftError,
     canonical_rule,
     canonical_wanted,

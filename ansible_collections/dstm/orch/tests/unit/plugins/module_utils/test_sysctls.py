@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from ansible_collections.dstm.orch.plugins.modules.sysctl import normalise, sysctl_path
+from ansible_collections.dstm.orch.plugins.module_utils.sysctls import normalise, sysctl_path
 
 
 def test_names_map_to_proc_sys():

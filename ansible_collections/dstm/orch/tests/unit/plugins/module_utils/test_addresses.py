@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from ansible_collections.dstm.orch.plugins.modules.address import (
+from ansible_collections.dstm.orch.plugins.module_utils.addresses import (
     plan_addresses,
     wanted_addresses,
 )
