@@ -59,6 +59,7 @@ import psycopg_pool
 from psycopg import errors as pgerrors
 
 from dstm_orch.domain.errors import StoreError
+from dstm_orch.domain.model import WHOLE, Layout
 from dstm_orch.store.connection import (
     LeaseStore,
     Transaction,
@@ -88,23 +89,28 @@ def redact(url: str) -> str:
 
 
 @functools.lru_cache(maxsize=512)
-def _translate(sql: str) -> tuple[str, bool, bool]:
+def _translate(sql: str) -> tuple[str, bool, bool, str | None]:
     """SQLite's SQL of the shared query mixins in PostgreSQL's: ``?`` -> ``%s``, no
     ``INDEXED BY`` hints (PostgreSQL's planner picks the partial indexes itself), ``JOIN``
     for ``CROSS JOIN ... ON``, ``RETURNING id`` after an INSERT (``lastrowid``).
 
     Returns:
         (sql, returns an id, needs a savepoint: a write whose refusal the allocator
-        catches and goes on from, which PostgreSQL allows only after a savepoint).
+        catches and goes on from, which PostgreSQL allows only after a savepoint, and
+        for a new lease the same INSERT with ``ON CONFLICT DO NOTHING``: tried first,
+        without the savepoint, see :meth:`_Connection.execute`; else None).
     """
     text = re.sub(r"\s+INDEXED BY \w+", "", sql).replace("CROSS JOIN", "JOIN")
     text = text.replace("%", "%%").replace("?", "%s")
     stripped = text.lstrip().upper()
     returning = stripped.startswith("INSERT") and "RETURNING" not in stripped
+    fast = None
     if returning:
+        if stripped.startswith("INSERT INTO LEASES "):
+            fast = text + " ON CONFLICT DO NOTHING RETURNING id"
         text += " RETURNING id"
     guarded = stripped.startswith(("INSERT INTO LEASES ", "UPDATE LEASES SET NODE_IPV6"))
-    return text, returning, guarded
+    return text, returning, guarded, fast
 
 
 class _Cursor:
@@ -136,9 +142,19 @@ class _Connection:
         self._conn = conn
 
     def execute(self, sql: str, args: tuple | list = ()) -> _Cursor:
-        text, returning, guarded = _translate(sql)
+        text, returning, guarded, fast = _translate(sql)
         cursor = self._conn.cursor()
         try:
+            if fast is not None:
+                # A new lease: first without a savepoint (two round trips fewer), every
+                # unique index and the exclusion constraint its arbiters: a row one of
+                # them refuses is not written and the statement does not fail. Only
+                # then is it written again in a savepoint, for PostgreSQL's refusal
+                # (or the row, if the lease in its way has ended since).
+                cursor.execute(fast, args)
+                row = cursor.fetchone()
+                if row is not None:
+                    return _Cursor(cursor, row[0])
             if guarded:
                 with self._conn.transaction():  # a savepoint
                     cursor.execute(text, args)
@@ -147,6 +163,124 @@ class _Connection:
         except psycopg.errors.IntegrityError as exc:
             raise ConstraintError(_refusal_text(exc)) from exc
         return _Cursor(cursor, cursor.fetchone()[0] if returning else None)
+
+    def query(self, sql: str, args: dict[str, Any]) -> psycopg.Cursor:
+        """Run PostgreSQL's own SQL (``%(name)s`` parameters), untranslated."""
+        return self._conn.execute(sql, args)
+
+
+_NO_EVENT = 1 << 62
+"""An event id above every real one: a skip-mark check with it finds nothing."""
+
+_RUN = """
+WITH s AS MATERIALIZED (
+    SELECT CASE WHEN %(upto)s::bigint > %(first)s::bigint AND (
+        SELECT e.id FROM lease_events AS e
+        WHERE e.id > %(event)s AND e.event IN ('revoke', 'expire')
+          AND (SELECT l.ipv4 FROM leases AS l WHERE l.id = e.lease_id)
+              BETWEEN %(first)s AND %(upto)s::bigint - 1
+        ORDER BY e.id LIMIT 1) IS NOT NULL
+    THEN %(first)s::bigint ELSE least(%(upto)s::bigint, %(last)s::bigint + 1) END AS s
+), low AS MATERIALIZED (
+    SELECT least(%(last)s::bigint + 1, coalesce(
+        (SELECT r.n + (SELECT s FROM s) - 1 FROM (
+            SELECT a.ipv4, row_number() OVER (ORDER BY a.ipv4) AS n
+            FROM leases AS a WHERE a.state = 'active' AND a.psid_offset = %(offset)s
+              AND a.psid_len = %(length)s AND a.psid = %(psid)s
+              AND a.ipv4 BETWEEN (SELECT s FROM s) AND %(last)s
+        ) AS r WHERE r.ipv4 <> r.n + (SELECT s FROM s) - 1 ORDER BY r.ipv4 LIMIT 1),
+        (SELECT max(a.ipv4) + 1 FROM leases AS a WHERE a.state = 'active'
+           AND a.psid_offset = %(offset)s AND a.psid_len = %(length)s AND a.psid = %(psid)s
+           AND a.ipv4 BETWEEN (SELECT s FROM s) AND %(last)s),
+        (SELECT s FROM s))) AS low
+)
+SELECT low.low,
+    (SELECT min(a.ipv4) FROM leases AS a WHERE a.state = 'active'
+       AND a.psid_offset = %(offset)s AND a.psid_len = %(length)s AND a.psid = %(psid)s
+       AND a.ipv4 BETWEEN low.low + 1 AND %(last)s),
+    (SELECT coalesce(max(id), 0) FROM lease_events)
+FROM low
+"""
+"""One run of addresses without an active lease of a layout and PSID, in one statement
+(:meth:`_PgTransaction.unleased_runs`): ``s`` is where the search starts (after the
+skip mark unless a revoke or expire event since touched its range), ``low`` the first
+address from there with no lease (the first row whose address is not its rank after
+``s``: one ordered pass over the index entries of the full run, stopped at its end),
+then the next leased address after it and the newest event id.
+Columns: (first address with room or last + 1, next leased address or NULL, event id)."""
+
+_LAYOUTS = """
+WITH RECURSIVE layouts (o, l) AS (
+    (SELECT psid_offset, psid_len FROM leases WHERE state = 'active'
+     ORDER BY psid_offset, psid_len LIMIT 1)
+  UNION ALL
+    SELECT n.psid_offset, n.psid_len FROM layouts AS y, LATERAL (
+        SELECT psid_offset, psid_len FROM leases WHERE state = 'active'
+          AND (psid_offset, psid_len) > (y.o, y.l)
+        ORDER BY psid_offset, psid_len LIMIT 1) AS n
+)
+SELECT ARRAY(SELECT a.ipv4 FROM leases AS a WHERE a.state = 'active'
+               AND a.psid_offset = y.o AND a.psid_len = y.l
+               AND a.ipv4 BETWEEN %(first)s AND %(last)s
+             ORDER BY a.psid_offset, a.psid_len, a.ipv4)
+FROM layouts AS y WHERE (y.o, y.l) <> (%(offset)s, %(length)s)
+"""
+"""The addresses in a range that active leases of other layouts hold, in one statement
+(:meth:`_PgTransaction.layout_conflicts`): the layouts in use by a loose index scan
+(one seek each), then each other layout's leases in the range (one array a layout)."""
+
+
+class _PgTransaction(Transaction):
+    """The allocator's queries and writes on PostgreSQL (``Transaction``), the
+    allocation index's walks in fewer round trips: each is one statement where the
+    SQLite store issues several (each a round trip here; in SQLite, a function call).
+    Same answers, same skip marks (:mod:`dstm_orch.store.index`)."""
+
+    _db: _Connection  # type: ignore[assignment]
+
+    def first_unleased(
+        self, first: int, last: int, layout: Layout = WHOLE, psid: int | None = 0
+    ) -> int:
+        """See :meth:`AllocationIndex.first_unleased`; one statement for one PSID (a
+        whole address, or ``spread`` order), the galloping counts for any PSID."""
+        if psid is None:
+            return super().first_unleased(first, last, layout, psid)
+        return self._run(first, last, layout, psid)[0]
+
+    def unleased_runs(
+        self, first: int, last: int, layout: Layout = WHOLE, psid: int = 0
+    ) -> Iterator[tuple[int, int]]:
+        """See :meth:`AllocationIndex.unleased_runs`; one statement a run."""
+        current = first
+        while current <= last:
+            start, following = self._run(current, last, layout, psid)
+            if start > last:
+                return
+            stop = last if following is None else following - 1
+            yield start, stop
+            current = stop + 1
+
+    def _run(self, first: int, last: int, layout: Layout, psid: int) -> tuple[int, int | None]:
+        """(first address in ``[first, last]`` with no active lease of ``layout`` and
+        ``psid`` or ``last + 1``, the next leased address after it or None), by
+        :data:`_RUN`; records the skip mark as ``first_unleased`` does."""
+        key = (first, tuple(layout), psid)
+        mark = self._marks.get(key)  # type: ignore[call-overload]
+        upto, event = ((first, _NO_EVENT) if mark is None or mark.upto <= first
+                       else (mark.upto, mark.event_id))
+        low, following, newest = self._db.query(_RUN, {
+            "first": first, "last": last, "upto": upto, "event": event,
+            "offset": layout[0], "length": layout[1], "psid": psid}).fetchone()
+        self.new_marks[key] = _Mark(low, newest)  # type: ignore[index]
+        return low, following
+
+    def layout_conflicts(self, first: int, last: int, layout: Layout) -> list[int]:
+        """See :meth:`AllocationIndex.layout_conflicts`; one statement."""
+        found: set[int] = set()
+        for (addresses,) in self._db.query(_LAYOUTS, {
+                "first": first, "last": last, "offset": layout[0], "length": layout[1]}):
+            found.update(addresses)
+        return sorted(found)
 
 
 _UNIQUE = {
@@ -378,8 +512,8 @@ class PgLeaseStore(LeaseStore):
             raise StoreError(f"lease store {self.path}: {group.broken}; the group's "
                              "transaction is lost")
         conn = group.conn
-        transaction = Transaction(_Connection(conn),  # type: ignore[arg-type]
-                                  ChainMap(group.marks, self._marks))  # type: ignore[arg-type]
+        transaction = _PgTransaction(_Connection(conn),  # type: ignore[arg-type]
+                                     ChainMap(group.marks, self._marks))  # type: ignore[arg-type]
         if not write:
             yield transaction
             return
@@ -516,7 +650,7 @@ class PgLeaseStore(LeaseStore):
                 yield transaction
             return
         conn = self._begin(write)
-        transaction = Transaction(_Connection(conn), self._marks)  # type: ignore[arg-type]
+        transaction = _PgTransaction(_Connection(conn), self._marks)  # type: ignore[arg-type]
         try:
             try:
                 yield transaction
