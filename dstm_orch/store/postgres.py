@@ -60,6 +60,7 @@ from psycopg import errors as pgerrors
 
 from dstm_orch.domain.errors import StoreError
 from dstm_orch.domain.model import WHOLE, Layout
+from dstm_orch.domain.portset import usable_psids
 from dstm_orch.store.connection import (
     LeaseStore,
     Transaction,
@@ -140,9 +141,12 @@ class _Connection:
 
     def __init__(self, conn: psycopg.Connection):
         self._conn = conn
+        self.statements = 0
+        """Statements run so far: what one of them read holds until the next."""
 
     def execute(self, sql: str, args: tuple | list = ()) -> _Cursor:
         text, returning, guarded, fast = _translate(sql)
+        self.statements += 1
         cursor = self._conn.cursor()
         try:
             if fast is not None:
@@ -166,13 +170,14 @@ class _Connection:
 
     def query(self, sql: str, args: dict[str, Any]) -> psycopg.Cursor:
         """Run PostgreSQL's own SQL (``%(name)s`` parameters), untranslated."""
+        self.statements += 1
         return self._conn.execute(sql, args)
 
 
 _NO_EVENT = 1 << 62
 """An event id above every real one: a skip-mark check with it finds nothing."""
 
-_RUN = """
+_START = """
 WITH s AS MATERIALIZED (
     SELECT CASE WHEN %(upto)s::bigint > %(first)s::bigint AND (
         SELECT e.id FROM lease_events AS e
@@ -181,7 +186,14 @@ WITH s AS MATERIALIZED (
               BETWEEN %(first)s AND %(upto)s::bigint - 1
         ORDER BY e.id LIMIT 1) IS NOT NULL
     THEN %(first)s::bigint ELSE least(%(upto)s::bigint, %(last)s::bigint + 1) END AS s
-), low AS MATERIALIZED (
+)"""
+"""Where a search from ``first`` starts: ``upto`` (the skip mark's end, at most
+``last + 1``) unless a revoke or expire event after the mark's event touched
+``[first, upto)``; ``first`` without a mark (``upto`` = ``first``). The events after
+the mark are read by id, each lease by its key: a plan that does not depend on
+statistics (the statement is prepared once, planned generically)."""
+
+_RUN = _START + """, low AS MATERIALIZED (
     SELECT least(%(last)s::bigint + 1, coalesce(
         (SELECT r.n + (SELECT s FROM s) - 1 FROM (
             SELECT a.ipv4, row_number() OVER (ORDER BY a.ipv4) AS n
@@ -208,6 +220,22 @@ address from there with no lease (the first row whose address is not its rank af
 ``s``: one ordered pass over the index entries of the full run, stopped at its end),
 then the next leased address after it and the newest event id.
 Columns: (first address with room or last + 1, next leased address or NULL, event id)."""
+
+_PACK = _START + """
+SELECT s.s,
+    (SELECT count(*) FROM leases AS a WHERE a.state = 'active'
+       AND a.psid_offset = %(offset)s AND a.psid_len = %(length)s AND a.ipv4 = s.s
+       AND a.psid BETWEEN %(usable)s AND %(top)s),
+    (SELECT coalesce(max(id), 0) FROM lease_events),
+    ARRAY(SELECT ARRAY[a.psid_offset, a.psid_len, a.psid] FROM leases AS a
+          WHERE a.state = 'active' AND a.ipv4 = s.s ORDER BY a.psid)
+FROM s
+"""
+"""The address a ``pack`` walk resumes from, in one statement
+(:meth:`_PgTransaction.first_unleased` with any PSID): where the search starts
+(:data:`_START`), its active leases of the layout's usable PSIDs (it has room below
+the capacity), the newest event id, and (offset, length, PSID) of every active lease
+on it (``active_psids``, asked next)."""
 
 _LAYOUTS = """
 WITH RECURSIVE layouts (o, l) AS (
@@ -237,6 +265,9 @@ class _PgTransaction(Transaction):
     Same answers, same skip marks (:mod:`dstm_orch.store.index`)."""
 
     _db: _Connection  # type: ignore[assignment]
+    _psids: tuple[int, int, list[tuple[Layout, int]]] | None = None
+    """(address, statement count then, its active leases' layouts and PSIDs): what
+    the ``pack`` walk's statement read, good until the next statement."""
 
     def first_unleased(
         self, first: int, last: int, layout: Layout = WHOLE, psid: int | None = 0
@@ -244,8 +275,59 @@ class _PgTransaction(Transaction):
         """See :meth:`AllocationIndex.first_unleased`; one statement for one PSID (a
         whole address, or ``spread`` order), the galloping counts for any PSID."""
         if psid is None:
-            return super().first_unleased(first, last, layout, psid)
+            return self._pack(first, last, layout)
         return self._run(first, last, layout, psid)[0]
+
+    def active_psids(self, ipv4: int) -> list[tuple[Layout, int]]:
+        """See :meth:`AllocationIndex.active_psids`; no statement when the ``pack``
+        walk's statement just read them."""
+        seen = self._psids
+        if seen is not None and seen[0] == ipv4 and seen[1] == self._db.statements:
+            return seen[2]
+        return super().active_psids(ipv4)
+
+    def _pack(self, first: int, last: int, layout: Layout) -> int:
+        """``first_unleased`` for any usable PSID of ``layout``: one statement (:data:`_PACK`)
+        when the address after the skip mark has room, as it has but every 2^k
+        allocations; else the galloping counts from the next address on."""
+        key = (first, tuple(layout), None)
+        mark = self._marks.get(key)  # type: ignore[call-overload]
+        upto, event = ((first, _NO_EVENT) if mark is None or mark.upto <= first
+                       else (mark.upto, mark.event_id))
+        usable = usable_psids(*layout)
+        start, count, newest, leases = self._db.query(_PACK, {
+            "first": first, "last": last, "upto": upto, "event": event,
+            "offset": layout[0], "length": layout[1],
+            "usable": usable.start, "top": usable.stop - 1}).fetchone()
+        self._psids = (start, self._db.statements,
+                       [((offset, length), psid) for offset, length, psid in leases])
+        low = start
+        if start <= last and count >= len(usable):
+            low = self._gallop(start + 1, last, layout, len(usable))
+        low = min(low, last + 1)
+        # The newest event was read before the counts: a lease ended after it is
+        # still seen by the next mark check.
+        self.new_marks[key] = _Mark(low, newest)  # type: ignore[index]
+        return low
+
+    def _gallop(self, low: int, last: int, layout: Layout, capacity: int) -> int:
+        """The lowest address from ``low`` with fewer than ``capacity`` active leases of
+        ``layout``'s usable PSIDs, or ``last + 1``: the galloping search of
+        :meth:`AllocationIndex.first_unleased`, without its skip marks."""
+        span = 1
+        while low <= last:
+            high = min(low + span - 1, last)
+            if self.count_active(low, high, layout, None) < (high - low + 1) * capacity:
+                while low < high:
+                    middle = (low + high) // 2
+                    if self.count_active(low, middle, layout, None) == (
+                            middle - low + 1) * capacity:
+                        low = middle + 1
+                    else:
+                        high = middle
+                return low
+            low, span = high + 1, span * 2
+        return last + 1
 
     def unleased_runs(
         self, first: int, last: int, layout: Layout = WHOLE, psid: int = 0
