@@ -68,7 +68,7 @@ from dstm_orch.store.connection import (
     TransientStoreError,
 )
 from dstm_orch.store.identity import SCHEMA_VERSION
-from dstm_orch.store.index import _Mark, _MarkKey
+from dstm_orch.store.index import Slot, _Mark, _MarkKey
 from dstm_orch.store.leases import ConstraintError
 from dstm_orch.store.migrations import APPLICATION_ID, LAYOUT_CONFLICT
 from dstm_orch.store.pg_migrations import PG_META, PG_MIGRATIONS
@@ -237,7 +237,7 @@ FROM s
 the capacity), the newest event id, and (offset, length, PSID) of every active lease
 on it (``active_psids``, asked next)."""
 
-_LAYOUTS = """
+_IN_USE = """
 WITH RECURSIVE layouts (o, l) AS (
     (SELECT psid_offset, psid_len FROM leases WHERE state = 'active'
      ORDER BY psid_offset, psid_len LIMIT 1)
@@ -246,7 +246,10 @@ WITH RECURSIVE layouts (o, l) AS (
         SELECT psid_offset, psid_len FROM leases WHERE state = 'active'
           AND (psid_offset, psid_len) > (y.o, y.l)
         ORDER BY psid_offset, psid_len LIMIT 1) AS n
-)
+)"""
+"""The layouts of the active leases, by a loose index scan: one index seek a layout."""
+
+_LAYOUTS = _IN_USE + """
 SELECT ARRAY(SELECT a.ipv4 FROM leases AS a WHERE a.state = 'active'
                AND a.psid_offset = y.o AND a.psid_len = y.l
                AND a.ipv4 BETWEEN %(first)s AND %(last)s
@@ -256,6 +259,18 @@ FROM layouts AS y WHERE (y.o, y.l) <> (%(offset)s, %(length)s)
 """The addresses in a range that active leases of other layouts hold, in one statement
 (:meth:`_PgTransaction.layout_conflicts`): the layouts in use by a loose index scan
 (one seek each), then each other layout's leases in the range (one array a layout)."""
+
+
+_HELD = """
+SELECT ARRAY(SELECT ARRAY[d.ipv4, d.psid_offset, d.psid_len, d.psid] FROM (
+                 SELECT DISTINCT ipv4, psid_offset, psid_len, psid FROM leases
+                 WHERE ended_at > %(since)s AND ipv4 BETWEEN %(first)s AND %(last)s) AS d
+             ORDER BY d.ipv4, d.psid),
+       ARRAY(""" + _IN_USE + """ SELECT ARRAY[o, l] FROM layouts)
+"""
+"""The slots in a range of leases ended after ``since`` (``held_slots``), and the
+layouts in use (so that ``layout_conflicts``, asked next, needs no statement when the
+pool's layout is the only one), in one statement."""
 
 
 class _PgTransaction(Transaction):
@@ -268,6 +283,9 @@ class _PgTransaction(Transaction):
     _psids: tuple[int, int, list[tuple[Layout, int]]] | None = None
     """(address, statement count then, its active leases' layouts and PSIDs): what
     the ``pack`` walk's statement read, good until the next statement."""
+    _layouts: tuple[int, int, int, set[Layout]] | None = None
+    """(first, last, statement count then, the layouts in use): what :meth:`held_slots`
+    read, good until the next statement."""
 
     def first_unleased(
         self, first: int, last: int, layout: Layout = WHOLE, psid: int | None = 0
@@ -356,8 +374,22 @@ class _PgTransaction(Transaction):
         self.new_marks[key] = _Mark(low, newest)  # type: ignore[index]
         return low, following
 
+    def held_slots(self, first: int, last: int, since: int) -> list[Slot]:
+        """See :meth:`AllocationIndex.held_slots`; the same statement reads the layouts
+        in use for :meth:`layout_conflicts`."""
+        held, layouts = self._db.query(_HELD, {"first": first, "last": last,
+                                               "since": since}).fetchone()
+        self._layouts = (first, last, self._db.statements,
+                         {(offset, length) for offset, length in layouts})
+        return [Slot(ipv4, (offset, length), psid) for ipv4, offset, length, psid in held]
+
     def layout_conflicts(self, first: int, last: int, layout: Layout) -> list[int]:
-        """See :meth:`AllocationIndex.layout_conflicts`; one statement."""
+        """See :meth:`AllocationIndex.layout_conflicts`; one statement, none when
+        :meth:`held_slots` of the same range just found no other layout in use."""
+        seen = self._layouts
+        if (seen is not None and seen[:3] == (first, last, self._db.statements)
+                and seen[3] <= {tuple(layout)}):
+            return []
         found: set[int] = set()
         for (addresses,) in self._db.query(_LAYOUTS, {
                 "first": first, "last": last, "offset": layout[0], "length": layout[1]}):
