@@ -182,6 +182,30 @@ def round_trips(conn: psycopg.Connection, run) -> int:
                    if line.startswith("F") and line.split("\t")[2] in ("Sync", "Query"))
 
 
+def test_a_write_in_a_group_that_ran_no_statement_undoes_nothing(pg_url):
+    """A group's write sends its savepoint with its first statement: a write that raised
+    before any statement has nothing to undo (the write before it stays), one that ran
+    none leaves the savepoint of the one before as it was, and a refused one is undone
+    alone."""
+    with open_store(pg_url) as store:
+        with store.group():
+            with store.write() as tx:
+                tx.insert(**lease("n1", "192.0.2.1"))
+            with pytest.raises(StoreError, match="before any statement"), store.write():
+                raise StoreError("the write fails before any statement")
+            with store.write():
+                pass
+            with pytest.raises(AddressTakenError), store.write() as tx:
+                tx.insert(**lease("n2", "192.0.2.1"))
+            with pytest.raises(RuntimeError), store.write() as tx:
+                tx.insert(**lease("n3", "192.0.2.3"))
+                raise RuntimeError("the write fails after its insert")
+            with store.write() as tx:
+                tx.insert(**lease("n4", "192.0.2.4"))
+        assert [(x.node, str(x.ipv4)) for x in store.leases(include_history=True)] == [
+            ("n1", "192.0.2.1"), ("n4", "192.0.2.4")]
+
+
 @pytest.mark.parametrize("psid_len", [0, 6])
 def test_a_new_lease_takes_six_round_trips(pg_url, psid_len):
     """Hand-counted, for a whole address and for a port set (k = 6, pack order): BEGIN
@@ -209,4 +233,12 @@ def test_a_new_lease_takes_six_round_trips(pg_url, psid_len):
             pass
         counts = [round_trips(conn, lambda i=i: allocator.allocate_node(node(i), lifetime=600))
                   for i in range(8, 11)]
+        # In a group (serve's writer): no BEGIN, no COMMIT, the savepoint sent with the
+        # first statement.
+        with store.group():
+            for index in range(11, 19):
+                allocator.allocate_node(node(index), lifetime=600)
+            grouped = [round_trips(conn, lambda i=i: allocator.allocate_node(
+                node(i), lifetime=600)) for i in range(19, 22)]
     assert counts == [6, 6, 6]
+    assert grouped == [4, 4, 4]

@@ -143,10 +143,25 @@ class _Connection:
         self._conn = conn
         self.statements = 0
         """Statements run so far: what one of them read holds until the next."""
+        self.prefix: tuple[str, ...] = ()
+        """Statements to send before the next one, in its round trip (a group's
+        savepoint, :meth:`PgLeaseStore._in_group`); emptied once sent."""
+
+    def _send(self, cursor: psycopg.Cursor, sql: str, args: Any) -> None:
+        """Run one statement on ``cursor``, after :attr:`prefix` if any: all of them in
+        one round trip (pipeline mode; a failure skips the statements after it)."""
+        self.statements += 1
+        if not self.prefix:
+            cursor.execute(sql, args)
+            return
+        prefix, self.prefix = self.prefix, ()
+        with self._conn.pipeline():
+            for statement in prefix:
+                self._conn.execute(statement)
+            cursor.execute(sql, args)
 
     def execute(self, sql: str, args: tuple | list = ()) -> _Cursor:
         text, returning, guarded, fast = _translate(sql)
-        self.statements += 1
         cursor = self._conn.cursor()
         try:
             if fast is not None:
@@ -155,23 +170,28 @@ class _Connection:
                 # them refuses is not written and the statement does not fail. Only
                 # then is it written again in a savepoint, for PostgreSQL's refusal
                 # (or the row, if the lease in its way has ended since).
-                cursor.execute(fast, args)
+                self._send(cursor, fast, args)
                 row = cursor.fetchone()
                 if row is not None:
                     return _Cursor(cursor, row[0])
             if guarded:
+                if self.prefix:  # the group's savepoint first, then this one's
+                    prefix, self.prefix = self.prefix, ()
+                    self._conn.execute("; ".join(prefix))
+                self.statements += 1
                 with self._conn.transaction():  # a savepoint
                     cursor.execute(text, args)
             else:
-                cursor.execute(text, args)
+                self._send(cursor, text, args)
         except psycopg.errors.IntegrityError as exc:
             raise ConstraintError(_refusal_text(exc)) from exc
         return _Cursor(cursor, cursor.fetchone()[0] if returning else None)
 
     def query(self, sql: str, args: dict[str, Any]) -> psycopg.Cursor:
         """Run PostgreSQL's own SQL (``%(name)s`` parameters), untranslated."""
-        self.statements += 1
-        return self._conn.execute(sql, args)
+        cursor = self._conn.cursor()
+        self._send(cursor, sql, args)
+        return cursor
 
 
 _NO_EVENT = 1 << 62
@@ -614,24 +634,27 @@ class PgLeaseStore(LeaseStore):
         read. Skip marks a write finds stay in the group until it commits.
 
         Round trips are what a group costs on PostgreSQL, so a write's SAVEPOINT is
-        released only when the next write starts, in the same round trip (``RELEASE
-        SAVEPOINT dstm_op; SAVEPOINT dstm_op``; COMMIT releases the last), and a write
-        inside another (the allocator's, inside the writer's) takes no savepoint of its
-        own: it is part of the outer one. If it raises and the outer block goes on
-        regardless, the outer write is rolled back when it ends and raises
-        ``StoreError``, so nothing of a failed write survives."""
+        sent with its first statement, in the same round trip (pipeline mode), and not
+        at all by a write that runs none; the last write's savepoint is released only
+        then, too (``RELEASE SAVEPOINT dstm_op``, ``SAVEPOINT dstm_op``; COMMIT releases
+        the last). A write inside another (the allocator's, inside the writer's), and a
+        read inside a write, run on the outer write's connection and take no savepoint
+        of their own: they are part of the outer one. If the inner write raises and the
+        outer block goes on regardless, the outer write is rolled back when it ends and
+        raises ``StoreError``, so nothing of a failed write survives."""
         if group.transient is not None:
             raise self._doomed(group.transient)
         if group.broken is not None:
             raise StoreError(f"lease store {self.path}: {group.broken}; the group's "
                              "transaction is lost")
         conn = group.conn
-        transaction = _PgTransaction(_Connection(conn),  # type: ignore[arg-type]
+        outer = group.operation
+        db = _Connection(conn) if outer is None else outer._db  # type: ignore[attr-defined]
+        transaction = _PgTransaction(db,  # type: ignore[arg-type]
                                      ChainMap(group.marks, self._marks))  # type: ignore[arg-type]
         if not write:
             yield transaction
             return
-        outer = group.operation
         if outer is not None:
             transaction.new_marks = outer.new_marks  # kept or dropped with the outer write
             try:
@@ -646,37 +669,34 @@ class PgLeaseStore(LeaseStore):
                 raise
             return
         group.operation, group.spoiled = transaction, False
+        db.prefix = ((f"RELEASE SAVEPOINT {_SAVEPOINT}", f"SAVEPOINT {_SAVEPOINT}")
+                     if group.unreleased else (f"SAVEPOINT {_SAVEPOINT}",))
         try:
-            conn.execute(f"RELEASE SAVEPOINT {_SAVEPOINT}; SAVEPOINT {_SAVEPOINT}"
-                         if group.unreleased else f"SAVEPOINT {_SAVEPOINT}")
-            group.unreleased = True
-            try:
-                yield transaction
-                if group.spoiled:
-                    raise StoreError(f"lease store {self.path}: a write inside this one "
-                                     "failed; both are undone")
-            except BaseException as exc:
-                if isinstance(exc, _TRANSIENT):
-                    group.transient = exc
-                    raise self._doomed(exc) from exc
-                if group.transient is None:
-                    try:
-                        conn.execute(f"ROLLBACK TO SAVEPOINT {_SAVEPOINT};"
-                                     f" RELEASE SAVEPOINT {_SAVEPOINT}")
-                        group.unreleased = False
-                    except psycopg.Error as lost:
-                        group.broken = lost
-                if isinstance(exc, (psycopg.Error, ConstraintError)):
-                    raise StoreError(f"lease store {self.path}: {exc}") from exc
-                raise
-        except _TRANSIENT as exc:
-            group.transient = exc
-            raise self._doomed(exc) from exc
-        except psycopg.Error as exc:
-            group.broken = exc
-            raise StoreError(f"lease store {self.path}: {exc}") from exc
+            yield transaction
+            if group.spoiled:
+                raise StoreError(f"lease store {self.path}: a write inside this one "
+                                 "failed; both are undone")
+        except BaseException as exc:
+            sent = not db.prefix  # else it ran no statement: nothing to undo
+            db.prefix = ()
+            if isinstance(exc, _TRANSIENT):
+                group.transient = exc
+                raise self._doomed(exc) from exc
+            if group.transient is None and sent:
+                try:
+                    conn.execute(f"ROLLBACK TO SAVEPOINT {_SAVEPOINT};"
+                                 f" RELEASE SAVEPOINT {_SAVEPOINT}")
+                    group.unreleased = False
+                except psycopg.Error as lost:
+                    group.broken = lost
+            if isinstance(exc, (psycopg.Error, ConstraintError)):
+                raise StoreError(f"lease store {self.path}: {exc}") from exc
+            raise
         finally:
             group.operation = None
+        if not db.prefix:
+            group.unreleased = True
+        db.prefix = ()
         group.marks.update(transaction.new_marks)
 
     @contextmanager
