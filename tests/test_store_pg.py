@@ -207,13 +207,16 @@ def test_a_write_in_a_group_that_ran_no_statement_undoes_nothing(pg_url):
 
 
 @pytest.mark.parametrize("psid_len", [0, 6])
-def test_a_new_lease_takes_six_round_trips(pg_url, psid_len):
+def test_a_new_lease_takes_six_round_trips_and_a_renewal_four(pg_url, psid_len):
     """Hand-counted, for a whole address and for a port set (k = 6, pack order): BEGIN
     with the advisory write lock, the node's latest lease, the slots in their hold time
     with the layouts in use (only the pool's: no statement for other layouts'
     addresses), the walk's resumption (one statement), the INSERT (its event by the
-    trigger, no savepoint), COMMIT. Counted once every statement has
-    been used often enough for psycopg to prepare it (one more round trip, once)."""
+    trigger, no savepoint), COMMIT; in a group no BEGIN nor COMMIT, the savepoint in the
+    first statement's round trip. A renewal: BEGIN, the node's latest lease, its UPDATE
+    with its ``renew`` event (one statement), COMMIT; in a group 2. Counted once every
+    statement has been used often enough for psycopg to prepare it (one more round
+    trip, once)."""
     network = ipaddress.IPv4Network("10.0.0.0/24")
     pool = model.Pool(name="p", tep="t", addresses=netaddr.IPSet([str(network)]),
                       prefixes=(network,), psid_offset=6, psid_len=psid_len)
@@ -240,5 +243,17 @@ def test_a_new_lease_takes_six_round_trips(pg_url, psid_len):
                 allocator.allocate_node(node(index), lifetime=600)
             grouped = [round_trips(conn, lambda i=i: allocator.allocate_node(
                 node(i), lifetime=600)) for i in range(19, 22)]
+        # A renewal: the node's latest lease, then its UPDATE and its event in one
+        # statement (with BEGIN and COMMIT around it, 4).
+        renewed = [round_trips(conn, lambda i=i: allocator.allocate_node(
+            node(i), lifetime=300)) for i in range(3)]
+        with store.group():
+            allocator.allocate_node(node(3), lifetime=300)
+            renewed_in_group = round_trips(conn, lambda: allocator.allocate_node(
+                node(4), lifetime=300))
+        assert [e.event for e in store.events(store.lease_of("n4").id)] == [
+            "allocate", "renew"]
     assert counts == [6, 6, 6]
     assert grouped == [4, 4, 4]
+    assert renewed == [4, 4, 4]
+    assert renewed_in_group == 2

@@ -29,15 +29,28 @@ allocator does): a retried allocation finds the node's lease if the first attemp
 committed, so no duplicate is ever handed out. A commit whose outcome is unknown
 (connection lost during COMMIT) raises ``StoreError`` saying so.
 
-Group commit (``group``, as SQLite's ``LeaseStore.group``): one write transaction on
-one pooled connection, taken with the same advisory write lock, holds the operations of
-one thread (``serve``'s writer), each ``write`` a SAVEPOINT released when its block
-returns and rolled back alone when it raises, each ``read`` the open transaction; one
-COMMIT (one WAL flush) makes them all durable. A serialization failure or deadlock in
-any of them dooms the whole group: it is rolled back and ``TransientGroupError`` tells
-the caller to run every operation again (no retry of the one operation inside the
-group: its transaction is aborted, and the row locks its earlier operations hold could
-close the same deadlock again).
+Round trips (issue 10): each statement is one, and a durable allocation waits for each
+of them inside the write lock, so the store issues few: a new lease is BEGIN with the
+write lock, the node's latest lease, the slots in their hold time with the layouts in
+use, the allocation walk's resumption (skip-mark check, first free address, next leased
+one, newest event id: one statement, ``_PgTransaction``), the INSERT (``ON CONFLICT DO
+NOTHING`` with no savepoint; its ``allocate`` event by the trigger) and COMMIT: 6 (16
+with the SQLite store's queries alone); in a group 4 (no BEGIN or COMMIT, the savepoint
+sent with the first statement). PostgreSQL stays the judge: a row the unique indexes or
+the exclusion constraint refuse is written again inside a savepoint for its refusal.
+psycopg prepares a statement on its fifth use on a connection; the walks' statements are
+written so that their generic plan does not depend on statistics (events after a skip
+mark read by id, each lease by its key).
+
+Group commit (``group``, as SQLite's ``LeaseStore.group``): one write transaction on one
+pooled connection, taken with the same advisory write lock, holds the operations of one
+thread (``serve``'s writer), each ``write`` a SAVEPOINT (sent with its first statement)
+released after its block returns and rolled back alone when it raises, each ``read`` the
+open transaction; one COMMIT (one WAL flush) makes them all durable. A serialization
+failure or deadlock in any of them dooms the whole group: it is rolled back and
+``TransientGroupError`` tells the caller to run every operation again (no retry of the
+one operation inside the group: its transaction is aborted, and the row locks its
+earlier operations hold could close the same deadlock again).
 """
 
 from __future__ import annotations
@@ -51,6 +64,8 @@ import time
 from collections import ChainMap
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import replace
+from datetime import datetime
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -58,6 +73,7 @@ import psycopg
 import psycopg_pool
 from psycopg import errors as pgerrors
 
+from dstm_orch.domain import model
 from dstm_orch.domain.errors import StoreError
 from dstm_orch.domain.model import WHOLE, Layout
 from dstm_orch.domain.portset import usable_psids
@@ -69,7 +85,7 @@ from dstm_orch.store.connection import (
 )
 from dstm_orch.store.identity import SCHEMA_VERSION
 from dstm_orch.store.index import Slot, _Mark, _MarkKey
-from dstm_orch.store.leases import ConstraintError
+from dstm_orch.store.leases import ConstraintError, _epoch, _moment
 from dstm_orch.store.migrations import APPLICATION_ID, LAYOUT_CONFLICT
 from dstm_orch.store.pg_migrations import PG_META, PG_MIGRATIONS
 from dstm_orch.store.teplock import busy, holder, lock_wait, reentrant
@@ -188,9 +204,13 @@ class _Connection:
         return _Cursor(cursor, cursor.fetchone()[0] if returning else None)
 
     def query(self, sql: str, args: dict[str, Any]) -> psycopg.Cursor:
-        """Run PostgreSQL's own SQL (``%(name)s`` parameters), untranslated."""
+        """Run PostgreSQL's own SQL (``%(name)s`` parameters), untranslated; a refusal
+        raises ``ConstraintError`` as :meth:`execute`'s do."""
         cursor = self._conn.cursor()
-        self._send(cursor, sql, args)
+        try:
+            self._send(cursor, sql, args)
+        except psycopg.errors.IntegrityError as exc:
+            raise ConstraintError(_refusal_text(exc)) from exc
         return cursor
 
 
@@ -293,6 +313,19 @@ layouts in use (so that ``layout_conflicts``, asked next, needs no statement whe
 pool's layout is the only one), in one statement."""
 
 
+_RENEW = """
+WITH renewed AS (
+    UPDATE leases SET end_at = %(end)s, lifetime = %(lifetime)s
+    WHERE id = %(id)s AND state = 'active'
+)
+INSERT INTO lease_events (lease_id, at, event, end_at, node_ipv6)
+VALUES (%(id)s, %(at)s, 'renew', %(end)s, %(ipv6)s)
+"""
+"""A renewal's UPDATE and its ``renew`` event in one statement (``extend``): the UPDATE
+runs whether or not the INSERT reads it, as the two statements of ``LeaseRows.extend``
+do; the event's triggers check it as they check any other."""
+
+
 class _PgTransaction(Transaction):
     """The allocator's queries and writes on PostgreSQL (``Transaction``), the
     allocation index's walks in fewer round trips: each is one statement where the
@@ -393,6 +426,14 @@ class _PgTransaction(Transaction):
             "offset": layout[0], "length": layout[1], "psid": psid}).fetchone()
         self.new_marks[key] = _Mark(low, newest)  # type: ignore[index]
         return low, following
+
+    def extend(self, lease: model.Lease, now: datetime, lifetime: int) -> model.Lease:
+        """See :meth:`LeaseRows.extend`; one statement (:data:`_RENEW`)."""
+        at = _epoch(now)
+        self._db.query(_RENEW, {"id": lease.id, "at": at, "end": at + lifetime,
+                                "lifetime": lifetime, "ipv6": str(lease.node_ipv6)})
+        # Not read back: the row is the lease with its new end (no trigger changes it).
+        return replace(lease, end=_moment(at + lifetime), lifetime=lifetime)
 
     def held_slots(self, first: int, last: int, since: int) -> list[Slot]:
         """See :meth:`AllocationIndex.held_slots`; the same statement reads the layouts
