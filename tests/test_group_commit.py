@@ -403,13 +403,15 @@ def test_a_group_a_deadlock_rolls_back_runs_again_whole(pg_url, tmp_path):
                     callers.append(server.spawn_calls({"node": node, "action": "renew"}))
                     wait_for(lambda count=count: server.writer()["pending"] == count,
                              f"{count} requests wait for the writer", server)
-                # Event rows wait (SHARE lock on lease_events) until the client waits too.
-                tables.execute("LOCK TABLE lease_events IN SHARE MODE")
-            wait_for(lambda: waiting("relation") == 1, "g0's renew waits", server)
+                # g0's renew waits for L0, which another transaction holds, until the
+                # client asks for L0 too: the client queues behind the group's renew.
+                tables.execute("SELECT 1 FROM leases WHERE id = %s FOR UPDATE",
+                               (leases["g0"]["id"],))
+            wait_for(lambda: waiting("transactionid") == 1, "g0's renew waits", server)
             blocked = threading.Thread(target=client.execute, args=(
                 "SELECT 1 FROM leases WHERE id = %s FOR UPDATE", (leases["g0"]["id"],)))
             blocked.start()
-            wait_for(lambda: waiting("transactionid") == 1, "the client waits for L0",
+            wait_for(lambda: waiting("tuple") == 1, "the client waits for L0 after g0",
                      server)
             tables.rollback()
             blocked.join(timeout=DEADLINE)  # the group was rolled back: L0 is free

@@ -29,15 +29,28 @@ allocator does): a retried allocation finds the node's lease if the first attemp
 committed, so no duplicate is ever handed out. A commit whose outcome is unknown
 (connection lost during COMMIT) raises ``StoreError`` saying so.
 
-Group commit (``group``, as SQLite's ``LeaseStore.group``): one write transaction on
-one pooled connection, taken with the same advisory write lock, holds the operations of
-one thread (``serve``'s writer), each ``write`` a SAVEPOINT released when its block
-returns and rolled back alone when it raises, each ``read`` the open transaction; one
-COMMIT (one WAL flush) makes them all durable. A serialization failure or deadlock in
-any of them dooms the whole group: it is rolled back and ``TransientGroupError`` tells
-the caller to run every operation again (no retry of the one operation inside the
-group: its transaction is aborted, and the row locks its earlier operations hold could
-close the same deadlock again).
+Round trips (issue 10): each statement is one, and a durable allocation waits for each
+of them inside the write lock, so the store issues few: a new lease is BEGIN with the
+write lock, the node's latest lease, the slots in their hold time with the layouts in
+use, the allocation walk's resumption (skip-mark check, first free address, next leased
+one, newest event id: one statement, ``_PgTransaction``), the INSERT (``ON CONFLICT DO
+NOTHING`` with no savepoint; its ``allocate`` event by the trigger) and COMMIT: 6 (16
+with the SQLite store's queries alone); in a group 4 (no BEGIN or COMMIT, the savepoint
+sent with the first statement). PostgreSQL stays the judge: a row the unique indexes or
+the exclusion constraint refuse is written again inside a savepoint for its refusal.
+psycopg prepares a statement on its fifth use on a connection; the walks' statements are
+written so that their generic plan does not depend on statistics (events after a skip
+mark read by id, each lease by its key).
+
+Group commit (``group``, as SQLite's ``LeaseStore.group``): one write transaction on one
+pooled connection, taken with the same advisory write lock, holds the operations of one
+thread (``serve``'s writer), each ``write`` a SAVEPOINT (sent with its first statement)
+released after its block returns and rolled back alone when it raises, each ``read`` the
+open transaction; one COMMIT (one WAL flush) makes them all durable. A serialization
+failure or deadlock in any of them dooms the whole group: it is rolled back and
+``TransientGroupError`` tells the caller to run every operation again (no retry of the
+one operation inside the group: its transaction is aborted, and the row locks its
+earlier operations hold could close the same deadlock again).
 """
 
 from __future__ import annotations
@@ -51,6 +64,8 @@ import time
 from collections import ChainMap
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import replace
+from datetime import datetime
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -58,7 +73,10 @@ import psycopg
 import psycopg_pool
 from psycopg import errors as pgerrors
 
+from dstm_orch.domain import model
 from dstm_orch.domain.errors import StoreError
+from dstm_orch.domain.model import WHOLE, Layout
+from dstm_orch.domain.portset import usable_psids
 from dstm_orch.store.connection import (
     LeaseStore,
     Transaction,
@@ -66,8 +84,8 @@ from dstm_orch.store.connection import (
     TransientStoreError,
 )
 from dstm_orch.store.identity import SCHEMA_VERSION
-from dstm_orch.store.index import _Mark, _MarkKey
-from dstm_orch.store.leases import ConstraintError
+from dstm_orch.store.index import Slot, _Mark, _MarkKey
+from dstm_orch.store.leases import ConstraintError, _epoch, _moment
 from dstm_orch.store.migrations import APPLICATION_ID, LAYOUT_CONFLICT
 from dstm_orch.store.pg_migrations import PG_META, PG_MIGRATIONS
 from dstm_orch.store.teplock import busy, holder, lock_wait, reentrant
@@ -88,23 +106,28 @@ def redact(url: str) -> str:
 
 
 @functools.lru_cache(maxsize=512)
-def _translate(sql: str) -> tuple[str, bool, bool]:
+def _translate(sql: str) -> tuple[str, bool, bool, str | None]:
     """SQLite's SQL of the shared query mixins in PostgreSQL's: ``?`` -> ``%s``, no
     ``INDEXED BY`` hints (PostgreSQL's planner picks the partial indexes itself), ``JOIN``
     for ``CROSS JOIN ... ON``, ``RETURNING id`` after an INSERT (``lastrowid``).
 
     Returns:
         (sql, returns an id, needs a savepoint: a write whose refusal the allocator
-        catches and goes on from, which PostgreSQL allows only after a savepoint).
+        catches and goes on from, which PostgreSQL allows only after a savepoint, and
+        for a new lease the same INSERT with ``ON CONFLICT DO NOTHING``: tried first,
+        without the savepoint, see :meth:`_Connection.execute`; else None).
     """
     text = re.sub(r"\s+INDEXED BY \w+", "", sql).replace("CROSS JOIN", "JOIN")
     text = text.replace("%", "%%").replace("?", "%s")
     stripped = text.lstrip().upper()
     returning = stripped.startswith("INSERT") and "RETURNING" not in stripped
+    fast = None
     if returning:
+        if stripped.startswith("INSERT INTO LEASES "):
+            fast = text + " ON CONFLICT DO NOTHING RETURNING id"
         text += " RETURNING id"
     guarded = stripped.startswith(("INSERT INTO LEASES ", "UPDATE LEASES SET NODE_IPV6"))
-    return text, returning, guarded
+    return text, returning, guarded, fast
 
 
 class _Cursor:
@@ -134,19 +157,305 @@ class _Connection:
 
     def __init__(self, conn: psycopg.Connection):
         self._conn = conn
+        self.statements = 0
+        """Statements run so far: what one of them read holds until the next."""
+        self.prefix: tuple[str, ...] = ()
+        """Statements to send before the next one, in its round trip (a group's
+        savepoint, :meth:`PgLeaseStore._in_group`); emptied once sent."""
+
+    def _send(self, cursor: psycopg.Cursor, sql: str, args: Any) -> None:
+        """Run one statement on ``cursor``, after :attr:`prefix` if any: all of them in
+        one round trip (pipeline mode; a failure skips the statements after it)."""
+        self.statements += 1
+        if not self.prefix:
+            cursor.execute(sql, args)
+            return
+        prefix, self.prefix = self.prefix, ()
+        with self._conn.pipeline():
+            for statement in prefix:
+                self._conn.execute(statement)
+            cursor.execute(sql, args)
 
     def execute(self, sql: str, args: tuple | list = ()) -> _Cursor:
-        text, returning, guarded = _translate(sql)
+        text, returning, guarded, fast = _translate(sql)
         cursor = self._conn.cursor()
         try:
+            if fast is not None:
+                # A new lease: first without a savepoint (two round trips fewer), every
+                # unique index and the exclusion constraint its arbiters: a row one of
+                # them refuses is not written and the statement does not fail. Only
+                # then is it written again in a savepoint, for PostgreSQL's refusal
+                # (or the row, if the lease in its way has ended since).
+                self._send(cursor, fast, args)
+                row = cursor.fetchone()
+                if row is not None:
+                    return _Cursor(cursor, row[0])
             if guarded:
+                if self.prefix:  # the group's savepoint first, then this one's
+                    prefix, self.prefix = self.prefix, ()
+                    self._conn.execute("; ".join(prefix))
+                self.statements += 1
                 with self._conn.transaction():  # a savepoint
                     cursor.execute(text, args)
             else:
-                cursor.execute(text, args)
+                self._send(cursor, text, args)
         except psycopg.errors.IntegrityError as exc:
             raise ConstraintError(_refusal_text(exc)) from exc
         return _Cursor(cursor, cursor.fetchone()[0] if returning else None)
+
+    def query(self, sql: str, args: dict[str, Any]) -> psycopg.Cursor:
+        """Run PostgreSQL's own SQL (``%(name)s`` parameters), untranslated; a refusal
+        raises ``ConstraintError`` as :meth:`execute`'s do."""
+        cursor = self._conn.cursor()
+        try:
+            self._send(cursor, sql, args)
+        except psycopg.errors.IntegrityError as exc:
+            raise ConstraintError(_refusal_text(exc)) from exc
+        return cursor
+
+
+_NO_EVENT = 1 << 62
+"""An event id above every real one: a skip-mark check with it finds nothing."""
+
+_START = """
+WITH s AS MATERIALIZED (
+    SELECT CASE WHEN %(upto)s::bigint > %(first)s::bigint AND (
+        SELECT e.id FROM lease_events AS e
+        WHERE e.id > %(event)s AND e.event IN ('revoke', 'expire')
+          AND (SELECT l.ipv4 FROM leases AS l WHERE l.id = e.lease_id)
+              BETWEEN %(first)s AND %(upto)s::bigint - 1
+        ORDER BY e.id LIMIT 1) IS NOT NULL
+    THEN %(first)s::bigint ELSE least(%(upto)s::bigint, %(last)s::bigint + 1) END AS s
+)"""
+"""Where a search from ``first`` starts: ``upto`` (the skip mark's end, at most
+``last + 1``) unless a revoke or expire event after the mark's event touched
+``[first, upto)``; ``first`` without a mark (``upto`` = ``first``). The events after
+the mark are read by id, each lease by its key: a plan that does not depend on
+statistics (the statement is prepared once, planned generically)."""
+
+_RUN = _START + """, low AS MATERIALIZED (
+    SELECT least(%(last)s::bigint + 1, coalesce(
+        (SELECT r.n + (SELECT s FROM s) - 1 FROM (
+            SELECT a.ipv4, row_number() OVER (ORDER BY a.ipv4) AS n
+            FROM leases AS a WHERE a.state = 'active' AND a.psid_offset = %(offset)s
+              AND a.psid_len = %(length)s AND a.psid = %(psid)s
+              AND a.ipv4 BETWEEN (SELECT s FROM s) AND %(last)s
+        ) AS r WHERE r.ipv4 <> r.n + (SELECT s FROM s) - 1 ORDER BY r.ipv4 LIMIT 1),
+        (SELECT max(a.ipv4) + 1 FROM leases AS a WHERE a.state = 'active'
+           AND a.psid_offset = %(offset)s AND a.psid_len = %(length)s AND a.psid = %(psid)s
+           AND a.ipv4 BETWEEN (SELECT s FROM s) AND %(last)s),
+        (SELECT s FROM s))) AS low
+)
+SELECT low.low,
+    (SELECT min(a.ipv4) FROM leases AS a WHERE a.state = 'active'
+       AND a.psid_offset = %(offset)s AND a.psid_len = %(length)s AND a.psid = %(psid)s
+       AND a.ipv4 BETWEEN low.low + 1 AND %(last)s),
+    (SELECT coalesce(max(id), 0) FROM lease_events)
+FROM low
+"""
+"""One run of addresses without an active lease of a layout and PSID, in one statement
+(:meth:`_PgTransaction.unleased_runs`): ``s`` is where the search starts (after the
+skip mark unless a revoke or expire event since touched its range), ``low`` the first
+address from there with no lease (the first row whose address is not its rank after
+``s``: one ordered pass over the index entries of the full run, stopped at its end),
+then the next leased address after it and the newest event id.
+Columns: (first address with room or last + 1, next leased address or NULL, event id)."""
+
+_PACK = _START + """
+SELECT s.s,
+    (SELECT count(*) FROM leases AS a WHERE a.state = 'active'
+       AND a.psid_offset = %(offset)s AND a.psid_len = %(length)s AND a.ipv4 = s.s
+       AND a.psid BETWEEN %(usable)s AND %(top)s),
+    (SELECT coalesce(max(id), 0) FROM lease_events),
+    ARRAY(SELECT ARRAY[a.psid_offset, a.psid_len, a.psid] FROM leases AS a
+          WHERE a.state = 'active' AND a.ipv4 = s.s ORDER BY a.psid)
+FROM s
+"""
+"""The address a ``pack`` walk resumes from, in one statement
+(:meth:`_PgTransaction.first_unleased` with any PSID): where the search starts
+(:data:`_START`), its active leases of the layout's usable PSIDs (it has room below
+the capacity), the newest event id, and (offset, length, PSID) of every active lease
+on it (``active_psids``, asked next)."""
+
+_IN_USE = """
+WITH RECURSIVE layouts (o, l) AS (
+    (SELECT psid_offset, psid_len FROM leases WHERE state = 'active'
+     ORDER BY psid_offset, psid_len LIMIT 1)
+  UNION ALL
+    SELECT n.psid_offset, n.psid_len FROM layouts AS y, LATERAL (
+        SELECT psid_offset, psid_len FROM leases WHERE state = 'active'
+          AND (psid_offset, psid_len) > (y.o, y.l)
+        ORDER BY psid_offset, psid_len LIMIT 1) AS n
+)"""
+"""The layouts of the active leases, by a loose index scan: one index seek a layout."""
+
+_LAYOUTS = _IN_USE + """
+SELECT ARRAY(SELECT a.ipv4 FROM leases AS a WHERE a.state = 'active'
+               AND a.psid_offset = y.o AND a.psid_len = y.l
+               AND a.ipv4 BETWEEN %(first)s AND %(last)s
+             ORDER BY a.psid_offset, a.psid_len, a.ipv4)
+FROM layouts AS y WHERE (y.o, y.l) <> (%(offset)s, %(length)s)
+"""
+"""The addresses in a range that active leases of other layouts hold, in one statement
+(:meth:`_PgTransaction.layout_conflicts`): the layouts in use by a loose index scan
+(one seek each), then each other layout's leases in the range (one array a layout)."""
+
+
+_HELD = """
+SELECT ARRAY(SELECT ARRAY[d.ipv4, d.psid_offset, d.psid_len, d.psid] FROM (
+                 SELECT DISTINCT ipv4, psid_offset, psid_len, psid FROM leases
+                 WHERE ended_at > %(since)s AND ipv4 BETWEEN %(first)s AND %(last)s) AS d
+             ORDER BY d.ipv4, d.psid),
+       ARRAY(""" + _IN_USE + """ SELECT ARRAY[o, l] FROM layouts)
+"""
+"""The slots in a range of leases ended after ``since`` (``held_slots``), and the
+layouts in use (so that ``layout_conflicts``, asked next, needs no statement when the
+pool's layout is the only one), in one statement."""
+
+
+_RENEW = """
+WITH renewed AS (
+    UPDATE leases SET end_at = %(end)s, lifetime = %(lifetime)s
+    WHERE id = %(id)s AND state = 'active'
+)
+INSERT INTO lease_events (lease_id, at, event, end_at, node_ipv6)
+VALUES (%(id)s, %(at)s, 'renew', %(end)s, %(ipv6)s)
+"""
+"""A renewal's UPDATE and its ``renew`` event in one statement (``extend``): the UPDATE
+runs whether or not the INSERT reads it, as the two statements of ``LeaseRows.extend``
+do; the event's triggers check it as they check any other."""
+
+
+class _PgTransaction(Transaction):
+    """The allocator's queries and writes on PostgreSQL (``Transaction``), the
+    allocation index's walks in fewer round trips: each is one statement where the
+    SQLite store issues several (each a round trip here; in SQLite, a function call).
+    Same answers, same skip marks (:mod:`dstm_orch.store.index`)."""
+
+    _db: _Connection  # type: ignore[assignment]
+    _psids: tuple[int, int, list[tuple[Layout, int]]] | None = None
+    """(address, statement count then, its active leases' layouts and PSIDs): what
+    the ``pack`` walk's statement read, good until the next statement."""
+    _layouts: tuple[int, int, int, set[Layout]] | None = None
+    """(first, last, statement count then, the layouts in use): what :meth:`held_slots`
+    read, good until the next statement."""
+
+    def first_unleased(
+        self, first: int, last: int, layout: Layout = WHOLE, psid: int | None = 0
+    ) -> int:
+        """See :meth:`AllocationIndex.first_unleased`; one statement for one PSID (a
+        whole address, or ``spread`` order), the galloping counts for any PSID."""
+        if psid is None:
+            return self._pack(first, last, layout)
+        return self._run(first, last, layout, psid)[0]
+
+    def active_psids(self, ipv4: int) -> list[tuple[Layout, int]]:
+        """See :meth:`AllocationIndex.active_psids`; no statement when the ``pack``
+        walk's statement just read them."""
+        seen = self._psids
+        if seen is not None and seen[0] == ipv4 and seen[1] == self._db.statements:
+            return seen[2]
+        return super().active_psids(ipv4)
+
+    def _pack(self, first: int, last: int, layout: Layout) -> int:
+        """``first_unleased`` for any usable PSID of ``layout``: one statement (:data:`_PACK`)
+        when the address after the skip mark has room, as it has but every 2^k
+        allocations; else the galloping counts from the next address on."""
+        key = (first, tuple(layout), None)
+        mark = self._marks.get(key)  # type: ignore[call-overload]
+        upto, event = ((first, _NO_EVENT) if mark is None or mark.upto <= first
+                       else (mark.upto, mark.event_id))
+        usable = usable_psids(*layout)
+        start, count, newest, leases = self._db.query(_PACK, {
+            "first": first, "last": last, "upto": upto, "event": event,
+            "offset": layout[0], "length": layout[1],
+            "usable": usable.start, "top": usable.stop - 1}).fetchone()
+        self._psids = (start, self._db.statements,
+                       [((offset, length), psid) for offset, length, psid in leases])
+        low = start
+        if start <= last and count >= len(usable):
+            low = self._gallop(start + 1, last, layout, len(usable))
+        low = min(low, last + 1)
+        # The newest event was read before the counts: a lease ended after it is
+        # still seen by the next mark check.
+        self.new_marks[key] = _Mark(low, newest)  # type: ignore[index]
+        return low
+
+    def _gallop(self, low: int, last: int, layout: Layout, capacity: int) -> int:
+        """The lowest address from ``low`` with fewer than ``capacity`` active leases of
+        ``layout``'s usable PSIDs, or ``last + 1``: the galloping search of
+        :meth:`AllocationIndex.first_unleased`, without its skip marks."""
+        span = 1
+        while low <= last:
+            high = min(low + span - 1, last)
+            if self.count_active(low, high, layout, None) < (high - low + 1) * capacity:
+                while low < high:
+                    middle = (low + high) // 2
+                    if self.count_active(low, middle, layout, None) == (
+                            middle - low + 1) * capacity:
+                        low = middle + 1
+                    else:
+                        high = middle
+                return low
+            low, span = high + 1, span * 2
+        return last + 1
+
+    def unleased_runs(
+        self, first: int, last: int, layout: Layout = WHOLE, psid: int = 0
+    ) -> Iterator[tuple[int, int]]:
+        """See :meth:`AllocationIndex.unleased_runs`; one statement a run."""
+        current = first
+        while current <= last:
+            start, following = self._run(current, last, layout, psid)
+            if start > last:
+                return
+            stop = last if following is None else following - 1
+            yield start, stop
+            current = stop + 1
+
+    def _run(self, first: int, last: int, layout: Layout, psid: int) -> tuple[int, int | None]:
+        """(first address in ``[first, last]`` with no active lease of ``layout`` and
+        ``psid`` or ``last + 1``, the next leased address after it or None), by
+        :data:`_RUN`; records the skip mark as ``first_unleased`` does."""
+        key = (first, tuple(layout), psid)
+        mark = self._marks.get(key)  # type: ignore[call-overload]
+        upto, event = ((first, _NO_EVENT) if mark is None or mark.upto <= first
+                       else (mark.upto, mark.event_id))
+        low, following, newest = self._db.query(_RUN, {
+            "first": first, "last": last, "upto": upto, "event": event,
+            "offset": layout[0], "length": layout[1], "psid": psid}).fetchone()
+        self.new_marks[key] = _Mark(low, newest)  # type: ignore[index]
+        return low, following
+
+    def extend(self, lease: model.Lease, now: datetime, lifetime: int) -> model.Lease:
+        """See :meth:`LeaseRows.extend`; one statement (:data:`_RENEW`)."""
+        at = _epoch(now)
+        self._db.query(_RENEW, {"id": lease.id, "at": at, "end": at + lifetime,
+                                "lifetime": lifetime, "ipv6": str(lease.node_ipv6)})
+        # Not read back: the row is the lease with its new end (no trigger changes it).
+        return replace(lease, end=_moment(at + lifetime), lifetime=lifetime)
+
+    def held_slots(self, first: int, last: int, since: int) -> list[Slot]:
+        """See :meth:`AllocationIndex.held_slots`; the same statement reads the layouts
+        in use for :meth:`layout_conflicts`."""
+        held, layouts = self._db.query(_HELD, {"first": first, "last": last,
+                                               "since": since}).fetchone()
+        self._layouts = (first, last, self._db.statements,
+                         {(offset, length) for offset, length in layouts})
+        return [Slot(ipv4, (offset, length), psid) for ipv4, offset, length, psid in held]
+
+    def layout_conflicts(self, first: int, last: int, layout: Layout) -> list[int]:
+        """See :meth:`AllocationIndex.layout_conflicts`; one statement, none when
+        :meth:`held_slots` of the same range just found no other layout in use."""
+        seen = self._layouts
+        if (seen is not None and seen[:3] == (first, last, self._db.statements)
+                and seen[3] <= {tuple(layout)}):
+            return []
+        found: set[int] = set()
+        for (addresses,) in self._db.query(_LAYOUTS, {
+                "first": first, "last": last, "offset": layout[0], "length": layout[1]}):
+            found.update(addresses)
+        return sorted(found)
 
 
 _UNIQUE = {
@@ -366,24 +675,27 @@ class PgLeaseStore(LeaseStore):
         read. Skip marks a write finds stay in the group until it commits.
 
         Round trips are what a group costs on PostgreSQL, so a write's SAVEPOINT is
-        released only when the next write starts, in the same round trip (``RELEASE
-        SAVEPOINT dstm_op; SAVEPOINT dstm_op``; COMMIT releases the last), and a write
-        inside another (the allocator's, inside the writer's) takes no savepoint of its
-        own: it is part of the outer one. If it raises and the outer block goes on
-        regardless, the outer write is rolled back when it ends and raises
-        ``StoreError``, so nothing of a failed write survives."""
+        sent with its first statement, in the same round trip (pipeline mode), and not
+        at all by a write that runs none; the last write's savepoint is released only
+        then, too (``RELEASE SAVEPOINT dstm_op``, ``SAVEPOINT dstm_op``; COMMIT releases
+        the last). A write inside another (the allocator's, inside the writer's), and a
+        read inside a write, run on the outer write's connection and take no savepoint
+        of their own: they are part of the outer one. If the inner write raises and the
+        outer block goes on regardless, the outer write is rolled back when it ends and
+        raises ``StoreError``, so nothing of a failed write survives."""
         if group.transient is not None:
             raise self._doomed(group.transient)
         if group.broken is not None:
             raise StoreError(f"lease store {self.path}: {group.broken}; the group's "
                              "transaction is lost")
         conn = group.conn
-        transaction = Transaction(_Connection(conn),  # type: ignore[arg-type]
-                                  ChainMap(group.marks, self._marks))  # type: ignore[arg-type]
+        outer = group.operation
+        db = _Connection(conn) if outer is None else outer._db  # type: ignore[attr-defined]
+        transaction = _PgTransaction(db,  # type: ignore[arg-type]
+                                     ChainMap(group.marks, self._marks))  # type: ignore[arg-type]
         if not write:
             yield transaction
             return
-        outer = group.operation
         if outer is not None:
             transaction.new_marks = outer.new_marks  # kept or dropped with the outer write
             try:
@@ -398,37 +710,34 @@ class PgLeaseStore(LeaseStore):
                 raise
             return
         group.operation, group.spoiled = transaction, False
+        db.prefix = ((f"RELEASE SAVEPOINT {_SAVEPOINT}", f"SAVEPOINT {_SAVEPOINT}")
+                     if group.unreleased else (f"SAVEPOINT {_SAVEPOINT}",))
         try:
-            conn.execute(f"RELEASE SAVEPOINT {_SAVEPOINT}; SAVEPOINT {_SAVEPOINT}"
-                         if group.unreleased else f"SAVEPOINT {_SAVEPOINT}")
-            group.unreleased = True
-            try:
-                yield transaction
-                if group.spoiled:
-                    raise StoreError(f"lease store {self.path}: a write inside this one "
-                                     "failed; both are undone")
-            except BaseException as exc:
-                if isinstance(exc, _TRANSIENT):
-                    group.transient = exc
-                    raise self._doomed(exc) from exc
-                if group.transient is None:
-                    try:
-                        conn.execute(f"ROLLBACK TO SAVEPOINT {_SAVEPOINT};"
-                                     f" RELEASE SAVEPOINT {_SAVEPOINT}")
-                        group.unreleased = False
-                    except psycopg.Error as lost:
-                        group.broken = lost
-                if isinstance(exc, (psycopg.Error, ConstraintError)):
-                    raise StoreError(f"lease store {self.path}: {exc}") from exc
-                raise
-        except _TRANSIENT as exc:
-            group.transient = exc
-            raise self._doomed(exc) from exc
-        except psycopg.Error as exc:
-            group.broken = exc
-            raise StoreError(f"lease store {self.path}: {exc}") from exc
+            yield transaction
+            if group.spoiled:
+                raise StoreError(f"lease store {self.path}: a write inside this one "
+                                 "failed; both are undone")
+        except BaseException as exc:
+            sent = not db.prefix  # else it ran no statement: nothing to undo
+            db.prefix = ()
+            if isinstance(exc, _TRANSIENT):
+                group.transient = exc
+                raise self._doomed(exc) from exc
+            if group.transient is None and sent:
+                try:
+                    conn.execute(f"ROLLBACK TO SAVEPOINT {_SAVEPOINT};"
+                                 f" RELEASE SAVEPOINT {_SAVEPOINT}")
+                    group.unreleased = False
+                except psycopg.Error as lost:
+                    group.broken = lost
+            if isinstance(exc, (psycopg.Error, ConstraintError)):
+                raise StoreError(f"lease store {self.path}: {exc}") from exc
+            raise
         finally:
             group.operation = None
+        if not db.prefix:
+            group.unreleased = True
+        db.prefix = ()
         group.marks.update(transaction.new_marks)
 
     @contextmanager
@@ -516,7 +825,7 @@ class PgLeaseStore(LeaseStore):
                 yield transaction
             return
         conn = self._begin(write)
-        transaction = Transaction(_Connection(conn), self._marks)  # type: ignore[arg-type]
+        transaction = _PgTransaction(_Connection(conn), self._marks)  # type: ignore[arg-type]
         try:
             try:
                 yield transaction
