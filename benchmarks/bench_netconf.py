@@ -201,8 +201,8 @@ SCALE_K = 6   # psid-len 6: 64 port sets per address; 15,625 addresses for 10^6
 
 def bench_scale(count: int) -> None:
     """Plan one TEP of ``count`` bindings; print time and peak RSS against the targets."""
-    from dstm_orch.push.netconf.payload import render_edits
-    from dstm_orch.push.netconf.table import BR_NS, binding_from_dict
+    from dstm_orch.push.netconf.payload import payloads_to_validate
+    from dstm_orch.push.netconf.table import BR_NS, entries_from_dicts, table_digest
 
     instance = BindInstance(**{**INSTANCE_DEFAULTS, "softwire_num_max": max(count, 65536)})
     intent = [{"node_ipv6": f"2001:db8:d{i >> 16:03x}::{i & 0xffff:x}",
@@ -233,16 +233,19 @@ def bench_scale(count: int) -> None:
         def mark(stage: str) -> None:
             marks.append((stage, time.perf_counter(), time.process_time()))
 
-        desired = [binding_from_dict(e, BR) for e in intent]
+        desired = entries_from_dicts(intent, BR)
         mark("bindings")
         check_invariants(desired, [str(SCALE_POOL)], instance)
         mark("invariants")
-        have = parse_table(device_xml.read_bytes(), "dstm")
+        with device_xml.open("rb") as stream:   # read in chunks, as a reply would be
+            have = parse_table(stream, "dstm")
         mark("parse")
         diff = compute_diff(have, desired, instance)
         mark("diff")
+        table_digest(have)
+        mark("digest")
         edits = 0
-        for payload in render_edits(diff, instance, version=8, date=utc_date()):
+        for payload in payloads_to_validate(diff, instance, version=8, date=utc_date()):
             checker.validate(payload)
             edits += 1
         mark(f"{edits} edit(s) + libyang")
