@@ -275,3 +275,18 @@ def test_port_sets_of_two_layouts_on_one_address_are_checked_by_their_ports():
                           b("2001:db8::2", "198.18.0.1", 0, 7, 0)], ["198.18.0.0/24"])
     check_invariants([b("2001:db8::1", "198.18.0.1", 0, 8, 2),
                       b("2001:db8::2", "198.18.0.1", 0, 7, 0)], ["198.18.0.0/24"])
+
+
+def test_get_config_reply_stays_text_unless_it_is_an_error():
+    from dstm_orch.push.netconf.session import TextReply
+
+    text = f'<rpc-reply xmlns="{NC}" message-id="urn:uuid:1">{DEVICE}</rpc-reply>'
+    reply = TextReply(text)
+    assert reply.ok and reply.data_ele is None and reply.xml == text
+    assert dict(parse_table(reply.xml, "dstm").entries) == EXPECTED
+    refused = TextReply(f'<rpc-reply xmlns="{NC}" message-id="urn:uuid:2"><rpc-error>'
+                        "<error-type>protocol</error-type><error-tag>in-use</error-tag>"
+                        "<error-severity>error</error-severity><error-message>locked"
+                        "</error-message></rpc-error></rpc-reply>")
+    assert not refused.ok
+    assert (refused.error.tag, refused.error.message) == ("in-use", "locked")

@@ -36,6 +36,7 @@ from dstm_orch.push.netconf.session import (
     Capabilities,
     Device,
     DeviceLockedError,
+    TextGetConfig,
 )
 from dstm_orch.push.netconf.table import Binding, BindInstance, DeviceTable, Entries, entries_of
 
@@ -148,12 +149,11 @@ class CommitProtocol:
 
     def read(self, mgr: manager.Manager, source: str = "running") -> DeviceTable:
         """Return the bind-instance's table from ``source``."""
-        reply = self.device.rpc(f"get-config {source}", mgr.get_config, source=source,
+        reply = self.device.rpc(f"get-config {source}", mgr.execute, TextGetConfig,
+                                source=source,
                                 filter=("subtree", render_filter(self.instance.name)))
-        raw = getattr(reply, "xml", None)   # the reply's text: read without a tree
-        try:
-            return parse_table(raw if isinstance(raw, str) else reply.data_ele,
-                               self.instance.name)
+        try:   # the reply's text: no tree of a whole table (ncclient would build one)
+            return parse_table(reply.xml, self.instance.name)
         except DstmError as exc:
             raise PushError(f"{self.device.label}: get-config {source}: {exc}") from exc
 
