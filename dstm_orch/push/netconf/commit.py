@@ -36,7 +36,7 @@ from dstm_orch.push.netconf.session import (
     Capabilities,
     Device,
     DeviceLockedError,
-    TextGetConfig,
+    GetConfig,
 )
 from dstm_orch.push.netconf.table import Binding, BindInstance, DeviceTable, Entries, entries_of
 
@@ -149,7 +149,7 @@ class CommitProtocol:
 
     def read(self, mgr: manager.Manager, source: str = "running") -> DeviceTable:
         """Return the bind-instance's table from ``source``."""
-        reply = self.device.rpc(f"get-config {source}", mgr.execute, TextGetConfig,
+        reply = self.device.rpc(f"get-config {source}", mgr.execute, GetConfig,
                                 source=source,
                                 filter=("subtree", render_filter(self.instance.name)))
         try:   # the reply's text: no tree of a whole table (ncclient would build one)

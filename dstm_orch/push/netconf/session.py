@@ -21,8 +21,7 @@ from urllib.parse import parse_qs
 
 import paramiko
 from ncclient import NCClientError, manager
-from ncclient.operations import RPCError
-from ncclient.operations.retrieve import GetConfig, GetReply
+from ncclient.operations import RPCError, retrieve
 from ncclient.transport.errors import AuthenticationError, SSHUnknownHostError, TransportError
 from ncclient.transport.session import END_DELIM, MSG_DELIM, NetconfBase
 from paramiko.hostkeys import HostKeyEntry, InvalidHostKey
@@ -377,7 +376,7 @@ def send_at_once(session) -> None:
     session.send = send
 
 
-class TextReply(GetReply):
+class TextReply(retrieve.GetReply):
     """A ``<get-config>`` reply kept as its text (``xml``): ncclient parses every reply
     into a tree, which for a binding table of 10^6 entries is gigabytes; this one is
     parsed whole only when it carries an ``<rpc-error>`` (then exactly as ncclient
@@ -394,9 +393,10 @@ class TextReply(GetReply):
         self._parsed = True
 
 
-class TextGetConfig(GetConfig):
+class GetConfig(retrieve.GetConfig):
     """``<get-config>`` (RFC 6241 section 7.1) whose reply is a :class:`TextReply`; run
-    it with ``manager.execute(TextGetConfig, source=..., filter=...)``."""
+    it with ``manager.execute(GetConfig, source=..., filter=...)``. Named as ncclient's
+    own: its request log ("Requesting 'GetConfig'") names the RPC by the class."""
 
     REPLY_CLS = TextReply
 
