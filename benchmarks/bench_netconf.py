@@ -16,8 +16,9 @@ Rows printed:
 - ``--scale N`` (issue 10 section 3): plan for one TEP holding N bindings (10^6 is
   Snabb's million-subscriber table: 15,874 addresses with psid-len 6), from the
   intent's binding dicts to the validated bounded edits, with the device's table
-  parsed from its XML (N - 0.1 % entries, a few unexplained); time and peak RSS
-  against the targets (5 s, 1 GiB), in a process of its own;
+  parsed from its XML file, read in chunks (N - 0.1 % entries) and its digest (which
+  ``plan`` records); time, CPU per stage and peak RSS against the targets (5 s,
+  1 GiB), in a process of its own;
 - plan for ``--leases`` leases across ``--teps`` TEPs: invariant checks, diff, edit
   rendering and libyang validation of each TEP's change (the device tables are built
   in memory, 99 % in sync plus a few unexplained entries); peak Python memory from
@@ -201,8 +202,8 @@ SCALE_K = 6   # psid-len 6: 64 port sets per address; 15,625 addresses for 10^6
 
 def bench_scale(count: int) -> None:
     """Plan one TEP of ``count`` bindings; print time and peak RSS against the targets."""
-    from dstm_orch.push.netconf.payload import render_edits
-    from dstm_orch.push.netconf.table import BR_NS, binding_from_dict
+    from dstm_orch.push.netconf.payload import payloads_to_validate
+    from dstm_orch.push.netconf.table import BR_NS, entries_from_dicts, table_digest
 
     instance = BindInstance(**{**INSTANCE_DEFAULTS, "softwire_num_max": max(count, 65536)})
     intent = [{"node_ipv6": f"2001:db8:d{i >> 16:03x}::{i & 0xffff:x}",
@@ -228,21 +229,25 @@ def bench_scale(count: int) -> None:
                           f"</port-set><br-ipv6-addr>{BR}</br-ipv6-addr></binding-entry>\n")
             out.write("</binding-table></bind-instance></binding></br-instances></data>\n")
         checker = checker_for(YANG_DIR)
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         marks = [("start", time.perf_counter(), time.process_time())]
 
         def mark(stage: str) -> None:
             marks.append((stage, time.perf_counter(), time.process_time()))
 
-        desired = [binding_from_dict(e, BR) for e in intent]
+        desired = entries_from_dicts(intent, BR)
         mark("bindings")
         check_invariants(desired, [str(SCALE_POOL)], instance)
         mark("invariants")
-        have = parse_table(device_xml.read_bytes(), "dstm")
+        with device_xml.open("rb") as stream:   # read in 4 MiB chunks
+            have = parse_table(stream, "dstm")
         mark("parse")
         diff = compute_diff(have, desired, instance)
         mark("diff")
+        table_digest(have)
+        mark("digest")
         edits = 0
-        for payload in render_edits(diff, instance, version=8, date=utc_date()):
+        for payload in payloads_to_validate(diff, instance, version=8, date=utc_date()):
             checker.validate(payload)
             edits += 1
         mark(f"{edits} edit(s) + libyang")
@@ -253,7 +258,8 @@ def bench_scale(count: int) -> None:
     row(f"plan, one TEP of {count:,} bindings", f"{seconds:.2f} s",
         f"target 5 s: {seconds / 5:.1f}x; CPU {cpu:.2f} s ({cpu / 5:.1f}x): {stages}")
     row("plan, peak RSS", f"{rss:.0f} MiB", f"target 1024 MiB: {rss / 1024:.2f}x; "
-        f"{sum(diff.counts().values()):,} entries to send")
+        f"{sum(diff.counts().values()):,} entries to send; {before:.0f} MiB before the "
+        "plan (the intent's dicts)")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -158,13 +158,13 @@ def check_leases(inv: DstmInventory, store, now: datetime, *, drain_now: bool = 
 def _check_router(inv: DstmInventory, name: str, wanted: dict) -> str:
     """Check one router TEP's static table; return the YANG outcome."""
     from dstm_orch.push.netconf.invariants import check_capacity, check_invariants
-    from dstm_orch.push.netconf.payload import render_edits, utc_date
-    from dstm_orch.push.netconf.table import DeviceTable, binding_from_dict, compute_diff
+    from dstm_orch.push.netconf.payload import payloads_to_validate, utc_date
+    from dstm_orch.push.netconf.table import DeviceTable, compute_diff, entries_from_dicts
     from dstm_orch.push.netconf.yang import YANG_DIR_SETTING, checker_for
     from dstm_orch.push.orchestrate import bind_instance
 
     tep = inv.domain.teps[name]
-    desired = [binding_from_dict(b, tep.ipv6) for b in wanted["bindings"]]
+    desired = entries_from_dicts(wanted["bindings"], tep.ipv6)
     check_invariants(desired, wanted["pools"])
     instance = bind_instance(inv, tep)
     if instance.softwire_num_max is not None:
@@ -186,7 +186,8 @@ def _check_router(inv: DstmInventory, name: str, wanted: dict) -> str:
                         f"{source})")
     checker = checker_for(directory)
     diff = compute_diff(DeviceTable(None), desired, instance)
-    for payload in render_edits(diff, instance.resolved(None), version=1, date=utc_date()):
+    for payload in payloads_to_validate(diff, instance.resolved(None), version=1,
+                                        date=utc_date()):
         checker.validate(payload)
     module = checker.revision("ietf-softwire-br")
     return f"valid (ietf-softwire-br@{module}, {directory})"

@@ -389,10 +389,10 @@ def _netconf(inv: DstmInventory, store: LeaseStore, intent: Intent, tep: Tep,
              now: datetime, *, check: bool, replace: bool, hostkey_verify: bool,
              digest: str, last: PushRecord | None, expect_digest: str | None = None,
              kept: KeptSessions | None = None) -> dict:
-    from dstm_orch.push.netconf.table import binding_from_dict
+    from dstm_orch.push.netconf.table import entries_from_dicts
 
     wanted = intent.teps[tep.name]
-    desired = [binding_from_dict(b, tep.ipv6) for b in wanted["bindings"]]
+    desired = entries_from_dicts(wanted["bindings"], tep.ipv6)
     pusher = _pusher(inv, tep, wanted["pools"], hostkey_verify) if kept is None else \
         kept.pusher(tep.name, lambda keep: _pusher(inv, tep, wanted["pools"], hostkey_verify,
                                                    keep_session=keep))

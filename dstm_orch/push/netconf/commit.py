@@ -36,8 +36,9 @@ from dstm_orch.push.netconf.session import (
     Capabilities,
     Device,
     DeviceLockedError,
+    GetConfig,
 )
-from dstm_orch.push.netconf.table import Binding, BindInstance, DeviceTable
+from dstm_orch.push.netconf.table import Binding, BindInstance, DeviceTable, Entries, entries_of
 
 log = logging.getLogger("dstm_orch.push.netconf.pusher")
 
@@ -148,15 +149,16 @@ class CommitProtocol:
 
     def read(self, mgr: manager.Manager, source: str = "running") -> DeviceTable:
         """Return the bind-instance's table from ``source``."""
-        reply = self.device.rpc(f"get-config {source}", mgr.get_config, source=source,
+        reply = self.device.rpc(f"get-config {source}", mgr.execute, GetConfig,
+                                source=source,
                                 filter=("subtree", render_filter(self.instance.name)))
-        try:
-            return parse_table(reply.data_ele, self.instance.name)
+        try:   # the reply's text: no tree of a whole table (ncclient would build one)
+            return parse_table(reply.xml, self.instance.name)
         except DstmError as exc:
             raise PushError(f"{self.device.label}: get-config {source}: {exc}") from exc
 
     def candidate(self, mgr: manager.Manager, caps: Capabilities, payloads: Iterable[str],
-                  desired: Sequence[Binding], instance: BindInstance, version: int,
+                  desired: Entries | Sequence[Binding], instance: BindInstance, version: int,
                   journal: CommitJournal | None,
                   timeout: int | None = None) -> tuple[PendingCommit | None, DeviceTable]:
         """Edit the candidate (one ``<edit-config>`` per payload) and commit it once;
@@ -256,7 +258,7 @@ class CommitProtocol:
             journal.settled(pending, True, "confirmed")
 
     def running(self, mgr: manager.Manager, caps: Capabilities, payload: str,
-                desired: Sequence[Binding], instance: BindInstance,
+                desired: Entries | Sequence[Binding], instance: BindInstance,
                 version: int) -> DeviceTable:
         """Edit ``<running>`` directly (rollback-on-error when offered), then read back;
         return the table read back."""
@@ -266,7 +268,7 @@ class CommitProtocol:
             test_option="test-then-set" if caps.validate else None)
         return self.read_back(mgr, desired, instance, version, cancel=None)
 
-    def read_back(self, mgr: manager.Manager, desired: Sequence[Binding],
+    def read_back(self, mgr: manager.Manager, desired: Entries | Sequence[Binding],
                   instance: BindInstance, version: int,
                   cancel: PendingCommit | None) -> DeviceTable:
         """Check that ``<running>`` now holds exactly the desired table and version;
@@ -277,15 +279,16 @@ class CommitProtocol:
                 persist id, or left to expire).
         """
         got = self.read(mgr)
-        want = {b.key: b for b in desired}
+        want = entries_of(desired).rows
+        have = entries_of(got.entries).rows
         problems = []
         if got.instance != instance:
             problems.append(f"instance leaves {got.instance}")
         if got.version != version:
             problems.append(f"version {got.version} instead of {version}")
-        if dict(got.entries) != want:
-            problems.append(f"{len(got.entries)} entries instead of {len(want)} "
-                            f"({len(got.entries.keys() ^ want.keys())} keys differ)")
+        if have != want:
+            problems.append(f"{len(have)} entries instead of {len(want)} "
+                            f"({len(have.keys() ^ want.keys())} keys differ)")
         if not problems:
             return got
         outcome = "the change stays committed"

@@ -10,10 +10,14 @@ from __future__ import annotations
 
 import ipaddress
 import itertools
+import re
+import secrets
+import socket
 from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
 from functools import lru_cache
 from pathlib import Path
+from typing import BinaryIO
 
 import jinja2
 from lxml import etree
@@ -21,12 +25,19 @@ from lxml import etree
 from dstm_orch.domain.errors import DstmError
 from dstm_orch.push.netconf.table import (
     BR_NS,
+    FULL_VALIDATION_MAX,
+    VALIDATION_SAMPLE,
     Binding,
     BindInstance,
     DeviceTable,
+    Entries,
     TableDiff,
+    key_of,
+    key_of_text,
     parse_ipv4,
     parse_ipv6,
+    row_of,
+    sample_diff,
 )
 
 NETCONF_BASE_NS = "urn:ietf:params:xml:ns:netconf:base:1.0"
@@ -139,17 +150,61 @@ def render_edits(
         yield render_edit(diff, instance, **kwargs)
 
 
+def payloads_to_validate(
+    diff: TableDiff,
+    instance: BindInstance,
+    *,
+    version: int,
+    date: str,
+    replace_with: Sequence[Binding] | None = None,
+    size: int | None = EDIT_SIZE,
+) -> Iterator[str]:
+    """Yield the payloads libyang checks before a change is sent: every payload of
+    :func:`render_edits` when the change sends at most :data:`FULL_VALIDATION_MAX`
+    entries, else the payloads of a sample of it (:func:`sample_diff`,
+    :data:`VALIDATION_SAMPLE` entries spread over the change; the invariants check
+    every entry, the YANG port-set ranges included, in a table that large). The
+    arguments are :func:`render_edits`'.
+    """
+    kwargs = {"version": version, "date": date, "size": size}
+    if replace_with is not None:
+        if len(replace_with) <= FULL_VALIDATION_MAX:
+            yield from render_edits(diff, instance, replace_with=replace_with, **kwargs)
+            return
+        diff = TableDiff(added=tuple(replace_with), instance=diff.instance)
+    elif len(diff.added) + len(diff.changed) <= FULL_VALIDATION_MAX:
+        yield from render_edits(diff, instance, **kwargs)
+        return
+    yield from render_edits(sample_diff(diff, VALIDATION_SAMPLE), instance, **kwargs)
+
+
 def render_filter(instance_name: str, template_dir: Path = TEMPLATE_DIR) -> str:
     """Render the subtree filter (RFC 6241 section 6) for one bind-instance's table."""
     return _template(template_dir, "filter.xml.j2").render(name=instance_name)
 
 
-def parse_table(data: str | bytes | etree._Element, instance_name: str) -> DeviceTable:
+def parse_table(data: str | bytes | BinaryIO | etree._Element,
+                instance_name: str) -> DeviceTable:
     """Parse ``<get-config>`` data into the :class:`DeviceTable` of one bind-instance.
+
+    Text is read in two parts, so that a table of 10^6 entries (250 MB of XML) is read
+    in about 1.5 s and never becomes a tree (issue 10 section 3): the content of each
+    ``<binding-table>`` whose entries are all in the form a device prints them
+    (unprefixed elements without attributes, leaves in schema order, plain text, any
+    whitespace between; every ``<`` of the content inside such an entry) is read by a
+    compiled pattern, in chunks, straight into compact rows; the rest of the document,
+    with those contents cut out, is parsed by lxml as before, which checks the
+    namespaces and reads the instance leaves, and any table content in another form
+    (a prefix, a comment, a leaf out of order or left out) is read there, from its
+    elements. Both give the same :class:`~dstm_orch.push.netconf.table.Entries`. A
+    binary file is read in chunks of 4 MiB (the XML is never whole in memory), and read
+    again whole, from its start, when a table is not all in that form.
 
     Args:
         data: the reply's ``<data>`` (or ``<config>``) element or its XML text, empty
-            or holding ``br-instances``; or a ``br-instances`` element itself.
+            or holding ``br-instances``; or a ``br-instances`` element itself; or the
+            whole ``<rpc-reply>`` (its ``<data>`` is read); or a seekable binary file
+            holding any of these.
         instance_name: the bind-instance to read.
 
     Raises:
@@ -157,7 +212,24 @@ def parse_table(data: str | bytes | etree._Element, instance_name: str) -> Devic
             is not in the ``ietf-softwire-br`` namespace (RFC 8676 section 5.1), which
             would otherwise read as an empty table.
     """
+    if isinstance(data, etree._Element):
+        data = etree.tostring(data, with_tail=False)   # read fastest as text
+    tables: dict[str, Entries] = {}
+    if hasattr(data, "read"):
+        skeleton = _cut_stream(data, tables)
+        if skeleton is None:
+            tables.clear()
+            data.seek(0)
+            data = _cut_tables(data.read(), tables)
+        else:
+            data = skeleton
+    else:
+        data = _cut_tables(data, tables)
     root = _xml(data)
+    if root.tag == f"{{{NETCONF_BASE_NS}}}rpc-reply":
+        root = root.find(f"{{{NETCONF_BASE_NS}}}data")
+        if root is None:
+            return DeviceTable(instance=None)
     _check_namespace(root)
     ns = {"b": BR_NS}
     found = root.xpath(
@@ -180,19 +252,170 @@ def parse_table(data: str | bytes | etree._Element, instance_name: str) -> Devic
             softwire_path_mru=_int(text(node, "b:softwire-path-mru")),
         )
         version = text(node, "b:binding-table-versioning/b:version")
-        entries = {}
+        rows: dict = {}
         for table in node.iterchildren(f"{{{BR_NS}}}binding-table"):
-            for e in table.iterchildren(f"{{{BR_NS}}}binding-entry"):
-                binding = _entry(e)
-                entries[binding.key] = binding
+            for child in table.iterchildren(f"{{{BR_NS}}}binding-entry", etree.PI):
+                if isinstance(child, etree._ProcessingInstruction):
+                    cut = tables.get(f"{child.target} {child.text}")
+                    if cut is not None:
+                        rows.update(cut.rows)
+                    continue
+                binding = _entry(child)
+                rows[key_of(binding.node_ipv6)] = row_of(binding)
     except ValueError as exc:
         raise DstmError(f"bind-instance {instance_name}: unreadable device data: {exc}") from exc
     return DeviceTable(
         instance=instance,
         version=int(version) if version else None,
         date=text(node, "b:binding-table-versioning/b:date"),
-        entries=entries,
+        entries=Entries(rows),
     )
+
+
+_CHUNK = 4 << 20
+"""Bytes (or characters) of table content read per pattern pass, and per read of a file:
+bounds what a parse holds besides its rows."""
+
+
+def _entry_pattern(kind: type) -> re.Pattern:
+    leaf = r"<{0}>([^<&\s]+)</{0}>\s*"
+    ports = (r"\s*<psid-offset>[0-9]+</psid-offset>\s*<psid-len>[0-9]+</psid-len>\s*"
+             r"<psid>[0-9]+</psid>\s*")
+    text = (r"\s*<binding-entry>\s*" + leaf.format("binding-ipv6info")
+            + leaf.format("binding-ipv4-addr") + "<port-set>(" + ports + r")</port-set>\s*"
+            + leaf.format("br-ipv6-addr") + r"</binding-entry>")
+    return re.compile(text if kind is str else text.encode())
+
+
+_ENTRY = {str: _entry_pattern(str), bytes: _entry_pattern(bytes)}
+_PORTS = {str: re.compile(r"[0-9]+"), bytes: re.compile(rb"[0-9]+")}
+_MARKUP_PER_ENTRY = 16   # the "<" of the 8 start and 8 end tags of one entry
+_TAGS = {kind: tuple(t if kind is str else t.encode() for t in
+                     ("<binding-table>", "</binding-table>", "</binding-entry>", "<"))
+         for kind in (str, bytes)}
+
+
+class _Rows:
+    """Compact rows read from table content in the form a device prints it, part by
+    part (:func:`parse_table`); addresses and port sets that repeat are read once."""
+
+    def __init__(self, kind: type):
+        self.kind, self.rows = kind, {}
+        self.decode = (lambda v: v) if kind is str else bytes.decode
+        self.ipv4s: dict = {}
+        self.brs: dict = {}
+        self.ports: dict = {}
+
+    def read(self, data: str | bytes, start: int, end: int) -> bool:
+        """Add the entries of ``data[start:end]``; False (rows left incomplete) when
+        any markup there is not one of the pattern's entries, or a value does not read."""
+        matches = _ENTRY[self.kind].findall(data, start, end)
+        if data.count(_TAGS[self.kind][3], start, end) != len(matches) * _MARKUP_PER_ENTRY:
+            return False
+        pton, family, from_bytes, decode = socket.inet_pton, socket.AF_INET6, \
+            int.from_bytes, self.decode
+        ipv4s, brs, ports, rows = self.ipv4s, self.brs, self.ports, self.rows
+        try:
+            for key, ipv4, port_set, br in matches:
+                try:
+                    compact = from_bytes(pton(family, decode(key)))
+                except OSError:
+                    compact = key_of_text(decode(key))
+                v4 = ipv4s.get(ipv4)
+                if v4 is None:
+                    v4 = ipv4s[ipv4] = int(parse_ipv4(decode(ipv4)))
+                v6 = brs.get(br)
+                if v6 is None:
+                    v6 = brs[br] = (int(_br_ipv6(decode(br))),)
+                numbers = ports.get(port_set)
+                if numbers is None:
+                    numbers = ports[port_set] = tuple(
+                        int(n) for n in _PORTS[self.kind].findall(port_set))
+                rows[compact] = (v4, *v6, *numbers)
+        except ValueError:
+            return False   # lxml reads it again and names the value
+        return True
+
+    def read_region(self, data: str | bytes, start: int, end: int) -> bool:
+        """:meth:`read` ``data[start:end]`` in chunks that end at an entry's end."""
+        close = _TAGS[self.kind][2]
+        while start < end:
+            stop = data.find(close, min(start + _CHUNK, end), end)
+            stop = end if stop < 0 else stop + len(close)
+            if not self.read(data, start, stop):
+                return False
+            start = stop
+        return True
+
+
+def _cut_tables(data: str | bytes, tables: dict[str, Entries]) -> str | bytes:
+    """Return ``data`` with the content of every ``<binding-table>`` that :class:`_Rows`
+    reads replaced by a processing instruction naming its rows in ``tables`` (a nonce in
+    the name: the document cannot point at rows of its own)."""
+    kind = type(data)
+    opening, closing = _TAGS[kind][:2]
+    if data.find(opening) < 0:
+        return data
+    nonce = secrets.token_hex(8)
+    pieces, position = [], 0
+    while (start := data.find(opening, position)) >= 0:
+        body = start + len(opening)
+        end = data.find(closing, body)
+        if end < 0:
+            break
+        reader = _Rows(kind)
+        if reader.read_region(data, body, end):
+            name = f"dstm-rows-{nonce} {len(tables)}"
+            tables[name] = Entries(reader.rows)
+            marker = f"<?{name}?>"
+            pieces += [data[position:body], marker if kind is str else marker.encode()]
+        else:   # left in place: lxml reads it
+            pieces.append(data[position:end])
+        position = end
+    pieces.append(data[position:])
+    return data[:0].join(pieces)
+
+
+def _cut_stream(stream: BinaryIO, tables: dict[str, Entries]) -> bytes | None:
+    """:func:`_cut_tables` for a binary file read :data:`_CHUNK` bytes at a time: only
+    the rows, the document around the tables and one chunk are held. ``None`` when a
+    table's content is not all in the pattern's form (the caller reads the file again,
+    whole)."""
+    opening, closing, close_entry, _ = _TAGS[bytes]
+    nonce = secrets.token_hex(8)
+    skeleton: list[bytes] = []
+    buffer, reader, ended = b"", None, False
+    while not ended:
+        chunk = stream.read(_CHUNK)
+        ended = not chunk
+        buffer += chunk
+        while True:
+            if reader is None:
+                at = buffer.find(opening)
+                if at < 0:   # keep what could be the start of an opening tag
+                    keep = 0 if ended else min(len(buffer), len(opening) - 1)
+                    skeleton.append(buffer[:len(buffer) - keep])
+                    buffer = buffer[len(buffer) - keep:]
+                    break
+                skeleton.append(buffer[:at + len(opening)])
+                buffer, reader = buffer[at + len(opening):], _Rows(bytes)
+                continue
+            at = buffer.find(closing)
+            stop = at if at >= 0 else buffer.rfind(close_entry) + len(close_entry)
+            if stop < len(close_entry) and at < 0:
+                if ended:
+                    return None
+                break   # no whole entry yet: read more
+            if not reader.read(buffer, 0, stop):
+                return None
+            buffer = buffer[stop:]
+            if at < 0:
+                break
+            name = f"dstm-rows-{nonce} {len(tables)}"
+            tables[name] = Entries(reader.rows)
+            skeleton.append(f"<?{name}?>".encode())
+            reader = None
+    return b"".join(skeleton)
 
 
 def _leaves(element: etree._Element) -> dict[str, str]:

@@ -23,7 +23,7 @@ from __future__ import annotations
 import ipaddress
 import logging
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 import netaddr
@@ -38,7 +38,12 @@ from dstm_orch.push.netconf.commit import (
     sized_timeout,
 )
 from dstm_orch.push.netconf.invariants import check_capacity, check_invariants
-from dstm_orch.push.netconf.payload import EDIT_SIZE, render_edits, utc_date
+from dstm_orch.push.netconf.payload import (
+    EDIT_SIZE,
+    payloads_to_validate,
+    render_edits,
+    utc_date,
+)
 from dstm_orch.push.netconf.results import DevicePlan, Plan, PushResult
 from dstm_orch.push.netconf.schemas import SchemaSource, SchemaUnavailableError
 from dstm_orch.push.netconf.session import (
@@ -55,8 +60,10 @@ from dstm_orch.push.netconf.table import (
     BindingTableError,
     BindInstance,
     DeviceTable,
+    Entries,
     TableDiff,
     compute_diff,
+    entries_of,
     table_digest,
 )
 from dstm_orch.push.netconf.yang import YangChecker, YangValidationError
@@ -166,15 +173,22 @@ class NetconfPusher:
             return None
         return self._verified[1]
 
-    def plan(self, desired: Iterable[Binding]) -> DevicePlan:
+    def plan(self, desired: Entries | Iterable[Binding]) -> DevicePlan:
         """Compute what :meth:`push` would change, from the device's real state.
+
+        ``desired`` is best given as :class:`~dstm_orch.push.netconf.table.Entries`
+        (:func:`~dstm_orch.push.netconf.table.entries_from_dicts`): a table of 10^6
+        entries is then planned in seconds. A change of more than
+        :data:`~dstm_orch.push.netconf.table.FULL_VALIDATION_MAX` entries is validated
+        by libyang on a sample (:func:`~dstm_orch.push.netconf.payload.
+        payloads_to_validate`), every entry by the invariants.
 
         Raises:
             PayloadRefusedError: the desired table breaks an invariant or the YANG.
             SchemaUnavailableError: no YANG modules to validate against.
             PushError: the device cannot be read.
         """
-        desired = tuple(desired)
+        desired = entries_of(desired)
         self._check(desired)
         self.schemas.check_configured()
         with self.device.session() as mgr:
@@ -187,21 +201,22 @@ class NetconfPusher:
         self._check_capacity(desired, current)
         diff = compute_diff(current, desired, self.instance)
         if not diff.empty:
-            for payload in render_edits(diff, instance, version=(current.version or 0) + 1,
-                                        date=utc_date(), size=self.edit_size):
+            for payload in payloads_to_validate(diff, instance,
+                                                version=(current.version or 0) + 1,
+                                                date=utc_date(), size=self.edit_size):
                 self._validate(checker, payload)
         return DevicePlan(
             device=self.target.name, host=f"[{self.target.host}]:{self.target.port}",
             instance=self.instance.name, device_version=current.version,
-            device_entries=len(current.entries), desired_entries=len(desired), diff=diff,
+            device_entries=len(current.entries), desired_entries=desired.count(), diff=diff,
             schema_source=source, device_digest=table_digest(current),
         )
 
-    def push(self, desired: Iterable[Binding], **options) -> PushResult:
+    def push(self, desired: Entries | Iterable[Binding], **options) -> PushResult:
         """Make the device's bind-instance equal ``desired`` (:meth:`push_once`, which
         documents the arguments); when a kept session turns out dead at the first RPC
         (nothing sent), once more on a new session, which reads the device first."""
-        desired = tuple(desired)
+        desired = entries_of(desired)
         try:
             return self.push_once(desired, **options)
         except SessionLostError as exc:
@@ -210,7 +225,7 @@ class NetconfPusher:
 
     def push_once(
         self,
-        desired: Iterable[Binding],
+        desired: Entries | Iterable[Binding],
         *,
         replace: bool = False,
         force: bool = False,
@@ -264,7 +279,7 @@ class NetconfPusher:
             PushError: connection or read-back failures.
         """
         started = time.monotonic()
-        desired = tuple(desired)
+        desired = entries_of(desired)
         if not force:
             self._check(desired)
             self.schemas.check_configured()
@@ -283,7 +298,7 @@ class NetconfPusher:
                 reading = time.monotonic()
                 current = cached if cached is not None else commit.read(mgr)
                 timeout = sized_timeout(commit.confirm_timeout, time.monotonic() - reading,
-                                        len(current.entries), len(desired))
+                                        len(current.entries), desired.count())
                 instance = self.instance.resolved(current.instance)
                 diff = compute_diff(current, desired, self.instance, replace=replace)
                 if expect_digest is not None and table_digest(current) != expect_digest:
@@ -306,14 +321,17 @@ class NetconfPusher:
                                       seconds=time.monotonic() - started)
                 new_version = version if version is not None else (current.version or 0) + 1
                 date = utc_date()
+                whole = desired.bindings() if replace else None
 
                 def payloads(size: int | None) -> Iterator[str]:
                     return render_edits(diff, instance, version=new_version, date=date,
-                                        replace_with=desired if replace else None, size=size)
+                                        replace_with=whole, size=size)
 
                 size = self.edit_size if method == "candidate" else None
-                if checker is not None:
-                    for payload in payloads(size):   # all of them before anything is sent
+                if checker is not None:   # all of them (or the sample) before anything is sent
+                    for payload in payloads_to_validate(diff, instance, version=new_version,
+                                                        date=date, replace_with=whole,
+                                                        size=size):
                         self._validate(checker, payload)
                 if method == "candidate":
                     pending, table = commit.candidate(mgr, caps, payloads(size), desired,
@@ -355,7 +373,7 @@ class NetconfPusher:
 
     # -- checks --------------------------------------------------------------------------
 
-    def _check(self, desired: Sequence[Binding]) -> None:
+    def _check(self, desired: Entries) -> None:
         try:
             check_invariants(desired, self.pools)
         except BindingTableError as exc:
@@ -363,7 +381,7 @@ class NetconfPusher:
         if self.instance.softwire_num_max is not None:   # known before reading the device
             self._check_capacity(desired, DeviceTable(None))
 
-    def _check_capacity(self, desired: Sequence[Binding], current: DeviceTable) -> None:
+    def _check_capacity(self, desired: Entries, current: DeviceTable) -> None:
         instance = self.instance.resolved(current.instance)
         if self.instance.softwire_num_max is not None:
             source = "from the inventory's dstm_tep_softwire_num_max"

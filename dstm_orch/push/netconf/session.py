@@ -21,7 +21,7 @@ from urllib.parse import parse_qs
 
 import paramiko
 from ncclient import NCClientError, manager
-from ncclient.operations import RPCError
+from ncclient.operations import RPCError, retrieve
 from ncclient.transport.errors import AuthenticationError, SSHUnknownHostError, TransportError
 from ncclient.transport.session import END_DELIM, MSG_DELIM, NetconfBase
 from paramiko.hostkeys import HostKeyEntry, InvalidHostKey
@@ -374,6 +374,31 @@ def send_at_once(session) -> None:
             channel.sendall(data)
 
     session.send = send
+
+
+class TextReply(retrieve.GetReply):
+    """A ``<get-config>`` reply kept as its text (``xml``): ncclient parses every reply
+    into a tree, which for a binding table of 10^6 entries is gigabytes; this one is
+    parsed whole only when it carries an ``<rpc-error>`` (then exactly as ncclient
+    does: the error is raised the same way), and its ``data_ele`` is ``None`` otherwise
+    (:func:`~dstm_orch.push.netconf.payload.parse_table` reads the text)."""
+
+    def parse(self) -> None:
+        if self._parsed:
+            return
+        if "rpc-error" in self._raw:
+            super().parse()
+            return
+        self._data = None
+        self._parsed = True
+
+
+class GetConfig(retrieve.GetConfig):
+    """``<get-config>`` (RFC 6241 section 7.1) whose reply is a :class:`TextReply`; run
+    it with ``manager.execute(GetConfig, source=..., filter=...)``. Named as ncclient's
+    own: its request log ("Requesting 'GetConfig'") names the RPC by the class."""
+
+    REPLY_CLS = TextReply
 
 
 def known_key(target: NetconfTarget, known_hosts: Path) -> tuple[str, str]:
