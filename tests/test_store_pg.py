@@ -147,7 +147,8 @@ def test_the_index_walks_by_hand(pg_url):
         for _ in range(2):
             with store.read() as tx:
                 assert tx.first_unleased(first, last, LAYOUT, None) == ip("192.0.2.2")
-                assert tx.active_psids(ip("192.0.2.2")) == [(LAYOUT, 0), (LAYOUT, 2)]
+                # a = 6, k = 2: all four PSIDs have ports in 1024-65535 (RFC 7597 5.1).
+                assert list(tx.taken_psids(ip("192.0.2.2"), LAYOUT, 0, 3)) == [0, 2]
                 assert tx.first_unleased(first, last, LAYOUT, 0) == ip("192.0.2.3")
                 assert tx.first_unleased(first, last, LAYOUT, 1) == ip("192.0.2.2")
                 assert list(tx.unleased_runs(first, last, LAYOUT, 2)) == [
@@ -163,7 +164,7 @@ def test_the_index_walks_by_hand(pg_url):
             tx.finish(leases[3], model.LeaseState.REVOKED, T0, T0)
         with store.read() as tx:
             assert tx.first_unleased(first, last, LAYOUT, None) == ip("192.0.2.1")
-            assert tx.active_psids(ip("192.0.2.1")) == [(LAYOUT, p) for p in range(3)]
+            assert list(tx.taken_psids(ip("192.0.2.1"), LAYOUT, 0, 3)) == [0, 1, 2]
             assert tx.first_unleased(first, last, LAYOUT, 3) == ip("192.0.2.1")
 
 

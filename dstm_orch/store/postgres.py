@@ -62,7 +62,7 @@ import re
 import threading
 import time
 from collections import ChainMap
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import replace
 from datetime import datetime
@@ -267,15 +267,16 @@ SELECT s.s,
        AND a.psid_offset = %(offset)s AND a.psid_len = %(length)s AND a.ipv4 = s.s
        AND a.psid BETWEEN %(usable)s AND %(top)s),
     (SELECT coalesce(max(id), 0) FROM lease_events),
-    ARRAY(SELECT ARRAY[a.psid_offset, a.psid_len, a.psid] FROM leases AS a
-          WHERE a.state = 'active' AND a.ipv4 = s.s ORDER BY a.psid)
+    ARRAY(SELECT a.psid FROM leases AS a WHERE a.state = 'active'
+          AND a.psid_offset = %(offset)s AND a.psid_len = %(length)s AND a.ipv4 = s.s
+          AND a.psid BETWEEN %(usable)s AND %(top)s ORDER BY a.psid)
 FROM s
 """
 """The address a ``pack`` walk resumes from, in one statement
 (:meth:`_PgTransaction.first_unleased` with any PSID): where the search starts
 (:data:`_START`), its active leases of the layout's usable PSIDs (it has room below
-the capacity), the newest event id, and (offset, length, PSID) of every active lease
-on it (``active_psids``, asked next)."""
+the capacity), the newest event id, and the PSIDs of those leases, ascending
+(``taken_psids``, asked next)."""
 
 _IN_USE = """
 WITH RECURSIVE layouts (o, l) AS (
@@ -333,9 +334,10 @@ class _PgTransaction(Transaction):
     Same answers, same skip marks (:mod:`dstm_orch.store.index`)."""
 
     _db: _Connection  # type: ignore[assignment]
-    _psids: tuple[int, int, list[tuple[Layout, int]]] | None = None
-    """(address, statement count then, its active leases' layouts and PSIDs): what
-    the ``pack`` walk's statement read, good until the next statement."""
+    _psids: tuple[int, int, Layout, int, int, list[int]] | None = None
+    """(address, statement count then, layout, first and last usable PSID, the PSIDs
+    in that range of its active leases of that layout): what the ``pack`` walk's
+    statement read, good until the next statement."""
     _layouts: tuple[int, int, int, set[Layout]] | None = None
     """(first, last, statement count then, the layouts in use): what :meth:`held_slots`
     read, good until the next statement."""
@@ -349,13 +351,14 @@ class _PgTransaction(Transaction):
             return self._pack(first, last, layout)
         return self._run(first, last, layout, psid)[0]
 
-    def active_psids(self, ipv4: int) -> list[tuple[Layout, int]]:
-        """See :meth:`AllocationIndex.active_psids`; no statement when the ``pack``
+    def taken_psids(self, ipv4: int, layout: Layout, first: int, last: int) -> Sequence[int]:
+        """See :meth:`AllocationIndex.taken_psids`; no statement when the ``pack``
         walk's statement just read them."""
         seen = self._psids
-        if seen is not None and seen[0] == ipv4 and seen[1] == self._db.statements:
-            return seen[2]
-        return super().active_psids(ipv4)
+        if seen is not None and seen[:5] == (ipv4, self._db.statements, tuple(layout),
+                                             first, last):
+            return seen[5]
+        return super().taken_psids(ipv4, layout, first, last)
 
     def _pack(self, first: int, last: int, layout: Layout) -> int:
         """``first_unleased`` for any usable PSID of ``layout``: one statement (:data:`_PACK`)
@@ -370,8 +373,8 @@ class _PgTransaction(Transaction):
             "first": first, "last": last, "upto": upto, "event": event,
             "offset": layout[0], "length": layout[1],
             "usable": usable.start, "top": usable.stop - 1}).fetchone()
-        self._psids = (start, self._db.statements,
-                       [((offset, length), psid) for offset, length, psid in leases])
+        self._psids = (start, self._db.statements, tuple(layout), usable.start,
+                       usable.stop - 1, list(leases))
         low = start
         if start <= last and count >= len(usable):
             low = self._gallop(start + 1, last, layout, len(usable))
