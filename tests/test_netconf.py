@@ -38,7 +38,7 @@ from dstm_orch.push.netconf.pusher import (
     RollbackUnavailableError,
 )
 from dstm_orch.push.netconf.schemas import SchemaUnavailableError
-from dstm_orch.push.netconf.session import CAP, MONITORING_NS, ROLLBACK_ON_ERROR
+from dstm_orch.push.netconf.session import CAP, MONITORING_NS, ROLLBACK_ON_ERROR, send_at_once
 from dstm_orch.push.netconf.table import BR_NS, Binding, binding_from_dict
 from tests.netconf_server import NetconfServer
 
@@ -312,6 +312,29 @@ def test_other_commit_modes(server, tmp_path, mode, method):
     assert device_entries(server) == TABLE
     assert pusher.push(bindings(LEASES[:1])).diff.counts()["removed"] == 2
     assert device_version(server) == "2"
+
+
+def test_the_first_rpc_goes_behind_the_queued_hello_and_the_rest_at_once(server):
+    """RFC 6241 section 8.1: each peer sends its <hello> first. ncclient queues the
+    client's hello for its session thread, and ``manager.connect`` can return before
+    that thread wrote it; so after ``send_at_once`` the first RPC still goes through
+    ncclient's queue, behind the hello, and only the RPCs after the device's first
+    reply are written straight to the channel: here the lock is queued, the unlock
+    is not, and the device answers both."""
+    with raw_session(server) as m:
+        session = m._session
+        queued: list[str] = []
+        put = session._q.put
+
+        def record(message, *args, **kwargs):
+            queued.append(message)
+            return put(message, *args, **kwargs)
+
+        session._q.put = record
+        send_at_once(session)
+        assert m.lock("candidate").ok
+        assert m.unlock("candidate").ok
+    assert len(queued) == 1 and ":lock>" in queued[0], queued
 
 
 def test_lock_held_by_another_session(server, tmp_path):

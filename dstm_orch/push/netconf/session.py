@@ -23,7 +23,8 @@ import paramiko
 from ncclient import NCClientError, manager
 from ncclient.operations import RPCError, retrieve
 from ncclient.transport.errors import AuthenticationError, SSHUnknownHostError, TransportError
-from ncclient.transport.session import END_DELIM, MSG_DELIM, NetconfBase
+from ncclient.transport.session import END_DELIM, MSG_DELIM, NetconfBase, SessionListener
+from ncclient.xml_ import qualify
 from paramiko.hostkeys import HostKeyEntry, InvalidHostKey
 
 from dstm_orch.domain.errors import PushError
@@ -345,9 +346,28 @@ class Device:
         return mgr
 
 
+class _Answered(SessionListener):
+    """Set once the session thread has received a message other than the device's
+    hello: the device answered something sent through ncclient's queue."""
+
+    def __init__(self) -> None:
+        self.event = threading.Event()
+
+    def callback(self, root, raw) -> None:
+        if root[0] != _HELLO:
+            self.event.set()
+
+    def errback(self, ex) -> None:
+        """Errors are ncclient's to report; the session is then closed."""
+
+
+_HELLO = qualify("hello")
+
+
 def send_at_once(session) -> None:
     """Make ``session`` (an ncclient ``SSHSession``, connected) write each message to
-    the SSH channel when it is sent, in the sending thread.
+    the SSH channel when it is sent, in the sending thread, once the device has
+    answered a first message sent the ncclient way.
 
     ncclient 0.7 queues a message for its session thread, which looks at the queue only
     between waits of up to ``TICK`` (0.1 s) for data from the device; a request queued
@@ -355,14 +375,26 @@ def send_at_once(session) -> None:
     dozen RPCs spent more than a second waiting (measured on netconfd). The framing is
     ncclient's: RFC 6242 section 4.2 chunks after a base:1.1 hello, the RFC 4742
     end-of-message mark before. Only the session thread reads; writers take a lock.
+
+    The client's ``<hello>`` is queued too, and RFC 6241 section 8.1 has it sent before
+    any RPC. ``manager.connect`` returns once the device's hello is read, which can be
+    before the session thread has written the queued one; so messages go through the
+    queue, behind the hello, until the session thread has received a reply (the device
+    answers only after it has the hello), and straight to the channel after that.
     A session of another transport is left as it is.
     """
     channel = getattr(session, "_channel", None)
     if channel is None or not hasattr(session, "_base"):
         return
     lock = threading.Lock()
+    queued = session.send
+    answered = _Answered()
+    session.add_listener(answered)
 
     def send(message: str) -> None:
+        if not answered.event.is_set():
+            queued(message)
+            return
         if not session.connected:
             raise TransportError("Not connected to NETCONF server")
         data = message.encode()
