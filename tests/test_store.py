@@ -224,13 +224,26 @@ def test_first_unleased_and_unleased_runs_by_hand(store):
         assert tx.first_unleased(ip("192.0.2.8"), ip("192.0.2.9")) == ip("192.0.2.10")
         assert tx.first_unleased(ip("192.0.2.0"), ip("192.0.2.9")) == ip("192.0.2.0")
         runs = list(tx.unleased_runs(ip("192.0.2.1"), ip("192.0.2.10")))
-    # Each maximal run's first address alone, then the rest of the run.
-    assert runs == [
-        (ip("192.0.2.4"), ip("192.0.2.4")),
-        (ip("192.0.2.6"), ip("192.0.2.6")),
-        (ip("192.0.2.7"), ip("192.0.2.7")),
-        (ip("192.0.2.10"), ip("192.0.2.10")),
-    ]
+    merged: list[tuple[int, int]] = []
+    for start, stop in runs:
+        if merged and merged[-1][1] + 1 == start:
+            merged[-1] = (merged[-1][0], stop)
+        else:
+            merged.append((start, stop))
+    assert merged == [(ip("192.0.2.4"), ip("192.0.2.4")), (ip("192.0.2.6"), ip("192.0.2.7")),
+                      (ip("192.0.2.10"), ip("192.0.2.10"))]
+    if type(store).__name__ == "PgLeaseStore":
+        # One statement reads a run whole (each is a round trip there).
+        assert runs == merged
+    else:
+        # Each maximal run's first address alone, then the rest of the run: a walk that
+        # takes the first address never seeks the run's end.
+        assert runs == [
+            (ip("192.0.2.4"), ip("192.0.2.4")),
+            (ip("192.0.2.6"), ip("192.0.2.6")),
+            (ip("192.0.2.7"), ip("192.0.2.7")),
+            (ip("192.0.2.10"), ip("192.0.2.10")),
+        ]
 
 
 def test_a_rolled_back_transaction_leaves_no_skip_mark(store):
