@@ -474,6 +474,69 @@ def test_node_api_http_framing(servers):
         assert status == 404 and _closed(sock)
 
 
+
+def test_node_api_refuses_smuggling(servers):
+    """Inputs on which two HTTP parsers could disagree about where a request ends (request
+    smuggling) are refused ``400 malformed`` and the connection closed (llhttp's strict
+    parsing, RFC 9112): two different ``Content-Length`` headers (section 6.3 item 5: an
+    unrecoverable error), ``Content-Length`` with ``Transfer-Encoding`` (section 6.1: a
+    server MAY reject it and MUST close after it), whitespace between a header name and
+    its colon (section 5.1: MUST reject with 400), obs-fold (section 5.2: MUST reject with
+    400 or replace it), a bare LF ending the request line (section 2.2: the CRLF is
+    required; llhttp accepts no other), a method llhttp does not know (it cannot tell it
+    from a garbled request line), an HTTP/2.0 request line (section 2.3: HTTP/1.x only).
+    A head over MAX_HEAD (8192) bytes is refused even when it arrives in small pieces, a
+    ``Content-Length`` over MAX_BODY (4096) before its body arrives."""
+    server = servers.start()
+    head = b"POST /dstm/v1/renew HTTP/1.1\r\nHost: x\r\n"
+    for request in (
+            head + b"Content-Length: 2\r\nContent-Length: 3\r\n\r\n{}",
+            head + b"Content-Length: 2\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+            head + b"Content-Length : 2\r\n\r\n{}",
+            head + b"X-Note: a\r\n b\r\nContent-Length: 2\r\n\r\n{}",
+            b"POST /dstm/v1/renew HTTP/1.1\nContent-Length: 2\n\n{}",
+            b"FETCH /dstm/v1/renew HTTP/1.1\r\nContent-Length: 0\r\n\r\n",
+            b"POST /dstm/v1/renew HTTP/2.0\r\nContent-Length: 0\r\n\r\n",
+            head + b"Content-Length: 4097\r\n\r\n"):
+        with socket.create_connection(server.server_address[:2], timeout=10) as sock:
+            sock.sendall(request)
+            [(status, headers, body)] = _answers(sock, 1)
+            assert (status, headers["connection"], body["error"]) == (
+                400, "close", "malformed"), request
+            assert _closed(sock), request
+    with socket.create_connection(server.server_address[:2], timeout=10) as sock:
+        sock.sendall(head)
+        # One header line in 100-byte pieces up to the first past 8192 bytes of head (no
+        # end of the head): refused then (nothing follows, so the close is not a reset).
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock.sendall(b"X-Long: ")
+        for _ in range((8192 - len(head) - 8) // 100 + 1):
+            sock.sendall(b"a" * 100)
+        [(status, headers, body)] = _answers(sock, 1)
+        assert (status, headers["connection"], body["error"]) == (400, "close", "malformed")
+        assert "8192" in body["message"] and _closed(sock)
+    with socket.create_connection(server.server_address[:2], timeout=10) as sock:
+        # A request before a smuggling attempt is answered first, in order.
+        sock.sendall(head + b"Content-Length: 0\r\n\r\n"
+                     + head + b"Content-Length: 1\r\nContent-Length: 1\r\n\r\n{")
+        got = _answers(sock, 2)
+        assert [(s, b["error"]) for s, _, b in got] == [(400, "malformed")] * 2
+        assert "connection" not in got[0][1] and got[1][1]["connection"] == "close"
+        assert "Content-Length" in got[1][2]["message"] and _closed(sock)
+    with socket.create_connection(server.server_address[:2], timeout=10) as sock:
+        # Upgrade (RFC 9110 section 7.8) is not switched to: answered, then closed.
+        sock.sendall(b"POST /dstm/v1/steal HTTP/1.1\r\nUpgrade: h2c\r\n"
+                     b"Connection: Upgrade\r\nContent-Length: 0\r\n\r\nPRI * HTTP/2.0")
+        [(status, headers, _)] = _answers(sock, 1)
+        assert (status, headers["connection"]) == (404, "close") and _closed(sock)
+    with socket.create_connection(server.server_address[:2], timeout=10) as sock:
+        # Expect: 100-continue (RFC 9110 section 10.1.1): 100 before the body is sent.
+        sock.sendall(b"POST /dstm/v1/steal HTTP/1.1\r\nExpect: 100-continue\r\n"
+                     b"Content-Length: 2\r\n\r\n")
+        assert sock.recv(25) == b"HTTP/1.1 100 Continue\r\n\r\n"
+        sock.sendall(b"{}")
+        assert _answers(sock, 1)[0][0] == 404
+
 # -- limits: one client cannot exhaust the pool or the server -----------------------------
 
 

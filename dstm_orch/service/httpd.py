@@ -1,5 +1,6 @@
 """The HTTP(S) side of ``dstm-orch serve``: one IPv6 socket per listener; the node API
-on a small HTTP/1.1 server of its own (:class:`NodeAPI`), the operator API on aiohttp.
+on an asyncio protocol of its own on httptools' parser (llhttp; :class:`NodeAPI`), the
+operator API on aiohttp.
 
 Draft-ietf-ngtrans-dstm-08 section 5: "The communication between the DSTM client and
 the server MUST be in IPv6": sockets are ``AF_INET6`` with ``IPV6_V6ONLY`` set, and a
@@ -23,10 +24,12 @@ import socket
 import ssl
 import threading
 import time
+from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from email.utils import formatdate
 from pathlib import Path
 
+import httptools
 from aiohttp import web
 
 from dstm_orch.domain.errors import DstmError
@@ -63,24 +66,29 @@ _REASONS = {200: "OK", 400: "Bad Request", 401: "Unauthorized", 403: "Forbidden"
             404: "Not Found", 409: "Conflict", 429: "Too Many Requests",
             500: "Internal Server Error", 501: "Not Implemented", 502: "Bad Gateway",
             503: "Service Unavailable"}
+_SIGNATURE = SIGNATURE_HEADER.lower().encode("ascii")
 
 
 class NodeAPI:
-    """The node API's HTTP/1.1 server: ``POST /dstm/v1/request|renew|release`` only, so it
-    reads just what that needs (a request line, headers, a ``Content-Length`` body of at
-    most ``MAX_BODY`` bytes), on an ``asyncio.Protocol`` per connection: a request costs
-    about a quarter of aiohttp's handling of it (issue 10 section 1; benchmarks/README.md).
-    Connections are kept alive (HTTP/1.1 unless ``Connection: close``; HTTP/1.0 with
-    ``Connection: keep-alive``) for ``KEEPALIVE`` idle seconds; pipelined requests are
-    answered in order, one at a time. Answers are JSON (``Content-Type: application/json;
+    """The node API's HTTP/1.1 server: ``POST /dstm/v1/request|renew|release`` only, on an
+    ``asyncio.Protocol`` per connection whose bytes ``httptools.HttpRequestParser`` (llhttp,
+    strict RFC 9112 framing) parses: a request costs about a quarter of aiohttp's handling
+    of it (issue 10 section 1; benchmarks/README.md). Connections are kept alive (HTTP/1.1
+    unless ``Connection: close``; HTTP/1.0 with ``Connection: keep-alive``) for
+    ``KEEPALIVE`` idle seconds; pipelined requests are answered in order, one at a time
+    (reading pauses meanwhile). Answers are JSON (``Content-Type: application/json;
     charset=utf-8``, ``Cache-Control: no-store``, ``Date``). A method other than POST is
     answered ``501``, another path or a query ``404 not_found``, a POST without
-    ``Content-Length`` ``400 malformed``; a request line or headers that are not
-    HTTP/1.x (or over ``MAX_HEAD`` bytes), or a body that is not read (``Transfer-Encoding``,
-    a ``Content-Length`` that is not 0 to ``MAX_BODY``), are answered ``400 malformed``
-    (or the method's or path's refusal) and the connection closed. Start with
-    :meth:`start`; :meth:`cleanup` stops listening and lets in-flight requests be
-    answered (up to ``SHUTDOWN_GRACE`` seconds), then closes every connection.
+    ``Content-Length`` ``400 malformed``. Bytes llhttp refuses (a request line or header
+    that is not HTTP/1.x, a method it does not know, duplicate ``Content-Length``,
+    ``Content-Length`` with ``Transfer-Encoding``, obs-fold, whitespace before a colon,
+    bare LF), a request line and headers over ``MAX_HEAD`` bytes, and a body that is not
+    read (``Transfer-Encoding``, a ``Content-Length`` over ``MAX_BODY``) are answered
+    ``400 malformed`` (or the method's or path's refusal) and the connection closed; so
+    is a request asking for ``Upgrade`` or ``CONNECT`` once answered (RFC 9110 section
+    7.8: not switched to). Start with :meth:`start`; :meth:`cleanup` stops listening and
+    lets in-flight requests be answered (up to ``SHUTDOWN_GRACE`` seconds), then closes
+    every connection.
     """
 
     def __init__(self, service: RoamingService, executor: ThreadPoolExecutor):
@@ -113,18 +121,101 @@ class NodeAPI:
         return self._date[1]
 
 
+class _Refused(Exception):
+    """A request refused while it is parsed: answered ``(status, answer)``, then the
+    connection is closed."""
+
+    def __init__(self, status: int, answer: dict):
+        super().__init__(status)
+        self.status = status
+        self.answer = answer
+
+
 class _NodeConnection(asyncio.Protocol):
-    """One client connection of :class:`NodeAPI`."""
+    """One client connection of :class:`NodeAPI`: llhttp (``httptools.HttpRequestParser``)
+    parses the bytes; its callbacks collect each request, whole requests queue in
+    ``self.requests`` and are answered in order, one at a time."""
 
     def __init__(self, api: NodeAPI):
         self.api = api
         self.transport: asyncio.Transport | None = None
         self.peer = ""
-        self.buffer = b""
+        self.parser = httptools.HttpRequestParser(self)
+        self.requests: deque[tuple] = deque()
+        """Whole requests not yet answered: ``(method, target, length, body, signature,
+        keep_alive, old)`` or, for a refusal, ``(status, answer, old)``."""
         self.task: asyncio.Task | None = None
-        self.keep_alive = True
-        self.old = False  # an HTTP/1.0 request: keep-alive only when asked, and said
+        self.broken = False  # a refusal is queued: read nothing more
+        self.ended = False  # the client half-closed: close after the last answer
         self.idle: asyncio.TimerHandle | None = None
+        self.in_head = True  # the parser is before the end of a request's headers
+        self.head_fed = 0  # bytes fed while in a head, since the last head ended
+        self._begin()
+
+    def _begin(self) -> None:
+        self.url = b""
+        self.head_size = 0
+        self.length = ""
+        self.chunked = False
+        self.expect = False
+        self.signature: str | None = None
+        self.body: list[bytes] = []
+        self.body_size = 0
+        self.old = False
+
+    # -- httptools callbacks (RFC 9112 framing is llhttp's); a request's fields are reset
+    # when it is queued, so no on_message_begin ---------------------------------------------
+
+    def on_url(self, url: bytes) -> None:
+        self.url += url
+        self.head_size += len(url)
+        if self.head_size > MAX_HEAD:
+            raise _head_too_long()
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.head_size += len(name) + len(value) + 4
+        if self.head_size > MAX_HEAD:
+            raise _head_too_long()
+        name = name.lower()
+        if name == b"content-length":
+            self.length = value.decode("latin-1")
+        elif name == b"transfer-encoding":
+            self.chunked = True
+        elif name == b"expect":
+            self.expect = value.lower() == b"100-continue"
+        elif name == _SIGNATURE:
+            self.signature = value.decode("latin-1")
+
+    def on_headers_complete(self) -> None:
+        self.in_head = False
+        self.head_fed = 0
+        parser = self.parser
+        self.old = parser.get_http_version() == "1.0"
+        if not parser.get_http_version().startswith("1."):
+            raise _Refused(*_refusal(Refusal(
+                Reason.MALFORMED, f"HTTP/{parser.get_http_version()} is not HTTP/1.x")))
+        if self.chunked or int(self.length or 0) > MAX_BODY:
+            # A body not read (chunked, or too long): answer before it, then close.
+            raise _Refused(*_early(parser.get_method().decode("ascii"), self._target())
+                           or _no_length(self.length))
+
+    def on_body(self, body: bytes) -> None:
+        self.body_size += len(body)
+        if self.body_size > MAX_BODY:  # not reached: Content-Length is at most MAX_BODY
+            raise _Refused(*_no_length(self.length))
+        self.body.append(body)
+
+    def on_message_complete(self) -> None:
+        self.in_head = True
+        self.requests.append((self.parser.get_method().decode("ascii"), self._target(),
+                              self.length, b"".join(self.body), self.signature,
+                              self.parser.should_keep_alive(), self.old))
+        self._begin()
+
+    def _target(self) -> str:
+        return self.url.decode("latin-1")
+
+    # -- asyncio.Protocol -----------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
@@ -141,9 +232,9 @@ class _NodeConnection(asyncio.Protocol):
         self.transport = None
 
     def eof_received(self) -> bool:
-        # The client sent all it will: answer the request in flight, if any, then close.
-        self.keep_alive = False
-        return self.task is not None
+        # The client sent all it will: answer the requests it sent, if any, then close.
+        self.ended = True
+        return self.task is not None or bool(self.requests)
 
     def close(self) -> None:
         if self.transport is not None:
@@ -159,91 +250,104 @@ class _NodeConnection(asyncio.Protocol):
             self.close()
 
     def data_received(self, data: bytes) -> None:
-        self.buffer += data
+        if self.broken:
+            return
+        try:
+            while data:
+                if self.in_head:
+                    # Fed in pieces, so that a head cannot grow past MAX_HEAD bytes
+                    # unnoticed inside the parser (httptools joins a header's pieces).
+                    piece = data[:MAX_HEAD + 1 - self.head_fed]
+                    data = data[len(piece):]
+                    self.head_fed += len(piece)
+                    self.parser.feed_data(piece)
+                    if self.in_head and self.head_fed > MAX_HEAD:
+                        raise _head_too_long()
+                else:
+                    self.parser.feed_data(data)
+                    data = b""
+        except httptools.HttpParserUpgrade:
+            # Upgrade or CONNECT (RFC 9110 section 7.8): not switched to; the request is
+            # answered, then the connection closed (what follows is not HTTP/1.x).
+            self._stop(None)
+        except httptools.HttpParserError as exc:
+            refused = exc.__context__
+            if isinstance(refused, _Refused):
+                self._stop((refused.status, refused.answer, self.old))
+            else:
+                self._stop((*_refusal(Refusal(Reason.MALFORMED,
+                                              f"not an HTTP/1.x request: {exc}")), self.old))
+        except _Refused as refused:
+            self._stop((refused.status, refused.answer, self.old))
         if self.task is None:
             self._next()
-        elif len(self.buffer) > MAX_HEAD + MAX_BODY and self.transport is not None:
+        elif self.transport is not None:
             self.transport.pause_reading()  # pipelined: wait for the answer in progress
 
+    def _stop(self, refusal: tuple | None) -> None:
+        """Read nothing more: answer what is queued (and ``refusal``), then close."""
+        self.broken = True
+        if refusal is not None:
+            self.requests.append(refusal)
+        elif self.requests:
+            method, target, length, body, signature, _, old = self.requests[-1]
+            self.requests[-1] = (method, target, length, body, signature, False, old)
+
     def _next(self) -> None:
-        """Start the next whole request in the buffer, if any."""
-        buffer = self.buffer
-        end = buffer.find(b"\r\n\r\n", 0, MAX_HEAD + 4)
-        if end < 0:
-            if len(buffer) > MAX_HEAD:
-                self._fail(f"request line and headers over {MAX_HEAD} bytes")
-            return
-        lines = buffer[:end].decode("latin-1").split("\r\n")
-        parts = lines[0].split(" ")
-        if len(parts) != 3 or not parts[2].startswith("HTTP/1."):
-            self._fail(f"request line {lines[0][:100]!r} is not METHOD TARGET HTTP/1.x")
-            return
-        method, target, version = parts
-        headers: dict[str, str] = {}
-        for line in lines[1:]:
-            name, sep, value = line.partition(":")
-            if not sep or not name or name != name.strip():
-                self._fail(f"header line {line[:100]!r} is not NAME: VALUE")
-                return
-            headers[name.lower()] = value.strip()
-        connection = headers.get("connection", "").lower()
-        self.old = version == "HTTP/1.0"
-        self.keep_alive = connection == "keep-alive" if self.old else connection != "close"
-        length = headers.get("content-length", "")
-        if "transfer-encoding" in headers or (length and not length.isdigit()) or \
-                int(length or 0) > MAX_BODY:
-            # A body not read (where it ends is unknown, or too long): answer, then close.
-            self.keep_alive = False
-            self.buffer = b""
-            self._answer(*_early(method, target) or _no_length(length))
-            return
-        size = end + 4 + int(length or 0)
-        if len(buffer) < size:
-            if headers.get("expect", "").lower() == "100-continue" and \
-                    self.transport is not None and len(buffer) == end + 4:
+        """Start answering the next whole request, if any."""
+        if not self.requests:
+            if self.broken or self.ended:
+                self.close()
+            elif self.expect and not self.in_head and self.body_size == 0 and \
+                    self.transport is not None:
+                self.expect = False
                 self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
             return
-        body, self.buffer = buffer[end + 4:size], buffer[size:]
+        request = self.requests.popleft()
+        if len(request) == 3:
+            self._answer(request[0], request[1], False, request[2])
+            return
+        method, target, length, body, signature, keep_alive, old = request
         self.task = asyncio.get_running_loop().create_task(
-            self._handle(method, target, length, body, headers.get(SIGNATURE_HEADER.lower())))
+            self._handle(method, target, length, body, signature, keep_alive, old))
 
     async def _handle(self, method: str, target: str, length: str, body: bytes,
-                      signature: str | None) -> None:
+                      signature: str | None, keep_alive: bool, old: bool) -> None:
         try:
             status, answer = await _node_answer(self.api, method, target, length, body,
                                                 signature, self.peer)
         except Exception:
             log.exception("request failed")
             status, answer = _refusal(Refusal(Reason.INTERNAL, "the server failed to answer"))
-        self._answer(status, answer)
+        self._answer(status, answer, keep_alive, old)
 
-    def _answer(self, status: int, answer: dict) -> None:
+    def _answer(self, status: int, answer: dict, keep_alive: bool, old: bool) -> None:
         self.task = None
         transport = self.transport
         if transport is None:
             return
+        keep_alive = keep_alive and not (self.ended and not self.requests)
         body = json.dumps(answer, sort_keys=True).encode()
         transport.write(b"HTTP/1.1 %d %s\r\nContent-Type: application/json; charset=utf-8\r\n"
                         b"Content-Length: %d\r\nCache-Control: no-store\r\nDate: %s\r\n%s\r\n"
                         % (status, _REASONS.get(status, "Unknown").encode(), len(body),
-                           self.api.date(), b"Connection: close\r\n" if not self.keep_alive
-                           else b"Connection: keep-alive\r\n" if self.old else b"") + body)
-        if not self.keep_alive:
+                           self.api.date(), b"Connection: close\r\n" if not keep_alive
+                           else b"Connection: keep-alive\r\n" if old else b"") + body)
+        if not keep_alive:
             transport.close()
             return
         self._arm()
         transport.resume_reading()
-        if self.buffer:
-            self._next()
-
-    def _fail(self, why: str) -> None:
-        self.keep_alive = False
-        self.buffer = b""
-        self._answer(*_refusal(Refusal(Reason.MALFORMED, why)))
+        self._next()
 
 
 def _refusal(refusal: Refusal) -> tuple[int, dict]:
     return refusal.status, refusal.as_dict()
+
+
+def _head_too_long() -> _Refused:
+    return _Refused(*_refusal(Refusal(Reason.MALFORMED,
+                                      f"request line and headers over {MAX_HEAD} bytes")))
 
 
 def _early(method: str, target: str) -> tuple[int, dict] | None:
