@@ -33,7 +33,7 @@ from dstm_orch.domain.protocol import (
     sign,
 )
 from dstm_orch.service.guard import Guard, Limits
-from dstm_orch.service.httpd import RoamingHTTPServer, parse_listen
+from dstm_orch.service.httpd import FEED, MAX_PIPELINED, RoamingHTTPServer, parse_listen
 from dstm_orch.service.server import NoPusher, RoamingService
 from dstm_orch.store import LeaseStore
 
@@ -539,6 +539,33 @@ def test_node_api_refuses_smuggling(servers):
         assert interim == b"HTTP/1.1 100 Continue\r\n\r\n"
         sock.sendall(b"{}")
         assert _answers(sock, 1)[0][0] == 404
+
+def test_node_api_bounds_a_pipelining_client_that_does_not_read(servers):
+    """One unauthenticated client sends 3,000 pipelined requests (42 bytes each, refused
+    404 without a signature check) in one go and reads no answer: the server holds at
+    most MAX_PIPELINED whole requests plus what one FEED-byte piece completes, and
+    stops reading while they wait or while its answers are not read, so its memory
+    stays bounded whatever the client sends. Once the client reads, every request is
+    answered, in order."""
+    server = servers.start()
+    request = b"POST /nope HTTP/1.1\r\nContent-Length: 0\r\n\r\n"
+    assert len(request) == 42
+    count, bound = 3000, MAX_PIPELINED + FEED // 42 + 1
+    with socket.create_connection(server.server_address[:2], timeout=30) as sock:
+        sender = threading.Thread(target=sock.sendall, args=(request * count,))
+        sender.start()
+        most, end = 0, time.monotonic() + 2
+        while time.monotonic() < end:
+            for connection in list(server.node_api._connections):
+                most = max(most, len(connection.requests))
+                assert len(connection.unfed) <= 262144
+            time.sleep(0.001)
+        assert 0 < most <= bound, (most, bound)
+        got = _answers(sock, count)
+        sender.join(10)
+    assert [status for status, _, _ in got] == [404] * count
+    assert {body["error"] for _, _, body in got} == {"not_found"}
+
 
 # -- limits: one client cannot exhaust the pool or the server -----------------------------
 

@@ -62,6 +62,12 @@ def json_response(status: int, answer: dict) -> web.Response:
 
 MAX_HEAD = 8192
 """Largest request line and headers of a node request, in bytes."""
+MAX_PIPELINED = 16
+"""Whole requests of one connection held before they are answered; beyond that the
+connection's bytes are not parsed (nor read) until answers go out."""
+FEED = 1024
+"""Bytes handed to the parser at a time (fewer inside a head): what it can complete
+beyond ``MAX_PIPELINED`` requests is bounded by this."""
 _REASONS = {200: "OK", 400: "Bad Request", 401: "Unauthorized", 403: "Forbidden",
             404: "Not Found", 409: "Conflict", 429: "Too Many Requests",
             500: "Internal Server Error", 501: "Not Implemented", 502: "Bad Gateway",
@@ -97,6 +103,7 @@ class NodeAPI:
         self._server: asyncio.base_events.Server | None = None
         self._connections: set[_NodeConnection] = set()
         self._date = (0, b"")
+        self.closing = False  # cleanup() began: answers close their connection
 
     async def start(self, sock: socket.socket, tls: ssl.SSLContext | None) -> None:
         """Serve on the listening socket ``sock`` (TLS with ``tls``)."""
@@ -104,12 +111,19 @@ class NodeAPI:
             lambda: _NodeConnection(self), sock=sock, ssl=tls)
 
     async def cleanup(self) -> None:
-        """Stop listening, let in-flight requests be answered, close every connection."""
+        """Stop listening, let in-flight requests be answered (each answer then closes
+        its connection, with ``Connection: close``: no kept-alive or pipelined request
+        is started), for up to ``SHUTDOWN_GRACE`` seconds in all; close every
+        connection."""
+        self.closing = True
         if self._server is not None:
             self._server.close()
-        tasks = {c.task for c in self._connections if c.task is not None}
-        if tasks:
-            await asyncio.wait(tasks, timeout=SHUTDOWN_GRACE)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + SHUTDOWN_GRACE
+        while tasks := {c.task for c in self._connections if c.task is not None}:
+            if (left := deadline - loop.time()) <= 0:
+                break
+            await asyncio.wait(tasks, timeout=left)
         for connection in list(self._connections):
             connection.close()
 
@@ -150,6 +164,8 @@ class _NodeConnection(asyncio.Protocol):
         self.idle: asyncio.TimerHandle | None = None
         self.in_head = True  # the parser is before the end of a request's headers
         self.head_fed = 0  # bytes fed while in a head, since the last head ended
+        self.unfed = memoryview(b"")  # bytes read but not yet parsed (one read at most)
+        self.writing = True  # False while the transport's write buffer is over its limit
         self._begin()
 
     def _begin(self) -> None:
@@ -234,7 +250,7 @@ class _NodeConnection(asyncio.Protocol):
     def eof_received(self) -> bool:
         # The client sent all it will: answer the requests it sent, if any, then close.
         self.ended = True
-        return self.task is not None or bool(self.requests)
+        return self.task is not None or bool(self.requests) or bool(self.unfed)
 
     def close(self) -> None:
         if self.transport is not None:
@@ -252,20 +268,27 @@ class _NodeConnection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self.broken:
             return
+        self.unfed = memoryview(bytes(self.unfed) + data) if self.unfed else memoryview(data)
+        self._feed()
+        if self.task is None:
+            self._next()
+        self._flow()
+
+    def _feed(self) -> None:
+        """Parse what was read, in pieces, until ``MAX_PIPELINED`` requests wait."""
         try:
-            while data:
+            while self.unfed and len(self.requests) < MAX_PIPELINED:
+                size = FEED
                 if self.in_head:
-                    # Fed in pieces, so that a head cannot grow past MAX_HEAD bytes
+                    # A head goes in pieces, so that it cannot grow past MAX_HEAD bytes
                     # unnoticed inside the parser (httptools joins a header's pieces).
-                    piece = data[:MAX_HEAD + 1 - self.head_fed]
-                    data = data[len(piece):]
+                    size = min(size, MAX_HEAD + 1 - self.head_fed)
+                piece, self.unfed = self.unfed[:size], self.unfed[size:]
+                if self.in_head:
                     self.head_fed += len(piece)
-                    self.parser.feed_data(piece)
-                    if self.in_head and self.head_fed > MAX_HEAD:
-                        raise _head_too_long()
-                else:
-                    self.parser.feed_data(data)
-                    data = b""
+                self.parser.feed_data(piece)
+                if self.in_head and self.head_fed > MAX_HEAD:
+                    raise _head_too_long()
         except httptools.HttpParserUpgrade:
             # Upgrade or CONNECT (RFC 9110 section 7.8): not switched to; the request is
             # answered, then the connection closed (what follows is not HTTP/1.x).
@@ -279,14 +302,32 @@ class _NodeConnection(asyncio.Protocol):
                                               f"not an HTTP/1.x request: {exc}")), self.old))
         except _Refused as refused:
             self._stop((refused.status, refused.answer, self.old))
+
+    def _flow(self) -> None:
+        """Read from the client only while nothing waits: no request being answered or
+        queued, no bytes unparsed, and the answers written out (pipelined requests are
+        answered one at a time, and a client that does not read its answers is not read
+        either)."""
+        if self.transport is None:
+            return
+        if self.task is None and not self.requests and not self.unfed and self.writing:
+            self.transport.resume_reading()
+        else:
+            self.transport.pause_reading()
+
+    def pause_writing(self) -> None:
+        self.writing = False
+
+    def resume_writing(self) -> None:
+        self.writing = True
         if self.task is None:
             self._next()
-        elif self.transport is not None:
-            self.transport.pause_reading()  # pipelined: wait for the answer in progress
+        self._flow()
 
     def _stop(self, refusal: tuple | None) -> None:
         """Read nothing more: answer what is queued (and ``refusal``), then close."""
         self.broken = True
+        self.unfed = memoryview(b"")
         if refusal is not None:
             self.requests.append(refusal)
         elif self.requests:
@@ -294,7 +335,12 @@ class _NodeConnection(asyncio.Protocol):
             self.requests[-1] = (method, target, length, body, signature, False, old)
 
     def _next(self) -> None:
-        """Start answering the next whole request, if any."""
+        """Start answering the next whole request, if any (not while the answers
+        already written wait for the client to read them)."""
+        if not self.writing:
+            return
+        if not self.requests and self.unfed and not self.broken:
+            self._feed()
         if not self.requests:
             if self.broken or self.ended:
                 self.close()
@@ -326,7 +372,8 @@ class _NodeConnection(asyncio.Protocol):
         transport = self.transport
         if transport is None:
             return
-        keep_alive = keep_alive and not (self.ended and not self.requests)
+        keep_alive = keep_alive and not self.api.closing and not (
+            self.ended and not self.requests and not self.unfed)
         body = json.dumps(answer, sort_keys=True).encode()
         transport.write(b"HTTP/1.1 %d %s\r\nContent-Type: application/json; charset=utf-8\r\n"
                         b"Content-Length: %d\r\nCache-Control: no-store\r\nDate: %s\r\n%s\r\n"
@@ -337,8 +384,8 @@ class _NodeConnection(asyncio.Protocol):
             transport.close()
             return
         self._arm()
-        transport.resume_reading()
         self._next()
+        self._flow()
 
 
 def _refusal(refusal: Refusal) -> tuple[int, dict]:
@@ -448,6 +495,7 @@ class RoamingHTTPServer:
         self._executor = ThreadPoolExecutor(WORKERS, thread_name_prefix="dstm-request")
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stop: asyncio.Event | None = None
+        self.node_api: NodeAPI | None = None
         self._started = threading.Event()
         self._done = threading.Event()
 
@@ -458,8 +506,8 @@ class RoamingHTTPServer:
     async def _serve(self) -> None:
         self._loop = asyncio.get_running_loop()
         self._stop = asyncio.Event()
-        runners = await start_sites([(node_app(self.service, self._executor), self.socket,
-                                      self.tls)])
+        self.node_api = node_app(self.service, self._executor)
+        runners = await start_sites([(self.node_api, self.socket, self.tls)])
         self._started.set()
         try:
             await self._stop.wait()
