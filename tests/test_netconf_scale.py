@@ -113,6 +113,7 @@ def test_pattern_reads_the_table_and_lxml_only_the_rest(monkeypatch):
      "<binding-ipv4-addr>198.18.0.9</binding-ipv4-addr><binding-ipv6info>2001:db8:d00::9"
      "</binding-ipv6info><br-ipv6-addr>2001:db8:c00:200::a</br-ipv6-addr>"
      "</binding-entry></binding-table>"),                                      # other order
+    ("<binding-ipv4-addr>198.18.0.2<", "<binding-ipv4-addr>198.18.0.&#50;<"),  # reference
 ])
 @pytest.mark.parametrize("form", ["bytes", "file"])
 def test_table_in_another_form_is_read_by_lxml_with_the_same_result(change, form):
@@ -263,6 +264,21 @@ def test_large_table_still_refuses_every_invariant_break():
         "2001:db8:d000::4 (psid 4/6 offset 6)",
         "bind-instance dstm: 20000 entries exceed softwire-num-max 19999",
     )
+
+
+def test_an_invalid_psid_beside_an_overlap_is_listed_not_raised():
+    """PSID 200 does not fit psid-len 6 (RFC 7597 section 5.1: 0..63), and two entries of
+    198.18.0.1 hold PSID 5 of one layout: both problems are listed, the invalid entry
+    left out of the overlap check (it has no port set to compare)."""
+    with pytest.raises(BindingTableError) as err:
+        check_invariants([b("2001:db8::1", "198.18.0.1", 6, 6, 5),
+                          b("2001:db8::2", "198.18.0.1", 6, 6, 5),
+                          b("2001:db8::3", "198.18.0.1", 6, 6, 200)], ["198.18.0.0/24"])
+    problems = err.value.problems
+    assert len(problems) == 2, problems
+    assert problems[0].startswith("2001:db8::3: port-set: ") and "200" in problems[0]
+    assert problems[1] == ("2001:db8::2: IPv4 198.18.0.1 with psid 5/6 offset 6 overlaps the "
+                           "port set of 2001:db8::1 (psid 5/6 offset 6)")
 
 
 def test_port_sets_of_two_layouts_on_one_address_are_checked_by_their_ports():

@@ -136,13 +136,17 @@ def _psid_problem(offset: int, length: int, psid: int) -> str:
 
 
 def _crowded(rows: dict[Key, Row], crowded: set[int]) -> list[str]:
-    """The overlaps among the entries of the IPv4 addresses in ``crowded``, by masks."""
+    """The overlaps among the entries of the IPv4 addresses in ``crowded``, by masks; an
+    entry whose port set is not valid is left out (its problem is already listed)."""
     groups: dict[int, list[tuple[Binding, int]]] = {}
     for key, row in rows.items():
         if row[0] in crowded:
             b = binding_of(key, row)
-            groups.setdefault(row[0], []).append((b, port_mask(b.psid_offset, b.psid_len,
-                                                                 b.psid)))
+            try:
+                mask = port_mask(b.psid_offset, b.psid_len, b.psid)
+            except ValueError:
+                continue
+            groups.setdefault(row[0], []).append((b, mask))
     problems = []
     for ipv4, group in groups.items():
         problems += _overlaps(ipaddress.IPv4Address(ipv4), group)

@@ -312,6 +312,8 @@ class _Rows:
         matches = _ENTRY[self.kind].findall(data, start, end)
         if data.count(_TAGS[self.kind][3], start, end) != len(matches) * _MARKUP_PER_ENTRY:
             return False
+        if data.count("&" if self.kind is str else b"&", start, end):
+            return False   # an entity or reference: what it stands for is lxml's to read
         pton, family, from_bytes, decode = socket.inet_pton, socket.AF_INET6, \
             int.from_bytes, self.decode
         ipv4s, brs, ports, rows = self.ipv4s, self.brs, self.ports, self.rows
