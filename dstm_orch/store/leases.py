@@ -149,8 +149,10 @@ class LeaseRows:
                 *chunk,
                 *chunk,
             ):
-                # The active lease comes first and is the node's most recent.
-                found.setdefault(lease.node, lease)
+                # A node's most recent lease has its highest id (the active one, if any:
+                # a lease is inserted only when the node has none active).
+                if lease.node not in found or lease.id > found[lease.node].id:
+                    found[lease.node] = lease
         return found
 
     def ipv6_in_use(self, node_ipv6: model.IPv6, node: str) -> str | None:
