@@ -81,8 +81,9 @@ class NodeAPI:
     strict RFC 9112 framing) parses: a request costs about a quarter of aiohttp's handling
     of it (issue 10 section 1; benchmarks/README.md). Connections are kept alive (HTTP/1.1
     unless ``Connection: close``; HTTP/1.0 with ``Connection: keep-alive``) for
-    ``KEEPALIVE`` idle seconds; pipelined requests are answered in order, one at a time
-    (reading pauses meanwhile). Answers are JSON (``Content-Type: application/json;
+    ``KEEPALIVE`` idle seconds; pipelined requests are answered in order, one at a time,
+    at most ``MAX_PIPELINED`` held (reading pauses beyond that, and while answers are
+    not read). Answers are JSON (``Content-Type: application/json;
     charset=utf-8``, ``Cache-Control: no-store``, ``Date``). A method other than POST is
     answered ``501``, another path or a query ``404 not_found``, a POST without
     ``Content-Length`` ``400 malformed``. Bytes llhttp refuses (a request line or header
@@ -304,16 +305,17 @@ class _NodeConnection(asyncio.Protocol):
             self._stop((refused.status, refused.answer, self.old))
 
     def _flow(self) -> None:
-        """Read from the client only while nothing waits: no request being answered or
-        queued, no bytes unparsed, and the answers written out (pipelined requests are
-        answered one at a time, and a client that does not read its answers is not read
-        either)."""
+        """Read from the client while there is room: fewer than ``MAX_PIPELINED``
+        requests waiting, no bytes left unparsed, and the answers written out (a client
+        that does not read its answers is not read either). Reading is not paused
+        for a request being answered alone: that would cost two system calls a
+        request."""
         if self.transport is None:
             return
-        if self.task is None and not self.requests and not self.unfed and self.writing:
-            self.transport.resume_reading()
-        else:
+        if self.unfed or len(self.requests) >= MAX_PIPELINED or not self.writing:
             self.transport.pause_reading()
+        else:
+            self.transport.resume_reading()
 
     def pause_writing(self) -> None:
         self.writing = False
