@@ -133,7 +133,7 @@ def test_a_refused_lease_leaves_the_transaction_going_on(pg_url):
 
 
 def test_the_index_walks_by_hand(pg_url):
-    """PostgreSQL's one-statement walks (``_PgTransaction``) on a hand-made store: .1 has
+    """PostgreSQL's one-statement walks (``PgTransaction``) on a hand-made store: .1 has
     all four PSIDs leased, .2 PSIDs 0 and 2, .3 a whole address (another layout), .4
     nothing; asked twice (the second time from the skip marks), then after a lease on
     .1 is revoked by another connection."""
