@@ -34,6 +34,7 @@ from dstm_orch.domain.protocol import (
     sign,
     signature_matches,
 )
+from dstm_orch.service import httpd
 from dstm_orch.service.guard import Guard, Limits
 from dstm_orch.service.httpd import FEED, MAX_PIPELINED, RoamingHTTPServer, parse_listen
 from dstm_orch.service.server import NoPusher, RoamingService
@@ -485,6 +486,22 @@ def _answers(sock: socket.socket, count: int) -> list[tuple[int, dict, dict]]:
 def _closed(sock: socket.socket) -> bool:
     sock.settimeout(10)
     return sock.recv(1) == b""
+
+
+def test_idle_connection_is_closed_after_keepalive(servers, monkeypatch):
+    """A kept-alive connection is closed ``KEEPALIVE`` seconds after its last answer
+    (each answer moves the end on), not while a request is answered."""
+    monkeypatch.setattr(httpd, "KEEPALIVE", 0.5)
+    server = servers.start()
+    steal = b"POST /dstm/v1/steal HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n"
+    with socket.create_connection(server.server_address[:2], timeout=10) as sock:
+        for _ in range(4):  # 4 x 0.3 s: longer than KEEPALIVE, each answer within it
+            sock.sendall(steal)
+            assert [s for s, _, _ in _answers(sock, 1)] == [404]
+            time.sleep(0.3)
+        sock.sendall(steal)
+        assert [s for s, _, _ in _answers(sock, 1)] == [404]
+        assert _closed(sock)  # then nothing for KEEPALIVE: closed
 
 
 def test_node_api_http_framing(servers):
