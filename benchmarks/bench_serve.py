@@ -17,15 +17,19 @@ Two request paths are measured in the same run, each on a fresh store: ``group``
 default: lease changes by group commit, one durable transaction for the requests that
 arrive together) and ``single`` (one durable transaction per request on a thread, the
 path before group commit and the PostgreSQL one); the ratio is group / single. The
-server's CPU seconds per renew are read from ``/proc`` (user + system). Run:
+server's CPU seconds per renew are read from ``/proc`` (user + system). A third path,
+``outside`` (run only when asked), is ``group`` with each node's lease change answered
+from its first one (the writer's thread and the store left out): what a renew costs
+outside the store (HTTP, admission, the answer, metrics). Run:
 
     .venv/bin/python benchmarks/bench_serve.py [--seconds 5] [--clients 1,8] \
-        [--paths single,group] [--repeat 3]
+        [--paths single,group,outside] [--repeat 3]
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import ipaddress
 import multiprocessing
 import os
@@ -73,17 +77,39 @@ def make_domain() -> model.Domain:
     return model.Domain("bench", {"bench": pool}, {"t": tep}, nodes)
 
 
-def run_server(state: str, ready, stop, group_commit: bool = True) -> None:
+def run_server(state: str, ready, stop, group_commit: bool = True,
+               outside: bool = False) -> None:
     nodes = {f"r{i}": RoamingNode(f"r{i}", secret(i)) for i in range(MAX_CLIENTS)}
     limits = Limits(node_requests=10**9, global_requests=10**9)
     service = RoamingService(make_domain(), Path(state), Guard(nodes, limits), NoPusher(),
                              source_check=False, group_commit=group_commit)
     server = RoamingHTTPServer(("::1", 0), service)
+    if outside:
+        skip_store(service)
     threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True).start()
     ready.send(server.server_address[1])
     stop.wait()
     server.shutdown()
     server.server_close()
+
+
+def skip_store(service: RoamingService) -> None:
+    """Answer each node's lease changes after its first with that first one's outcome,
+    without the writer's thread or the store (the ``outside`` path)."""
+    write = service.writer.run_async
+    outcomes: dict[str, object] = {}
+
+    def run_async(change):
+        node = change.args[0].node
+        if node in outcomes:
+            done = asyncio.get_running_loop().create_future()
+            done.set_result(outcomes[node])
+            return done
+        future = write(change)
+        future.add_done_callback(lambda f: outcomes.setdefault(node, f.result()))
+        return future
+
+    service.writer.run_async = run_async
 
 
 def run_client(index: int, port: int, seconds: float, start, results) -> None:
@@ -129,7 +155,7 @@ def measure(port: int, clients: int, seconds: float,
             cpu / len(latencies) * 1e6)
 
 
-def run_path(group_commit: bool, counts: list[int], seconds: float) -> dict[int, tuple]:
+def run_path(path: str, counts: list[int], seconds: float) -> dict[int, tuple]:
     """Start a server on a fresh store and measure each client count."""
     context = multiprocessing.get_context("fork")
     found = {}
@@ -137,7 +163,8 @@ def run_path(group_commit: bool, counts: list[int], seconds: float) -> dict[int,
         ready, ready_child = context.Pipe()
         stop = context.Event()
         server = context.Process(target=run_server, args=(
-            str(Path(tmp) / "leases.sqlite"), ready_child, stop, group_commit))
+            str(Path(tmp) / "leases.sqlite"), ready_child, stop, path != "single",
+            path == "outside"))
         server.start()
         try:
             port = ready.recv()
@@ -154,21 +181,22 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=5.0, help="renew loop per run")
     parser.add_argument("--clients", default="1,8", help="comma-separated client counts")
     parser.add_argument("--paths", default="single,group",
-                        help="request paths: single (a transaction per request), group")
+                        help="request paths: single (a transaction per request), group, "
+                        "outside (group without the store)")
     parser.add_argument("--repeat", type=int, default=1, help="runs of each path; medians")
     args = parser.parse_args()
     counts = [int(c) for c in args.clients.split(",")]
     paths = args.paths.split(",")
     if max(counts) > MAX_CLIENTS:
         parser.error(f"at most {MAX_CLIENTS} clients")
-    if set(paths) - {"single", "group"}:
-        parser.error("--paths takes single and/or group")
+    if set(paths) - {"single", "group", "outside"}:
+        parser.error("--paths takes single, group and/or outside")
     print("serve API, renew, [::1], push: none (TEP push disabled), durable SQLite; "
           f"load average {os.getloadavg()[0]:.2f}")
     runs: dict[str, list[dict]] = {path: [] for path in paths}
     for _ in range(args.repeat):
         for path in paths:  # interleaved, so that both see the same machine
-            runs[path].append(run_path(path == "group", counts, args.seconds))
+            runs[path].append(run_path(path, counts, args.seconds))
     medians = {}
     for path in paths:
         for count in counts:

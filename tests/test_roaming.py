@@ -29,9 +29,12 @@ from dstm_orch.domain.protocol import (
     Refusal,
     RoamingError,
     canonical,
+    global_unicast,
     path_of,
     sign,
+    signature_matches,
 )
+from dstm_orch.service import httpd
 from dstm_orch.service.guard import Guard, Limits
 from dstm_orch.service.httpd import FEED, MAX_PIPELINED, RoamingHTTPServer, parse_listen
 from dstm_orch.service.server import NoPusher, RoamingService
@@ -162,6 +165,64 @@ def test_signature_is_hmac_sha256_of_the_canonical_form():
     assert sign(b"k" * 16, "POST", "/dstm/v1/renew", body) == expected
     # The action is covered: the same body signed for renew is not a release.
     assert sign(b"k" * 16, "POST", "/dstm/v1/release", body) != expected
+
+
+def test_signature_form_and_case():
+    """The header's 64 hex digits match in either case, blanks around them ignored; any
+    other text (one digit changed, non-ASCII) does not match, and raises nothing."""
+    body = b'{"ipv6":"2001:db8:e01::11","node":"r1","nonce":"00112233445566778899","timestamp":1}'
+    good = sign(b"k" * 16, "POST", "/dstm/v1/renew", body)
+    for text in (good, good.upper(), f" {good}\t"):
+        assert signature_matches(b"k" * 16, "POST", "/dstm/v1/renew", body, text)
+    other = good[:-1] + ("1" if good[-1] == "0" else "0")
+    for text in (other, good[:-1], "\u00e9" * 64, ""):
+        assert not signature_matches(b"k" * 16, "POST", "/dstm/v1/renew", body, text)
+
+
+@pytest.mark.parametrize("text", [
+    "2001:db8:e01::11", "2001:DB8:E01:0:0:0:0:11", "2001:db8:e01:0000::0011",
+    "2001:db8:e01::11%eth0", "2001:db8::192.0.2.1", "1:2:3:4:5:6:7::", "::ffff:192.0.2.1",
+    "fe80::1", "::1", "::", "2001:db8:::1", "02001:db8::1", "2001:db8::192.0.2.01",
+    "2001:db8::192.0.2", " 2001:db8::1", "2001:db8::1\u0000", "1:2:3:4:5:6:7::8",
+    "2001:db8::1/128", "\uff12001:db8::1", 42540766411282592856903984951653826561, 1.5, None,
+])
+def test_request_ipv6_is_what_ipaddress_reads(text):
+    """The claimed ``ipv6`` is read as ``ipaddress.IPv6Address`` reads it (RFC 4291
+    section 2.2's text forms, a scope id, an integer), whichever parser reads it first,
+    and must be a global unicast address (section 2.4)."""
+    body = json.dumps({"node": "r1", "ipv6": text, "timestamp": 1,
+                       "nonce": "0123456789abcdef"}).encode()
+    try:
+        expected = ipaddress.IPv6Address(text)
+    except (ValueError, TypeError):
+        expected = None
+    if expected is None or not global_unicast(expected):
+        with pytest.raises(Refusal) as refused:
+            LeaseRequest.parse("renew", body)
+        assert refused.value.reason is Reason.MALFORMED
+        assert ("global unicast" if expected else "not an IPv6 address") in str(refused.value)
+    else:
+        request = LeaseRequest.parse("renew", body)
+        assert request.ipv6 == expected and request.ipv6.scope_id == expected.scope_id
+
+
+def test_request_body_is_read_as_json_loads_reads_it():
+    """A body is decoded as ``json.loads`` decodes bytes (RFC 8259 section 8.1: UTF-8;
+    json also reads UTF-16 and UTF-32, and a UTF-8 BOM); bytes that are not UTF-8 are
+    refused ``malformed``, not raised."""
+    text = ('{"ipv6":"2001:db8:e01::11","lifetime":60,"node":"r1",'
+            '"nonce":"0123456789abcdef","timestamp":1}')
+    expected = LeaseRequest("renew", "r1", HOME, 1, "0123456789abcdef", 60)
+    for body in (text.encode(), text.encode("utf-16"), text.encode("utf-16-le"),
+                 text.encode("utf-16-be"), text.encode("utf-32"),
+                 text.encode("utf-8-sig"), b" \r\n" + text.encode()):
+        assert LeaseRequest.parse("renew", body) == expected, body[:8]
+    for body, why in ((text.encode().replace(b"r1", b"r\xff"), "not JSON"),
+                      (text.encode().replace(b"r1", b"r\xed\xa0\x80"), "host name"),
+                      (b"{", "not JSON"), (b"{\x00", "not JSON"), (b"", "not JSON")):
+        with pytest.raises(Refusal) as refused:
+            LeaseRequest.parse("renew", body)
+        assert refused.value.reason is Reason.MALFORMED and why in str(refused.value), body
 
 
 @pytest.mark.parametrize("text", ["127.0.0.1:3786", "[::ffff:192.0.2.1]:3786", "::1:3786",
@@ -425,6 +486,22 @@ def _answers(sock: socket.socket, count: int) -> list[tuple[int, dict, dict]]:
 def _closed(sock: socket.socket) -> bool:
     sock.settimeout(10)
     return sock.recv(1) == b""
+
+
+def test_idle_connection_is_closed_after_keepalive(servers, monkeypatch):
+    """A kept-alive connection is closed ``KEEPALIVE`` seconds after its last answer
+    (each answer moves the end on), not while a request is answered."""
+    monkeypatch.setattr(httpd, "KEEPALIVE", 0.5)
+    server = servers.start()
+    steal = b"POST /dstm/v1/steal HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n"
+    with socket.create_connection(server.server_address[:2], timeout=10) as sock:
+        for _ in range(4):  # 4 x 0.3 s: longer than KEEPALIVE, each answer within it
+            sock.sendall(steal)
+            assert [s for s, _, _ in _answers(sock, 1)] == [404]
+            time.sleep(0.3)
+        sock.sendall(steal)
+        assert [s for s, _, _ in _answers(sock, 1)] == [404]
+        assert _closed(sock)  # then nothing for KEEPALIVE: closed
 
 
 def test_node_api_http_framing(servers):

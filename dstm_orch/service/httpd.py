@@ -26,6 +26,7 @@ import threading
 import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from email.utils import formatdate
 from pathlib import Path
 
@@ -72,7 +73,49 @@ _REASONS = {200: "OK", 400: "Bad Request", 401: "Unauthorized", 403: "Forbidden"
             404: "Not Found", 409: "Conflict", 429: "Too Many Requests",
             500: "Internal Server Error", 501: "Not Implemented", 502: "Bad Gateway",
             503: "Service Unavailable"}
+
+
+def _head(status: int) -> bytes:
+    """The status line and constant headers of an answer, up to ``Content-Length``'s
+    value."""
+    return (b"HTTP/1.1 %d %s\r\nContent-Type: application/json; charset=utf-8\r\n"
+            b"Cache-Control: no-store\r\nContent-Length: "
+            % (status, _REASONS.get(status, "Unknown").encode("ascii")))
+
+
+_HEADS = {status: _head(status) for status in _REASONS}
+_CONNECTION = {(False, False): b"Connection: close\r\n", (False, True): b"Connection: close\r\n",
+               (True, False): b"", (True, True): b"Connection: keep-alive\r\n"}
+"""The ``Connection`` header by (kept alive, HTTP/1.0)."""
 _SIGNATURE = SIGNATURE_HEADER.lower().encode("ascii")
+_encode = json.JSONEncoder(sort_keys=True).encode
+"""``json.dumps(answer, sort_keys=True)`` without building an encoder per answer."""
+
+
+@dataclass(slots=True)
+class _Request:
+    """A whole request of a connection, waiting in its queue to be answered."""
+
+    method: str
+    target: str
+    length: str
+    """``Content-Length`` as sent ("" without one)."""
+    body: bytes
+    signature: str | None
+    keep_alive: bool
+    """The connection stays open after the answer (llhttp's ``should_keep_alive``)."""
+    old: bool
+    """HTTP/1.0."""
+
+
+@dataclass(slots=True)
+class _Answer:
+    """An answer decided while parsing (a refusal), waiting in the queue; the connection
+    is closed after it."""
+
+    status: int
+    answer: dict
+    old: bool
 
 
 class NodeAPI:
@@ -156,13 +199,13 @@ class _NodeConnection(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.peer = ""
         self.parser = httptools.HttpRequestParser(self)
-        self.requests: deque[tuple] = deque()
-        """Whole requests not yet answered: ``(method, target, length, body, signature,
-        keep_alive, old)`` or, for a refusal, ``(status, answer, old)``."""
+        self.requests: deque[_Request | _Answer] = deque()
+        """Whole requests not yet answered, and refusals decided while parsing."""
         self.task: asyncio.Task | None = None
         self.broken = False  # a refusal is queued: read nothing more
         self.ended = False  # the client half-closed: close after the last answer
         self.idle: asyncio.TimerHandle | None = None
+        self.active = 0.0  # loop time of the last answer (or of the connection)
         self.in_head = True  # the parser is before the end of a request's headers
         self.head_fed = 0  # bytes fed while in a head, since the last head ended
         self.unfed = memoryview(b"")  # bytes read but not yet parsed (one read at most)
@@ -207,10 +250,11 @@ class _NodeConnection(asyncio.Protocol):
         self.in_head = False
         self.head_fed = 0
         parser = self.parser
-        self.old = parser.get_http_version() == "1.0"
-        if not parser.get_http_version().startswith("1."):
-            raise _Refused(*_refusal(Refusal(
-                Reason.MALFORMED, f"HTTP/{parser.get_http_version()} is not HTTP/1.x")))
+        version = parser.get_http_version()
+        self.old = version == "1.0"
+        if not version.startswith("1."):
+            raise _Refused(*_refusal(Refusal(Reason.MALFORMED,
+                                             f"HTTP/{version} is not HTTP/1.x")))
         if self.chunked or int(self.length or 0) > MAX_BODY:
             # A body not read (chunked, or too long): answer before it, then close.
             raise _Refused(*_early(parser.get_method().decode("ascii"), self._target())
@@ -224,9 +268,10 @@ class _NodeConnection(asyncio.Protocol):
 
     def on_message_complete(self) -> None:
         self.in_head = True
-        self.requests.append((self.parser.get_method().decode("ascii"), self._target(),
-                              self.length, b"".join(self.body), self.signature,
-                              self.parser.should_keep_alive(), self.old))
+        parser = self.parser
+        self.requests.append(_Request(parser.get_method().decode("ascii"), self._target(),
+                                      self.length, b"".join(self.body), self.signature,
+                                      parser.should_keep_alive(), self.old))
         self._begin()
 
     def _target(self) -> str:
@@ -239,7 +284,9 @@ class _NodeConnection(asyncio.Protocol):
         peer = transport.get_extra_info("peername")
         self.peer = peer[0] if peer else ""
         self.api._connections.add(self)
-        self._arm()
+        loop = asyncio.get_running_loop()
+        self.active = loop.time()
+        self.idle = loop.call_at(self.active + KEEPALIVE, self._idle)
 
     def connection_lost(self, exc: Exception | None) -> None:
         # A request in flight goes on (its lease is written); its answer is dropped.
@@ -257,14 +304,18 @@ class _NodeConnection(asyncio.Protocol):
         if self.transport is not None:
             self.transport.close()
 
-    def _arm(self) -> None:
-        if self.idle is not None:
-            self.idle.cancel()
-        self.idle = asyncio.get_running_loop().call_later(KEEPALIVE, self._idle)
-
     def _idle(self) -> None:
-        if self.task is None:
+        """Close the connection ``KEEPALIVE`` seconds after its last answer (or after it
+        opened) unless a request is in flight. One timer a connection, moved on only
+        when it fires: a new timer for each answer cost a heap push and a cancelled
+        handle a request."""
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        deadline = self.active + KEEPALIVE
+        if self.task is None and now >= deadline:
             self.close()
+            return
+        self.idle = loop.call_at(deadline if deadline > now else now + KEEPALIVE, self._idle)
 
     def data_received(self, data: bytes) -> None:
         if self.broken:
@@ -297,12 +348,13 @@ class _NodeConnection(asyncio.Protocol):
         except httptools.HttpParserError as exc:
             refused = exc.__context__
             if isinstance(refused, _Refused):
-                self._stop((refused.status, refused.answer, self.old))
+                self._stop(_Answer(refused.status, refused.answer, self.old))
             else:
-                self._stop((*_refusal(Refusal(Reason.MALFORMED,
-                                              f"not an HTTP/1.x request: {exc}")), self.old))
+                self._stop(_Answer(*_refusal(Refusal(Reason.MALFORMED,
+                                                     f"not an HTTP/1.x request: {exc}")),
+                                   self.old))
         except _Refused as refused:
-            self._stop((refused.status, refused.answer, self.old))
+            self._stop(_Answer(refused.status, refused.answer, self.old))
 
     def _flow(self) -> None:
         """Read from the client while there is room: fewer than ``MAX_PIPELINED``
@@ -326,15 +378,14 @@ class _NodeConnection(asyncio.Protocol):
             self._next()
         self._flow()
 
-    def _stop(self, refusal: tuple | None) -> None:
+    def _stop(self, refusal: _Answer | None) -> None:
         """Read nothing more: answer what is queued (and ``refusal``), then close."""
         self.broken = True
         self.unfed = memoryview(b"")
         if refusal is not None:
             self.requests.append(refusal)
         elif self.requests:
-            method, target, length, body, signature, _, old = self.requests[-1]
-            self.requests[-1] = (method, target, length, body, signature, False, old)
+            self.requests[-1].keep_alive = False  # a refusal already closes
 
     def _next(self) -> None:
         """Start answering the next whole request, if any (not while the answers
@@ -352,22 +403,18 @@ class _NodeConnection(asyncio.Protocol):
                 self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
             return
         request = self.requests.popleft()
-        if len(request) == 3:
-            self._answer(request[0], request[1], False, request[2])
+        if type(request) is _Answer:
+            self._answer(request.status, request.answer, False, request.old)
             return
-        method, target, length, body, signature, keep_alive, old = request
-        self.task = asyncio.get_running_loop().create_task(
-            self._handle(method, target, length, body, signature, keep_alive, old))
+        self.task = asyncio.get_running_loop().create_task(self._handle(request))
 
-    async def _handle(self, method: str, target: str, length: str, body: bytes,
-                      signature: str | None, keep_alive: bool, old: bool) -> None:
+    async def _handle(self, request: _Request) -> None:
         try:
-            status, answer = await _node_answer(self.api, method, target, length, body,
-                                                signature, self.peer)
+            status, answer = await _node_answer(self.api, request, self.peer)
         except Exception:
             log.exception("request failed")
             status, answer = _refusal(Refusal(Reason.INTERNAL, "the server failed to answer"))
-        self._answer(status, answer, keep_alive, old)
+        self._answer(status, answer, request.keep_alive, request.old)
 
     def _answer(self, status: int, answer: dict, keep_alive: bool, old: bool) -> None:
         self.task = None
@@ -376,16 +423,14 @@ class _NodeConnection(asyncio.Protocol):
             return
         keep_alive = keep_alive and not self.api.closing and not (
             self.ended and not self.requests and not self.unfed)
-        body = json.dumps(answer, sort_keys=True).encode()
-        transport.write(b"HTTP/1.1 %d %s\r\nContent-Type: application/json; charset=utf-8\r\n"
-                        b"Content-Length: %d\r\nCache-Control: no-store\r\nDate: %s\r\n%s\r\n"
-                        % (status, _REASONS.get(status, "Unknown").encode(), len(body),
-                           self.api.date(), b"Connection: close\r\n" if not keep_alive
-                           else b"Connection: keep-alive\r\n" if old else b"") + body)
+        body = _encode(answer).encode()
+        head = _HEADS.get(status) or _head(status)
+        transport.write(b"%s%d\r\nDate: %s\r\n%s\r\n%s" % (
+            head, len(body), self.api.date(), _CONNECTION[keep_alive, old], body))
         if not keep_alive:
             transport.close()
             return
-        self._arm()
+        self.active = asyncio.get_running_loop().time()
         self._next()
         self._flow()
 
@@ -417,18 +462,17 @@ def _no_length(length: str) -> tuple[int, dict]:
                             f"to {MAX_BODY} bytes is required"))
 
 
-async def _node_answer(api: NodeAPI, method: str, target: str, length: str, body: bytes,
-                       signature: str | None, peer: str) -> tuple[int, dict]:
+async def _node_answer(api: NodeAPI, request: _Request, peer: str) -> tuple[int, dict]:
     """``(HTTP status, JSON body)`` of one node request whose body has been read."""
-    early = _early(method, target)
+    early = _early(request.method, request.target)
     if early is not None:
         return early
-    if not length:
-        return _no_length(length)
+    if not request.length:
+        return _no_length(request.length)
     try:
-        path = target.partition("?")[0]
-        return await api.service.handle_async(action_of(path), "POST", path, body,
-                                              signature, peer, api.executor)
+        path = request.target.partition("?")[0]
+        return await api.service.handle_async(action_of(path), "POST", path, request.body,
+                                              request.signature, peer, api.executor)
     except DstmError as exc:
         log.exception("request failed")
         return _refusal(Refusal(Reason.INTERNAL, str(exc)))
