@@ -114,7 +114,10 @@ class LeaseStore:
         self.path = Path(path)
         self._marks: dict[_MarkKey, _Mark] = {}
         self._group: dict[_MarkKey, _Mark] | None = None
-        self._depth = 0
+        self._operation: Transaction | None = None
+        """The outermost write of the open group running now (the one with the savepoint)."""
+        self._spoiled = False
+        """A write inside :attr:`_operation` raised: the operation must be undone."""
         self._key = os.path.realpath(self.path)
         with _OPEN_LOCK:
             if not _OPEN.get(self._key):
@@ -272,7 +275,11 @@ class LeaseStore:
         """Run a block as one durable write transaction that holds several operations
         (group commit): each :meth:`write` inside it is a SAVEPOINT that is released when
         its block returns and rolled back alone when it raises, so a refused operation
-        does not undo the others; :meth:`read` inside it reads the open transaction. One
+        does not undo the others; :meth:`read` inside it reads the open transaction. A
+        write inside another write (the allocator's, inside ``serve``'s writer's) takes
+        no savepoint of its own, as on PostgreSQL: it is part of the outer one, and if it
+        raises, the outer write is undone when it ends (and raises ``StoreError`` if its
+        block went on regardless), so nothing of a failed write survives. One
         COMMIT (one WAL fsync, ``synchronous=FULL``) at the end makes every operation
         that succeeded durable at once; nothing of the group is durable before it.
 
@@ -313,7 +320,7 @@ class LeaseStore:
                 raise StoreError(f"lease store {self.path}: cannot commit: {exc}") from exc
         finally:
             self._group = None
-            self._depth = 0
+            self._operation = None
         self._marks.update(marks)
 
     @property
@@ -387,35 +394,50 @@ class LeaseStore:
     @contextmanager
     def _savepoint(self, begin: str) -> Iterator[Transaction]:
         """One operation of a group: a SAVEPOINT for a write, the open transaction for a
-        read. Skip marks a write finds stay in the group until it commits."""
+        read. A write or a read inside a write is part of it: no savepoint of its own,
+        the outer write's ``Transaction`` (its skip marks kept or dropped with it). Skip
+        marks a write finds stay in the group until it commits."""
         group = self._group
         assert group is not None
         db = self._db
         if not db.in_transaction:
             raise StoreError(f"lease store {self.path}: the group's transaction was rolled "
                              "back by SQLite; nothing of it was written")
+        outer = self._operation
+        if outer is not None:
+            try:
+                yield outer
+            except BaseException as exc:
+                if begin == "BEGIN IMMEDIATE":
+                    self._spoiled = True
+                if isinstance(exc, sqlite3.Error):
+                    raise StoreError(f"lease store {self.path}: {exc}") from exc
+                raise
+            return
         transaction = Transaction(db, ChainMap(group, self._marks))  # type: ignore[arg-type]
         if begin != "BEGIN IMMEDIATE":
             yield transaction
             return
-        self._depth += 1
-        name = f"op{self._depth}"
+        self._operation, self._spoiled = transaction, False
         try:
-            db.execute(f"SAVEPOINT {name}")
+            db.execute("SAVEPOINT op")
             try:
                 yield transaction
+                if self._spoiled:
+                    raise StoreError(f"lease store {self.path}: a write inside this one "
+                                     "failed; both are undone")
             except BaseException as exc:
                 if db.in_transaction:
-                    db.execute(f"ROLLBACK TO {name}")
-                    db.execute(f"RELEASE {name}")
+                    db.execute("ROLLBACK TO op")
+                    db.execute("RELEASE op")
                 if isinstance(exc, sqlite3.Error):
                     raise StoreError(f"lease store {self.path}: {exc}") from exc
                 raise
-            db.execute(f"RELEASE {name}")
+            db.execute("RELEASE op")
         except sqlite3.Error as exc:
             raise StoreError(f"lease store {self.path}: {exc}") from exc
         finally:
-            self._depth -= 1
+            self._operation = None
         group.update(transaction.new_marks)
 
     def leases(self, include_history: bool = False) -> list[model.Lease]:
