@@ -26,7 +26,7 @@ import sqlite3
 import threading
 from collections import ChainMap
 from collections.abc import Callable, Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import AbstractContextManager, ExitStack, contextmanager
 from datetime import datetime
 from pathlib import Path
 from typing import Any, TypeVar
@@ -249,8 +249,7 @@ class LeaseStore:
     def __exit__(self, *exc_info: object) -> None:
         self.close()
 
-    @contextmanager
-    def write(self) -> Iterator[Transaction]:
+    def write(self) -> AbstractContextManager[Transaction]:
         """Run a block as one write transaction holding the database write lock.
 
         ``BEGIN IMMEDIATE`` takes the lock before the first read, so everything the
@@ -261,14 +260,11 @@ class LeaseStore:
             StoreError: the lock was not granted within ``BUSY_TIMEOUT`` seconds or
                 SQLite failed (the message names the file).
         """
-        with self._transaction("BEGIN IMMEDIATE") as transaction:
-            yield transaction
+        return self._transaction("BEGIN IMMEDIATE")
 
-    @contextmanager
-    def read(self) -> Iterator[Transaction]:
+    def read(self) -> AbstractContextManager[Transaction]:
         """Run a block of queries on one consistent snapshot (a read transaction)."""
-        with self._transaction("BEGIN DEFERRED") as transaction:
-            yield transaction
+        return self._transaction("BEGIN DEFERRED")
 
     @contextmanager
     def group(self) -> Iterator[None]:
@@ -328,12 +324,14 @@ class LeaseStore:
         """Whether a :meth:`group` transaction is open and still alive."""
         return self._group is not None and self._db.in_transaction
 
-    @contextmanager
-    def _transaction(self, begin: str) -> Iterator[Transaction]:
+    def _transaction(self, begin: str) -> AbstractContextManager[Transaction]:
         if self._group is not None:
-            with self._savepoint(begin) as transaction:
-                yield transaction
-            return
+            return _GroupOperation(self, begin == "BEGIN IMMEDIATE")
+        return self._alone(begin)
+
+    @contextmanager
+    def _alone(self, begin: str) -> Iterator[Transaction]:
+        """A transaction of its own (no group open)."""
         db = self._db
         try:
             db.execute(begin)
@@ -390,55 +388,6 @@ class LeaseStore:
             for tep in sorted(set(teps)):
                 stack.enter_context(self.tep_lock(domain, tep, wait=wait, purpose=purpose))
             yield
-
-    @contextmanager
-    def _savepoint(self, begin: str) -> Iterator[Transaction]:
-        """One operation of a group: a SAVEPOINT for a write, the open transaction for a
-        read. A write or a read inside a write is part of it: no savepoint of its own,
-        the outer write's ``Transaction`` (its skip marks kept or dropped with it). Skip
-        marks a write finds stay in the group until it commits."""
-        group = self._group
-        assert group is not None
-        db = self._db
-        if not db.in_transaction:
-            raise StoreError(f"lease store {self.path}: the group's transaction was rolled "
-                             "back by SQLite; nothing of it was written")
-        outer = self._operation
-        if outer is not None:
-            try:
-                yield outer
-            except BaseException as exc:
-                if begin == "BEGIN IMMEDIATE":
-                    self._spoiled = True
-                if isinstance(exc, sqlite3.Error):
-                    raise StoreError(f"lease store {self.path}: {exc}") from exc
-                raise
-            return
-        transaction = Transaction(db, ChainMap(group, self._marks))  # type: ignore[arg-type]
-        if begin != "BEGIN IMMEDIATE":
-            yield transaction
-            return
-        self._operation, self._spoiled = transaction, False
-        try:
-            db.execute("SAVEPOINT op")
-            try:
-                yield transaction
-                if self._spoiled:
-                    raise StoreError(f"lease store {self.path}: a write inside this one "
-                                     "failed; both are undone")
-            except BaseException as exc:
-                if db.in_transaction:
-                    db.execute("ROLLBACK TO op")
-                    db.execute("RELEASE op")
-                if isinstance(exc, sqlite3.Error):
-                    raise StoreError(f"lease store {self.path}: {exc}") from exc
-                raise
-            db.execute("RELEASE op")
-        except sqlite3.Error as exc:
-            raise StoreError(f"lease store {self.path}: {exc}") from exc
-        finally:
-            self._operation = None
-        group.update(transaction.new_marks)
 
     def leases(self, include_history: bool = False) -> list[model.Lease]:
         """Return the active leases (also those past their end and not yet reclaimed),
@@ -524,6 +473,73 @@ class Transaction(LeaseRows, AllocationIndex, PushJournal):
         self._db = db
         self._marks = {} if marks is None else marks
         self.new_marks: dict[_MarkKey, _Mark] = {}
+
+
+class _GroupOperation:
+    """One operation of an open group (:meth:`LeaseStore.group`): a write is a SAVEPOINT,
+    released when its block returns and rolled back alone when it raises; a read reads
+    the open transaction. A write or a read inside a write is part of it: no savepoint
+    of its own, the outer write's ``Transaction`` (its skip marks kept or dropped with
+    it); a write inside that raises undoes the outer one, which raises ``StoreError``
+    when its block went on regardless. Skip marks a write finds stay in the group until
+    it commits. A class, not a generator: it runs twice per request on ``serve``'s path.
+    """
+
+    __slots__ = ("_outer", "_store", "_transaction", "_write")
+
+    def __init__(self, store: LeaseStore, write: bool):
+        self._store = store
+        self._write = write
+
+    def __enter__(self) -> Transaction:
+        store = self._store
+        db = store._db
+        if not db.in_transaction:
+            raise StoreError(f"lease store {store.path}: the group's transaction was rolled "
+                             "back by SQLite; nothing of it was written")
+        outer = self._outer = store._operation
+        if outer is not None:
+            return outer
+        transaction = self._transaction = Transaction(
+            db, ChainMap(store._group, store._marks))  # type: ignore[arg-type]
+        if self._write:
+            try:
+                db.execute("SAVEPOINT op")
+            except sqlite3.Error as exc:
+                raise StoreError(f"lease store {store.path}: {exc}") from exc
+            store._operation, store._spoiled = transaction, False
+        return transaction
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None,
+                 traceback: object) -> bool:
+        store = self._store
+        if self._outer is not None:  # part of the outer write
+            if exc is not None and self._write:
+                store._spoiled = True
+            if isinstance(exc, sqlite3.Error):
+                raise StoreError(f"lease store {store.path}: {exc}") from exc
+            return False
+        if not self._write:
+            return False
+        store._operation = None
+        db = store._db
+        spoiled = exc is None and store._spoiled
+        try:
+            if exc is None and not spoiled:
+                db.execute("RELEASE op")
+            elif db.in_transaction:
+                db.execute("ROLLBACK TO op")
+                db.execute("RELEASE op")
+        except sqlite3.Error as error:
+            raise StoreError(f"lease store {store.path}: {error}") from error
+        if spoiled:
+            raise StoreError(f"lease store {store.path}: a write inside this one failed; "
+                             "both are undone")
+        if exc is None:
+            store._group.update(self._transaction.new_marks)  # type: ignore[union-attr]
+        elif isinstance(exc, sqlite3.Error):
+            raise StoreError(f"lease store {store.path}: {exc}") from exc
+        return False
 
 
 def _unwritable(path: Path) -> str:
