@@ -4,6 +4,7 @@ backends (SQLite, PostgreSQL); those about the file are SQLite's."""
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import sqlite3
 from datetime import UTC, datetime, timedelta
@@ -20,7 +21,7 @@ from dstm_orch.store import (
     LeaseStore,
     open_store,
 )
-from dstm_orch.store.leases import _text
+from dstm_orch.store.leases import _text, changed
 from dstm_orch.store.migrations import APPLICATION_ID, MIGRATIONS
 from tests.conftest import RawConnection, integrity_errors
 
@@ -195,6 +196,24 @@ def test_lease_round_trip_and_events(store):
         ("allocate", T0, T0 + timedelta(seconds=600)),
         ("renew", later, later + timedelta(seconds=900)),
     ]
+
+
+def test_a_written_lease_is_the_row_read_back(store):
+    # extend and move return the lease they wrote without reading it back
+    # (``changed``, dataclasses.replace without its field walk): it equals the row.
+    with store.write() as tx:
+        lease = tx.insert(**lease_fields("n1", "192.0.2.1", lifetime=600))
+        renewed = tx.extend(lease, T0 + timedelta(seconds=100), 900)
+        assert renewed == tx.get(lease.id)
+        moved = tx.move(renewed, T0 + timedelta(seconds=200),
+                        ipaddress.IPv6Address("2001:db8:e00::99"))
+        assert moved == tx.get(lease.id)
+    assert renewed == dataclasses.replace(lease, end=T0 + timedelta(seconds=1000),
+                                          lifetime=900)
+    assert changed(lease, lifetime=900, end=renewed.end) == renewed
+    assert hash(changed(lease, state=model.LeaseState.REVOKED)) == hash(
+        dataclasses.replace(lease, state=model.LeaseState.REVOKED))
+    assert lease.lifetime == 600  # the original is left as it was
 
 
 def test_a_static_lease_has_no_end_and_no_lifetime(store):
