@@ -288,6 +288,28 @@ def test_a_skip_mark_is_dropped_when_another_connection_ends_a_lease(store, stor
         assert tx.first_unleased(first, last) == ip("192.0.2.2")
 
 
+def test_a_skip_mark_moves_past_the_slot_its_transaction_leases(store, store_state):
+    # .1-.3 leased: the walk from .1 marks [.1, .4) full and finds .4; the lease taken
+    # there moves the mark to [.1, .5). Another connection takes .5: the walk resumes
+    # at the mark, finds .5 taken and answers .6. It revokes .4: the mark is dropped
+    # (a revoke event in its run) and .4 is found again.
+    first, last = ip("192.0.2.1"), ip("192.0.2.8")
+    with store.write() as tx:
+        for i in range(1, 4):
+            tx.insert(**lease_fields(f"n{i}", f"192.0.2.{i}"))
+        assert tx.first_unleased(first, last) == ip("192.0.2.4")
+        fourth = tx.insert(**lease_fields("n4", "192.0.2.4"))
+    assert store._marks[(first, model.WHOLE, 0)].upto == ip("192.0.2.5")
+    with open_store(store_state) as other, other.write() as tx:
+        tx.insert(**lease_fields("n5", "192.0.2.5"))
+    with store.read() as tx:
+        assert tx.first_unleased(first, last) == ip("192.0.2.6")
+    with open_store(store_state) as other, other.write() as tx:
+        tx.finish(fourth, model.LeaseState.REVOKED, T0, T0)
+    with store.read() as tx:
+        assert tx.first_unleased(first, last) == ip("192.0.2.4")
+
+
 # --- the ports option and roaming (schema version 2) -----------------------------------
 
 

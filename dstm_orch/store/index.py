@@ -111,28 +111,8 @@ class AllocationIndex:
         one active lease per PSID (unique index), so with ``psid`` None an address is
         full at as many leases as the layout has usable PSIDs, otherwise at one.
         """
-        if psid is None:
-            usable = usable_psids(*layout)
-            return self._db.execute(
-                "SELECT count(*) FROM leases INDEXED BY leases_active_layout"
-                " WHERE state = 'active' AND psid_offset = ? AND psid_len = ?"
-                " AND ipv4 BETWEEN ? AND ? AND psid BETWEEN ? AND ?",
-                (*layout, first, last, usable.start, usable.stop - 1),
-            ).fetchone()[0]
-        if not layout[1]:
-            # Whole addresses: PSID 0 only, leases_active_layout in the same order.
-            return self._db.execute(
-                "SELECT count(*) FROM leases INDEXED BY leases_active_layout"
-                " WHERE state = 'active' AND psid_offset = ? AND psid_len = 0"
-                " AND ipv4 BETWEEN ? AND ? AND psid = ?",
-                (layout[0], first, last, psid),
-            ).fetchone()[0]
-        return self._db.execute(
-            "SELECT count(*) FROM leases INDEXED BY leases_active_psid"
-            " WHERE state = 'active' AND psid_len > 0 AND psid_offset = ? AND psid_len = ?"
-            " AND psid = ? AND ipv4 BETWEEN ? AND ?",
-            (*layout, psid, first, last),
-        ).fetchone()[0]
+        sql, args = _count_query(first, last, layout, psid)
+        return self._db.execute(sql, args).fetchone()[0]
 
     def next_active(
         self, first: int, last: int, layout: Layout = WHOLE, psid: int = 0
@@ -171,11 +151,12 @@ class AllocationIndex:
         """
         capacity = 1 if psid is not None else len(usable_psids(*layout))
         key = (first, layout, psid)
-        low, event_id = self._leased_up_to(key, first, last)
+        low, event_id, count = self._leased_up_to(key, first, last, layout, psid)
         span = 1
         while low <= last:
             high = min(low + span - 1, last)
-            count = self.count_active(low, high, layout, psid)
+            if count is None:
+                count = self.count_active(low, high, layout, psid)
             if count < (high - low + 1) * capacity:
                 # ``count`` leases in [low, high], fewer than full; none: low has room.
                 while count and low < high:
@@ -186,27 +167,38 @@ class AllocationIndex:
                     else:
                         high, count = middle, left
                 break
-            low, span = high + 1, span * 2
+            low, span, count = high + 1, span * 2, None
         low = min(low, last + 1)
         self.new_marks[key] = _Mark(low, event_id)
         return low
 
-    def _leased_up_to(self, key: _MarkKey, first: int, last: int) -> tuple[int, int]:
-        """Where the search from ``first`` starts, and the newest event id now (the
-        searches of a transaction write nothing, so that id is the mark's)."""
+    def _leased_up_to(self, key: _MarkKey, first: int, last: int, layout: Layout,
+                      psid: int | None) -> tuple[int, int, int | None]:
+        """Where the search from ``first`` starts, the newest event id now (the
+        searches of a transaction write nothing, so that id is the mark's), and the
+        count of active leases on that start address when the same statement read it
+        (None: not read)."""
         # Resume after a known full run from ``first`` if no lease in it has ended
         # since (leases only stop being active by revoke or expire events).
         mark = self._marks.get(key)
         if mark is None or mark.upto <= first:
-            return first, self._last_event()
-        ended, event_id = self._db.execute(
+            return first, self._last_event(), None
+        upto = min(mark.upto, last + 1)
+        # The start's count in the same statement: the galloping search's first count,
+        # which the address after a mark has room for but when another process took it
+        # (a mark moves past each lease this store inserts, ``LeaseRows.insert``).
+        count_sql, count_args = (
+            _count_query(upto, upto, layout, psid) if upto <= last else ("SELECT NULL", ()))
+        ended, event_id, count = self._db.execute(
             "SELECT (SELECT 1 FROM lease_events AS e CROSS JOIN leases AS l"
             " ON l.id = e.lease_id WHERE e.id > ? AND e.event IN ('revoke', 'expire')"
             " AND l.ipv4 >= ? AND l.ipv4 < ? LIMIT 1),"
-            " (SELECT coalesce(max(id), 0) FROM lease_events)",
-            (mark.event_id, first, mark.upto),
+            f" (SELECT coalesce(max(id), 0) FROM lease_events), ({count_sql})",
+            (mark.event_id, first, mark.upto, *count_args),
         ).fetchone()
-        return (first if ended else min(mark.upto, last + 1)), event_id
+        if ended:
+            return first, event_id, None
+        return upto, event_id, count
 
     def _last_event(self) -> int:
         return self._db.execute("SELECT coalesce(max(id), 0) FROM lease_events").fetchone()[0]
@@ -337,3 +329,27 @@ class AllocationIndex:
                 (since, first, last),
             )
         ]
+
+
+def _count_query(first: int, last: int, layout: Layout, psid: int | None
+                 ) -> tuple[str, tuple[int, ...]]:
+    """The statement of :meth:`AllocationIndex.count_active` and its parameters."""
+    if psid is None:
+        usable = usable_psids(*layout)
+        return (
+            "SELECT count(*) FROM leases INDEXED BY leases_active_layout"
+            " WHERE state = 'active' AND psid_offset = ? AND psid_len = ?"
+            " AND ipv4 BETWEEN ? AND ? AND psid BETWEEN ? AND ?",
+            (*layout, first, last, usable.start, usable.stop - 1))
+    if not layout[1]:
+        # Whole addresses: PSID 0 only, leases_active_layout in the same order.
+        return (
+            "SELECT count(*) FROM leases INDEXED BY leases_active_layout"
+            " WHERE state = 'active' AND psid_offset = ? AND psid_len = 0"
+            " AND ipv4 BETWEEN ? AND ? AND psid = ?",
+            (layout[0], first, last, psid))
+    return (
+        "SELECT count(*) FROM leases INDEXED BY leases_active_psid"
+        " WHERE state = 'active' AND psid_len > 0 AND psid_offset = ? AND psid_len = ?"
+        " AND psid = ? AND ipv4 BETWEEN ? AND ?",
+        (*layout, psid, first, last))
