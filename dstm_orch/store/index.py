@@ -60,6 +60,10 @@ class AllocationIndex:
     _db: sqlite3.Connection
     _marks: dict[_MarkKey, _Mark]
     new_marks: dict[_MarkKey, _Mark]
+    _layouts_read: tuple[int, int, Layout | None, Layout | None] | None = None
+    """``(first, last, lowest layout, highest layout)`` of the active leases as
+    :meth:`held_slots` read them, for the :meth:`layout_conflicts` of the same range that
+    follows it; taken by the first call of that."""
 
     def is_active(self, ipv4: int, layout: Layout = WHOLE, psid: int = 0) -> bool:
         """Tell whether the slot ``(ipv4, psid)`` of ``layout`` is taken: an active lease
@@ -257,11 +261,17 @@ class AllocationIndex:
         """Return, ascending, the addresses in ``[first, last]`` that active leases of
         any layout other than ``layout`` hold (they have no room for ``layout``).
 
-        The layouts in use are found by index seeks, then each other layout's leases
-        in the range are read; outside a change of a pool's layout these are only the
-        static reservations inside the range (and leases of other pools in the gaps of
-        a pool of several intervals, which the walk never proposes).
+        The layouts in use are found by index seeks (none when :meth:`held_slots` of
+        the same range, just before, found only ``layout`` in use), then each other
+        layout's leases in the range are read; outside a change of a pool's layout
+        these are only the static reservations inside the range (and leases of other
+        pools in the gaps of a pool of several intervals, which the walk never
+        proposes).
         """
+        seen, self._layouts_read = self._layouts_read, None
+        if seen is not None and seen[:2] == (first, last) and (
+                seen[2] is None or seen[2] == seen[3] == tuple(layout)):
+            return []  # held_slots just read it: no layout but ``layout``, or none
         found: set[int] = set()
         for other in self._other_layouts(tuple(layout)):
             found.update(
@@ -303,32 +313,37 @@ class AllocationIndex:
     def _next_layout(self, after: Layout) -> Layout | None:
         row = self._db.execute(_NEXT_LAYOUT, (*after, after[0])).fetchone()
         return (row[0], row[1]) if row else None
-        # Two seeks in one statement (a row-value ">" would scan the rest of its first
-        # column's range); the second runs only when the first finds nothing.
-        row = self._db.execute(
-            "SELECT * FROM (SELECT psid_offset, psid_len FROM leases INDEXED BY"
-            " leases_active_layout WHERE state = 'active' AND psid_offset = ?"
-            " AND psid_len > ? ORDER BY psid_len LIMIT 1) AS same_offset"
-            " UNION ALL SELECT * FROM (SELECT psid_offset, psid_len FROM leases INDEXED BY"
-            " leases_active_layout WHERE state = 'active' AND psid_offset > ?"
-            " ORDER BY psid_offset, psid_len LIMIT 1) AS greater_offset LIMIT 1",
-            (*after, after[0]),
-        ).fetchone()
-        return (row[0], row[1]) if row else None
 
     def held_slots(self, first: int, last: int, since: int) -> list[Slot]:
         """Return, by address, the slots in ``[first, last]`` of leases ended after
-        ``since`` (epoch seconds): those still in their hold time."""
-        return [
-            Slot(ipv4, (offset, length), psid)
-            for ipv4, offset, length, psid in self._db.execute(
-                "SELECT DISTINCT ipv4, psid_offset, psid_len, psid"
-                " FROM leases INDEXED BY leases_ended"
-                " WHERE ended_at > ? AND ipv4 BETWEEN ? AND ?"
-                " ORDER BY ipv4, psid",
-                (since, first, last),
-            )
-        ]
+        ``since`` (epoch seconds): those still in their hold time.
+
+        The same statement reads the lowest and the highest layout of the active
+        leases (two index seeks), for a :meth:`layout_conflicts` of the same range
+        that follows (the allocation walk's): when both are the pool's, no other layout
+        is in use and it needs no statement."""
+        held = []
+        lowest = highest = None
+        for which, ipv4, offset, length, psid in self._db.execute(
+            "SELECT 0, * FROM (SELECT DISTINCT ipv4, psid_offset, psid_len, psid"
+            " FROM leases INDEXED BY leases_ended WHERE ended_at > ? AND ipv4 BETWEEN ? AND ?)"
+            " UNION ALL SELECT 1, NULL, *, NULL FROM (SELECT psid_offset, psid_len FROM leases"
+            " INDEXED BY leases_active_layout WHERE state = 'active'"
+            " ORDER BY psid_offset, psid_len LIMIT 1) AS lowest"
+            " UNION ALL SELECT 2, NULL, *, NULL FROM (SELECT psid_offset, psid_len FROM leases"
+            " INDEXED BY leases_active_layout WHERE state = 'active'"
+            " ORDER BY psid_offset DESC, psid_len DESC LIMIT 1) AS highest",
+            (since, first, last),
+        ):
+            if which == 0:
+                held.append(Slot(ipv4, (offset, length), psid))
+            elif which == 1:
+                lowest = (offset, length)
+            else:
+                highest = (offset, length)
+        self._layouts_read = (first, last, lowest, highest)
+        held.sort(key=lambda slot: (slot.ipv4, slot.psid))
+        return held
 
 
 def _count_query(first: int, last: int, layout: Layout, psid: int | None
