@@ -9,13 +9,15 @@ commit, each request in its own savepoint), over a durable SQLite store (WAL,
 (40,000 nodes, a /16 pool, TEP pushes off). ``new`` asks a lease for a node without
 one each time; ``renew`` renews the leases of the first ``--clients`` nodes.
 
-Prints, per request: the SQL statements of the writer's connection (SQLite's trace:
-the group's BEGIN and COMMIT shared by its requests, the statements of trigger
-programs counted apart: Python's trace gives each the text of the statement that ran
-it) and the process's CPU time (user + system, all threads;
-waiting for fsync is neither), next to the anchor measured in the same run: the CPU
-of one raw durable one-row commit of the lease row's shape (the anchor of
-``bench_alloc_vs_sqlite.py``). Run from the repository root:
+Prints, per request: the process's CPU time (user + system, all threads; waiting for
+fsync is neither) through the writer and, beside it, for the same changes in groups of
+``--clients`` run on the calling thread (no writer thread, no event loop: the
+difference is the hand-off); and, in a second pass under SQLite's trace, the statements
+of the writer's connection (the group's BEGIN and COMMIT shared by its requests; the
+statements of trigger programs counted apart, which Python's trace gives the text of
+the statement that ran them). The anchor, measured in the same run: the CPU of one raw
+durable one-row commit of the lease row's shape (``bench_alloc_vs_sqlite.py``'s). Run
+from the repository root:
 
     .venv/bin/python benchmarks/bench_store_path.py [--requests 4000] [--clients 8]
 """
@@ -61,24 +63,23 @@ def request(action: str, index: int) -> LeaseRequest:
                         int(time.time()), f"{index:032x}")
 
 
-async def drive(service: RoamingService, action: str, plan: list[list[int]],
-                per: int) -> int:
-    """Closed loop: each client queues its next request when its outcome is in, ``per``
-    requests each, cycling through its nodes."""
+async def drive(service: RoamingService, plan: list[list], per: int) -> int:
+    """Closed loop: each client queues its next change when the outcome of its last is
+    in, ``per`` changes each, cycling through its list (built before the clock runs)."""
     writer = service.writer
     assert writer is not None
 
-    async def client(nodes: list[int], count: int) -> int:
-        done = 0
-        for turn in range(count):
-            index = nodes[turn % len(nodes)]
-            outcome = await writer.run_async(
-                functools.partial(service._change, request(action, index)))
-            assert outcome.lease.node == f"k{index}"
-            done += 1
-        return done
+    async def client(changes: list) -> int:
+        for turn in range(per):
+            await writer.run_async(changes[turn % len(changes)])
+        return per
 
-    return sum(await asyncio.gather(*(client(nodes, per) for nodes in plan)))
+    return sum(await asyncio.gather(*(client(changes) for changes in plan)))
+
+
+def changes(service: RoamingService, action: str, plan: list[list[int]]) -> list[list]:
+    return [[functools.partial(service._change, request(action, index)) for index in nodes]
+            for nodes in plan]
 
 
 def trace(service: RoamingService, sink: list[str] | None) -> None:
@@ -98,30 +99,54 @@ def measure(directory: Path, clients: int, requests: int) -> dict[str, tuple]:
         per = requests // clients
         # Warm: the clients' leases (renewed below), then a few new ones.
         warm = [[i] for i in range(clients)]
-        asyncio.run(drive(service, "request", warm, 1))
+        asyncio.run(drive(service, changes(service, "request", warm), 1))
         first = clients
+        traced = 50  # requests per client in the traced pass
         for action in ("request", "renew"):
             if action == "request":
                 plan = [list(range(first + i, first + per * clients, clients))
                         for i in range(clients)]
+                first += per * clients
+                then = [list(range(first + i, first + traced * clients, clients))
+                        for i in range(clients)]
+                first += traced * clients
+                inline = list(range(first, first + per * clients))
+                first += per * clients
             else:
-                plan = [[i] for i in range(clients)]
-            statements: list[str] = []
+                plan = then = [[i] for i in range(clients)]
+                inline = [i % clients for i in range(per * clients)]
+            # CPU, untraced.
+            work = changes(service, action, plan)
             groups = service.writer.groups
-            trace(service, statements)
             start = time.process_time()
-            done = asyncio.run(drive(service, action, plan, per))
+            done = asyncio.run(drive(service, work, per))
             used = time.process_time() - start
+            groups = service.writer.groups - groups
+            # Statements, in a second pass under SQLite's trace.
+            work = changes(service, action, then)
+            statements: list[str] = []
+            trace(service, statements)
+            count = asyncio.run(drive(service, work, traced))
             trace(service, None)
-            groups = service.writer.groups - groups - 1  # the trace's own group
             # Python's trace repeats a statement's text for each statement of the
             # trigger programs it runs: a repeat is a trigger's statement.
             triggers = sum(1 for a, b in itertools.pairwise(statements) if a == b)
             # The clearing call's group: its BEGIN and COMMIT are not a request's.
             top = len(statements) - triggers - 2
             savepoints = sum(1 for s in statements if s.startswith(("SAVEPOINT", "RELEASE")))
-            found[action] = (done, used / done * 1e6, top / done, triggers / done,
-                             savepoints / done, done / max(1, groups))
+            # CPU in line: the same changes in groups of ``clients`` on this thread.
+            work = [functools.partial(service._change, request(action, index))
+                    for index in inline]
+            store = service.store()
+            start = time.process_time()
+            for at in range(0, len(work), clients):
+                with store.group():
+                    for change in work[at:at + clients]:
+                        with store.write():
+                            change(store)
+            alone = (time.process_time() - start) / len(work) * 1e6
+            found[action] = (done, used / done * 1e6, alone, top / count, triggers / count,
+                             savepoints / count, done / max(1, groups))
     finally:
         service.close()
     return found
@@ -137,14 +162,15 @@ def main(argv: list[str] | None = None) -> int:
         anchor = raw_commit_cpu(directory)
         found = measure(directory, args.clients, args.requests)
     print(f"raw SQLite one-row durable commit: {anchor:.0f} us CPU")
-    print(f"{'request':<9}{'count':>7}{'CPU us':>9}{'x raw':>7}{'statements':>12}"
-          f"{'trigger st.':>13}{'savepoint st.':>15}{'group size':>12}")
-    for action, (done, cpu, top, triggers, savepoints, size) in found.items():
+    print(f"{'request':<9}{'count':>7}{'CPU us':>9}{'x raw':>7}{'in line':>9}"
+          f"{'statements':>12}{'trigger st.':>13}{'savepoint st.':>15}{'group size':>12}")
+    for action, (done, cpu, alone, top, triggers, savepoints, size) in found.items():
         label = "new" if action == "request" else action
-        print(f"{label:<9}{done:>7}{cpu:>9.0f}{cpu / anchor:>7.2f}{top:>12.2f}"
+        print(f"{label:<9}{done:>7}{cpu:>9.0f}{cpu / anchor:>7.2f}{alone:>9.0f}{top:>12.2f}"
               f"{triggers:>13.2f}{savepoints:>15.2f}{size:>12.1f}")
-    print(f"{args.clients} requests queued per loop turn; statements per request include "
-          "the group's BEGIN and COMMIT shared among its requests")
+    print(f"{args.clients} requests queued per loop turn; 'in line': the same changes in "
+          f"groups of {args.clients} on the calling thread, no writer thread; statements per "
+          "request include the group's BEGIN and COMMIT shared among its requests")
     return 0
 
 
