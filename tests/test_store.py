@@ -199,7 +199,7 @@ def test_lease_round_trip_and_events(store):
 
 
 def test_a_written_lease_is_the_row_read_back(store):
-    # extend and move return the lease they wrote without reading it back
+    # extend, move, move_tep and finish return the lease they wrote without reading it back
     # (``changed``, dataclasses.replace without its field walk): it equals the row.
     with store.write() as tx:
         lease = tx.insert(**lease_fields("n1", "192.0.2.1", lifetime=600))
@@ -208,6 +208,13 @@ def test_a_written_lease_is_the_row_read_back(store):
         moved = tx.move(renewed, T0 + timedelta(seconds=200),
                         ipaddress.IPv6Address("2001:db8:e00::99"))
         assert moved == tx.get(lease.id)
+        other_tep = tx.move_tep(moved, T0 + timedelta(seconds=300), "t2",
+                                ipaddress.IPv6Address("2001:db8:e00::b"))
+        assert other_tep == tx.get(lease.id) and other_tep.tep == "t2"
+        ended = tx.finish(other_tep, model.LeaseState.REVOKED,
+                          T0 + timedelta(seconds=400, microseconds=5), T0 + timedelta(seconds=400))
+        assert ended == tx.get(lease.id)
+        assert (ended.state, ended.ended) == (model.LeaseState.REVOKED, T0 + timedelta(seconds=400))
     assert renewed == dataclasses.replace(lease, end=T0 + timedelta(seconds=1000),
                                           lifetime=900)
     assert changed(lease, lifetime=900, end=renewed.end) == renewed

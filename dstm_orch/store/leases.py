@@ -298,7 +298,8 @@ class LeaseRows:
         event; None is returned then.
 
         Args:
-            lease: the active lease.
+            lease: the active lease, as read in this transaction (the lease returned is
+                it with ``state`` and ``ended``, not read back).
             state: ``REVOKED`` or ``EXPIRED``.
             ended: when the lease stopped (revocation time, or its end when reclaimed).
             now: when the event is recorded.
@@ -316,7 +317,9 @@ class LeaseRows:
         self._event(
             lease.id, _epoch(now), event, _epoch(lease.end) if lease.end else None, lease.node_ipv6
         )
-        return self._refetch(lease)
+        # Not read back: the row is the lease with its state and end (no trigger changes
+        # them), as the caller read it in this transaction (the write lock is held).
+        return changed(lease, state=state, ended=_moment(_epoch(ended)))
 
     def due(self, now: datetime, limit: int | None) -> list[model.Lease]:
         """Return active dynamic leases whose end is at or before ``now``, earliest first,
@@ -467,12 +470,13 @@ class LeaseRows:
         moved, GitOps): ``tep`` and ``tep_ipv6`` are replaced, the address, port set and
         times stay, and a ``tep-move`` event names the TEP it left (draft section 5: the
         server memorizes the mapping, and the TEP that carries it is part of it; a
-        process following the events, ``serve``, pushes both TEPs)."""
+        process following the events, ``serve``, pushes both TEPs). ``lease`` as read in
+        this transaction."""
         self._db.execute("UPDATE leases SET tep = ?, tep_ipv6 = ? WHERE id = ? AND "
                          "state = 'active'", (tep, _text(tep_ipv6), lease.id))
         self._event(lease.id, _epoch(now), "tep-move", _epoch(lease.end) if lease.end else None,
                     lease.node_ipv6, old_tep=lease.tep)
-        return self._refetch(lease)
+        return changed(lease, tep=tep, tep_ipv6=tep_ipv6)  # not read back, as finish
 
     def events_since(self, position: int, limit: int = 20) -> list[tuple[str, Event]]:
         """Return ``(node, event)`` for the first ``limit`` events after ``position``."""
@@ -500,11 +504,6 @@ class LeaseRows:
             (lease_id, at, event, end_at, _text(node_ipv6), old_ipv6 and _text(old_ipv6),
              old_tep),
         )
-
-    def _refetch(self, lease: model.Lease) -> model.Lease:
-        fresh = self.get(lease.id)
-        assert fresh is not None
-        return fresh
 
 
 def changed(lease: model.Lease, **fields: object) -> model.Lease:
