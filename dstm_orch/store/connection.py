@@ -118,6 +118,8 @@ class LeaseStore:
         """The outermost write of the open group running now (the one with the savepoint)."""
         self._spoiled = False
         """A write inside :attr:`_operation` raised: the operation must be undone."""
+        self._seen: ChainMap[_MarkKey, _Mark] = ChainMap()
+        """The skip marks the open group's operations see (its own, then the store's)."""
         self._key = os.path.realpath(self.path)
         with _OPEN_LOCK:
             if not _OPEN.get(self._key):
@@ -296,6 +298,9 @@ class LeaseStore:
         except sqlite3.Error as exc:
             raise StoreError(f"lease store {self.path}: cannot begin a transaction: {exc}") from exc
         self._group = marks = {}
+        # The marks a write of the group sees: the group's, then the store's (a view of
+        # both, built once for the group's writes).
+        self._seen = ChainMap(marks, self._marks)
         try:
             try:
                 yield
@@ -501,7 +506,7 @@ class _GroupOperation:
         if outer is not None:
             return outer
         transaction = self._transaction = Transaction(
-            db, ChainMap(store._group, store._marks))  # type: ignore[arg-type]
+            db, store._seen)  # type: ignore[arg-type]
         if self._write:
             try:
                 db.execute("SAVEPOINT op")
