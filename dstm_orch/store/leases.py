@@ -545,6 +545,10 @@ _v6 = functools.lru_cache(maxsize=1 << 16)(ipaddress.IPv6Address)
 _v4 = functools.lru_cache(maxsize=1 << 16)(ipaddress.IPv4Address)
 
 
+_STATES = {state.value: state for state in model.LeaseState}
+"""A stored state's member: a dict lookup, where ``LeaseState(value)`` is a call."""
+
+
 def _lease(row: tuple) -> model.Lease:
     (
         lease_id,
@@ -574,7 +578,7 @@ def _lease(row: tuple) -> model.Lease:
         start=_moment(start_at),
         end=None if end_at is None else _moment(end_at),
         lifetime=lifetime,
-        state=model.LeaseState(state),
+        state=_STATES[state],
         ended=None if ended_at is None else _moment(ended_at),
         port_set=PortSet(psid_offset, psid_len, psid) if psid_len else None,
     )
