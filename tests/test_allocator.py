@@ -282,6 +282,26 @@ def test_renew_extends_from_now(store):
     assert events == ["allocate", "renew", "renew"]
 
 
+def test_each_change_returns_the_lease_before_it(store):
+    # serve answers from the lease before and after a call, both read in the call's
+    # transaction: no lease, then the lease as it was before a renew (end 600 s), a
+    # request after its end (the ended lease, then a new one), a revoke.
+    alloc = allocator(store)
+    first = alloc.allocate_change("n1", now=T0)
+    assert first.before is None and first.lease.end == at(600)
+    again = alloc.allocate_change("n1", now=at(10))
+    assert again == (first.lease, first.lease)  # current, no lifetime: unchanged
+    renewed = alloc.renew_change("n1", lifetime=1800, now=at(500))
+    assert renewed.before == first.lease and renewed.before.end == at(600)
+    assert (renewed.lease.id, renewed.lease.end) == (first.lease.id, at(2300))
+    after_end = alloc.allocate_change("n1", now=at(2300))
+    assert after_end.before == renewed.lease
+    assert after_end.lease.id != first.lease.id and after_end.lease.end == at(2900)
+    revoked = alloc.revoke_change("n1", now=at(2400))
+    assert revoked.before == after_end.lease
+    assert (revoked.lease.state, revoked.lease.ended) == (model.LeaseState.REVOKED, at(2400))
+
+
 def test_renew_refuses_a_lease_past_its_end_even_before_reclamation(store):
     alloc = allocator(store)
     alloc.allocate("n1", lifetime=60, now=T0)

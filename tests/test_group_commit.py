@@ -441,14 +441,14 @@ def test_a_group_a_deadlock_rolls_back_runs_again_whole(pg_url, tmp_path):
             server.stop(signal.SIGKILL)
 
 
-@pytest.mark.postgres
-def test_a_failed_write_inside_a_write_undoes_the_outer_one_on_postgresql(pg_url):
-    # PostgreSQL: a write inside another write of a group takes no savepoint of its own
-    # (a round trip each); if it fails and the outer block goes on anyway, the outer
-    # write is undone when it ends and raises, the group's other writes are committed.
+def test_a_failed_write_inside_a_write_undoes_the_outer_one(store_state):
+    # A write inside another write of a group takes no savepoint of its own (on
+    # PostgreSQL a round trip, on SQLite two statements); if it fails and the outer
+    # block goes on anyway, the outer write is undone when it ends and raises, the
+    # group's other writes are committed.
     from dstm_orch.domain.errors import StoreError
 
-    with open_store(pg_url) as store, store.group():
+    with open_store(store_state) as store, store.group():
         with store.write() as tx:
             tx.insert(**_fields("n1", "192.0.2.1"))
         failed = "a write inside this one failed"
@@ -459,4 +459,24 @@ def test_a_failed_write_inside_a_write_undoes_the_outer_one_on_postgresql(pg_url
                 raise RuntimeError("the inner write fails")
         with store.write() as tx:
             tx.insert(**_fields("n4", "192.0.2.4"))
-    assert [lease["node"] for lease in read_back(pg_url)[0]] == ["n1", "n4"]
+    assert [lease["node"] for lease in read_back(store_state)[0]] == ["n1", "n4"]
+
+
+def test_a_write_inside_a_write_is_part_of_it(store_state):
+    # The inner write's lease is committed with the outer one's; when the outer block
+    # raises after the inner one returned, both are undone, the group's others kept.
+    with open_store(store_state) as store, store.group():
+        with store.write() as tx:
+            tx.insert(**_fields("n1", "192.0.2.1"))
+            with store.write() as inner:
+                inner.insert(**_fields("n2", "192.0.2.2"))
+        with pytest.raises(RuntimeError), store.write() as tx:
+            with store.write() as inner:
+                inner.insert(**_fields("n3", "192.0.2.3"))
+            tx.insert(**_fields("n4", "192.0.2.4"))
+            raise RuntimeError("the outer write fails after the inner one returned")
+        with store.write() as tx:
+            tx.insert(**_fields("n5", "192.0.2.5"))
+    leases, events = read_back(store_state)
+    assert [lease["node"] for lease in leases] == ["n1", "n2", "n5"]
+    assert [e for lease in leases for e, _ in events[lease["id"]]] == ["allocate"] * 3

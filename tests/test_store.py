@@ -4,6 +4,7 @@ backends (SQLite, PostgreSQL); those about the file are SQLite's."""
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import sqlite3
 from datetime import UTC, datetime, timedelta
@@ -20,7 +21,7 @@ from dstm_orch.store import (
     LeaseStore,
     open_store,
 )
-from dstm_orch.store.leases import _text
+from dstm_orch.store.leases import _text, changed
 from dstm_orch.store.migrations import APPLICATION_ID, MIGRATIONS
 from tests.conftest import RawConnection, integrity_errors
 
@@ -197,6 +198,31 @@ def test_lease_round_trip_and_events(store):
     ]
 
 
+def test_a_written_lease_is_the_row_read_back(store):
+    # extend, move, move_tep and finish return the lease they wrote without reading it back
+    # (``changed``, dataclasses.replace without its field walk): it equals the row.
+    with store.write() as tx:
+        lease = tx.insert(**lease_fields("n1", "192.0.2.1", lifetime=600))
+        renewed = tx.extend(lease, T0 + timedelta(seconds=100), 900)
+        assert renewed == tx.get(lease.id)
+        moved = tx.move(renewed, T0 + timedelta(seconds=200),
+                        ipaddress.IPv6Address("2001:db8:e00::99"))
+        assert moved == tx.get(lease.id)
+        other_tep = tx.move_tep(moved, T0 + timedelta(seconds=300), "t2",
+                                ipaddress.IPv6Address("2001:db8:e00::b"))
+        assert other_tep == tx.get(lease.id) and other_tep.tep == "t2"
+        ended = tx.finish(other_tep, model.LeaseState.REVOKED,
+                          T0 + timedelta(seconds=400, microseconds=5), T0 + timedelta(seconds=400))
+        assert ended == tx.get(lease.id)
+        assert (ended.state, ended.ended) == (model.LeaseState.REVOKED, T0 + timedelta(seconds=400))
+    assert renewed == dataclasses.replace(lease, end=T0 + timedelta(seconds=1000),
+                                          lifetime=900)
+    assert changed(lease, lifetime=900, end=renewed.end) == renewed
+    assert hash(changed(lease, state=model.LeaseState.REVOKED)) == hash(
+        dataclasses.replace(lease, state=model.LeaseState.REVOKED))
+    assert lease.lifetime == 600  # the original is left as it was
+
+
 def test_a_static_lease_has_no_end_and_no_lifetime(store):
     with store.write() as tx:
         lease = tx.insert(**lease_fields("s1", "192.0.2.9", lifetime=None))
@@ -267,6 +293,28 @@ def test_a_skip_mark_is_dropped_when_another_connection_ends_a_lease(store, stor
         tx.finish(leases[1], model.LeaseState.REVOKED, T0, T0)
     with store.read() as tx:
         assert tx.first_unleased(first, last) == ip("192.0.2.2")
+
+
+def test_a_skip_mark_moves_past_the_slot_its_transaction_leases(store, store_state):
+    # .1-.3 leased: the walk from .1 marks [.1, .4) full and finds .4; the lease taken
+    # there moves the mark to [.1, .5). Another connection takes .5: the walk resumes
+    # at the mark, finds .5 taken and answers .6. It revokes .4: the mark is dropped
+    # (a revoke event in its run) and .4 is found again.
+    first, last = ip("192.0.2.1"), ip("192.0.2.8")
+    with store.write() as tx:
+        for i in range(1, 4):
+            tx.insert(**lease_fields(f"n{i}", f"192.0.2.{i}"))
+        assert tx.first_unleased(first, last) == ip("192.0.2.4")
+        fourth = tx.insert(**lease_fields("n4", "192.0.2.4"))
+    assert store._marks[(first, model.WHOLE, 0)].upto == ip("192.0.2.5")
+    with open_store(store_state) as other, other.write() as tx:
+        tx.insert(**lease_fields("n5", "192.0.2.5"))
+    with store.read() as tx:
+        assert tx.first_unleased(first, last) == ip("192.0.2.6")
+    with open_store(store_state) as other, other.write() as tx:
+        tx.finish(fourth, model.LeaseState.REVOKED, T0, T0)
+    with store.read() as tx:
+        assert tx.first_unleased(first, last) == ip("192.0.2.4")
 
 
 # --- the ports option and roaming (schema version 2) -----------------------------------

@@ -46,7 +46,7 @@ import functools
 import ipaddress
 from collections.abc import Collection, Iterable, Iterator
 from datetime import UTC, datetime
-from typing import cast
+from typing import NamedTuple, cast
 
 from dstm_orch.domain import model
 from dstm_orch.domain.errors import (
@@ -76,6 +76,17 @@ _UNREAD = object()
 
 class Ipv6InUseError(DstmError):
     """Another node's active lease is mapped to the IPv6 address a node asks for."""
+
+
+class LeaseChange(NamedTuple):
+    """A node's lease before and after one call (``allocate_change``, ``renew_change``,
+    ``revoke_change``), both as read and written in the call's transaction: ``serve``
+    answers from both (did the TEP's binding change?) without reading the lease again."""
+
+    before: model.Lease | None
+    """The node's active lease before the call (possibly past its end), or None."""
+    lease: model.Lease
+    """The node's lease after it."""
 
 
 class Allocator:
@@ -130,9 +141,19 @@ class Allocator:
             ValueError: ``node_ipv6`` is not an IPv6 address.
             StoreError: the store failed; nothing was written.
         """
-        return self.allocate_node(self._node(node_name), lifetime, now, node_ipv6)
+        return self.allocate_change(node_name, lifetime, now, node_ipv6).lease
 
-    @retried
+    def allocate_change(
+        self,
+        node_name: str,
+        lifetime: int | None = None,
+        now: datetime | None = None,
+        node_ipv6: object | None = None,
+    ) -> LeaseChange:
+        """``allocate``, returning the node's active lease before the call too (read in
+        the same transaction; ``serve`` answers from both)."""
+        return self._allocate_one(self._node(node_name), lifetime, now, node_ipv6)
+
     def allocate_node(
         self,
         node: model.Node,
@@ -145,10 +166,23 @@ class Allocator:
         The node need not be listed in ``domain.nodes``; its pool must be in
         ``domain.pools``.
         """
+        return self._allocate_one(node, lifetime, now, node_ipv6).lease
+
+    @retried
+    def _allocate_one(
+        self,
+        node: model.Node,
+        lifetime: int | None,
+        now: datetime | None,
+        node_ipv6: object | None,
+    ) -> LeaseChange:
         self._check_lifetime(node, lifetime)
         moved_to = None if node_ipv6 is None else _ipv6(node_ipv6)
         with self.store.write() as tx:
-            return self._allocate(tx, node, lifetime, _moment(now), {}, moved_to)
+            latest = tx.latest_of(node.name)
+            lease = self._allocate(tx, node, lifetime, _moment(now), {}, moved_to, latest)
+            before = latest if latest and latest.state is model.LeaseState.ACTIVE else None
+            return LeaseChange(before, lease)
 
     @retried
     def allocate_many(
@@ -196,7 +230,6 @@ class Allocator:
                     ) from exc
             return leases
 
-    @retried
     def renew(
         self,
         node_name: str,
@@ -228,11 +261,23 @@ class Allocator:
             Ipv6InUseError: another node's active lease is mapped to ``node_ipv6``.
             ValueError: ``node_ipv6`` is not an IPv6 address.
         """
+        return self.renew_change(node_name, lifetime, now, node_ipv6).lease
+
+    @retried
+    def renew_change(
+        self,
+        node_name: str,
+        lifetime: int | None = None,
+        now: datetime | None = None,
+        node_ipv6: object | None = None,
+    ) -> LeaseChange:
+        """``renew``, returning the lease before the call too (read in the same
+        transaction)."""
         node = self._node(node_name)
         moved_to = None if node_ipv6 is None else _ipv6(node_ipv6)
         with self.store.write() as tx:
             moment = _moment(now)
-            lease = tx.lease_of(node.name)
+            before = lease = tx.lease_of(node.name)
             if lease is None:
                 raise LeaseNotFoundError(f"node {node.name!r} holds no active lease to renew")
             if lease.end is not None and not lease.is_current(moment):
@@ -245,7 +290,8 @@ class Allocator:
                 pool = self.domain.pools.get(lease.pool) or self._pool(node)
                 seconds = _lifetime(pool, node.name, lifetime)
             lease = self._move(tx, lease, moment, moved_to)
-            return lease if seconds is None else _extend(tx, lease, moment, seconds, pool)
+            return LeaseChange(before, lease if seconds is None
+                               else _extend(tx, lease, moment, seconds, pool))
 
     @retried
     def recount(self, lease: model.Lease, now: datetime | None = None) -> model.Lease:
@@ -295,7 +341,6 @@ class Allocator:
                 return current
             return _extend(tx, current, moment, seconds, pool)
 
-    @retried
     def revoke(self, node_name: str, now: datetime | None = None) -> model.Lease:
         """End a node's active lease now (its address then enters the hold time).
 
@@ -314,6 +359,12 @@ class Allocator:
             UnknownNodeError: no lease and the domain declares no such node.
             LeaseNotFoundError: the node holds no active lease.
         """
+        return self.revoke_change(node_name, now).lease
+
+    @retried
+    def revoke_change(self, node_name: str, now: datetime | None = None) -> LeaseChange:
+        """``revoke``, returning the lease before the call too (read in the same
+        transaction)."""
         with self.store.write() as tx:
             moment = _moment(now)
             lease = tx.lease_of(node_name)
@@ -324,7 +375,7 @@ class Allocator:
             done = tx.finish(lease, model.LeaseState.REVOKED, ended, moment)
             if done is None:  # not reached: lease_of read it active under the write lock
                 raise LeaseNotFoundError(f"node {node_name!r} holds no active lease to revoke")
-            return done
+            return LeaseChange(lease, done)
 
     def reallocate(
         self,

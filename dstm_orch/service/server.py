@@ -501,24 +501,25 @@ class RoamingService:
 
     def _apply(self, allocator: Allocator, store: LeaseStore, request: LeaseRequest,
                now: datetime) -> tuple[Lease | None, Lease]:
-        """Run the allocator call of a request; return the node's lease before and after.
+        """Run the allocator call of a request; return the node's lease before and after
+        (both from the allocator's transaction: the lease is read once).
 
         Raises:
             Refusal: the allocator refused (reason: no_lease, bad_lifetime,
                 pool_exhausted, pool_draining, unknown_node, ipv6_in_use, lease_limit).
         """
         name = request.node
-        before = allocator.lease_of(name)
         try:
             if request.action == "request":
-                self._check_lease_limit(store, name, before, now)
-                lease = allocator.allocate(name, request.lifetime, now,
-                                           node_ipv6=request.ipv6)
+                if self.guard.limits.max_leases is not None:
+                    self._check_lease_limit(store, name, allocator.lease_of(name), now)
+                change = allocator.allocate_change(name, request.lifetime, now,
+                                                   node_ipv6=request.ipv6)
             elif request.action == "renew":
-                lease = allocator.renew(name, request.lifetime, now,
-                                        node_ipv6=request.ipv6)
+                change = allocator.renew_change(name, request.lifetime, now,
+                                                node_ipv6=request.ipv6)
             else:
-                lease = allocator.revoke(name, now)
+                change = allocator.revoke_change(name, now)
         except LeaseNotFoundError as exc:
             raise Refusal(Reason.NO_LEASE, f"{exc}; send a request first") from None
         except LifetimeError as exc:
@@ -531,7 +532,7 @@ class RoamingService:
             raise Refusal(Reason.UNKNOWN_NODE, str(exc)) from None
         except Ipv6InUseError as exc:
             raise Refusal(Reason.IPV6_IN_USE, str(exc)) from None
-        return before, lease
+        return change
 
     def _check_lease_limit(self, store: LeaseStore, name: str, before: Lease | None,
                            now: datetime) -> None:

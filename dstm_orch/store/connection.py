@@ -26,7 +26,7 @@ import sqlite3
 import threading
 from collections import ChainMap
 from collections.abc import Callable, Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import AbstractContextManager, ExitStack, contextmanager
 from datetime import datetime
 from pathlib import Path
 from typing import Any, TypeVar
@@ -114,7 +114,12 @@ class LeaseStore:
         self.path = Path(path)
         self._marks: dict[_MarkKey, _Mark] = {}
         self._group: dict[_MarkKey, _Mark] | None = None
-        self._depth = 0
+        self._operation: Transaction | None = None
+        """The outermost write of the open group running now (the one with the savepoint)."""
+        self._spoiled = False
+        """A write inside :attr:`_operation` raised: the operation must be undone."""
+        self._seen: ChainMap[_MarkKey, _Mark] = ChainMap()
+        """The skip marks the open group's operations see (its own, then the store's)."""
         self._key = os.path.realpath(self.path)
         with _OPEN_LOCK:
             if not _OPEN.get(self._key):
@@ -246,8 +251,7 @@ class LeaseStore:
     def __exit__(self, *exc_info: object) -> None:
         self.close()
 
-    @contextmanager
-    def write(self) -> Iterator[Transaction]:
+    def write(self) -> AbstractContextManager[Transaction]:
         """Run a block as one write transaction holding the database write lock.
 
         ``BEGIN IMMEDIATE`` takes the lock before the first read, so everything the
@@ -258,21 +262,22 @@ class LeaseStore:
             StoreError: the lock was not granted within ``BUSY_TIMEOUT`` seconds or
                 SQLite failed (the message names the file).
         """
-        with self._transaction("BEGIN IMMEDIATE") as transaction:
-            yield transaction
+        return self._transaction("BEGIN IMMEDIATE")
 
-    @contextmanager
-    def read(self) -> Iterator[Transaction]:
+    def read(self) -> AbstractContextManager[Transaction]:
         """Run a block of queries on one consistent snapshot (a read transaction)."""
-        with self._transaction("BEGIN DEFERRED") as transaction:
-            yield transaction
+        return self._transaction("BEGIN DEFERRED")
 
     @contextmanager
     def group(self) -> Iterator[None]:
         """Run a block as one durable write transaction that holds several operations
         (group commit): each :meth:`write` inside it is a SAVEPOINT that is released when
         its block returns and rolled back alone when it raises, so a refused operation
-        does not undo the others; :meth:`read` inside it reads the open transaction. One
+        does not undo the others; :meth:`read` inside it reads the open transaction. A
+        write inside another write (the allocator's, inside ``serve``'s writer's) takes
+        no savepoint of its own, as on PostgreSQL: it is part of the outer one, and if it
+        raises, the outer write is undone when it ends (and raises ``StoreError`` if its
+        block went on regardless), so nothing of a failed write survives. One
         COMMIT (one WAL fsync, ``synchronous=FULL``) at the end makes every operation
         that succeeded durable at once; nothing of the group is durable before it.
 
@@ -293,6 +298,9 @@ class LeaseStore:
         except sqlite3.Error as exc:
             raise StoreError(f"lease store {self.path}: cannot begin a transaction: {exc}") from exc
         self._group = marks = {}
+        # The marks a write of the group sees: the group's, then the store's (a view of
+        # both, built once for the group's writes).
+        self._seen = ChainMap(marks, self._marks)
         try:
             try:
                 yield
@@ -313,7 +321,7 @@ class LeaseStore:
                 raise StoreError(f"lease store {self.path}: cannot commit: {exc}") from exc
         finally:
             self._group = None
-            self._depth = 0
+            self._operation = None
         self._marks.update(marks)
 
     @property
@@ -321,12 +329,14 @@ class LeaseStore:
         """Whether a :meth:`group` transaction is open and still alive."""
         return self._group is not None and self._db.in_transaction
 
-    @contextmanager
-    def _transaction(self, begin: str) -> Iterator[Transaction]:
+    def _transaction(self, begin: str) -> AbstractContextManager[Transaction]:
         if self._group is not None:
-            with self._savepoint(begin) as transaction:
-                yield transaction
-            return
+            return _GroupOperation(self, begin == "BEGIN IMMEDIATE")
+        return self._alone(begin)
+
+    @contextmanager
+    def _alone(self, begin: str) -> Iterator[Transaction]:
+        """A transaction of its own (no group open)."""
         db = self._db
         try:
             db.execute(begin)
@@ -383,40 +393,6 @@ class LeaseStore:
             for tep in sorted(set(teps)):
                 stack.enter_context(self.tep_lock(domain, tep, wait=wait, purpose=purpose))
             yield
-
-    @contextmanager
-    def _savepoint(self, begin: str) -> Iterator[Transaction]:
-        """One operation of a group: a SAVEPOINT for a write, the open transaction for a
-        read. Skip marks a write finds stay in the group until it commits."""
-        group = self._group
-        assert group is not None
-        db = self._db
-        if not db.in_transaction:
-            raise StoreError(f"lease store {self.path}: the group's transaction was rolled "
-                             "back by SQLite; nothing of it was written")
-        transaction = Transaction(db, ChainMap(group, self._marks))  # type: ignore[arg-type]
-        if begin != "BEGIN IMMEDIATE":
-            yield transaction
-            return
-        self._depth += 1
-        name = f"op{self._depth}"
-        try:
-            db.execute(f"SAVEPOINT {name}")
-            try:
-                yield transaction
-            except BaseException as exc:
-                if db.in_transaction:
-                    db.execute(f"ROLLBACK TO {name}")
-                    db.execute(f"RELEASE {name}")
-                if isinstance(exc, sqlite3.Error):
-                    raise StoreError(f"lease store {self.path}: {exc}") from exc
-                raise
-            db.execute(f"RELEASE {name}")
-        except sqlite3.Error as exc:
-            raise StoreError(f"lease store {self.path}: {exc}") from exc
-        finally:
-            self._depth -= 1
-        group.update(transaction.new_marks)
 
     def leases(self, include_history: bool = False) -> list[model.Lease]:
         """Return the active leases (also those past their end and not yet reclaimed),
@@ -502,6 +478,73 @@ class Transaction(LeaseRows, AllocationIndex, PushJournal):
         self._db = db
         self._marks = {} if marks is None else marks
         self.new_marks: dict[_MarkKey, _Mark] = {}
+
+
+class _GroupOperation:
+    """One operation of an open group (:meth:`LeaseStore.group`): a write is a SAVEPOINT,
+    released when its block returns and rolled back alone when it raises; a read reads
+    the open transaction. A write or a read inside a write is part of it: no savepoint
+    of its own, the outer write's ``Transaction`` (its skip marks kept or dropped with
+    it); a write inside that raises undoes the outer one, which raises ``StoreError``
+    when its block went on regardless. Skip marks a write finds stay in the group until
+    it commits. A class, not a generator: it runs twice per request on ``serve``'s path.
+    """
+
+    __slots__ = ("_outer", "_store", "_transaction", "_write")
+
+    def __init__(self, store: LeaseStore, write: bool):
+        self._store = store
+        self._write = write
+
+    def __enter__(self) -> Transaction:
+        store = self._store
+        db = store._db
+        if not db.in_transaction:
+            raise StoreError(f"lease store {store.path}: the group's transaction was rolled "
+                             "back by SQLite; nothing of it was written")
+        outer = self._outer = store._operation
+        if outer is not None:
+            return outer
+        transaction = self._transaction = Transaction(
+            db, store._seen)  # type: ignore[arg-type]
+        if self._write:
+            try:
+                db.execute("SAVEPOINT op")
+            except sqlite3.Error as exc:
+                raise StoreError(f"lease store {store.path}: {exc}") from exc
+            store._operation, store._spoiled = transaction, False
+        return transaction
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None,
+                 traceback: object) -> bool:
+        store = self._store
+        if self._outer is not None:  # part of the outer write
+            if exc is not None and self._write:
+                store._spoiled = True
+            if isinstance(exc, sqlite3.Error):
+                raise StoreError(f"lease store {store.path}: {exc}") from exc
+            return False
+        if not self._write:
+            return False
+        store._operation = None
+        db = store._db
+        spoiled = exc is None and store._spoiled
+        try:
+            if exc is None and not spoiled:
+                db.execute("RELEASE op")
+            elif db.in_transaction:
+                db.execute("ROLLBACK TO op")
+                db.execute("RELEASE op")
+        except sqlite3.Error as error:
+            raise StoreError(f"lease store {store.path}: {error}") from error
+        if spoiled:
+            raise StoreError(f"lease store {store.path}: a write inside this one failed; "
+                             "both are undone")
+        if exc is None:
+            store._group.update(self._transaction.new_marks)  # type: ignore[union-attr]
+        elif isinstance(exc, sqlite3.Error):
+            raise StoreError(f"lease store {store.path}: {exc}") from exc
+        return False
 
 
 def _unwritable(path: Path) -> str:

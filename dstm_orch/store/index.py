@@ -60,6 +60,10 @@ class AllocationIndex:
     _db: sqlite3.Connection
     _marks: dict[_MarkKey, _Mark]
     new_marks: dict[_MarkKey, _Mark]
+    _layouts_read: tuple[int, int, Layout | None, Layout | None] | None = None
+    """``(first, last, lowest layout, highest layout)`` of the active leases as
+    :meth:`held_slots` read them, for the :meth:`layout_conflicts` of the same range that
+    follows it; taken by the first call of that."""
 
     def is_active(self, ipv4: int, layout: Layout = WHOLE, psid: int = 0) -> bool:
         """Tell whether the slot ``(ipv4, psid)`` of ``layout`` is taken: an active lease
@@ -111,28 +115,8 @@ class AllocationIndex:
         one active lease per PSID (unique index), so with ``psid`` None an address is
         full at as many leases as the layout has usable PSIDs, otherwise at one.
         """
-        if psid is None:
-            usable = usable_psids(*layout)
-            return self._db.execute(
-                "SELECT count(*) FROM leases INDEXED BY leases_active_layout"
-                " WHERE state = 'active' AND psid_offset = ? AND psid_len = ?"
-                " AND ipv4 BETWEEN ? AND ? AND psid BETWEEN ? AND ?",
-                (*layout, first, last, usable.start, usable.stop - 1),
-            ).fetchone()[0]
-        if not layout[1]:
-            # Whole addresses: PSID 0 only, leases_active_layout in the same order.
-            return self._db.execute(
-                "SELECT count(*) FROM leases INDEXED BY leases_active_layout"
-                " WHERE state = 'active' AND psid_offset = ? AND psid_len = 0"
-                " AND ipv4 BETWEEN ? AND ? AND psid = ?",
-                (layout[0], first, last, psid),
-            ).fetchone()[0]
-        return self._db.execute(
-            "SELECT count(*) FROM leases INDEXED BY leases_active_psid"
-            " WHERE state = 'active' AND psid_len > 0 AND psid_offset = ? AND psid_len = ?"
-            " AND psid = ? AND ipv4 BETWEEN ? AND ?",
-            (*layout, psid, first, last),
-        ).fetchone()[0]
+        sql, args = _count_query(first, last, layout, psid)
+        return self._db.execute(sql, args).fetchone()[0]
 
     def next_active(
         self, first: int, last: int, layout: Layout = WHOLE, psid: int = 0
@@ -171,11 +155,12 @@ class AllocationIndex:
         """
         capacity = 1 if psid is not None else len(usable_psids(*layout))
         key = (first, layout, psid)
-        low, event_id = self._leased_up_to(key, first, last)
+        low, event_id, count = self._leased_up_to(key, first, last, layout, psid)
         span = 1
         while low <= last:
             high = min(low + span - 1, last)
-            count = self.count_active(low, high, layout, psid)
+            if count is None:
+                count = self.count_active(low, high, layout, psid)
             if count < (high - low + 1) * capacity:
                 # ``count`` leases in [low, high], fewer than full; none: low has room.
                 while count and low < high:
@@ -186,27 +171,38 @@ class AllocationIndex:
                     else:
                         high, count = middle, left
                 break
-            low, span = high + 1, span * 2
+            low, span, count = high + 1, span * 2, None
         low = min(low, last + 1)
         self.new_marks[key] = _Mark(low, event_id)
         return low
 
-    def _leased_up_to(self, key: _MarkKey, first: int, last: int) -> tuple[int, int]:
-        """Where the search from ``first`` starts, and the newest event id now (the
-        searches of a transaction write nothing, so that id is the mark's)."""
+    def _leased_up_to(self, key: _MarkKey, first: int, last: int, layout: Layout,
+                      psid: int | None) -> tuple[int, int, int | None]:
+        """Where the search from ``first`` starts, the newest event id now (the
+        searches of a transaction write nothing, so that id is the mark's), and the
+        count of active leases on that start address when the same statement read it
+        (None: not read)."""
         # Resume after a known full run from ``first`` if no lease in it has ended
         # since (leases only stop being active by revoke or expire events).
         mark = self._marks.get(key)
         if mark is None or mark.upto <= first:
-            return first, self._last_event()
-        ended, event_id = self._db.execute(
+            return first, self._last_event(), None
+        upto = min(mark.upto, last + 1)
+        # The start's count in the same statement: the galloping search's first count,
+        # which the address after a mark has room for but when another process took it
+        # (a mark moves past each lease this store inserts, ``LeaseRows.insert``).
+        count_sql, count_args = (
+            _count_query(upto, upto, layout, psid) if upto <= last else ("SELECT NULL", ()))
+        ended, event_id, count = self._db.execute(
             "SELECT (SELECT 1 FROM lease_events AS e CROSS JOIN leases AS l"
             " ON l.id = e.lease_id WHERE e.id > ? AND e.event IN ('revoke', 'expire')"
             " AND l.ipv4 >= ? AND l.ipv4 < ? LIMIT 1),"
-            " (SELECT coalesce(max(id), 0) FROM lease_events)",
-            (mark.event_id, first, mark.upto),
+            f" (SELECT coalesce(max(id), 0) FROM lease_events), ({count_sql})",
+            (mark.event_id, first, mark.upto, *count_args),
         ).fetchone()
-        return (first if ended else min(mark.upto, last + 1)), event_id
+        if ended:
+            return first, event_id, None
+        return upto, event_id, count
 
     def _last_event(self) -> int:
         return self._db.execute("SELECT coalesce(max(id), 0) FROM lease_events").fetchone()[0]
@@ -265,11 +261,17 @@ class AllocationIndex:
         """Return, ascending, the addresses in ``[first, last]`` that active leases of
         any layout other than ``layout`` hold (they have no room for ``layout``).
 
-        The layouts in use are found by index seeks, then each other layout's leases
-        in the range are read; outside a change of a pool's layout these are only the
-        static reservations inside the range (and leases of other pools in the gaps of
-        a pool of several intervals, which the walk never proposes).
+        The layouts in use are found by index seeks (none when :meth:`held_slots` of
+        the same range, just before, found only ``layout`` in use), then each other
+        layout's leases in the range are read; outside a change of a pool's layout
+        these are only the static reservations inside the range (and leases of other
+        pools in the gaps of a pool of several intervals, which the walk never
+        proposes).
         """
+        seen, self._layouts_read = self._layouts_read, None
+        if seen is not None and seen[:2] == (first, last) and (
+                seen[2] is None or seen[2] == seen[3] == tuple(layout)):
+            return []  # held_slots just read it: no layout but ``layout``, or none
         found: set[int] = set()
         for other in self._other_layouts(tuple(layout)):
             found.update(
@@ -311,29 +313,58 @@ class AllocationIndex:
     def _next_layout(self, after: Layout) -> Layout | None:
         row = self._db.execute(_NEXT_LAYOUT, (*after, after[0])).fetchone()
         return (row[0], row[1]) if row else None
-        # Two seeks in one statement (a row-value ">" would scan the rest of its first
-        # column's range); the second runs only when the first finds nothing.
-        row = self._db.execute(
-            "SELECT * FROM (SELECT psid_offset, psid_len FROM leases INDEXED BY"
-            " leases_active_layout WHERE state = 'active' AND psid_offset = ?"
-            " AND psid_len > ? ORDER BY psid_len LIMIT 1) AS same_offset"
-            " UNION ALL SELECT * FROM (SELECT psid_offset, psid_len FROM leases INDEXED BY"
-            " leases_active_layout WHERE state = 'active' AND psid_offset > ?"
-            " ORDER BY psid_offset, psid_len LIMIT 1) AS greater_offset LIMIT 1",
-            (*after, after[0]),
-        ).fetchone()
-        return (row[0], row[1]) if row else None
 
     def held_slots(self, first: int, last: int, since: int) -> list[Slot]:
         """Return, by address, the slots in ``[first, last]`` of leases ended after
-        ``since`` (epoch seconds): those still in their hold time."""
-        return [
-            Slot(ipv4, (offset, length), psid)
-            for ipv4, offset, length, psid in self._db.execute(
-                "SELECT DISTINCT ipv4, psid_offset, psid_len, psid"
-                " FROM leases INDEXED BY leases_ended"
-                " WHERE ended_at > ? AND ipv4 BETWEEN ? AND ?"
-                " ORDER BY ipv4, psid",
-                (since, first, last),
-            )
-        ]
+        ``since`` (epoch seconds): those still in their hold time.
+
+        The same statement reads the lowest and the highest layout of the active
+        leases (two index seeks), for a :meth:`layout_conflicts` of the same range
+        that follows (the allocation walk's): when both are the pool's, no other layout
+        is in use and it needs no statement."""
+        held = []
+        lowest = highest = None
+        for which, ipv4, offset, length, psid in self._db.execute(
+            "SELECT 0, * FROM (SELECT DISTINCT ipv4, psid_offset, psid_len, psid"
+            " FROM leases INDEXED BY leases_ended WHERE ended_at > ? AND ipv4 BETWEEN ? AND ?)"
+            " UNION ALL SELECT 1, NULL, *, NULL FROM (SELECT psid_offset, psid_len FROM leases"
+            " INDEXED BY leases_active_layout WHERE state = 'active'"
+            " ORDER BY psid_offset, psid_len LIMIT 1) AS lowest"
+            " UNION ALL SELECT 2, NULL, *, NULL FROM (SELECT psid_offset, psid_len FROM leases"
+            " INDEXED BY leases_active_layout WHERE state = 'active'"
+            " ORDER BY psid_offset DESC, psid_len DESC LIMIT 1) AS highest",
+            (since, first, last),
+        ):
+            if which == 0:
+                held.append(Slot(ipv4, (offset, length), psid))
+            elif which == 1:
+                lowest = (offset, length)
+            else:
+                highest = (offset, length)
+        self._layouts_read = (first, last, lowest, highest)
+        held.sort(key=lambda slot: (slot.ipv4, slot.psid))
+        return held
+
+
+def _count_query(first: int, last: int, layout: Layout, psid: int | None
+                 ) -> tuple[str, tuple[int, ...]]:
+    """The statement of :meth:`AllocationIndex.count_active` and its parameters."""
+    if psid is None:
+        usable = usable_psids(*layout)
+        return (
+            "SELECT count(*) FROM leases INDEXED BY leases_active_layout"
+            " WHERE state = 'active' AND psid_offset = ? AND psid_len = ?"
+            " AND ipv4 BETWEEN ? AND ? AND psid BETWEEN ? AND ?",
+            (*layout, first, last, usable.start, usable.stop - 1))
+    if not layout[1]:
+        # Whole addresses: PSID 0 only, leases_active_layout in the same order.
+        return (
+            "SELECT count(*) FROM leases INDEXED BY leases_active_layout"
+            " WHERE state = 'active' AND psid_offset = ? AND psid_len = 0"
+            " AND ipv4 BETWEEN ? AND ? AND psid = ?",
+            (layout[0], first, last, psid))
+    return (
+        "SELECT count(*) FROM leases INDEXED BY leases_active_psid"
+        " WHERE state = 'active' AND psid_len > 0 AND psid_offset = ? AND psid_len = ?"
+        " AND psid = ? AND ipv4 BETWEEN ? AND ?",
+        (*layout, psid, first, last))

@@ -19,11 +19,12 @@ import ipaddress
 import socket
 import sqlite3
 from collections.abc import Collection
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from dstm_orch.domain import model
 from dstm_orch.domain.portset import PortSet
+from dstm_orch.store.index import _Mark, _MarkKey
 from dstm_orch.store.migrations import LAYOUT_CONFLICT
 
 _COLUMNS = (
@@ -99,6 +100,7 @@ class LeaseRows:
     connection ``_db`` (part of ``Transaction``)."""
 
     _db: sqlite3.Connection
+    new_marks: dict[_MarkKey, _Mark]
 
     def _one(self, sql: str, *args: object) -> model.Lease | None:
         row = self._db.execute(sql, args).fetchone()
@@ -221,6 +223,14 @@ class LeaseRows:
             if refusal is exc:
                 raise
             raise refusal from exc
+        # A skip mark this transaction's walk left at this slot moves past it: the run
+        # before it, and now the slot too, are full (as of the mark's event: a lease of
+        # the run that ends, this one included, ends by a later event, which the mark's
+        # check finds). The next allocation's walk then starts after it.
+        marks = self.new_marks
+        for key, mark in marks.items():
+            if mark.upto == ipv4 and key[2] == psid and tuple(key[1]) == (offset, length):
+                marks[key] = _Mark(ipv4 + 1, mark.event_id)
         # The row is not read back: the lease is what was written (its 'allocate'
         # event is written by the trigger leases_allocate_event).
         return model.Lease(
@@ -247,7 +257,7 @@ class LeaseRows:
         )
         self._event(lease.id, at, "renew", at + lifetime, lease.node_ipv6)
         # Not read back: the row is the lease with its new end (no trigger changes it).
-        return replace(lease, end=_moment(at + lifetime), lifetime=lifetime)
+        return changed(lease, end=_moment(at + lifetime), lifetime=lifetime)
 
     def move(self, lease: model.Lease, now: datetime, node_ipv6: model.IPv6) -> model.Lease:
         """Map an active lease to the node's new IPv6 address from ``now`` on; record a
@@ -276,7 +286,7 @@ class LeaseRows:
             node_ipv6,
             old_ipv6=lease.node_ipv6,
         )
-        return replace(lease, node_ipv6=node_ipv6)
+        return changed(lease, node_ipv6=node_ipv6)
 
     def finish(
         self, lease: model.Lease, state: model.LeaseState, ended: datetime, now: datetime
@@ -288,7 +298,8 @@ class LeaseRows:
         event; None is returned then.
 
         Args:
-            lease: the active lease.
+            lease: the active lease, as read in this transaction (the lease returned is
+                it with ``state`` and ``ended``, not read back).
             state: ``REVOKED`` or ``EXPIRED``.
             ended: when the lease stopped (revocation time, or its end when reclaimed).
             now: when the event is recorded.
@@ -306,7 +317,9 @@ class LeaseRows:
         self._event(
             lease.id, _epoch(now), event, _epoch(lease.end) if lease.end else None, lease.node_ipv6
         )
-        return self._refetch(lease)
+        # Not read back: the row is the lease with its state and end (no trigger changes
+        # them), as the caller read it in this transaction (the write lock is held).
+        return changed(lease, state=state, ended=_moment(_epoch(ended)))
 
     def due(self, now: datetime, limit: int | None) -> list[model.Lease]:
         """Return active dynamic leases whose end is at or before ``now``, earliest first,
@@ -457,12 +470,13 @@ class LeaseRows:
         moved, GitOps): ``tep`` and ``tep_ipv6`` are replaced, the address, port set and
         times stay, and a ``tep-move`` event names the TEP it left (draft section 5: the
         server memorizes the mapping, and the TEP that carries it is part of it; a
-        process following the events, ``serve``, pushes both TEPs)."""
+        process following the events, ``serve``, pushes both TEPs). ``lease`` as read in
+        this transaction."""
         self._db.execute("UPDATE leases SET tep = ?, tep_ipv6 = ? WHERE id = ? AND "
                          "state = 'active'", (tep, _text(tep_ipv6), lease.id))
         self._event(lease.id, _epoch(now), "tep-move", _epoch(lease.end) if lease.end else None,
                     lease.node_ipv6, old_tep=lease.tep)
-        return self._refetch(lease)
+        return changed(lease, tep=tep, tep_ipv6=tep_ipv6)  # not read back, as finish
 
     def events_since(self, position: int, limit: int = 20) -> list[tuple[str, Event]]:
         """Return ``(node, event)`` for the first ``limit`` events after ``position``."""
@@ -491,10 +505,17 @@ class LeaseRows:
              old_tep),
         )
 
-    def _refetch(self, lease: model.Lease) -> model.Lease:
-        fresh = self.get(lease.id)
-        assert fresh is not None
-        return fresh
+
+def changed(lease: model.Lease, **fields: object) -> model.Lease:
+    """``dataclasses.replace(lease, **fields)`` without its walk over every field (a
+    tenth of a renewal's Python on ``serve``'s path): a ``Lease`` is a frozen dataclass
+    without ``__post_init__``, so a copy of its attributes with ``fields`` replaced is
+    the lease ``replace`` builds."""
+    new = object.__new__(model.Lease)
+    attributes = new.__dict__
+    attributes.update(lease.__dict__)
+    attributes.update(fields)
+    return new
 
 
 @functools.lru_cache(maxsize=1 << 14)
@@ -522,6 +543,10 @@ def _moment(epoch: int) -> datetime:
 # more than the query of a lease.
 _v6 = functools.lru_cache(maxsize=1 << 16)(ipaddress.IPv6Address)
 _v4 = functools.lru_cache(maxsize=1 << 16)(ipaddress.IPv4Address)
+
+
+_STATES = {state.value: state for state in model.LeaseState}
+"""A stored state's member: a dict lookup, where ``LeaseState(value)`` is a call."""
 
 
 def _lease(row: tuple) -> model.Lease:
@@ -553,7 +578,7 @@ def _lease(row: tuple) -> model.Lease:
         start=_moment(start_at),
         end=None if end_at is None else _moment(end_at),
         lifetime=lifetime,
-        state=model.LeaseState(state),
+        state=_STATES[state],
         ended=None if ended_at is None else _moment(ended_at),
         port_set=PortSet(psid_offset, psid_len, psid) if psid_len else None,
     )

@@ -7,7 +7,6 @@ section 2). Same answers and skip marks as :mod:`dstm_orch.store.index`."""
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from dataclasses import replace
 from datetime import datetime
 from typing import TYPE_CHECKING
 
@@ -16,7 +15,7 @@ from dstm_orch.domain.model import WHOLE, Layout
 from dstm_orch.domain.portset import usable_psids
 from dstm_orch.store.connection import Transaction
 from dstm_orch.store.index import Slot, _Mark
-from dstm_orch.store.leases import _epoch, _moment
+from dstm_orch.store.leases import _epoch, _moment, changed
 
 if TYPE_CHECKING:
     from dstm_orch.store.postgres import _Connection
@@ -244,7 +243,7 @@ class PgTransaction(Transaction):
         self._db.query(_RENEW, {"id": lease.id, "at": at, "end": at + lifetime,
                                 "lifetime": lifetime, "ipv6": str(lease.node_ipv6)})
         # Not read back: the row is the lease with its new end (no trigger changes it).
-        return replace(lease, end=_moment(at + lifetime), lifetime=lifetime)
+        return changed(lease, end=_moment(at + lifetime), lifetime=lifetime)
 
     def held_slots(self, first: int, last: int, since: int) -> list[Slot]:
         """See :meth:`AllocationIndex.held_slots`; the same statement reads the layouts
