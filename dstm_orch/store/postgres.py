@@ -35,7 +35,7 @@ write lock, the node's latest lease, the slots in their hold time with the layou
 use, the allocation walk's resumption (skip-mark check, first free address, next leased
 one, newest event id: one statement, :mod:`dstm_orch.store.pg_walks`), the INSERT (``ON
 CONFLICT DO NOTHING`` with no savepoint; its ``allocate`` event by the trigger) and
-COMMIT: 6 (16 with the SQLite store's queries alone); in a group 4 (no BEGIN or COMMIT,
+COMMIT: 6; in a group 4 (no BEGIN or COMMIT,
 the savepoint sent with the first statement). PostgreSQL stays the judge: a row the
 unique indexes or the exclusion constraint refuse is written again inside a savepoint
 for its refusal.
