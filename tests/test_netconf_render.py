@@ -374,6 +374,14 @@ def test_confirm_timeout_is_sized_to_the_table():
     assert sized_timeout(60, 1.0, 0, 100_000) == 400    # empty device: 1 s per 1,000
 
 
+def test_confirm_timeout_covers_four_times_the_edits():
+    from dstm_orch.push.netconf.commit import edited_timeout
+
+    assert edited_timeout(60, 22.0) == 88      # 10^6 entries sent in 22 s
+    assert edited_timeout(60, 0.3) == 60       # as sized before the edits
+    assert edited_timeout(192, 30.5) == 192
+
+
 # -- capabilities ---------------------------------------------------------------------------
 
 
