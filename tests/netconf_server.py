@@ -309,7 +309,7 @@ class NetconfServer:
     def _subsystem(self) -> str:
         if self.device == "stub":
             return f"{sys.executable} {Path(__file__).with_name('netconf_stub.py')} " \
-                f"{self.stub_cpu_file}"
+                f"{self.stub_cpu_file} {self.workdir / 'stub-state'}"
         command = f"{NETCONF_SUBSYSTEM} --ncxserver-sockname={self.port}@{self.socket_path}"
         if not self.hide_capabilities:
             return command

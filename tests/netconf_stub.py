@@ -9,15 +9,18 @@ sends (lock, unlock, get-config, edit-config, commit with ``<confirmed/>`` and t
 confirming commit, ``:confirmed-commit:1.0`` so that the push confirms in the same
 session, discard-changes, cancel-commit, close-session) with a dict per datastore, so
 that what is measured at 10^6 is dstm-orch's side: rendering, ncclient, SSH, the
-reply's parse. It validates nothing (no YANG) and has one session's state only.
+reply's parse. It validates nothing (no YANG), serves one session at a time, and
+reverts a confirmed commit only when its session ends (no timer).
 
 Run by sshd as the ``netconf`` subsystem (:class:`tests.netconf_server.NetconfServer`
-with ``device="stub"``): ``python netconf_stub.py CPU_FILE``; at the end of the
-session it writes its CPU seconds (user + system) to CPU_FILE.
+with ``device="stub"``): ``python netconf_stub.py CPU_FILE STATE_FILE``; at the end
+of each session it adds its CPU seconds (user + system) to CPU_FILE; STATE_FILE holds
+running between sessions.
 """
 
 from __future__ import annotations
 
+import marshal
 import os
 import re
 import resource
@@ -44,14 +47,23 @@ LEAF = {name: re.compile(rb"<" + name + rb">([^<]*)</" + name + rb">")
 
 
 class Store:
-    """The running and candidate datastores of one bind-instance."""
+    """The running and candidate datastores of one bind-instance; running is kept in
+    ``path`` (marshal) between sessions, written at each commit that is final."""
 
-    def __init__(self) -> None:
-        self.running: dict[bytes, bytes] = {}
-        self.running_leaves: dict[bytes, bytes] = {}
-        self.candidate: dict[bytes, bytes] = {}
-        self.leaves: dict[bytes, bytes] = {}
+    def __init__(self, path: str) -> None:
+        self.path = path
+        try:
+            with open(path, "rb") as f:
+                self.running, self.running_leaves = marshal.load(f)
+        except FileNotFoundError:
+            self.running, self.running_leaves = {}, {}
+        self.candidate, self.leaves = dict(self.running), dict(self.running_leaves)
         self.before: tuple[dict, dict] | None = None   # running before a confirmed commit
+
+    def save(self) -> None:
+        with open(self.path + ".new", "wb") as f:
+            marshal.dump((self.running, self.running_leaves), f)
+        os.replace(self.path + ".new", self.path)
 
     def edit(self, message: bytes) -> None:
         head = TABLE.split(message, 1)[0]
@@ -73,8 +85,12 @@ class Store:
         elif b"confirmed" not in message:
             self.before = None   # the confirming commit
         self.running, self.running_leaves = dict(self.candidate), dict(self.leaves)
+        if self.before is None:
+            self.save()
 
     def cancel(self) -> None:
+        """Revert a confirmed commit (cancel-commit, or its session ended, RFC 6241
+        section 8.4: :confirmed-commit:1.0)."""
         if self.before is not None:
             self.running, self.running_leaves = self.before
             self.candidate, self.leaves = dict(self.running), dict(self.running_leaves)
@@ -106,8 +122,8 @@ class Store:
             b"</data>")
 
 
-def serve(cpu_file: str) -> None:
-    store = Store()
+def serve(cpu_file: str, state_file: str) -> None:
+    store = Store(state_file)
     fd_in, fd_out = 0, 1
 
     def out(data: bytes) -> None:
@@ -153,10 +169,11 @@ def serve(cpu_file: str) -> None:
             if op == b"close-session":
                 return
     finally:
+        store.cancel()
         usage = resource.getrusage(resource.RUSAGE_SELF)
         with open(cpu_file, "a") as f:
             f.write(f"{usage.ru_utime + usage.ru_stime}\n")
 
 
 if __name__ == "__main__":
-    serve(sys.argv[1])
+    serve(sys.argv[1], sys.argv[2])
