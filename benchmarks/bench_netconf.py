@@ -34,6 +34,7 @@ from __future__ import annotations
 import argparse
 import ipaddress
 import itertools
+import logging
 import os
 import resource
 import sys
@@ -45,7 +46,13 @@ from pathlib import Path
 from ncclient import manager
 
 from dstm_orch.push.netconf.invariants import check_invariants
-from dstm_orch.push.netconf.payload import parse_table, render_edit, render_filter, utc_date
+from dstm_orch.push.netconf.payload import (
+    EDIT_SIZE,
+    parse_table,
+    render_edit,
+    render_filter,
+    utc_date,
+)
 from dstm_orch.push.netconf.pusher import NetconfPusher, NetconfTarget
 from dstm_orch.push.netconf.table import (
     INSTANCE_DEFAULTS,
@@ -262,6 +269,122 @@ def bench_scale(count: int) -> None:
         "plan (the intent's dicts)")
 
 
+def scale_intent(count: int) -> list[dict]:
+    """The intent's bindings of one TEP of ``count`` (``--scale``'s table)."""
+    return [{"node_ipv6": f"2001:db8:d{i >> 16:03x}::{i & 0xffff:x}",
+             "ipv4": str(SCALE_POOL[i >> SCALE_K]),
+             "port_set": {"psid_offset": 6, "psid_len": SCALE_K, "psid": i % (1 << SCALE_K)}}
+            for i in range(count)]
+
+
+def bench_render(count: int, edit_size: int) -> None:
+    """The push's own work for one TEP of ``count`` bindings, all new (an empty device):
+    diff, and rendering every bounded edit (what a push sends); time and peak RSS."""
+    from dstm_orch.push.netconf.payload import render_edits
+    from dstm_orch.push.netconf.table import entries_from_dicts
+
+    desired = entries_from_dicts(scale_intent(count), BR)
+    instance = BindInstance(**{**INSTANCE_DEFAULTS, "softwire_num_max": max(count, 65536)})
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    started, cpu = time.perf_counter(), time.process_time()
+    diff = compute_diff(DeviceTable(None), desired, instance)
+    diffed = time.perf_counter()
+    edits = size = 0
+    for payload in render_edits(diff, instance, version=1, date=utc_date(), size=edit_size):
+        edits += 1
+        size += len(payload)
+    done = time.perf_counter()
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    row(f"push rendering, {count:,} new bindings", f"{done - started:.2f} s",
+        f"diff {diffed - started:.2f} s, {edits} edits of <= {edit_size:,} entries "
+        f"{done - diffed:.2f} s ({size / 2**20:.0f} MiB of XML, one edit at a time); "
+        f"CPU {time.process_time() - cpu:.2f} s")
+    row("push rendering, peak RSS", f"{rss:.0f} MiB", f"{before:.0f} MiB before (the "
+        "intent's dicts and the desired rows)")
+
+
+class _RpcTimes(logging.Handler):
+    """Collects the pusher's per-RPC DEBUG lines (``Device.rpc``): (operation, seconds)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.calls: list[tuple[str, float]] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.msg == "%s: %s: %.3f s":
+            self.calls.append((record.args[1], record.args[2]))
+
+
+def _cpu(pid: int | None) -> float:
+    """User + system CPU seconds of a process (and its waited-for children)."""
+    if pid is None:
+        return 0.0
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return sum(int(v) for v in fields[11:15]) / os.sysconf("SC_CLK_TCK")
+
+
+def bench_push(counts: list[int], workdir: Path, netconfd_args: tuple[str, ...],
+               edit_size: int, device: str = "netconfd") -> None:
+    """A real push of N bindings to an empty netconfd (one per N, fresh): the
+    production path (NetconfPusher.push: bounded edits, one confirmed commit, read-back,
+    confirming commit), timed per RPC, with dstm-orch's CPU and netconfd's. With
+    ``device="stub"`` the device is tests/netconf_stub.py behind the same sshd (a
+    dict-backed sink, :confirmed-commit:1.0, no YANG): dstm-orch's side at 10^6."""
+    from dstm_orch.push.netconf.table import entries_from_dicts
+
+    handler = _RpcTimes()
+    logger = logging.getLogger("dstm_orch.push.netconf.pusher")
+    logger.addHandler(handler)
+    logger.setLevel(logging.DEBUG)
+    for index, count in enumerate(counts):
+        server = NetconfServer(workdir / f"push{index}", f"dstm-nc-benchp{index}-{os.getpid()}",
+                               f"2001:db8:cfe:{index:x}::2/64", netconfd_args=netconfd_args,
+                               device=device)
+        server.start()
+        try:
+            desired = entries_from_dicts(scale_intent(count), BR)
+            target = NetconfTarget(name="bench-tep", rpc_timeout=3600, **server.connection())
+            pusher = NetconfPusher(
+                target, pools=[str(SCALE_POOL)], schema_cache=workdir / "yang",
+                instance=BindInstance(softwire_num_max=max(count, 65536)),
+                edit_size=edit_size, device_schemas=device == "netconfd", yang_dir=YANG_DIR)
+            pusher.read()   # the schemas fetched and cached, as after a first plan
+
+            def device_cpu_now(server: NetconfServer = server) -> float:
+                if device == "stub":
+                    time.sleep(0.5)   # the session's stub writes its CPU when it ends
+                    return server.stub_cpu()
+                return _cpu(server.netconfd_pid)
+
+            handler.calls.clear()
+            device_cpu, cpu = device_cpu_now(), time.process_time()
+            rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+            started = time.perf_counter()
+            result = pusher.push(desired)
+            seconds = time.perf_counter() - started
+            cpu, device_cpu = time.process_time() - cpu, device_cpu_now() - device_cpu
+            calls = handler.calls
+            edits = [s for op, s in calls if op.startswith("edit-config")]
+            commits = [(op, s) for op, s in calls if op.startswith("commit")]
+            reads = [s for op, s in calls if op.startswith("get-config")]
+            timeout = next((op.split("timeout ")[1].split(" ")[0] for op, _ in commits
+                            if "timeout" in op), "-")
+            row(f"push of {count:,} bindings to {device}", f"{seconds:.2f} s",
+                f"{result.method}; {len(edits)} edit-config ({sum(edits):.2f} s), "
+                f"{len(commits)} commits ({', '.join(f'{op} {s:.2f} s' for op, s in commits)}); "
+                f"confirm timeout {timeout} s; get-config before / read-back: "
+                f"{' / '.join(f'{s:.2f} s' for s in reads)}")
+            row(f"  CPU: dstm-orch (client) / {device}", f"{cpu:.2f} s",
+                f"{device} {device_cpu:.2f} s; load {os.getloadavg()[0]:.1f}; "
+                f"netconfd options: {' '.join(netconfd_args) or 'as the tests'}")
+            peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+            row("  peak RSS of dstm-orch's process", f"{peak:.0f} MiB",
+                f"{rss:.0f} MiB before the push (intent dicts, desired rows)")
+        finally:
+            server.stop()
+    logger.removeHandler(handler)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--bulk", type=int, default=10_000)
@@ -272,7 +395,26 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-device", action="store_true", help="only the plan figures")
     parser.add_argument("--scale", type=int, default=0,
                         help="only: plan one TEP of this many bindings (e.g. 1000000)")
+    parser.add_argument("--render", type=int, default=0,
+                        help="only: diff and render the bounded edits of a push of this "
+                             "many new bindings (no netconfd)")
+    parser.add_argument("--push", type=lambda v: [int(n) for n in v.split(",")],
+                        default=None, help="only: real pushes of these many bindings "
+                                           "(comma-separated) to a fresh netconfd each")
+    parser.add_argument("--netconfd-arg", action="append", default=[],
+                        help="an extra netconfd option for --push (repeatable)")
+    parser.add_argument("--edit-size", type=int, default=EDIT_SIZE)
+    parser.add_argument("--device", choices=("netconfd", "stub"), default="netconfd",
+                        help="--push to netconfd, or to tests/netconf_stub.py (10^6)")
     args = parser.parse_args(argv)
+    if args.render:
+        bench_render(args.render, args.edit_size)
+        return 0
+    if args.push:
+        with tempfile.TemporaryDirectory(prefix="dstm-bench-push-") as workdir:
+            bench_push(args.push, Path(workdir), tuple(args.netconfd_arg), args.edit_size,
+                       args.device)
+        return 0
     if args.scale:
         bench_scale(args.scale)
         return 0

@@ -94,6 +94,11 @@ class NetconfServer:
             (a real device that lacks them; netconfd itself cannot turn them off).
             sshd then runs the subsystem through a filter that rewrites the hello
             and copies every other byte unchanged.
+        device: ``netconfd``, or ``stub``: sshd runs :mod:`tests.netconf_stub` (a
+            dict-backed sink for benchmarks at 10^6 entries; no netconfd, no YANG) as
+            the subsystem; its CPU seconds are read with :meth:`stub_cpu`.
+        netconfd_args: more netconfd options (e.g. ``--with-startup=true``, which
+            leaves out the startup file's rewrite at each commit; benchmarks).
     """
 
     def __init__(
@@ -107,6 +112,8 @@ class NetconfServer:
         port: int = 830,
         startup_xml: str = EMPTY_CONFIG,
         hide_capabilities: tuple[str, ...] = (),
+        netconfd_args: tuple[str, ...] = (),
+        device: str = "netconfd",
     ):
         if not netns.startswith(NETNS_PREFIX):
             raise LabError(f"netns {netns!r}: the name must start with {NETNS_PREFIX!r}")
@@ -127,6 +134,11 @@ class NetconfServer:
         self.port = port
         self.startup_xml = startup_xml
         self.hide_capabilities = tuple(hide_capabilities)
+        self.netconfd_args = tuple(netconfd_args)
+        if device not in ("netconfd", "stub"):
+            raise LabError(f"netconf server {netns}: device {device!r} is not netconfd or stub")
+        self.device = device
+        self.stub_cpu_file = self.workdir / "stub-cpu"
         tag = hashlib.sha1(netns.encode()).hexdigest()[:8]
         self.host_ifname = f"dnc{tag}h"
         self.ns_ifname = f"dnc{tag}n"
@@ -179,7 +191,8 @@ class NetconfServer:
         try:
             self._prepare_files()
             self._build_netns()
-            self._start_netconfd(timeout)
+            if self.device == "netconfd":
+                self._start_netconfd(timeout)
             self._start_sshd(timeout)
         except BaseException:
             self.stop()
@@ -231,6 +244,11 @@ class NetconfServer:
             self._netconfd.wait()
         self._start_netconfd(timeout)
 
+    @property
+    def netconfd_pid(self) -> int | None:
+        """netconfd's process id (for its CPU time in benchmarks), None when stopped."""
+        return None if self._netconfd is None else self._netconfd.pid
+
     def is_running(self) -> bool:
         """True while both daemons are alive."""
         return all(p is not None and p.poll() is None for p in (self._netconfd, self._sshd))
@@ -281,7 +299,17 @@ class NetconfServer:
             "",
         ])
 
+    def stub_cpu(self) -> float:
+        """CPU seconds of the stub's sessions that ended (``device="stub"``)."""
+        try:
+            return sum(float(v) for v in self.stub_cpu_file.read_text().split())
+        except FileNotFoundError:
+            return 0.0
+
     def _subsystem(self) -> str:
+        if self.device == "stub":
+            return f"{sys.executable} {Path(__file__).with_name('netconf_stub.py')} " \
+                f"{self.stub_cpu_file} {self.workdir / 'stub-state'}"
         command = f"{NETCONF_SUBSYSTEM} --ncxserver-sockname={self.port}@{self.socket_path}"
         if not self.hide_capabilities:
             return command
@@ -317,6 +345,7 @@ class NetconfServer:
             *modules,
             f"--log={self.netconfd_log}",
             "--log-level=info",
+            *self.netconfd_args,
         ]
         self._netconfd = _spawn(argv, self.workdir / "netconfd.stdout", self.workdir)
         deadline = time.monotonic() + timeout

@@ -578,3 +578,22 @@ def test_the_kept_session_is_opened_again_after_netconfd_was_killed(server, tmp_
     assert result.applied
     assert device_entries(server) == WITHOUT_N2
     pusher.close()
+
+
+def test_the_benchmarks_stub_device_keeps_what_a_push_sends(make_server, tmp_path):
+    """tests/netconf_stub.py (bench_netconf.py --push --device stub) is a sink that the
+    production push path lands on: bounded edits (2 entries an edit), one confirmed
+    commit confirmed in the session (:confirmed-commit:1.0), the read-back equal, then
+    a revocation deleting one entry; and it counted its CPU time."""
+    server = make_server(device="stub")
+    pusher = pusher_for(server, tmp_path, device_schemas=False, edit_size=2,
+                        yang_dir=os.environ["DSTM_ORCH_YANG_DIR"])
+    result = pusher.push(bindings(LEASES))
+    assert (result.applied, result.version, result.persist_id) == (True, 1, None)
+    assert result.method == "candidate+confirmed-commit"
+    assert {e.key for e in pusher.read().entries.values()} == set(TABLE)
+    again = pusher.push(bindings(REVOKED))
+    assert again.diff.counts() == {"added": 0, "changed": 0, "removed": 1}
+    read = pusher.read()
+    assert read.version == 2 and set(read.entries) == set(WITHOUT_N2)
+    assert server.stub_cpu() > 0

@@ -16,7 +16,13 @@ import pytest
 from lxml import etree
 
 from dstm_orch.push.netconf.invariants import check_invariants, port_mask
-from dstm_orch.push.netconf.payload import parse_table, render_edit, render_filter
+from dstm_orch.push.netconf.payload import (
+    TEMPLATE_DIR,
+    parse_table,
+    render_edit,
+    render_edits,
+    render_filter,
+)
 from dstm_orch.push.netconf.pusher import Capabilities, DevicePlan, Plan
 from dstm_orch.push.netconf.table import (
     BR_NS,
@@ -25,9 +31,11 @@ from dstm_orch.push.netconf.table import (
     BindingTableError,
     BindInstance,
     DeviceTable,
+    Rows,
     TableDiff,
     binding_from_dict,
     compute_diff,
+    entries_of,
 )
 from dstm_orch.push.netconf.yang import YangChecker, YangValidationError, configured_yang_dir
 
@@ -178,6 +186,84 @@ def test_render_replace_whole_table():
     assert len(table) == 1 and table[0].get(f"{{{NC}}}operation") is None
 
 
+def _worked_diff() -> tuple[DeviceTable, list[Binding]]:
+    """A device holding ::1 (all ports), ::2 and ::9; desired: ::1 with PSID 1/8,
+    ::2 unchanged, ::3 new (PSID 255/8), a prefix key: one of each change."""
+    device = [b("2001:db8::1", "198.51.100.1"), b("2001:db8::2", "198.51.100.2"),
+              b("2001:db8::9", "198.51.100.9")]
+    desired = [b("2001:db8::1", "198.51.100.1", 0, 8, 1), b("2001:db8::2", "198.51.100.2"),
+               b("2001:db8::3", "198.51.100.3", 0, 8, 255),
+               Binding(ipaddress.IPv6Network("2001:db8:200::/56"),
+                       ipaddress.IPv4Address("198.51.100.4"), BR, 6, 6, 63)]
+    return DeviceTable(FULL, 4, None, {e.key: e for e in device}), desired
+
+
+def test_diff_parts_are_compact_rows_equal_to_bindings():
+    device, desired = _worked_diff()
+    diff = compute_diff(device, desired, BindInstance())
+    assert isinstance(diff.added, Rows)
+    assert diff.added == (desired[3], desired[2])   # key text order: "2001:db8:200::/56" first
+    assert diff.changed == ((device.entries["2001:db8::1"], desired[0]),)
+    assert diff.removed == (device.entries["2001:db8::9"],)
+    assert diff.added[1:] == (desired[2],) and diff.added[-1] == desired[2]
+
+
+@pytest.mark.parametrize("size", [None, 1, 2, 3])
+def test_render_edits_are_what_the_template_renders(size):
+    """The bounded edits, made from the template's shape and the diff's rows, are byte
+    for byte what Jinja renders for the same entries (render_edit): the entries in
+    diff order, added, then changed, then removed, ``size`` to a payload."""
+    device, desired = _worked_diff()
+    diff = compute_diff(device, desired, BindInstance(name="r&d"))
+    items = [("added", e) for e in diff.added] + [("changed", e) for e in diff.changed] + \
+        [("removed", e) for e in diff.removed]
+    step = size or len(items)
+    expected = []
+    for start in range(0, len(items), step):
+        chunk = items[start:start + step]
+        part = {kind: tuple(e for k, e in chunk if k == kind)
+                for kind in ("added", "changed", "removed")}
+        expected.append(render_edit(TableDiff(**part), BindInstance(name="r&d"), version=5,
+                                    date="2026-11-29T12:00:00Z"))
+    got = list(render_edits(diff, BindInstance(name="r&d"), version=5,
+                            date="2026-11-29T12:00:00Z", size=size))
+    assert len(got) == -(-4 // step)
+    assert got == expected
+
+
+def test_render_edits_replace_and_instance_only():
+    _, desired = _worked_diff()
+    rows = Rows(list(entries_of(desired).rows.items()))
+    got = list(render_edits(TableDiff(), FULL, version=2, date="d", replace_with=rows, size=3))
+    assert got == [
+        render_edit(TableDiff(), FULL, version=2, date="d", replace_with=desired[:3]),
+        render_edit(TableDiff(added=desired[3:]), FULL, version=2, date="d")]
+    # only the instance leaves change: one payload, no entry
+    (only,) = render_edits(TableDiff(instance=(None, FULL)), FULL, version=2, date="d")
+    assert only == render_edit(TableDiff(), FULL, version=2, date="d")
+    assert "<binding-entry" not in only
+
+
+def test_render_edits_with_a_template_it_cannot_follow(tmp_path: Path):
+    """An operator's template that prints a count is not a fixed text around its
+    entries: Jinja renders it, for each payload, and the result is the same."""
+    text = (TEMPLATE_DIR / "edit-config.xml.j2").read_text()
+    (tmp_path / "edit-config.xml.j2").write_text(
+        text.replace("<binding-table{%", "<!-- {{ merge | length }} new -->\n<binding-table{%"))
+    device, desired = _worked_diff()
+    diff = compute_diff(device, desired, BindInstance())
+    (got,) = render_edits(diff, FULL, version=2, date="d", template_dir=tmp_path)
+    assert "<!-- 2 new -->" in got
+    assert got == render_edit(diff, FULL, version=2, date="d", template_dir=tmp_path)
+    # an operator's template that only moves things is followed, with its own shape
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "edit-config.xml.j2").write_text(text.replace("<psid>{{ e.psid }}</psid>", ""))
+    (got,) = render_edits(diff, FULL, version=2, date="d", template_dir=other)
+    assert "<psid>" not in got
+    assert got == render_edit(diff, FULL, version=2, date="d", template_dir=other)
+
+
 def test_parse_round_trip_and_defaults():
     entries = [b("2001:db8::1", "198.51.100.1", 0, 8, 255), b("2001:db8::2", "198.51.100.2")]
     xml = render_edit(compute_diff(DeviceTable(None), entries, BindInstance()), BindInstance(),
@@ -286,6 +372,14 @@ def test_confirm_timeout_is_sized_to_the_table():
     assert sized_timeout(60, 12.0, 250_000, 1_000_000) == 192    # 4 * 48 s
     assert sized_timeout(60, 0.05, 3, 4) == 60                    # small: as configured
     assert sized_timeout(60, 1.0, 0, 100_000) == 400    # empty device: 1 s per 1,000
+
+
+def test_confirm_timeout_covers_four_times_the_edits():
+    from dstm_orch.push.netconf.commit import edited_timeout
+
+    assert edited_timeout(60, 22.0) == 88      # 10^6 entries sent in 22 s
+    assert edited_timeout(60, 0.3) == 60       # as sized before the edits
+    assert edited_timeout(192, 30.5) == 192
 
 
 # -- capabilities ---------------------------------------------------------------------------

@@ -61,6 +61,7 @@ from dstm_orch.push.netconf.table import (
     BindInstance,
     DeviceTable,
     Entries,
+    Rows,
     TableDiff,
     compute_diff,
     entries_of,
@@ -321,7 +322,7 @@ class NetconfPusher:
                                       seconds=time.monotonic() - started)
                 new_version = version if version is not None else (current.version or 0) + 1
                 date = utc_date()
-                whole = desired.bindings() if replace else None
+                whole = Rows(list(desired.rows.items())) if replace else None
 
                 def payloads(size: int | None) -> Iterator[str]:
                     return render_edits(diff, instance, version=new_version, date=date,

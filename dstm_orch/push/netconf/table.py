@@ -212,6 +212,51 @@ class DeviceTable:
     entries: Mapping[str, Binding] = field(default_factory=dict)
 
 
+class Rows(Sequence):
+    """A part of a :class:`TableDiff` held as compact items, in order: ``(key, row)``
+    for added and removed entries, ``(key, row on device, desired row)`` for changed
+    ones. As a sequence it gives :class:`Binding` objects (pairs of them for changed
+    entries), built on access, so a diff of 10^6 entries holds no 10^6 objects (issue 10
+    section 3); renderers read :attr:`items` directly. Equal to any sequence holding
+    the same bindings (a tuple of :class:`Binding` included)."""
+
+    __slots__ = ("items",)
+
+    def __init__(self, items: list[tuple]):
+        self.items = items
+
+    @staticmethod
+    def _build(item: tuple) -> Binding | tuple[Binding, Binding]:
+        if len(item) == 2:
+            return binding_of(*item)
+        key, before, after = item
+        return (binding_of(key, before), binding_of(key, after))
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            return Rows(self.items[index])
+        return self._build(self.items[index])
+
+    def __iter__(self) -> Iterator:
+        return map(self._build, self.items)
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, Rows):
+            return self.items == other.items
+        if isinstance(other, Sequence) and not isinstance(other, str | bytes):
+            return len(other) == len(self) and all(map(operator.eq, self, other))
+        return NotImplemented
+
+    def __hash__(self) -> int:
+        return hash(tuple(self))
+
+    def __repr__(self) -> str:
+        return f"Rows({len(self.items)} entries)"
+
+
 @dataclass(frozen=True)
 class TableDiff:
     """The change from a device's table to the desired one, each part sorted by key.
@@ -223,9 +268,9 @@ class TableDiff:
         instance: ``(on device or None, desired)`` when the instance leaves differ.
     """
 
-    added: tuple[Binding, ...] = ()
-    changed: tuple[tuple[Binding, Binding], ...] = ()
-    removed: tuple[Binding, ...] = ()
+    added: Sequence[Binding] = ()
+    changed: Sequence[tuple[Binding, Binding]] = ()
+    removed: Sequence[Binding] = ()
     instance: tuple[BindInstance | None, BindInstance] | None = None
 
     @property
@@ -468,7 +513,7 @@ def compute_diff(
 
     Returns:
         A :class:`TableDiff`; entries are compared on every field, each part sorted
-        by key text.
+        by key text and held as compact :class:`Rows`.
     """
     want = entries_of(desired).rows
     have = entries_of(current.entries).rows
@@ -482,9 +527,8 @@ def compute_diff(
     instance = instance.resolved(current.instance)
     if replace or current.instance != instance:
         inst = (current.instance, instance)
-    return TableDiff(tuple(binding_of(k, r) for k, r in added),
-                     tuple((binding_of(k, have[k]), binding_of(k, r)) for k, r in changed),
-                     tuple(binding_of(k, r) for k, r in removed), inst)
+    return TableDiff(Rows(added), Rows([(k, have[k], r) for k, r in changed]),
+                     Rows(removed), inst)
 
 
 def _sorted(items: list[tuple[Key, Row]]) -> list[tuple[Key, Row]]:
