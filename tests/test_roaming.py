@@ -491,17 +491,45 @@ def _closed(sock: socket.socket) -> bool:
 def test_idle_connection_is_closed_after_keepalive(servers, monkeypatch):
     """A kept-alive connection is closed ``KEEPALIVE`` seconds after its last answer
     (each answer moves the end on), not while a request is answered."""
-    monkeypatch.setattr(httpd, "KEEPALIVE", 0.5)
+    monkeypatch.setattr(httpd, "KEEPALIVE", 1.0)
     server = servers.start()
     steal = b"POST /dstm/v1/steal HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n"
     with socket.create_connection(server.server_address[:2], timeout=10) as sock:
-        for _ in range(4):  # 4 x 0.3 s: longer than KEEPALIVE, each answer within it
+        for _ in range(5):  # 5 x 0.3 s: longer than KEEPALIVE, each answer within it
             sock.sendall(steal)
             assert [s for s, _, _ in _answers(sock, 1)] == [404]
             time.sleep(0.3)
         sock.sendall(steal)
         assert [s for s, _, _ in _answers(sock, 1)] == [404]
         assert _closed(sock)  # then nothing for KEEPALIVE: closed
+
+
+def test_a_client_that_reads_no_answer_is_dropped_after_keepalive(servers, monkeypatch):
+    """A client that pipelines requests and never reads the answers fills the server's
+    send buffer; closing would wait for those answers to be sent, for ever. After
+    ``KEEPALIVE`` seconds without an answer going out the connection is dropped, so such
+    clients cannot hold the server's sockets."""
+    monkeypatch.setattr(httpd, "KEEPALIVE", 2.0)
+    server = servers.start()
+    steal = b"POST /dstm/v1/steal HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n"
+    with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.connect(server.server_address[:2])
+        sock.setblocking(False)
+        blocked = 0
+        while blocked < 3:  # until the server stops reading: its answers are unread
+            try:
+                sock.send(steal * 100)
+                blocked = 0
+            except BlockingIOError:
+                blocked += 1
+                time.sleep(0.05)
+        connections = server.node_api._connections
+        assert any(c.transport and c.transport.get_write_buffer_size() for c in list(connections))
+        end = time.monotonic() + 30
+        while connections and time.monotonic() < end:
+            time.sleep(0.05)
+        assert not connections
 
 
 def test_node_api_http_framing(servers):

@@ -306,14 +306,19 @@ class _NodeConnection(asyncio.Protocol):
 
     def _idle(self) -> None:
         """Close the connection ``KEEPALIVE`` seconds after its last answer (or after it
-        opened) unless a request is in flight. One timer a connection, moved on only
-        when it fires: a new timer for each answer cost a heap push and a cancelled
-        handle a request."""
+        opened) unless a request is in flight. A client that has left answers unread
+        that long is dropped (``abort``): ``close`` would wait to send them, for ever.
+        One timer a connection, moved on only when it fires: a new timer for each answer
+        cost a heap push and a cancelled handle a request."""
         loop = asyncio.get_running_loop()
         now = loop.time()
         deadline = self.active + KEEPALIVE
         if self.task is None and now >= deadline:
-            self.close()
+            transport = self.transport
+            if transport is not None and transport.get_write_buffer_size():
+                transport.abort()
+            else:
+                self.close()
             return
         self.idle = loop.call_at(deadline if deadline > now else now + KEEPALIVE, self._idle)
 
