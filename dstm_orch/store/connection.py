@@ -34,7 +34,7 @@ from typing import Any, TypeVar
 from dstm_orch.domain import model
 from dstm_orch.domain.errors import StoreError
 from dstm_orch.store.identity import SCHEMA_VERSION, check_store_file, too_new
-from dstm_orch.store.index import AllocationIndex, _Mark, _MarkKey
+from dstm_orch.store.index import AllocationIndex, Marks, _Mark, _MarkKey
 from dstm_orch.store.journal import PushJournal, PushRecord
 from dstm_orch.store.leases import Event, LeaseRows
 from dstm_orch.store.migrations import MIGRATIONS
@@ -477,7 +477,7 @@ class Transaction(LeaseRows, AllocationIndex, PushJournal):
     def __init__(self, db: sqlite3.Connection, marks: dict[_MarkKey, _Mark] | None = None):
         self._db = db
         self._marks = {} if marks is None else marks
-        self.new_marks: dict[_MarkKey, _Mark] = {}
+        self.new_marks = Marks()
 
 
 class _GroupOperation:

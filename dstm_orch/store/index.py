@@ -52,6 +52,32 @@ _MarkKey = tuple[int, Layout, int | None]
 """A skip mark's start address, layout and PSID (None: any PSID, see ``first_unleased``)."""
 
 
+class Marks(dict[_MarkKey, _Mark]):
+    """A transaction's new skip marks by key, with the keys of the marks that end at
+    each ``(address, layout, PSID)``: a lease written at a mark's end moves that mark
+    past it (:meth:`passed`) by one lookup, not a scan of every mark (``allocate_many``
+    on a pool with scattered free addresses leaves one mark a lease)."""
+
+    __slots__ = ("_ending",)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._ending: dict[tuple[int, Layout, int | None], set[_MarkKey]] = {}
+
+    def __setitem__(self, key: _MarkKey, mark: _Mark) -> None:
+        old = self.get(key)
+        if old is not None:
+            self._ending.get((old.upto, tuple(key[1]), key[2]), set()).discard(key)
+        super().__setitem__(key, mark)
+        self._ending.setdefault((mark.upto, tuple(key[1]), key[2]), set()).add(key)
+
+    def passed(self, ipv4: int, layout: Layout, psid: int) -> None:
+        """Move the marks that end at slot ``(ipv4, psid)`` of ``layout`` past it: the
+        run before it, and now the slot too, are full (as of the mark's event)."""
+        for key in self._ending.pop((ipv4, tuple(layout), psid), ()):
+            self[key] = _Mark(ipv4 + 1, self[key].event_id)
+
+
 class AllocationIndex:
     """The index queries of the allocator's strategies, on an open transaction's
     connection ``_db`` (part of ``Transaction``); skip marks of this transaction go to
@@ -59,7 +85,7 @@ class AllocationIndex:
 
     _db: sqlite3.Connection
     _marks: dict[_MarkKey, _Mark]
-    new_marks: dict[_MarkKey, _Mark]
+    new_marks: Marks
     _layouts_read: tuple[int, int, Layout | None, Layout | None] | None = None
     """``(first, last, lowest layout, highest layout)`` of the active leases as
     :meth:`held_slots` read them, for the :meth:`layout_conflicts` of the same range that

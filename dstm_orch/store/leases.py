@@ -24,7 +24,7 @@ from datetime import UTC, datetime
 
 from dstm_orch.domain import model
 from dstm_orch.domain.portset import PortSet
-from dstm_orch.store.index import _Mark, _MarkKey
+from dstm_orch.store.index import Marks
 from dstm_orch.store.migrations import LAYOUT_CONFLICT
 
 _COLUMNS = (
@@ -100,7 +100,7 @@ class LeaseRows:
     connection ``_db`` (part of ``Transaction``)."""
 
     _db: sqlite3.Connection
-    new_marks: dict[_MarkKey, _Mark]
+    new_marks: Marks
 
     def _one(self, sql: str, *args: object) -> model.Lease | None:
         row = self._db.execute(sql, args).fetchone()
@@ -227,10 +227,7 @@ class LeaseRows:
         # before it, and now the slot too, are full (as of the mark's event: a lease of
         # the run that ends, this one included, ends by a later event, which the mark's
         # check finds). The next allocation's walk then starts after it.
-        marks = self.new_marks
-        for key, mark in marks.items():
-            if mark.upto == ipv4 and key[2] == psid and tuple(key[1]) == (offset, length):
-                marks[key] = _Mark(ipv4 + 1, mark.event_id)
+        self.new_marks.passed(ipv4, (offset, length), psid)
         # The row is not read back: the lease is what was written (its 'allocate'
         # event is written by the trigger leases_allocate_event).
         return model.Lease(
