@@ -397,7 +397,8 @@ class Allocator:
 
         Args:
             tx: an open write transaction; the caller commits or rolls back.
-            lease: the node's active lease.
+            lease: the node's active lease, as read in ``tx`` (the ended lease is built
+                from it, not read back).
             now: the move's time (UTC).
             lifetime: seconds of a new dynamic lease; None means the pool's default.
 

@@ -101,6 +101,7 @@ class LeaseRows:
 
     _db: sqlite3.Connection
     new_marks: Marks
+    _layouts_read: tuple[int, int, model.Layout | None, model.Layout | None] | None
 
     def _one(self, sql: str, *args: object) -> model.Lease | None:
         row = self._db.execute(sql, args).fetchone()
@@ -193,6 +194,7 @@ class LeaseRows:
                 node already has an active lease); the transaction turns it into
                 ``StoreError``.
         """
+        self._layouts_read = None  # a new lease may bring a layout held_slots did not see
         start_at = _epoch(start)
         end_at = None if lifetime is None else start_at + lifetime
         offset, length, psid = (
