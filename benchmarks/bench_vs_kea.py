@@ -17,7 +17,8 @@ offered DORA rate it answers clean, found by :meth:`Kea.knee` (ISC's method, ada
   loss" and lets one such wait of a few ms pass;
 - each rate gets up to ``--tries`` (3) runs and is clean when one of them is (best of 3:
   a run spoiled by another job is not Kea's limit; the anchor errs high, against
-  dstm-orch);
+  dstm-orch); a run that loses over 10 % while Kea waited for its CPU under 5 % of the
+  time ends the rate's tries (Kea had the CPU: that is its limit);
 - the rate doubles from 250/s until the first lossy rate, then is bisected between the
   last clean and the first lossy one to within 10 %;
 - 500 million simulated clients (``-R``, ISC's figure) and a 14.7-million-address pool,
@@ -290,6 +291,8 @@ class KneeMethod:
     start: int = 250         # the ramp: start, 2 start, 4 start, ... up to top
     top: int = 64_000
     precision: float = 0.10  # bisect until first lossy - last clean <= this * last clean
+    overload: float = 0.10   # no more tries after a run that lost this share
+    busy: float = 0.05       # ... while Kea waited for its CPU less than this share
 
     @classmethod
     def short(cls) -> KneeMethod:
@@ -300,6 +303,14 @@ def is_clean(run: dict, tolerance: float) -> bool:
     """At most ``tolerance`` of the exchanges begun were not answered (ACK within the
     drop time) and at least one was."""
     return run["acks"] > 0 and run["lost"] <= tolerance * run["discovers"]
+
+
+def overloaded(run: dict, method: KneeMethod) -> bool:
+    """A lossy run that says the rate is beyond Kea without another try: it lost more
+    than ``method.overload`` of its exchanges while Kea waited for its CPU less than
+    ``method.busy`` of the time (the CPU was Kea's; other jobs did not spoil the run)."""
+    return (run["lost"] > method.overload * run["discovers"]
+            and run["wait_share"] < method.busy)
 
 
 def next_rate(low: int | None, high: int | None, method: KneeMethod) -> int | None:
@@ -485,6 +496,8 @@ class Kea:
                 if got["clean"]:
                     clean = got
                     break
+                if overloaded(got, method):
+                    break  # Kea had its CPU and still lost: more tries cannot help
             if clean is not None:
                 low, best = rate, clean
             else:
@@ -594,13 +607,17 @@ def main() -> None:
         with kea if kea is not None else contextlib.nullcontext():
             for _ in range(args.repeat):
                 if kea is not None:
+                    begun = time.perf_counter()
                     kea_runs.append(kea.knee(method))
                     kea.stop()
-                    print(f"Kea memfile DORA, {describe_search(*kea_runs[-1])}",
-                          flush=True)
+                    print(f"Kea memfile DORA ({time.perf_counter() - begun:.0f} s), "
+                          f"{describe_search(*kea_runs[-1])}", flush=True)
                 for path in paths:
+                    begun = time.perf_counter()
                     dstm_runs[path].append(measure_dstm(path == "group", args.seconds,
                                                         counts))
+                    print(f"dstm-orch {path}: {time.perf_counter() - begun:.0f} s",
+                          flush=True)
     load_after = os.getloadavg()
     if not kea_runs:
         print(f"Kea: not measured: {why_not}")
