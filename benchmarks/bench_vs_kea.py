@@ -370,6 +370,16 @@ def sched(pid: int) -> tuple[float, float]:
     return ran / 1e9, waited / 1e9
 
 
+def cpu_other(cpu: int) -> float:
+    """Seconds CPU ``cpu`` spent in interrupts, softirqs (the veth's packets) and stolen
+    by the hypervisor (``/proc/stat``): time no task was charged for."""
+    for line in Path("/proc/stat").read_text().splitlines():
+        if line.startswith(f"cpu{cpu} "):
+            fields = line.split()
+            return sum(int(x) for x in fields[6:9]) / os.sysconf("SC_CLK_TCK")
+    return 0.0
+
+
 def udp_drops(netns: str) -> int:
     """UDP datagrams dropped for a full receive buffer in ``netns`` (RcvbufErrors)."""
     lines = [line.split() for line in subprocess.run(
@@ -457,16 +467,20 @@ class Kea:
 
     def measure(self, rate: int, seconds: float) -> dict:
         """One run at ``rate`` with Kea's CPU per lease, its time on a CPU and waiting
-        for one (runnable) per second of sending, and its socket's drops."""
+        for one (runnable) per second of sending, its CPU's interrupt, softirq and
+        stolen time per second of sending, and its socket's drops."""
         pid = self.pid()
         cpu, (ran, waited), drops = cpu_seconds(pid), sched(pid), udp_drops(self.server)
+        other = cpu_other(SERVER_CPU)
         got = self.perfdhcp(rate, seconds)
         ran2, waited2 = sched(pid)
+        other = cpu_other(SERVER_CPU) - other
         do_ms, ra_ms = got.pop("do_ms"), got.pop("ra_ms")
         got.update(
             offered=rate, rate=got["acks"] / seconds,
             cpu_us=(cpu_seconds(pid) - cpu) / max(1, got["acks"]) * 1e6,
             share=(ran2 - ran) / seconds, wait_share=(waited2 - waited) / seconds,
+            irq_steal_share=other / seconds,
             rcvbuf_drops=udp_drops(self.server) - drops,
             p99_ms=percentile(do_ms, 0.99) + percentile(ra_ms, 0.99))
         return got
@@ -559,13 +573,16 @@ def describe_search(best: dict, runs: list[dict]) -> str:
                f"buffer; Kea on its CPU {min(r['share'] for r in lossy):.0%}-"
                f"{max(r['share'] for r in lossy):.0%} and waiting for it "
                f"{min(r['wait_share'] for r in lossy):.0%}-"
-               f"{max(r['wait_share'] for r in lossy):.0%} of the sending time")
+               f"{max(r['wait_share'] for r in lossy):.0%}, its CPU in irq, softirq or "
+               f"stolen {min(r['irq_steal_share'] for r in lossy):.0%}-"
+               f"{max(r['irq_steal_share'] for r in lossy):.0%} of the sending time")
     knee = (f"no clean rate, {best['rate']:,.0f}/s answered at the lowest"
             if best.get("unclean") else
             f"knee {best['rate']:,.0f}/s (bracket {best['bracket'][0]}-"
             f"{best['bracket'][1] or 'top'}), p99 {best['p99_ms']:.2f} ms, "
             f"{best['cpu_us']:.0f} us CPU per lease, on CPU {best['share']:.0%}, "
-            f"waiting {best['wait_share']:.0%}")
+            f"waiting {best['wait_share']:.0%}, CPU in irq/softirq/stolen "
+            f"{best['irq_steal_share']:.0%}")
     return f"offered (! = lossy [lost]): {steps}; {knee}{why}"
 
 
@@ -581,7 +598,7 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3,
                         help="knee searches and dstm-orch runs, alternated; medians")
     parser.add_argument("--paths", default="group",
-                        help="dstm-orch request paths: group (serve's), single, or both")
+                        help="dstm-orch request paths, comma-separated: group (serve's), single")
     parser.add_argument("--short", action="store_true",
                         help="a quick look: 1 s runs, one try per rate, one repeat")
     parser.add_argument("--json", help="also write every run's figures to this file")
