@@ -1,6 +1,6 @@
 """Benchmark: ``dstm-orch serve`` against ISC Kea (memfile) on one machine, in one run.
 
-The anchor (issue 10 section 1; REAL-STACK.md section 9): Debian's ``kea-dhcp4`` with its
+The anchor (issue 10 section 1): Debian's ``kea-dhcp4`` with its
 memfile lease database (persisted, never fsynced), multi-threading off, logging at WARN,
 in a network namespace joined by a veth pair to a second one where ``perfdhcp`` relays
 from 198.18.0.2; Kea pinned to CPU 0, perfdhcp to CPU 1. Kea's knee is the highest
