@@ -7,11 +7,12 @@ no TCP listener; fsync and synchronous_commit on) serves everything measured her
 - Kea: Debian's ``kea-dhcp4`` (built ``--with-pgsql``) with ``lease-database`` of type
   ``postgresql`` over the cluster's socket, in a database ``kea`` made afresh for each
   knee (``kea-admin db-init pgsql``); single-threaded, then multi-threaded with
-  ``--threads`` threads. Everything else is bench_vs_kea.py's method: namespaces and a
-  veth, Kea pinned to CPU 0, ``perfdhcp`` relaying from 198.18.0.2 pinned to CPU 1, the
-  offered DORA rate raised (250, 500, 1,000, ... /s, ``--kea-seconds`` each) until Kea
-  loses more than 0.01 % or answers under 97 %: the last clean rate is its knee, in
-  REQUEST-ACK exchanges per second. Kea's CPU per lease is the ``kea-dhcp4`` process's
+  ``--threads`` threads. Everything else is bench_vs_kea.py's method and its
+  ``Kea.knee``: namespaces and a veth, Kea pinned to CPU 0, ``perfdhcp`` relaying from
+  198.18.0.2 pinned to CPU 1, the offered DORA rate doubled from 250/s
+  (``--kea-seconds`` of sending a run, then 1 s for late answers; up to 3 runs a rate)
+  until no run loses at most 0.1 %, then bisected: the highest clean rate is its knee,
+  in REQUEST-ACK exchanges per second. Kea's CPU per lease is the ``kea-dhcp4`` process's
   only (the PostgreSQL backends it drives are not counted, as they are not for serve);
 - PostgreSQL's raw one-row commit rate: autocommit INSERTs into an unindexed table
   (benchmarks/bench_pg.py), 1 and 8 client processes;
@@ -97,7 +98,8 @@ def _terminate(signum: int, _frame: object) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=5.0, help="per dstm-orch run")
-    parser.add_argument("--kea-seconds", type=int, default=4, help="per perfdhcp rate")
+    parser.add_argument("--kea-seconds", type=float, default=3.0,
+                        help="perfdhcp's sending time per run of the knee search")
     parser.add_argument("--threads", type=int, default=4, help="Kea's multi-threaded run")
     parser.add_argument("--count", type=int, default=200, help="raw commits per client")
     parser.add_argument("--repeat", type=int, default=1, help="runs of everything; medians")
