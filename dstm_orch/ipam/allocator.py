@@ -60,10 +60,10 @@ from dstm_orch.domain.errors import (
 from dstm_orch.domain.portset import PortSet
 from dstm_orch.ipam import space as pools
 from dstm_orch.ipam import strategy
+from dstm_orch.ipam.queries import LeaseQueries, moment_of
 from dstm_orch.ipam.strategy import Candidate
 from dstm_orch.store import (
     AddressTakenError,
-    Holding,
     Ipv6TakenError,
     LeaseStore,
     Transaction,
@@ -89,7 +89,7 @@ class LeaseChange(NamedTuple):
     """The node's lease after it."""
 
 
-class Allocator:
+class Allocator(LeaseQueries):
     """Allocate, renew, revoke and reclaim the leases of one DSTM domain.
 
     Args:
@@ -180,7 +180,7 @@ class Allocator:
         moved_to = None if node_ipv6 is None else _ipv6(node_ipv6)
         with self.store.write() as tx:
             latest = tx.latest_of(node.name)
-            lease = self._allocate(tx, node, lifetime, _moment(now), {}, moved_to, latest)
+            lease = self._allocate(tx, node, lifetime, moment_of(now), {}, moved_to, latest)
             before = latest if latest and latest.state is model.LeaseState.ACTIVE else None
             return LeaseChange(before, lease)
 
@@ -210,7 +210,7 @@ class Allocator:
             self._check_lifetime(node, lifetime)
         walks: dict[str, Iterator[Candidate]] = {}
         with self.store.write() as tx:
-            moment = _moment(now)
+            moment = moment_of(now)
             # Each node's latest lease, read for the whole batch at once; a node named
             # twice reads it again (its first request changed it).
             unread = {node.name for node in batch}
@@ -276,7 +276,7 @@ class Allocator:
         node = self._node(node_name)
         moved_to = None if node_ipv6 is None else _ipv6(node_ipv6)
         with self.store.write() as tx:
-            moment = _moment(now)
+            moment = moment_of(now)
             before = lease = tx.lease_of(node.name)
             if lease is None:
                 raise LeaseNotFoundError(f"node {node.name!r} holds no active lease to renew")
@@ -326,7 +326,7 @@ class Allocator:
             StoreError: the store failed; nothing was written.
         """
         with self.store.write() as tx:
-            moment = _moment(now)
+            moment = moment_of(now)
             current = tx.get(lease.id)
             if current is None or current.state is not model.LeaseState.ACTIVE:
                 state = "gone" if current is None else current.state.value
@@ -366,7 +366,7 @@ class Allocator:
         """``revoke``, returning the lease before the call too (read in the same
         transaction)."""
         with self.store.write() as tx:
-            moment = _moment(now)
+            moment = moment_of(now)
             lease = tx.lease_of(node_name)
             if lease is None:
                 self._node(node_name)
@@ -414,7 +414,7 @@ class Allocator:
         """
         node = self._node(lease.node)
         self._check_lifetime(node, lifetime)
-        moment = _moment(now)
+        moment = moment_of(now)
         tx.finish(lease, model.LeaseState.REVOKED, moment, moment)
         return self._allocate(tx, node, lifetime, moment, {}, lease.node_ipv6)
 
@@ -444,81 +444,12 @@ class Allocator:
         if max_leases is not None and max_leases < 0:
             raise ValueError(f"max_leases must be 0 or more, not {max_leases}")
         with self.store.write() as tx:
-            moment = _moment(now)
+            moment = moment_of(now)
             due = due_leases(tx, moment, max_leases, keep)
             # finish() skips a lease another writer ended already: reclaimed once.
             ended = (tx.finish(lease, model.LeaseState.EXPIRED, lease.end, moment)
                      for lease in due if lease.end is not None)
             return [lease for lease in ended if lease is not None]
-
-    def active_leases(self, now: datetime | None = None) -> list[model.Lease]:
-        """Return the leases current at ``now``: active, and static or not yet ended."""
-        return self.store.active_leases(_moment(now))
-
-    def leases(
-        self, include_history: bool = False, now: datetime | None = None
-    ) -> list[model.Lease]:
-        """Return the active leases and those past their end not yet reclaimed, or every
-        lease ever made with ``include_history``, by id, each as it stands at ``now``
-        (None: the current time): one past its end and not reclaimed is ``expired``
-        with ``ended`` None (``Lease.as_of``)."""
-        moment = _moment(now)
-        return [lease.as_of(moment) for lease in self.store.leases(include_history)]
-
-    def lease_of(self, node_name: str) -> model.Lease | None:
-        """Return the node's active lease (possibly past its end, see
-        ``Lease.is_current``), or None."""
-        return self.store.lease_of(node_name)
-
-    def who(
-        self, ipv4: object, port: int | None = None, at: datetime | None = None
-    ) -> list[Holding]:
-        """Answer who held an address, and a port of it, at an instant (draft section 5:
-        the server memorises the IPv6-IPv4 mapping), from the lease history: past,
-        expired and revoked leases too.
-
-        Args:
-            ipv4: an IPv4 address (str, int or address object).
-            port: a TCP/UDP port (0 to 65535); None means any port, so every node
-                that shared the address then.
-            at: the instant (timezone-aware); None means now.
-
-        Returns:
-            The leases that held it then, each with the node's IPv6 address at that
-            instant (a roaming node's address is followed through its moves) and its
-            state now (``Lease.as_of``); empty when none did. A whole-address lease
-            holds every port; a lease past its end holds its address until reclaimed.
-
-        Raises:
-            ValueError: ``ipv4`` or ``port`` is malformed, or ``at`` is naive.
-        """
-        if port is not None and (
-            isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535
-        ):
-            raise ValueError(f"port {port!r} is not a port number (0 to 65535)")
-        address = model.to_int(ipv4)
-        with self.store.read() as tx:
-            found = tx.holders(address, _moment(at))
-        now = model.utcnow()
-        return [
-            Holding(holding.lease.as_of(now), holding.node_ipv6)
-            for holding in found
-            if port is None
-            or holding.lease.port_set is None
-            or holding.lease.port_set.contains(port)
-        ]
-
-    def history(self, ipv4: object | None = None, node: str | None = None) -> list[model.Lease]:
-        """Return who held an address, or which addresses a node held, and when.
-
-        Args:
-            ipv4: an IPv4 address (str, int or address object), or None for any.
-            node: a node name, or None for any.
-
-        Returns:
-            The matching leases of all states by start, then id.
-        """
-        return self.store.history(ipv4, node)
 
     def _node(self, name: str) -> model.Node:
         try:
@@ -681,20 +612,6 @@ def _lifetime(pool: model.Pool, node_name: str, lifetime: int | None) -> int:
             f" pool {pool.name!r}: it must be an integer from 1 to {maximum} s"
         )
     return lifetime
-
-
-def _moment(now: datetime | None) -> datetime:
-    """Return ``now`` in whole UTC seconds, the current time when None.
-
-    A write reads the current time inside its transaction, once the write lock is
-    held, so that a request that waited for the lock never records a time older
-    than what the holder committed (the database refuses events out of order).
-    """
-    if now is None:
-        now = model.utcnow()
-    elif now.tzinfo is None:
-        raise ValueError(f"naive datetime {now!r}: pass a timezone-aware UTC time")
-    return now.astimezone(UTC).replace(microsecond=0)
 
 
 def _ipv6(value: object) -> model.IPv6:
