@@ -191,7 +191,9 @@ def main() -> None:
         parser.error(f"at most {MAX_CLIENTS} clients")
     if set(paths) - {"single", "group", "outside"}:
         parser.error("--paths takes single, group and/or outside")
-    print("serve API, renew, [::1], push: none (TEP push disabled), durable SQLite; "
+    store = ("durable SQLite" if "outside" not in paths else
+             "durable SQLite (outside: no store, each renew answered from the node's first)")
+    print(f"serve API, renew, [::1], push: none (TEP push disabled), {store}; "
           f"load average {os.getloadavg()[0]:.2f}")
     runs: dict[str, list[dict]] = {path: [] for path in paths}
     for _ in range(args.repeat):

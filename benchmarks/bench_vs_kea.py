@@ -596,7 +596,8 @@ def describe_search(best: dict, runs: list[dict]) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--seconds", type=float, default=5.0, help="per dstm-orch run")
     parser.add_argument("--kea-seconds", type=float, default=KneeMethod.seconds,
                         help="perfdhcp's sending time per run of the knee search")
