@@ -167,8 +167,9 @@ class CommitProtocol:
         reply = self.device.rpc(f"get-config {source}", mgr.execute, GetConfig,
                                 source=source,
                                 filter=("subtree", render_filter(self.instance.name)))
-        try:   # the reply's text: no tree of a whole table (ncclient would build one)
-            return parse_table(reply.xml, self.instance.name)
+        try:   # the reply's file or text: no tree of a whole table (ncclient would build one)
+            with reply.source() as data:
+                return parse_table(data, self.instance.name)
         except DstmError as exc:
             raise PushError(f"{self.device.label}: get-config {source}: {exc}") from exc
 

@@ -17,6 +17,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import IO
 from urllib.parse import parse_qs
 
 import paramiko
@@ -28,6 +29,7 @@ from ncclient.xml_ import qualify
 from paramiko.hostkeys import HostKeyEntry, InvalidHostKey
 
 from dstm_orch.domain.errors import PushError
+from dstm_orch.push.netconf.stream import ReplyParser, stream_replies
 
 log = logging.getLogger("dstm_orch.push.netconf.pusher")
 
@@ -342,6 +344,7 @@ class Device:
             raise PushError(f"{t.label}: connect: {exc or type(exc).__name__}") from exc
         mgr.huge_tree = True
         send_at_once(mgr._session)   # (mgr.session is a stub that raises)
+        stream_replies(mgr._session)
         self.connects += 1
         return mgr
 
@@ -409,28 +412,64 @@ def send_at_once(session) -> None:
 
 
 class TextReply(retrieve.GetReply):
-    """A ``<get-config>`` reply kept as its text (``xml``): ncclient parses every reply
-    into a tree, which for a binding table of 10^6 entries is gigabytes; this one is
-    parsed whole only when it carries an ``<rpc-error>`` (then exactly as ncclient
-    does: the error is raised the same way), and its ``data_ele`` is ``None`` otherwise
-    (:func:`~dstm_orch.push.netconf.payload.parse_table` reads the text)."""
+    """A ``<get-config>`` reply kept as its text (``xml``) or as a file (``spool``):
+    ncclient parses every reply into a tree, which for a binding table of 10^6 entries
+    is gigabytes; this one is parsed whole only when it carries an ``<rpc-error>`` (then
+    exactly as ncclient does: the error is raised the same way), and its ``data_ele``
+    is ``None`` otherwise (:func:`~dstm_orch.push.netconf.payload.parse_table` reads the
+    text or the file).
+
+    ``spool`` is the reply's bytes in a binary file, at its start, when the session's
+    :class:`~dstm_orch.push.netconf.stream.ReplyParser` read it as it arrived (``xml``
+    is then only its root element, ``<rpc-reply message-id="..."/>``); ``None`` when
+    ``xml`` is the whole reply. :meth:`source` gives whichever holds the reply."""
+
+    spool: IO[bytes] | None = None
 
     def parse(self) -> None:
         if self._parsed:
             return
-        if "rpc-error" in self._raw:
+        if self.spool is None and "rpc-error" in self._raw:
             super().parse()
             return
         self._data = None
         self._parsed = True
 
+    @contextlib.contextmanager
+    def source(self) -> Iterator[str | IO[bytes]]:
+        """The reply to read: its file (closed at the end of the block) or its text."""
+        if self.spool is None:
+            yield self._raw
+            return
+        try:
+            yield self.spool
+        finally:
+            self.spool.close()
+
 
 class GetConfig(retrieve.GetConfig):
     """``<get-config>`` (RFC 6241 section 7.1) whose reply is a :class:`TextReply`; run
     it with ``manager.execute(GetConfig, source=..., filter=...)``. Named as ncclient's
-    own: its request log ("Requesting 'GetConfig'") names the RPC by the class."""
+    own: its request log ("Requesting 'GetConfig'") names the RPC by the class.
+
+    On a session whose parser is a :class:`~dstm_orch.push.netconf.stream.ReplyParser`
+    (:meth:`Device._connect` puts one there) the reply is read into a file as it
+    arrives (issue 10 section 3): ncclient never holds it whole."""
 
     REPLY_CLS = TextReply
+
+    def _request(self, op):
+        parser = self._session.parser
+        if not isinstance(parser, ReplyParser):
+            return super()._request(op)
+        parser.expect(self._id)
+        try:
+            reply = super()._request(op)
+            # the parser filed the reply before ncclient was handed its root element
+            reply.spool = parser.take(self._id)
+            return reply
+        finally:   # a reply nobody took (a timeout, an error) is closed
+            parser.forget(self._id)
 
 
 def known_key(target: NetconfTarget, known_hosts: Path) -> tuple[str, str]:
