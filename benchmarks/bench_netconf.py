@@ -43,6 +43,8 @@ import time
 import tracemalloc
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests.netconf_server
+
 from ncclient import manager
 
 from dstm_orch.push.netconf.invariants import check_invariants

@@ -213,8 +213,10 @@ class ReplyParser:
 def stream_replies(session) -> ReplyParser | None:
     """Put a :class:`ReplyParser` in place of ``session``'s parser (an ncclient
     ``SSHSession``, connected, its hello read, nothing asked yet); ``None`` (and the
-    session left as it is) when it does not use ncclient's default parser."""
-    if type(getattr(session, "parser", None)) is not DefaultXMLParser:
+    session left as it is) when it does not use ncclient's default parser, or lacks the
+    session internals the parser uses (``_base``, ``_dispatch_message``: ncclient 0.7)."""
+    if type(getattr(session, "parser", None)) is not DefaultXMLParser or not (
+            hasattr(session, "_base") and callable(getattr(session, "_dispatch_message", None))):
         return None
     parser = ReplyParser(session)
     session.parser = parser
