@@ -49,7 +49,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import psycopg
 
 from benchmarks.bench_pg import RAW, raw_commits, together
-from benchmarks.bench_vs_kea import Kea, kea_missing, measure_dstm
+from benchmarks.bench_vs_kea import measure_dstm
+from benchmarks.kea_knee import Kea, kea_missing
 from dstm_orch.store import open_store
 from tests.pg_cluster import PORT, Cluster, bindir
 
